@@ -1,0 +1,62 @@
+"""Developer sessions. `nox -s tests` is the README's test command; CI runs every session
+listed in .ci/run. Torch is pinned to the release that lies on this project's build machines
+(pip takes it from local disk); users get the range declared in pyproject.toml."""
+
+from __future__ import annotations
+
+import nox
+
+nox.options.default_venv_backend = "virtualenv"
+nox.options.sessions = ["lint", "typecheck", "tests"]
+
+TORCH = ("torch==2.14.1", "torchvision==0.29.1")
+PYPROJECT = nox.project.load_toml("pyproject.toml")
+
+
+def group(name: str) -> list[str]:
+    return list(nox.project.dependency_groups(PYPROJECT, name))
+
+
+def install_project(session: nox.Session, extras: str = "examples") -> None:
+    session.install(*TORCH)
+    session.install("-e", f".[{extras}]", *group("test"))
+
+
+@nox.session(python="3.11")
+def tests(session: nox.Session) -> None:
+    """Unit tests and doctests (everything not marked slow)."""
+    install_project(session)
+    session.run(
+        "pytest",
+        "-m",
+        "not slow",
+        "--doctest-modules",
+        "src/freezeflow",
+        "tests",
+        *session.posargs,
+        env={"OMP_NUM_THREADS": "2"},
+    )
+
+
+@nox.session(python="3.11")
+def slow(session: nox.Session) -> None:
+    """Tests marked slow (subprocess resume, kill trials, the reduced demo...)."""
+    install_project(session)
+    session.run("pytest", "-m", "slow", "tests", *session.posargs, env={"OMP_NUM_THREADS": "2"})
+
+
+@nox.session(python="3.11")
+def lint(session: nox.Session) -> None:
+    """ruff check and ruff format --check."""
+    session.install(*group("lint"))
+    paths = ["src", "tests", "examples", "benchmarks", "noxfile.py"]
+    session.run("ruff", "check", *paths)
+    session.run("ruff", "format", "--check", *paths)
+
+
+@nox.session(python="3.11")
+def typecheck(session: nox.Session) -> None:
+    """mypy --strict on src/."""
+    session.install(*TORCH)
+    session.install("-e", ".[progress,plot,yaml]", *group("typecheck"))
+    session.run("mypy", "src")

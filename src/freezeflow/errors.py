@@ -1,0 +1,87 @@
+"""The exceptions freezeflow raises.
+
+Every error derives from :class:`FreezeflowError` and also from the builtin that fits
+(``ValueError``, ``TypeError``, ``RuntimeError``...), so ``except ValueError`` keeps working.
+Messages name the offending value, say what was expected and end with a hint.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable, Sequence
+
+__all__ = [
+    "CheckpointError",
+    "EmptySelectionError",
+    "FreezeflowError",
+    "FreezeflowWarning",
+    "OptimizerError",
+    "PolicyError",
+    "PolicyTypeError",
+    "ScheduleError",
+    "StateError",
+    "TiedParameterError",
+    "TrainingError",
+]
+
+
+class FreezeflowError(Exception):
+    """Base class of every error raised by freezeflow."""
+
+
+class FreezeflowWarning(UserWarning):
+    """Base class of every warning emitted by freezeflow."""
+
+
+class PolicyError(FreezeflowError, ValueError):
+    """A policy cannot be resolved on this model (bad pattern, depth out of range...)."""
+
+
+class EmptySelectionError(PolicyError):
+    """A policy selected no parameter where at least one was required."""
+
+
+class TiedParameterError(PolicyError):
+    """A policy selects one name of a shared (tied) parameter and excludes another."""
+
+
+class PolicyTypeError(FreezeflowError, TypeError):
+    """Something that is not a policy was given where a policy was expected."""
+
+
+class ScheduleError(FreezeflowError, ValueError):
+    """A stage or schedule is invalid, or does not fit the model it is bound to."""
+
+
+class OptimizerError(FreezeflowError, ValueError):
+    """An optimizer or LR scheduler does not fit the model or the unfreezer."""
+
+
+class StateError(FreezeflowError, ValueError):
+    """A saved state does not belong to this model, schedule or optimizer."""
+
+
+class CheckpointError(FreezeflowError, RuntimeError):
+    """A checkpoint file is missing, corrupt, unsafe or from another run."""
+
+
+class TrainingError(FreezeflowError, RuntimeError):
+    """Training cannot go on (non-finite loss, empty data, wrong shapes or devices)."""
+
+
+def nearest(word: str, candidates: Iterable[str], n: int = 3) -> list[str]:
+    """The candidates closest to ``word`` (for "did you mean" hints)."""
+    pool = list(dict.fromkeys(candidates))
+    close = difflib.get_close_matches(word, pool, n=n, cutoff=0.3)
+    if close:
+        return close
+    stripped = word.strip("*?[]")
+    contains = [c for c in pool if stripped and stripped in c]
+    return contains[:n] if contains else pool[:n]
+
+
+def quote_list(items: Sequence[str], limit: int = 5) -> str:
+    """``'a', 'b', 'c'`` with at most ``limit`` items and a count of the rest."""
+    shown = ", ".join(repr(i) for i in items[:limit])
+    rest = len(items) - limit
+    return shown + (f" (+{rest} more)" if rest > 0 else "")

@@ -1,0 +1,251 @@
+"""Freezing and unfreezing parameters, and what happens to norm layers when you do.
+
+``freeze`` sets ``requires_grad=False`` and drops ``.grad`` (so no optimizer can move the
+parameter: not momentum, not Adam's moments, not decoupled weight decay). Norm layers whose
+parameters all end up frozen follow a *norm mode*:
+
+- ``"eval"`` (default, Keras semantics): the layer runs in eval mode, so its running
+  statistics stop changing, and it stays in eval mode through later ``model.train()`` calls.
+- ``"train"`` (fastai's ``train_bn``): norm layers are left out of the freeze; their
+  parameters stay trainable and they follow ``model.train()``/``eval()`` as usual.
+- ``"frozen"``: like ``"eval"``, and sticky: a later :func:`unfreeze` leaves these layers
+  frozen unless it is called with ``include_frozen_norm=True`` (the detection-backbone
+  convention of frozen BatchNorm).
+
+``unfreeze`` makes parameters trainable again and returns their norm layers to normal
+behaviour (following the mode of the module that holds them).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Literal, get_args
+
+from torch import nn
+
+from freezeflow.blocks import is_norm_layer
+from freezeflow.errors import PolicyError
+from freezeflow.policy import PolicyLike, as_policy
+from freezeflow.selection import Selection
+
+__all__ = ["NormMode", "freeze", "frozen", "norm_mode", "unfreeze"]
+
+NormMode = Literal["eval", "train", "frozen"]
+_MODES: tuple[str, ...] = get_args(NormMode)
+
+
+class _NormLock:
+    """Installed as a norm layer's ``train`` method: keeps it in eval mode.
+
+    Module-level and holding only the module and the mode, so models with locked layers still
+    pickle, deep-copy and ``torch.save`` as usual.
+    """
+
+    __slots__ = ("mode", "module")
+
+    def __init__(self, module: nn.Module, mode: str) -> None:
+        self.module = module
+        self.mode = mode
+
+    def __call__(self, mode: bool = True) -> nn.Module:
+        return nn.Module.train(self.module, False)
+
+    def __getstate__(self) -> tuple[nn.Module, str]:
+        return self.module, self.mode
+
+    def __setstate__(self, state: tuple[nn.Module, str]) -> None:
+        self.module, self.mode = state
+
+
+def norm_mode(module: nn.Module) -> str | None:
+    """The norm mode freezeflow applied to ``module`` (``"eval"``/``"frozen"``), or None."""
+    lock = module.__dict__.get("train")
+    return lock.mode if isinstance(lock, _NormLock) else None
+
+
+def _lock(module: nn.Module, mode: str) -> None:
+    module.__dict__["train"] = _NormLock(module, mode)
+    nn.Module.train(module, False)
+
+
+def _unlock(module: nn.Module, training: bool) -> None:
+    if isinstance(module.__dict__.get("train"), _NormLock):
+        del module.__dict__["train"]
+    nn.Module.train(module, training)
+
+
+def _check_mode(norm: object) -> None:
+    if norm not in _MODES:
+        raise PolicyError(
+            f"norm={norm!r} is not a norm mode; expected one of {', '.join(map(repr, _MODES))}; "
+            "hint: 'eval' keeps frozen BatchNorm statistics fixed (Keras), 'train' keeps norm "
+            "layers trainable (fastai train_bn)"
+        )
+
+
+def _norm_layers(model: nn.Module) -> Iterator[tuple[str, nn.Module, nn.Module]]:
+    """(path, norm layer, nearest ancestor that owns parameters or the root)."""
+    stack: list[tuple[str, nn.Module, nn.Module]] = [("", model, model)]
+    while stack:
+        path, module, holder = stack.pop()
+        if is_norm_layer(module) and module is not model:
+            yield path, module, holder
+            continue
+        here = module if next(module.parameters(), None) is not None else holder
+        for child_name, child in reversed(list(module.named_children())):
+            stack.append((f"{path}.{child_name}" if path else child_name, child, here))
+
+
+def _governed(module: nn.Module, holder: nn.Module, want_frozen: bool) -> bool:
+    params = list(module.parameters()) or list(holder.parameters())
+    if not params:
+        return False
+    return all(p.requires_grad != want_frozen for p in params)
+
+
+def freeze(
+    model: nn.Module, policy: PolicyLike, *, norm: NormMode = "eval", allow_empty: bool = False
+) -> Selection:
+    """Freeze the parameters ``policy`` selects on ``model``.
+
+    Args:
+        model: any ``nn.Module``.
+        policy: a :class:`~freezeflow.Policy`, or a name / list of names.
+        norm: what happens to norm layers left with only frozen parameters (module docstring).
+        allow_empty: do not raise when the policy selects nothing.
+
+    Returns:
+        The parameters that were selected (with ``norm="train"``, minus norm-layer ones).
+
+    Raises:
+        PolicyError: bad policy or norm mode; nothing on the model has changed then.
+
+    Example:
+        >>> import torchvision, freezeflow as ff
+        >>> model = torchvision.models.resnet18()
+        >>> _ = ff.freeze(model, ~ff.name("fc"))
+        >>> model.train().bn1.training  # frozen BatchNorm stays in eval mode
+        False
+        >>> [n for n, p in model.named_parameters() if p.requires_grad]
+        ['fc.weight', 'fc.bias']
+    """
+    _check_mode(norm)
+    pol = as_policy(policy)
+    selection = pol.select(model, allow_empty=allow_empty)
+    if norm == "train":
+        norm_params = {
+            id(p) for m in model.modules() if is_norm_layer(m) for p in m.parameters(recurse=False)
+        }
+        params = [p for p in selection.params if id(p) not in norm_params]
+    else:
+        params = list(selection.params)
+    chosen = {id(p) for p in params}
+    for p in params:
+        p.requires_grad_(False)
+        p.grad = None
+    if norm != "train":
+        for _, module, holder in _norm_layers(model):
+            touched = any(id(p) in chosen for p in module.parameters()) or (
+                next(module.parameters(), None) is None
+                and any(id(p) in chosen for p in holder.parameters())
+            )
+            if touched and _governed(module, holder, want_frozen=True):
+                _lock(module, norm)
+    if norm == "train":
+        names = [n for n, p in selection.items() if id(p) in chosen]
+        return Selection(
+            names,
+            params,
+            [selection.aliases(n) for n in names],
+            model_name=type(model).__name__,
+            total=selection.total,
+        )
+    return selection
+
+
+def unfreeze(
+    model: nn.Module,
+    policy: PolicyLike,
+    *,
+    include_frozen_norm: bool = False,
+    allow_empty: bool = False,
+) -> Selection:
+    """Make the parameters ``policy`` selects trainable again.
+
+    Norm layers that end up with trainable parameters return to normal behaviour (they follow
+    ``model.train()``/``eval()`` again, starting in the mode of the module that holds them).
+    Layers frozen with ``norm="frozen"`` stay frozen unless ``include_frozen_norm`` is true.
+
+    Returns:
+        The parameters made trainable.
+
+    Example:
+        >>> import torchvision, freezeflow as ff
+        >>> model = torchvision.models.resnet18()
+        >>> _ = ff.freeze(model, ff.everything())
+        >>> ff.unfreeze(model, "layer4").numel
+        8393728
+    """
+    pol = as_policy(policy)
+    selection = pol.select(model, allow_empty=allow_empty)
+    sticky = set()
+    if not include_frozen_norm:
+        for _, module, _holder in _norm_layers(model):
+            if norm_mode(module) == "frozen":
+                sticky |= {id(p) for p in module.parameters()}
+    chosen = [(n, p) for n, p in selection.items() if id(p) not in sticky]
+    ids = {id(p) for _, p in chosen}
+    for _, p in chosen:
+        p.requires_grad_(True)
+    for _, module, holder in _norm_layers(model):
+        if norm_mode(module) is None:
+            continue
+        touched = any(id(p) in ids for p in module.parameters()) or (
+            next(module.parameters(), None) is None
+            and any(id(p) in ids for p in holder.parameters())
+        )
+        if touched and _governed(module, holder, want_frozen=False):
+            _unlock(module, holder.training)
+    if len(chosen) == len(selection):
+        return selection
+    return Selection(
+        [n for n, _ in chosen],
+        [p for _, p in chosen],
+        [selection.aliases(n) for n, _ in chosen],
+        model_name=type(model).__name__,
+        total=selection.total,
+    )
+
+
+@contextmanager
+def frozen(model: nn.Module, policy: PolicyLike, *, norm: NormMode = "eval") -> Iterator[Selection]:
+    """Freeze ``policy`` for the duration of a ``with`` block, then restore the previous
+    ``requires_grad`` flags, norm modes and training flags exactly.
+
+    Gradients dropped on entry are not restored.
+
+    Example:
+        >>> import torch.nn as nn, freezeflow as ff
+        >>> net = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 1))
+        >>> with ff.frozen(net, "0"):
+        ...     print([p.requires_grad for p in net.parameters()])
+        [False, False, True, True]
+        >>> [p.requires_grad for p in net.parameters()]
+        [True, True, True, True]
+    """
+    _check_mode(norm)
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    norms = [(m, m.__dict__.get("train"), m.training) for _, m, _ in _norm_layers(model)]
+    selection = freeze(model, policy, norm=norm)
+    try:
+        yield selection
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+        for m, lock, training in norms:
+            if lock is None:
+                m.__dict__.pop("train", None)
+            else:
+                m.__dict__["train"] = lock
+            nn.Module.train(m, training)
