@@ -20,6 +20,8 @@ from freezeflow.errors import (
     TrainingError,
 )
 from freezeflow.freezing import NormMode, freeze, frozen, norm_mode, unfreeze
+from freezeflow.groups import default_no_decay, param_groups
+from freezeflow.plan import Plan, plan
 from freezeflow.policy import (
     ALL,
     NONE,
@@ -37,8 +39,23 @@ from freezeflow.policy import (
     regex,
     where,
 )
+from freezeflow.schedule import (
+    Schedule,
+    Stage,
+    at_epoch,
+    at_fraction,
+    at_step,
+    chain_thaw,
+    layerwise_decay,
+    on_plateau,
+    seed_keras,
+    seed_pytorch,
+    two_stage,
+    ulmfit,
+)
 from freezeflow.selection import Selection
 from freezeflow.summary import Summary, summary
+from freezeflow.unfreezer import GradualUnfreezer, Transition
 
 __version__ = "0.1.0.dev0"
 
@@ -50,21 +67,31 @@ __all__ = [
     "EmptySelectionError",
     "FreezeflowError",
     "FreezeflowWarning",
+    "GradualUnfreezer",
     "NormMode",
     "OptimizerError",
+    "Plan",
     "Policy",
     "PolicyError",
     "PolicyTypeError",
+    "Schedule",
     "ScheduleError",
     "Selection",
+    "Stage",
     "StateError",
     "Summary",
     "TiedParameterError",
     "TrainingError",
+    "Transition",
     "__version__",
     "as_policy",
+    "at_epoch",
+    "at_fraction",
+    "at_step",
     "blocks",
+    "chain_thaw",
     "clear_blocks",
+    "default_no_decay",
     "everything",
     "find_blocks",
     "first",
@@ -73,14 +100,22 @@ __all__ = [
     "is_norm_layer",
     "last",
     "layers",
+    "layerwise_decay",
     "name",
     "norm_layers",
     "norm_mode",
     "nothing",
     "of_type",
+    "on_plateau",
+    "param_groups",
+    "plan",
     "regex",
+    "seed_keras",
+    "seed_pytorch",
     "set_blocks",
     "summary",
+    "two_stage",
+    "ulmfit",
     "unfreeze",
     "where",
 ]

@@ -11,6 +11,9 @@ parameters all end up frozen follow a *norm mode*:
 - ``"frozen"``: like ``"eval"``, and sticky: a later :func:`unfreeze` leaves these layers
   frozen unless it is called with ``include_frozen_norm=True`` (the detection-backbone
   convention of frozen BatchNorm).
+- ``"ignore"``: freezeflow leaves norm layers alone, as a hand-written ``requires_grad``
+  loop does: frozen BatchNorm layers keep updating their running statistics in
+  ``model.train()`` (the statistics drift of the seed recipe; only for reproducing it).
 
 ``unfreeze`` makes parameters trainable again and returns their norm layers to normal
 behaviour (following the mode of the module that holds them).
@@ -31,7 +34,7 @@ from freezeflow.selection import Selection
 
 __all__ = ["NormMode", "freeze", "frozen", "norm_mode", "unfreeze"]
 
-NormMode = Literal["eval", "train", "frozen"]
+NormMode = Literal["eval", "train", "frozen", "ignore"]
 _MODES: tuple[str, ...] = get_args(NormMode)
 
 
@@ -144,7 +147,7 @@ def freeze(
     for p in params:
         p.requires_grad_(False)
         p.grad = None
-    if norm != "train":
+    if norm in ("eval", "frozen"):
         for _, module, holder in _norm_layers(model):
             touched = any(id(p) in chosen for p in module.parameters()) or (
                 next(module.parameters(), None) is None
@@ -199,7 +202,8 @@ def unfreeze(
     for _, p in chosen:
         p.requires_grad_(True)
     for _, module, holder in _norm_layers(model):
-        if norm_mode(module) is None:
+        mode = norm_mode(module)
+        if mode is None or (mode == "frozen" and not include_frozen_norm):
             continue
         touched = any(id(p) in ids for p in module.parameters()) or (
             next(module.parameters(), None) is None

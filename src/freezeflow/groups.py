@@ -1,0 +1,201 @@
+"""Param groups: named, with an ``lr_scale``, and no weight decay on biases and norm layers.
+
+:func:`param_groups` is the standalone helper (give its result to any ``torch.optim``
+optimizer). :func:`layout` is what :class:`~freezeflow.GradualUnfreezer` and
+:func:`~freezeflow.plan` use: every parameter that any stage of a schedule makes trainable
+gets exactly one group, up front, so the optimizer never gains or loses a group later and an
+LR scheduler built over it keeps driving every group.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from torch import nn
+
+from freezeflow.blocks import ModelIndex
+from freezeflow.errors import ScheduleError
+from freezeflow.policy import Policy, PolicyLike, as_policy, everything, norm_layers, where
+from freezeflow.schedule import Schedule, Stage
+
+__all__ = ["GroupSpec", "Layout", "default_no_decay", "layout", "param_groups"]
+
+
+def _is_vector(name: str, param: nn.Parameter, module: nn.Module) -> bool:
+    return param.ndim <= 1
+
+
+_NO_DECAY: Policy = where(_is_vector, label="ndim<=1") | norm_layers()
+
+
+def default_no_decay() -> Policy:
+    """Parameters that get no weight decay by default: every parameter with ``ndim <= 1``
+    (biases, norm scales, ViT class tokens and the like) and every norm-layer parameter."""
+    return _NO_DECAY
+
+
+@dataclass(frozen=True)
+class GroupSpec:
+    """One param group of a :class:`Layout`."""
+
+    name: str
+    params: tuple[int, ...]
+    """Indices into :attr:`Layout.params`."""
+    stage: int
+    """The stage that first makes these parameters trainable."""
+    block: int | None
+    """Block index when any stage uses per-depth LR decay, else None."""
+    decay: bool
+    """Whether weight decay applies."""
+
+
+@dataclass(frozen=True)
+class Layout:
+    """A schedule resolved on one model: trainable sets per stage and the param groups."""
+
+    names: tuple[str, ...]
+    """Primary name of every parameter of the model, in model order."""
+    params: tuple[nn.Parameter, ...]
+    selected: tuple[frozenset[int], ...]
+    """Per stage: the parameters its policy selects."""
+    trainable: tuple[frozenset[int], ...]
+    """Per stage: the parameters trainable while it runs."""
+    groups: tuple[GroupSpec, ...]
+    n_blocks: int
+    overlaps: tuple[tuple[int, tuple[str, ...]], ...]
+    """(stage, names) of parameters a stage selects that an earlier stage already made
+    trainable."""
+
+    def scale(self, stage: Stage, group: GroupSpec) -> float:
+        """``lr_scale`` of ``group`` while ``stage`` runs."""
+        if stage.lr_decay is None or group.block is None:
+            return 1.0
+        return float(stage.lr_decay ** (self.n_blocks - 1 - group.block))
+
+    def lr(self, stage: Stage, group: GroupSpec) -> float:
+        """Base LR (before any LR scheduler) of ``group`` while ``stage`` runs."""
+        return stage.lr * self.scale(stage, group)
+
+    def weight_decay(self, schedule: Schedule, k: int, group: GroupSpec) -> float:
+        if not group.decay:
+            return 0.0
+        for stage in reversed(schedule.stages[: k + 1]):
+            if stage.weight_decay is not None:
+                return stage.weight_decay
+        return 0.0
+
+
+def layout(model: nn.Module, schedule: Schedule, no_decay: PolicyLike | None = None) -> Layout:
+    """Resolve ``schedule`` on ``model``: selections, trainable sets and groups.
+
+    Raises:
+        ScheduleError: a stage selects nothing on this model (the message names the stage and
+            the policy, with the underlying reason).
+    """
+    idx = ModelIndex.build(model)
+    ids = {id(p): i for i, p in enumerate(idx.params)}
+    selected: list[frozenset[int]] = []
+    for k, stage in enumerate(schedule.stages):
+        label = schedule.names[k]
+        try:
+            sel = stage.trainable.select(model)
+        except ValueError as exc:
+            raise ScheduleError(
+                f"stage {k} ({label!r}) cannot be bound to {type(model).__name__}: {exc}"
+            ) from exc
+        selected.append(frozenset(ids[id(p)] for p in sel.params))
+    trainable: list[frozenset[int]] = []
+    overlaps: list[tuple[int, tuple[str, ...]]] = []
+    current: frozenset[int] = frozenset()
+    for k, stage in enumerate(schedule.stages):
+        again = selected[k] & current
+        if again and not stage.exclusive:
+            overlaps.append((k, tuple(idx.names[i] for i in sorted(again))))
+        current = selected[k] if stage.exclusive else current | selected[k]
+        trainable.append(current)
+
+    nd_policy = default_no_decay() if no_decay is None else as_policy(no_decay, "no_decay")
+    no_decay_ids = {ids[id(p)] for p in nd_policy.select(model, allow_empty=True).params}
+    by_depth = any(s.lr_decay is not None for s in schedule.stages)
+    block_of: dict[int, int] = {}
+    if by_depth:
+        for a, b in enumerate(idx.block_of_alias()):
+            block_of.setdefault(idx.alias_param[a], b)
+    first_stage: dict[int, int] = {}
+    for k, chosen in enumerate(selected):
+        for j in chosen:
+            first_stage.setdefault(j, k)
+    keyed: dict[tuple[int, int | None, bool], list[int]] = {}
+    for j in sorted(first_stage):
+        # a parameter outside every block (possible with set_blocks) counts as output side
+        block = block_of.get(j, -1) if by_depth else None
+        if block is not None and block < 0:
+            block = len(idx.blocks) - 1
+        keyed.setdefault((first_stage[j], block, j not in no_decay_ids), []).append(j)
+    groups = []
+    stage_names = schedule.names
+    for (k, block, decay), members in sorted(
+        keyed.items(), key=lambda kv: (kv[0][0], -1 if kv[0][1] is None else kv[0][1], kv[0][2])
+    ):
+        parts = [stage_names[k]]
+        if block is not None:
+            parts.append(idx.blocks[block].name if 0 <= block < len(idx.blocks) else "rest")
+        parts.append("decay" if decay else "no_decay")
+        groups.append(GroupSpec("/".join(parts), tuple(members), k, block, decay))
+    return Layout(
+        names=tuple(idx.names),
+        params=tuple(idx.params),
+        selected=tuple(selected),
+        trainable=tuple(trainable),
+        groups=tuple(groups),
+        n_blocks=len(idx.blocks),
+        overlaps=tuple(overlaps),
+    )
+
+
+def param_groups(
+    model: nn.Module,
+    policy: PolicyLike | None = None,
+    *,
+    lr: float,
+    weight_decay: float = 0.0,
+    lr_decay: float | None = None,
+    no_decay: PolicyLike | None = None,
+) -> list[dict[str, Any]]:
+    """Param groups for any ``torch.optim`` optimizer, without a schedule.
+
+    Groups are named (``decay``/``no_decay``, with the block name when ``lr_decay`` is set)
+    and carry ``lr_scale``; ``lr`` is already multiplied by it.
+
+    Example:
+        >>> import torch, torchvision, freezeflow as ff
+        >>> model = torchvision.models.resnet18()
+        >>> groups = ff.param_groups(model, lr=1e-3, weight_decay=0.05, lr_decay=0.5)
+        >>> [(g["name"], g["lr"]) for g in groups][-2:]
+        [('fc/no_decay', 0.001), ('fc/decay', 0.001)]
+        >>> opt = torch.optim.AdamW(groups)
+    """
+    stage = Stage(
+        everything() if policy is None else policy,
+        lr=lr,
+        weight_decay=weight_decay,
+        lr_decay=lr_decay,
+        name="all",
+    )
+    schedule = Schedule([stage])
+    lay = layout(model, schedule, no_decay)
+    out = []
+    for g in lay.groups:
+        out.append(
+            {
+                "params": [lay.params[i] for i in g.params],
+                "name": g.name.removeprefix("all/"),
+                "lr": lay.lr(stage, g),
+                "lr_scale": lay.scale(stage, g),
+                "weight_decay": lay.weight_decay(schedule, 0, g),
+            }
+        )
+    if not out:  # pragma: no cover - layout raises first
+        raise ScheduleError("no parameter selected")
+    return out
