@@ -162,6 +162,7 @@ class GradualUnfreezer:
         self._plateau_ready = False
         self._schedulers: list[Any] = []
         self._template: dict[str, Any] | None = None
+        self._listeners: list[Callable[[Transition], None]] = []
 
         groups = self._initial_groups()
         if isinstance(optimizer, Optimizer):
@@ -370,7 +371,17 @@ class GradualUnfreezer:
             reason=reason,
         )
         self.history.append(t)
+        for listener in self._listeners:
+            listener(t)
         return t
+
+    def add_listener(self, fn: Callable[[Transition], None]) -> None:
+        """Call ``fn(transition)`` after every stage change (the start excluded), once the
+        model and optimizer are updated. Used by :func:`freezeflow.fit` and by the DDP helper
+        to re-wrap the model."""
+        if not callable(fn):
+            raise OptimizerError(f"add_listener() takes a callable, got {fn!r}")
+        self._listeners.append(fn)
 
     def _due(self, k: int, at_epoch_start: bool) -> str | None:
         trig = self.schedule.stages[k].start
