@@ -119,11 +119,12 @@ class Plan:
             lines.append(f"    {'group'.ljust(width)}  {'lr':>9}  {'wd':>7}  {'params':>11}")
             for gname, lr, wd, n in s.groups:
                 lines.append(f"    {gname.ljust(width)}  {lr:9.3g}  {wd:7.3g}  {n:11,}")
-        for k, names in self.overlaps:
+        if self.overlaps:
+            counts = ", ".join(f"stage {k}: {len(names)}" for k, names in self.overlaps)
             lines.append("")
             lines.append(
-                f"note: stage {k} selects {len(names)} parameter(s) already trainable "
-                f"(e.g. {names[0]!r})"
+                f"note: some stages select parameters already trainable ({counts}); stages "
+                "accumulate, so these stay trainable"
             )
         return "\n".join(lines)
 
