@@ -107,8 +107,41 @@ def _governed(module: nn.Module, holder: nn.Module, want_frozen: bool) -> bool:
     return all(p.requires_grad != want_frozen for p in params)
 
 
+_BLOCK = "block"  # lock mode of modules frozen whole with eval_frozen=True
+
+
+def _refresh_block_locks(model: nn.Module, enable: bool) -> None:
+    """Eval-lock every maximal module whose parameters are all frozen (``eval_frozen``).
+
+    Existing block locks are first released (the module goes back to its parent's mode), so
+    a module that gained a trainable parameter leaves eval mode. With ``enable`` false this
+    only runs when the model already has block locks.
+    """
+    modules = list(model.named_modules())
+    locked = [m for _, m in modules if norm_mode(m) == _BLOCK]
+    if not enable and not locked:
+        return
+    parents = {id(c): m for _, m in modules for c in m.children()}
+    for m in locked:
+        _unlock(m, parents.get(id(m), model).training)
+    stack = list(model.children())
+    while stack:
+        m = stack.pop()
+        params = list(m.parameters())
+        if params and not any(p.requires_grad for p in params):
+            if norm_mode(m) is None:
+                _lock(m, _BLOCK)
+        else:
+            stack.extend(m.children())
+
+
 def freeze(
-    model: nn.Module, policy: PolicyLike, *, norm: NormMode = "eval", allow_empty: bool = False
+    model: nn.Module,
+    policy: PolicyLike,
+    *,
+    norm: NormMode = "eval",
+    eval_frozen: bool = False,
+    allow_empty: bool = False,
 ) -> Selection:
     """Freeze the parameters ``policy`` selects on ``model``.
 
@@ -116,6 +149,10 @@ def freeze(
         model: any ``nn.Module``.
         policy: a :class:`~freezeflow.Policy`, or a name / list of names.
         norm: what happens to norm layers left with only frozen parameters (module docstring).
+        eval_frozen: also run every module whose parameters are all frozen in eval mode
+            (dropout, stochastic depth and norm layers inside it), through later
+            ``model.train()`` calls, until one of its parameters is unfrozen. This makes a
+            frozen feature extractor deterministic, which frozen-prefix caching needs.
         allow_empty: do not raise when the policy selects nothing.
 
     Returns:
@@ -155,6 +192,7 @@ def freeze(
             )
             if touched and _governed(module, holder, want_frozen=True):
                 _lock(module, norm)
+    _refresh_block_locks(model, eval_frozen)
     if norm == "train":
         names = [n for n, p in selection.items() if id(p) in chosen]
         return Selection(
@@ -209,8 +247,10 @@ def unfreeze(
             next(module.parameters(), None) is None
             and any(id(p) in ids for p in holder.parameters())
         )
-        if touched and _governed(module, holder, want_frozen=False):
+        # locked exactly while all its parameters are frozen, as freeze() decides
+        if touched and not _governed(module, holder, want_frozen=True):
             _unlock(module, holder.training)
+    _refresh_block_locks(model, enable=False)
     if len(chosen) == len(selection):
         return selection
     return Selection(
@@ -240,7 +280,7 @@ def frozen(model: nn.Module, policy: PolicyLike, *, norm: NormMode = "eval") -> 
     """
     _check_mode(norm)
     flags = [(p, p.requires_grad) for p in model.parameters()]
-    norms = [(m, m.__dict__.get("train"), m.training) for _, m, _ in _norm_layers(model)]
+    norms = [(m, m.__dict__.get("train"), m.training) for m in model.modules()]
     selection = freeze(model, policy, norm=norm)
     try:
         yield selection

@@ -79,6 +79,15 @@ def _schedulers_in(s: Any) -> list[Any]:
     return out
 
 
+def _group_lists(s: Any) -> dict[str, list[Any]]:
+    """A scheduler's per-param-group lists."""
+    return {
+        k: v
+        for k, v in vars(s).items()
+        if isinstance(v, list) and k in ("base_lrs", "_last_lr", "min_lrs", "lr_lambdas", "max_lrs")
+    }
+
+
 class GradualUnfreezer:
     """Applies a :class:`~freezeflow.Schedule` to a model and its optimizer.
 
@@ -101,6 +110,9 @@ class GradualUnfreezer:
         scheduler: an LR scheduler already built over ``optimizer``. Better: build it after
             the unfreezer and :meth:`attach` it.
         norm: norm mode for frozen norm layers (see :func:`freezeflow.freeze`).
+        eval_frozen: run modules whose parameters are all frozen in eval mode (see
+            :func:`freezeflow.freeze`); needed for frozen-prefix caching of models with
+            dropout or stochastic depth in their frozen blocks.
         no_decay: parameters that get no weight decay (default: ``ndim <= 1`` and norm layers).
         total_steps, total_epochs: length of the run, for :func:`~freezeflow.at_fraction`.
 
@@ -123,6 +135,7 @@ class GradualUnfreezer:
         *,
         scheduler: Scheduler | None = None,
         norm: NormMode = "eval",
+        eval_frozen: bool = False,
         no_decay: PolicyLike | None = None,
         total_steps: int | None = None,
         total_epochs: int | None = None,
@@ -151,6 +164,7 @@ class GradualUnfreezer:
         self.schedule = schedule
         self.layout: Layout = lay
         self.norm: NormMode = norm
+        self.eval_frozen = eval_frozen
         self.total_steps = total_steps
         self.total_epochs = total_epochs
         self.stage = -1
@@ -181,6 +195,8 @@ class GradualUnfreezer:
                 self._template = {
                     k: v for k, v in optimizer.param_groups[0].items() if k != "params"
                 }
+            if scheduler is not None:  # before anything changes
+                self._check_lists(scheduler, len(groups), self._template)
             self.optimizer = optimizer
             optimizer.param_groups.clear()
             for g in groups:
@@ -267,22 +283,13 @@ class GradualUnfreezer:
         """
         self._check_scheduler(scheduler, self.optimizer)
         n = len(self.optimizer.param_groups)
+        self._check_lists(scheduler, n, self._template)
+        extended = False
         for s in _schedulers_in(scheduler):
-            lists = {
-                k: v
-                for k, v in vars(s).items()
-                if isinstance(v, list)
-                and k in ("base_lrs", "_last_lr", "min_lrs", "lr_lambdas", "max_lrs")
-            }
-            for key, values in lists.items():
+            for key, values in _group_lists(s).items():
                 if len(values) == n:
                     continue
-                if len(values) != 1 or self._template is None:
-                    raise OptimizerError(
-                        f"{type(s).__name__}.{key} has {len(values)} entries but the optimizer "
-                        f"now has {n} param groups; hint: build the LR scheduler after the "
-                        "GradualUnfreezer"
-                    )
+                extended = True
                 ref = self._template_ref()
                 if key in ("base_lrs", "_last_lr", "max_lrs"):
                     setattr(
@@ -292,10 +299,20 @@ class GradualUnfreezer:
                     )
                 else:
                     setattr(s, key, [values[0]] * n)
-        if self._template is not None:
+        # The template (the optimizer's original single group) only describes a scheduler
+        # built before the unfreezer: one whose lists had to be extended, or whose LR keys
+        # (initial_lr, max_lr...) the new groups lack. A scheduler built after it has already
+        # set every group's LRs; copying the template would undo its first step.
+        template = self._template
+        if template is not None and (
+            extended
+            or any(
+                k in _LR_KEYS and k not in g for g in self.optimizer.param_groups for k in template
+            )
+        ):
             ref = self._template_ref()
             for g in self.optimizer.param_groups:
-                for key, value in self._template.items():
+                for key, value in template.items():
                     if key in _LR_KEYS:
                         g[key] = value * g["base_lr"] / ref
                     elif key not in g or key in ("max_momentum", "base_momentum"):
@@ -303,6 +320,19 @@ class GradualUnfreezer:
             self._template = None
         if scheduler not in self._schedulers:
             self._schedulers.append(scheduler)
+
+    @staticmethod
+    def _check_lists(scheduler: Any, n: int, template: dict[str, Any] | None) -> None:
+        """Raise unless every per-group list of ``scheduler`` fits ``n`` groups or can be
+        extended from the optimizer's original single group."""
+        for s in _schedulers_in(scheduler):
+            for key, values in _group_lists(s).items():
+                if len(values) != n and (len(values) != 1 or template is None):
+                    raise OptimizerError(
+                        f"{type(s).__name__}.{key} has {len(values)} entries but the optimizer "
+                        f"now has {n} param groups; hint: build the LR scheduler after the "
+                        "GradualUnfreezer"
+                    )
 
     def _template_ref(self) -> float:
         t = self._template or {}
@@ -342,7 +372,12 @@ class GradualUnfreezer:
         off = frozenset(range(len(lay.params))) - now if self.stage < 0 else before - now
         on = now - before if self.stage >= 0 else now
         if off:
-            freeze(self.model, self._by_ids(off, "leaving"), norm=self.norm)
+            freeze(
+                self.model,
+                self._by_ids(off, "leaving"),
+                norm=self.norm,
+                eval_frozen=self.eval_frozen,
+            )
         if on:
             unfreeze(self.model, self._by_ids(on, "joining"))
         if stage.reset_state:

@@ -1,0 +1,393 @@
+"""Frozen-prefix feature caching: compute the frozen front of a model once, train the rest.
+
+When every block before some point is frozen and deterministic (its norm layers in eval mode,
+no dropout or stochastic depth active, no random number drawn) and the training inputs are
+deterministic (no random augmentation), the output of that *prefix* is the same every epoch.
+:class:`FeatureCache` computes it once per stage and replays it: the prefix modules are
+replaced, for the duration of a ``with cache.replaying():`` block, by stubs that pass their
+input through, and the module that finishes the prefix returns the cached batch. Everything
+after the cut runs as usual, in train mode, with its own dropout and norm layers.
+
+A model can be cut at a block boundary when the prefix hands exactly one tensor to the rest
+of the network. Rather than trusting a trace, :meth:`FeatureCache.check` runs the model both
+ways on a few real samples and compares the outputs; models that cannot be cut this way
+(skip connections across the cut, glue code that reshapes the input, stochastic frozen
+blocks) are refused with a one-line reason, and training goes on without the cache.
+
+Batches are replayed in the order the original ``DataLoader`` would produce them (its sampler
+and generator are reused), so a cached run consumes random numbers exactly like an uncached
+one and gives the same loss curve up to floating-point rounding.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import tempfile
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from freezeflow.blocks import find_blocks
+
+__all__ = ["CacheRefused", "FeatureCache", "frozen_prefix"]
+
+
+class CacheRefused(Exception):  # noqa: N818 - a refusal with a reason, not an error
+    """Raised internally when a model or loader cannot be cached; ``str()`` is the reason."""
+
+
+class _Stop(Exception):  # noqa: N818 - control flow
+    pass
+
+
+def frozen_prefix(model: nn.Module) -> int:
+    """How many leading blocks of ``model`` have only frozen parameters (at most all but the
+    last block)."""
+    blocks = find_blocks(model)
+    modules = dict(model.named_modules(remove_duplicate=False))
+    params = dict(model.named_parameters(remove_duplicate=False))
+    k = 0
+    for block in blocks[:-1]:
+        owned = [p for path in block.modules for p in modules[path].parameters()]
+        owned += [params[n] for n in block.params]
+        if not owned or any(p.requires_grad for p in owned):
+            break
+        k += 1
+    return k
+
+
+@dataclass
+class _Plan:
+    boundary: int
+    modules: list[nn.Module]
+    replay: nn.Module
+
+
+def _first_tensor(batch: Any) -> torch.Tensor:
+    if isinstance(batch, torch.Tensor):
+        return batch
+    if isinstance(batch, (list, tuple)) and batch and isinstance(batch[0], torch.Tensor):
+        return batch[0]
+    raise CacheRefused("batches must be tensors or (inputs, targets) tuples")
+
+
+class FeatureCache:
+    """Cached outputs of a model's frozen prefix over one data set.
+
+    Args:
+        model: the model; its first ``boundary`` blocks must be frozen.
+        loader: a ``DataLoader`` over a map-style dataset yielding ``(inputs, targets)``.
+        boundary: number of leading blocks to cache (default: :func:`frozen_prefix`).
+        device: where the prefix runs and the features are kept in memory.
+        max_bytes: memory budget for the features; above it they go to a memory-mapped file
+            in ``disk_dir`` (a temporary directory by default), or caching is refused if
+            ``disk_dir`` is ``False``.
+        disk_dir: directory for the memory-mapped features, or ``False`` to forbid disk.
+
+    Raises:
+        CacheRefused: with a one-line reason when the model or loader cannot be cached.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        loader: DataLoader[Any],
+        *,
+        boundary: int | None = None,
+        device: torch.device | str | None = None,
+        max_bytes: int = 2 << 30,
+        disk_dir: str | os.PathLike[str] | bool | None = None,
+    ) -> None:
+        if not isinstance(loader, DataLoader):
+            raise CacheRefused("caching needs a torch DataLoader (got an iterable of batches)")
+        dataset: Any = loader.dataset
+        if not (hasattr(dataset, "__getitem__") and hasattr(dataset, "__len__")):
+            raise CacheRefused("caching needs a DataLoader over a map-style dataset")
+        self.model = model
+        self.loader = loader
+        self.device = torch.device(device) if device is not None else _model_device(model)
+        self.max_bytes = max_bytes
+        self.disk_dir = disk_dir
+        k = frozen_prefix(model) if boundary is None else boundary
+        if k < 1:
+            raise CacheRefused("no frozen prefix: the first block is trainable")
+        self.boundary = k
+        self.features: torch.Tensor | None = None
+        self.targets: torch.Tensor | None = None
+        self._memmap_path: str | None = None
+        self._plan = self._find_replay(k)
+        self.signature = self._signature()
+
+    # ------------------------------------------------------------------ structure
+    def _prefix_modules(self, k: int) -> list[nn.Module]:
+        modules = dict(self.model.named_modules(remove_duplicate=False))
+        blocks = find_blocks(self.model)
+        out: list[nn.Module] = []
+        for block in blocks[:k]:
+            if block.params:
+                raise CacheRefused(
+                    f"block {block.name!r} owns loose parameters ({block.params[0]!r}) that "
+                    "the forward uses directly; the model cannot be cut there"
+                )
+            out += [modules[path] for path in block.modules if path]
+        if not out:
+            raise CacheRefused("the frozen prefix has no module to cut at")
+        return out
+
+    def _sample(self, n: int = 4) -> torch.Tensor:
+        dataset: Any = self.loader.dataset
+        items = [dataset[i] for i in range(min(n, len(dataset)))]
+        if not items:
+            raise CacheRefused("the dataset is empty")
+        collate: Any = self.loader.collate_fn
+        return _first_tensor(collate(items)).to(self.device)
+
+    def _find_replay(self, k: int) -> _Plan:
+        prefix = self._prefix_modules(k)
+        order: list[nn.Module] = []
+        hooks = [m.register_forward_hook(lambda m, i, o: order.append(m)) for m in prefix]
+        was_training = self.model.training
+        try:
+            self.model.eval()
+            with torch.no_grad():
+                self.model(self._sample(2))
+        except Exception as exc:
+            raise CacheRefused(f"a trial forward pass failed: {exc}") from exc
+        finally:
+            for h in hooks:
+                h.remove()
+            self.model.train(was_training)
+        ran = [m for m in order if any(m is p for p in prefix)]
+        if not ran:
+            raise CacheRefused("the prefix modules are never called in forward")
+        return _Plan(k, prefix, ran[-1])
+
+    def _signature(self) -> tuple[int, tuple[int, ...]]:
+        """Changes when the prefix changes (a parameter in it becomes trainable)."""
+        flags = tuple(int(p.requires_grad) for m in self._plan.modules for p in m.parameters())
+        return self.boundary, flags
+
+    def still_valid(self) -> bool:
+        """Whether the prefix is unchanged (same boundary, all still frozen)."""
+        return frozen_prefix(self.model) >= self.boundary and not any(
+            p.requires_grad for m in self._plan.modules for p in m.parameters()
+        )
+
+    # ------------------------------------------------------------------ running the prefix
+    def prefix(self, inputs: torch.Tensor) -> torch.Tensor:
+        """Output of the frozen prefix for ``inputs`` (no gradient)."""
+        captured: list[torch.Tensor] = []
+
+        def stop(module: nn.Module, args: Any, output: Any) -> None:
+            if not isinstance(output, torch.Tensor):
+                raise CacheRefused("the prefix's last module does not return one tensor")
+            captured.append(output)
+            raise _Stop
+
+        handle = self._plan.replay.register_forward_hook(stop)
+        try:
+            with torch.no_grad():
+                self.model(inputs)
+        except _Stop:
+            pass
+        finally:
+            handle.remove()
+        if not captured:
+            raise CacheRefused("the forward pass ended without reaching the cut")
+        return captured[0].detach()
+
+    @contextlib.contextmanager
+    def replaying(self, features: torch.Tensor | None = None) -> Iterator[_Replay]:
+        """Within the block, the prefix modules pass their input through and the cut returns
+        the features set on the yielded handle (``handle.features = batch``)."""
+        handle = _Replay(features)
+        saved: list[tuple[nn.Module, Any]] = []
+        for m in self._plan.modules:
+            saved.append((m, m.__dict__.get("forward")))
+            if m is self._plan.replay:
+                m.__dict__["forward"] = handle
+            else:
+                m.__dict__["forward"] = _passthrough
+        try:
+            yield handle
+        finally:
+            for m, fwd in saved:
+                if fwd is None:
+                    m.__dict__.pop("forward", None)
+                else:
+                    m.__dict__["forward"] = fwd
+
+    # ------------------------------------------------------------------ checks
+    def check(self, atol: float = 1e-4, rtol: float = 1e-3) -> None:
+        """Refuse (raise :class:`CacheRefused`) unless replaying cached features gives the
+        model's own outputs, and the prefix is deterministic in the model's current mode."""
+        x = self._sample(4)
+        was_training = self.model.training
+        try:
+            self.model.eval()
+            with torch.no_grad():
+                full = self.model(x)
+            feats = self.prefix(x)
+            with torch.no_grad(), self.replaying(feats):
+                replayed = self.model(feats)
+        except CacheRefused:
+            raise
+        except Exception as exc:
+            raise CacheRefused(
+                f"the model cannot be cut after block {self.boundary}: {exc}"
+            ) from exc
+        finally:
+            self.model.train(was_training)
+        if not isinstance(full, torch.Tensor) or not isinstance(replayed, torch.Tensor):
+            raise CacheRefused("the model does not return a tensor")
+        if full.shape != replayed.shape or not torch.allclose(full, replayed, atol=atol, rtol=rtol):
+            raise CacheRefused(
+                f"the model cannot be cut after block {self.boundary}: the rest of the "
+                "network uses more than the prefix's last output (e.g. a skip connection)"
+            )
+        # determinism in the current (training) mode: same output, no random number drawn
+        cpu = torch.get_rng_state()
+        cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+        a = self.prefix(x)
+        b = self.prefix(x)
+        drew = not torch.equal(cpu, torch.get_rng_state()) or (
+            cuda is not None
+            and any(not torch.equal(u, v) for u, v in zip(cuda, torch.cuda.get_rng_state_all()))
+        )
+        if drew:
+            torch.set_rng_state(cpu)
+            if cuda is not None:
+                torch.cuda.set_rng_state_all(cuda)
+            raise CacheRefused(
+                "the frozen prefix draws random numbers in train mode (dropout or stochastic "
+                "depth in frozen blocks); hint: freeze with eval_frozen=True"
+            )
+        if not torch.equal(a, b):
+            raise CacheRefused("the frozen prefix is not deterministic in train mode")
+
+    # ------------------------------------------------------------------ building
+    def build(self) -> FeatureCache:
+        """Run the prefix once over the whole dataset (in dataset order)."""
+        dataset: Dataset[Any] = self.loader.dataset
+        n = len(dataset)  # type: ignore[arg-type]
+        ordered = DataLoader(
+            dataset,
+            batch_size=self.loader.batch_size or 64,
+            shuffle=False,
+            num_workers=self.loader.num_workers,
+            collate_fn=self.loader.collate_fn,
+            generator=torch.Generator(),  # leave the global RNG untouched
+        )
+        feats: torch.Tensor | np.memmap[Any, Any] | None = None
+        targets: list[torch.Tensor] = []
+        pos = 0
+        for batch in ordered:
+            if not isinstance(batch, (list, tuple)) or len(batch) < 2:
+                raise CacheRefused("batches must be (inputs, targets)")
+            f = self.prefix(batch[0].to(self.device))
+            if feats is None:
+                feats = self._allocate(n, f)
+            if isinstance(feats, torch.Tensor):
+                feats[pos : pos + len(f)] = f
+            else:
+                feats[pos : pos + len(f)] = f.cpu().numpy()
+            targets.append(torch.as_tensor(batch[1]))
+            pos += len(f)
+        if feats is None or pos != n:
+            raise CacheRefused(f"the dataset yielded {pos} samples, expected {n}")
+        self.features = feats if isinstance(feats, torch.Tensor) else torch.from_numpy(feats)
+        self.targets = torch.cat(targets)
+        return self
+
+    def _allocate(self, n: int, sample: torch.Tensor) -> torch.Tensor | np.memmap[Any, Any]:
+        shape = (n, *sample.shape[1:])
+        size = math.prod(shape) * sample.element_size()
+        if size <= self.max_bytes:
+            return torch.empty(shape, dtype=sample.dtype, device=sample.device)
+        if self.disk_dir is False:
+            raise CacheRefused(
+                f"the features need {size / 2**20:.0f} MiB, over the {self.max_bytes / 2**20:.0f}"
+                " MiB limit, and disk caching is off"
+            )
+        directory = None if self.disk_dir in (None, True) else os.fspath(self.disk_dir)  # type: ignore[arg-type]
+        fd, path = tempfile.mkstemp(prefix="freezeflow-cache-", suffix=".npy", dir=directory)
+        os.close(fd)
+        self._memmap_path = path
+        dtype = torch.empty((), dtype=sample.dtype).numpy().dtype
+        return np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
+
+    def close(self) -> None:
+        """Free the features (and delete the memory-mapped file, if any)."""
+        self.features = None
+        self.targets = None
+        if self._memmap_path is not None:
+            with contextlib.suppress(OSError):
+                os.remove(self._memmap_path)
+            self._memmap_path = None
+
+    @property
+    def nbytes(self) -> int:
+        if self.features is None:
+            return 0
+        return self.features.numel() * self.features.element_size()
+
+    # ------------------------------------------------------------------ replay
+    def batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """One epoch of ``(features, targets)`` batches, in the order the original loader
+        would give them (its sampler and generator are reused)."""
+        if self.features is None or self.targets is None:
+            raise CacheRefused("build() the cache first")
+        order: DataLoader[int] = DataLoader(
+            _Indices(len(self.targets)),
+            batch_sampler=self.loader.batch_sampler,
+            generator=self.loader.generator,
+            collate_fn=_as_index_tensor,
+        )
+        for idx in order:
+            yield self.features[idx].to(self.device), self.targets[idx]
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+
+class _Replay:
+    """Stands in for the module that ends the prefix: returns the cached batch."""
+
+    def __init__(self, features: torch.Tensor | None) -> None:
+        self.features = features
+
+    def __call__(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        if self.features is None:
+            raise RuntimeError("no cached features set for this forward pass")
+        return self.features
+
+
+def _passthrough(x: Any, *args: Any, **kwargs: Any) -> Any:
+    return x
+
+
+class _Indices(Dataset[int]):
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> int:
+        return i
+
+
+def _as_index_tensor(batch: Sequence[int]) -> torch.Tensor:
+    return torch.as_tensor(batch, dtype=torch.long)
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    p = next(model.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")

@@ -1,0 +1,171 @@
+"""Frozen-prefix feature caching: same results as the uncached run, and refusals."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+import freezeflow as ff
+from freezeflow.cache import CacheRefused, FeatureCache, frozen_prefix
+
+
+class Net(nn.Module):
+    """conv+bn stem, three conv blocks (one with dropout), a head with dropout."""
+
+    def __init__(self, block_dropout: float = 0.0) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.bn = nn.BatchNorm2d(8)
+        self.blocks = nn.ModuleList(
+            nn.Sequential(
+                nn.Conv2d(8, 8, 3, padding=1),
+                nn.BatchNorm2d(8),
+                nn.ReLU(),
+                nn.Dropout(block_dropout),
+            )
+            for _ in range(3)
+        )
+        self.head = nn.Sequential(nn.Dropout(0.3), nn.Linear(8, 4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.bn(self.stem(x)))
+        for block in self.blocks:
+            x = block(x)
+        return self.head(x.mean((2, 3)))
+
+
+class Skip(Net):
+    """The stem's output reaches the head directly: it cannot be cut after block 1."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = torch.relu(self.bn(self.stem(x)))
+        x = s
+        for block in self.blocks:
+            x = block(x)
+        return self.head((x + s).mean((2, 3)))
+
+
+def data(n: int = 48) -> TensorDataset:
+    g = torch.Generator().manual_seed(0)
+    return TensorDataset(
+        torch.randn(n, 3, 8, 8, generator=g), torch.randint(0, 4, (n,), generator=g)
+    )
+
+
+def train(cached: bool, *, disk: bool = False, tmp: str | None = None) -> tuple[list[float], Net]:
+    torch.manual_seed(0)
+    model = Net()
+    ff.freeze(model, ff.first(3))  # stem and the first two blocks
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.05, momentum=0.9)
+    loader = DataLoader(
+        data(), batch_size=8, shuffle=True, generator=torch.Generator().manual_seed(1)
+    )
+    model.train()
+    losses: list[float] = []
+    cache = None
+    if cached:
+        cache = FeatureCache(model, loader, max_bytes=0 if disk else 2 << 30, disk_dir=tmp)
+        cache.check()
+        cache.build()
+    for _ in range(3):
+        if cache is not None:
+            with cache.replaying() as handle:
+                for f, y in cache.batches():
+                    handle.features = f
+                    opt.zero_grad()
+                    loss = nn.functional.cross_entropy(model(f), y)
+                    loss.backward()
+                    opt.step()
+                    losses.append(loss.item())
+        else:
+            for x, y in loader:
+                opt.zero_grad()
+                loss = nn.functional.cross_entropy(model(x), y)
+                loss.backward()
+                opt.step()
+                losses.append(loss.item())
+    if cache is not None:
+        cache.close()
+    return losses, model
+
+
+@pytest.mark.parametrize("disk", [False, True], ids=["memory", "memmap"])
+def test_cached_training_equals_uncached(disk: bool, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    plain, m1 = train(cached=False)
+    cached, m2 = train(cached=True, disk=disk, tmp=str(tmp_path))
+    assert len(plain) == len(cached) == 18
+    torch.testing.assert_close(torch.tensor(cached), torch.tensor(plain), rtol=1e-5, atol=1e-6)
+    for (name, a), b in zip(m1.named_parameters(), m2.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
+    if disk:
+        assert not list(tmp_path.iterdir()), "close() must delete the memory-mapped file"
+
+
+def test_frozen_prefix_counts_leading_frozen_blocks() -> None:
+    model = Net()
+    assert frozen_prefix(model) == 0
+    ff.freeze(model, ff.first(2))
+    assert frozen_prefix(model) == 2
+    ff.freeze(model, ff.everything())
+    assert frozen_prefix(model) == len(ff.find_blocks(model)) - 1  # never the whole model
+
+
+def test_refuses_without_frozen_prefix() -> None:
+    loader = DataLoader(data(), batch_size=8)
+    with pytest.raises(CacheRefused, match="no frozen prefix"):
+        FeatureCache(Net(), loader)
+
+
+def test_refuses_plain_iterables() -> None:
+    model = Net()
+    ff.freeze(model, ff.first(2))
+    with pytest.raises(CacheRefused, match="DataLoader"):
+        FeatureCache(model, [(torch.zeros(2, 3, 8, 8), torch.zeros(2))])  # type: ignore[arg-type]
+
+
+def test_refuses_a_cut_crossed_by_a_skip_connection() -> None:
+    model = Skip()
+    ff.freeze(model, ff.first(2))
+    cache = FeatureCache(model, DataLoader(data(), batch_size=8))
+    with pytest.raises(CacheRefused, match="cannot be cut"):
+        cache.check()
+
+
+def test_refuses_random_frozen_blocks_unless_eval_frozen() -> None:
+    model = Net(block_dropout=0.5)
+    ff.freeze(model, ff.first(3))
+    model.train()
+    state = torch.get_rng_state()
+    with pytest.raises(CacheRefused, match="random numbers"):
+        FeatureCache(model, DataLoader(data(), batch_size=8)).check()
+    assert torch.equal(state, torch.get_rng_state()), "a refused check must not consume RNG"
+    ff.freeze(model, ff.first(3), eval_frozen=True)
+    model.train()
+    assert not model.blocks[0].training and model.blocks[2].training
+    FeatureCache(model, DataLoader(data(), batch_size=8)).check()
+
+
+def test_cache_is_invalid_once_the_prefix_changes() -> None:
+    model = Net()
+    ff.freeze(model, ff.first(3))
+    cache = FeatureCache(model, DataLoader(data(), batch_size=8))
+    assert cache.still_valid()
+    ff.unfreeze(model, ff.blocks(2, 3))
+    assert not cache.still_valid()
+
+
+def test_eval_frozen_releases_modules_that_gain_trainable_parameters() -> None:
+    model = Net(block_dropout=0.5)
+    ff.freeze(model, ff.everything(), eval_frozen=True)
+    model.train()
+    assert not any(b.training for b in model.blocks)
+    ff.unfreeze(model, "blocks.1")
+    model.train()
+    assert model.blocks[1].training
+    assert not model.blocks[0].training
+    assert not model.blocks[1][1].training or ff.norm_mode(model.blocks[1][1]) is None
+    with ff.frozen(model, "blocks.1"):
+        assert not model.blocks[1].training
+    assert model.blocks[1].training
