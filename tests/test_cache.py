@@ -169,3 +169,11 @@ def test_eval_frozen_releases_modules_that_gain_trainable_parameters() -> None:
     with ff.frozen(model, "blocks.1"):
         assert not model.blocks[1].training
     assert model.blocks[1].training
+
+
+def test_refuses_batchnorm_in_train_mode_in_the_prefix() -> None:
+    model = Net()
+    ff.freeze(model, ff.first(2), norm="ignore")  # as a hand-written requires_grad loop
+    model.train()
+    with pytest.raises(CacheRefused, match="BatchNorm2d in the frozen prefix is in train mode"):
+        FeatureCache(model, DataLoader(data(), batch_size=8)).check()

@@ -34,7 +34,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from freezeflow.blocks import find_blocks
+from freezeflow.blocks import find_blocks, is_norm_layer
 
 __all__ = ["CacheRefused", "FeatureCache", "frozen_prefix"]
 
@@ -252,6 +252,17 @@ class FeatureCache:
                 f"the model cannot be cut after block {self.boundary}: the rest of the "
                 "network uses more than the prefix's last output (e.g. a skip connection)"
             )
+        # batch statistics: a norm layer in train mode makes each output depend on its batch
+        for m in self._plan.modules:
+            for sub in m.modules():
+                if is_norm_layer(sub) and sub.training and isinstance(
+                    sub, nn.modules.batchnorm._NormBase
+                ):
+                    raise CacheRefused(
+                        f"a {type(sub).__name__} in the frozen prefix is in train mode, so its "
+                        "output depends on the batch and its statistics move (norm='ignore' or "
+                        "'train'); hint: freeze with norm='eval'"
+                    )
         # determinism in the current (training) mode: same output, no random number drawn
         cpu = torch.get_rng_state()
         cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
