@@ -18,6 +18,7 @@ Example:
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -28,6 +29,7 @@ from freezeflow.policy import (
     Policy,
     PolicyLike,
     as_policy,
+    blocks,
     everything,
     last,
     layers,
@@ -49,6 +51,7 @@ __all__ = [
     "chain_thaw",
     "layerwise_decay",
     "on_plateau",
+    "progressive_freezing",
     "seed_keras",
     "seed_pytorch",
     "two_stage",
@@ -450,7 +453,7 @@ class Schedule:
                 raise ScheduleError(f"schedule file {str(path)!r} does not exist")
             text = path.read_text(encoding="utf-8")
         try:
-            data = yaml.safe_load(str(text))
+            data = yaml.load(str(text), Loader=_yaml_loader(yaml))  # a SafeLoader
         except yaml.YAMLError as exc:
             raise ScheduleError(f"the schedule is not valid YAML: {exc}") from exc
         return cls.from_dict(data)
@@ -460,6 +463,24 @@ class Schedule:
         import yaml
 
         return str(yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+
+def _yaml_loader(yaml: Any) -> Any:
+    """``yaml.SafeLoader`` that also reads ``1e-5`` as a float.
+
+    PyYAML follows YAML 1.1, where a float needs a dot (``1.0e-5``), so the way everyone
+    writes a learning rate would load as the string ``'1e-5'`` and fail validation.
+    """
+
+    class Loader(yaml.SafeLoader):  # type: ignore[misc]
+        pass
+
+    Loader.add_implicit_resolver(
+        "tag:yaml.org,2002:float",
+        re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+        list("-+0123456789"),
+    )
+    return Loader
 
 
 # --------------------------------------------------------------------------- presets
@@ -612,3 +633,45 @@ def layerwise_decay(
     return Schedule(
         [Stage(everything(), lr=lr, lr_decay=decay, weight_decay=weight_decay, name="llrd")]
     )
+
+
+def progressive_freezing(
+    n_blocks: int,
+    *,
+    lr: float = 1e-3,
+    start: float = 0.5,
+    end: float = 0.9,
+    cubic: bool = True,
+    lr_decay: float | None = None,
+    weight_decay: float | None = None,
+) -> Schedule:
+    """Freeze the first blocks progressively during training, FreezeOut-style (Brock et al.,
+    2017), to save time: a frozen prefix is not back-propagated through, and once it is
+    frozen and deterministic, :func:`freezeflow.fit` can cache its output.
+
+    Everything trains at first; then block 0 freezes at fraction ``start`` of training, block
+    1 later, ... block ``n_blocks - 1`` at ``end``. With ``cubic`` the freezing times follow
+    FreezeOut's cubic spacing (``t_i = start + (end - start) * (i / (n - 1)) ** 3``: early
+    blocks freeze sooner), else they are evenly spaced. Needs the run's length (``fit()``
+    passes it).
+    """
+    _check_int("progressive_freezing(n_blocks)", n_blocks, 1)
+    if not (0.0 < start < end < 1.0 or (n_blocks == 1 and 0.0 < start < 1.0)):
+        raise ScheduleError(
+            f"progressive_freezing(start={start!r}, end={end!r}): expected 0 < start < end < 1"
+        )
+    stages = [Stage(everything(), lr=lr, lr_decay=lr_decay, weight_decay=weight_decay, name="all")]
+    for i in range(n_blocks):
+        x = i / (n_blocks - 1) if n_blocks > 1 else 0.0
+        at = start + (end - start) * (x**3 if cubic else x)
+        stages.append(
+            Stage(
+                blocks(i + 1, None),
+                lr=lr,
+                start=at_fraction(at),
+                lr_decay=lr_decay,
+                exclusive=True,
+                name=f"freeze{i}",
+            )
+        )
+    return Schedule(stages)
