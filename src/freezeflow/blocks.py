@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from freezeflow.errors import PolicyError, nearest, quote_list
+from freezeflow.errors import PolicyError, PolicyTypeError, nearest, quote_list
 
 __all__ = [
     "NORM_TYPES",
@@ -282,7 +282,7 @@ class ModelIndex:
     @classmethod
     def build(cls, model: nn.Module) -> ModelIndex:
         if not isinstance(model, nn.Module):
-            raise PolicyError(
+            raise PolicyTypeError(
                 f"expected a torch.nn.Module, got {model!r} of type {type(model).__name__}; "
                 "hint: pass the model itself, not its parameters or state_dict"
             )

@@ -120,11 +120,18 @@ class Policy:
             i = contradictions[0]
             kept = [idx.aliases[a] for a in idx.param_aliases[i] if a in aliases]
             dropped = [idx.aliases[a] for a in idx.param_aliases[i] if a not in aliases]
+            # every name can be kept while the parameter is not (~(a & b) where a and b each
+            # hold the parameter through a different name): a contradiction all the same
+            what = (
+                f"selects {quote_list(kept)} but excludes {quote_list(dropped)}"
+                if dropped
+                else f"keeps the names {quote_list(kept)} but not the parameter they share"
+            )
+            every = ", ".join(repr(idx.aliases[a]) for a in idx.param_aliases[i])
             raise TiedParameterError(
-                f"{self!r} selects {quote_list(kept)} but excludes {quote_list(dropped)}, "
-                f"and these are one tied parameter of {type(model).__name__}; "
+                f"{self!r} {what}, and these are one tied parameter of {type(model).__name__}; "
                 "hint: select or exclude all names of a tied parameter together, e.g. "
-                f"name({kept[0]!r}, {dropped[0]!r})"
+                f"name({every})"
             )
         if not params and not allow_empty:
             raise EmptySelectionError(
@@ -324,7 +331,7 @@ def _glob_regex(pattern: str) -> re.Pattern[str]:
                 )
             body = pattern[i + 1 : end]
             if body.startswith("!"):
-                body = "^" + body[1:]
+                body = "^." + body[1:]  # like '?', a negated class never matches the dot
             out.append(f"[{body}]")
             i = end + 1
             continue
