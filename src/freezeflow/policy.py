@@ -366,7 +366,13 @@ class Name(Policy):
             rx = _glob_regex(pattern)
             found, _ = _match_names(idx, _fullmatch(rx))
             if not found and self.strict:
-                candidates = [*(p for p in idx.modules if p), *idx.aliases]
+                owners = {a.rpartition(".")[0] for a in idx.aliases}
+                with_params = [
+                    p
+                    for p in idx.modules
+                    if p and any(o == p or o.startswith(p + ".") for o in owners)
+                ]
+                candidates = [*with_params, *idx.aliases]
                 raise PolicyError(
                     f"name({pattern!r}) matches no module or parameter of "
                     f"{type(idx.model).__name__}; nearest: "
