@@ -1,0 +1,282 @@
+"""Checkpoints: atomic writes, safe loads, retention, refusals, and resuming across processes
+(including after SIGKILL at random moments)."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from _fit_worker import make_loaders, make_model, make_schedule
+from torch import nn
+
+import freezeflow as ff
+from freezeflow.callbacks import Callback
+from freezeflow.checkpoint import (
+    MANIFEST,
+    atomic_save,
+    find_checkpoint,
+    load_checkpoint,
+)
+from freezeflow.errors import CheckpointError
+from freezeflow.loop import History, Run, fit
+
+WORKER = Path(__file__).with_name("_fit_worker.py")
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def train(
+    directory: Path, epochs: int = 2, callbacks: tuple[Callback, ...] = (), **kw: Any
+) -> tuple[nn.Module, History]:
+    train_data, val = make_loaders(n_train=64)
+    model = kw.pop("model", None) or make_model()
+    history = fit(
+        model,
+        train_data,
+        schedule=kw.pop("schedule", make_schedule()),
+        val_data=val,
+        epochs=epochs,
+        callbacks=callbacks,
+        checkpoint_dir=directory,
+        quiet=True,
+        seed=0,
+        **kw,
+    )
+    return model, history
+
+
+def snapshot(directory: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(directory.iterdir())}
+
+
+# --------------------------------------------------------------------------- atomic writes
+
+
+def test_atomic_save_loads_weights_only_and_leaves_no_temp_file(tmp_path: Path) -> None:
+    path = atomic_save({"x": torch.arange(3), "meta": [1, "a", None]}, tmp_path / "a.pt")
+    assert torch.load(path, weights_only=True)["meta"] == [1, "a", None]
+    assert [p.name for p in tmp_path.iterdir()] == ["a.pt"]
+
+
+def test_failed_atomic_save_keeps_the_old_file(tmp_path: Path) -> None:
+    path = atomic_save({"v": 1}, tmp_path / "a.pt")
+    old = path.read_bytes()
+    with pytest.raises(Exception, match=r"pickle|lambda"):
+        atomic_save({"v": lambda: 0}, path)  # cannot be pickled: fails mid-write
+    assert path.read_bytes() == old
+    assert [p.name for p in tmp_path.iterdir()] == ["a.pt"]
+
+
+def test_checkpoint_holds_everything_and_loads_weights_only(tmp_path: Path) -> None:
+    train(tmp_path, epochs=2)
+    latest = find_checkpoint(True, tmp_path)
+    assert latest == tmp_path / "epoch-0002.pt"
+    ckpt = torch.load(latest, weights_only=True)
+    assert {"model", "optimizer", "unfreezer", "scaler", "rng", "history", "position"} <= set(ckpt)
+    assert set(ckpt["rng"]) >= {"torch", "python", "numpy", "generators"}
+    assert ckpt["position"] == {"epoch": 2, "batch": 0, "step": 4}
+    assert [r["kind"] for r in ckpt["history"]] == ["transition", "epoch", "epoch"]
+
+
+# --------------------------------------------------------------------------- retention
+
+
+def test_keeps_last_k_and_the_best(tmp_path: Path) -> None:
+    scores = iter([0.5, 0.1, 0.9, 0.8, 0.7])
+
+    class Score(Callback):
+        def on_evaluate(self, run: Run, logs: dict[str, float]) -> None:
+            logs["score"] = next(scores)
+
+    train(tmp_path, epochs=5, callbacks=(Score(),), keep_last=2, keep_best=("score", "min"))
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == ["epoch-0002.pt", "epoch-0004.pt", "epoch-0005.pt", MANIFEST]
+    import json
+
+    manifest = json.loads((tmp_path / MANIFEST).read_text())
+    assert (manifest["latest"], manifest["best"]) == ("epoch-0005.pt", "epoch-0002.pt")
+
+
+def test_checkpoint_every_and_at_the_end(tmp_path: Path) -> None:
+    train(tmp_path, epochs=5, checkpoint_every=2, keep_last=None)
+    assert sorted(p.name for p in tmp_path.glob("*.pt")) == [
+        "epoch-0002.pt",
+        "epoch-0004.pt",
+        "epoch-0005.pt",
+    ]
+
+
+def test_fresh_run_refuses_a_directory_with_checkpoints(tmp_path: Path) -> None:
+    train(tmp_path, epochs=1)
+    before = snapshot(tmp_path)
+    with pytest.raises(CheckpointError, match=r"already holds checkpoints.*resume=True"):
+        train(tmp_path, epochs=1)
+    assert snapshot(tmp_path) == before
+
+
+def test_resume_true_on_an_empty_directory_starts_fresh(tmp_path: Path) -> None:
+    _, history = train(tmp_path / "new", epochs=1, resume=True)
+    assert len(history) == 1
+
+
+def test_resume_finds_latest_by_scanning_without_manifest(tmp_path: Path) -> None:
+    train(tmp_path, epochs=3, keep_last=None)
+    (tmp_path / MANIFEST).unlink()
+    assert find_checkpoint(True, tmp_path) == tmp_path / "epoch-0003.pt"
+    assert find_checkpoint(tmp_path / "epoch-0001.pt", None) == tmp_path / "epoch-0001.pt"
+    with pytest.raises(CheckpointError, match="needs checkpoint_dir"):
+        find_checkpoint(True, None)
+    with pytest.raises(CheckpointError, match="does not exist"):
+        find_checkpoint(tmp_path / "nope.pt", None)
+
+
+# --------------------------------------------------------------------------- refusals
+
+
+def test_truncated_checkpoint_is_named_and_nothing_is_overwritten(tmp_path: Path) -> None:
+    train(tmp_path, epochs=2)
+    latest = tmp_path / "epoch-0002.pt"
+    latest.write_bytes(latest.read_bytes()[:1000])
+    before = snapshot(tmp_path)
+    with pytest.raises(CheckpointError, match=r"epoch-0002\.pt.*truncated or corrupt"):
+        train(tmp_path, epochs=4, resume=True)
+    assert snapshot(tmp_path) == before
+
+
+class Payload:
+    """Not a tensor or plain container: unpickling it could run code."""
+
+
+def test_pickled_objects_are_refused(tmp_path: Path) -> None:
+    train(tmp_path, epochs=1)
+    bad = tmp_path / "evil.pt"
+    ckpt = load_checkpoint(tmp_path / "epoch-0001.pt")
+    ckpt["extra"] = Payload()
+    torch.save(ckpt, bad)
+    with pytest.raises(CheckpointError, match=r"evil\.pt.*weights_only=True"):
+        load_checkpoint(bad)
+    with pytest.raises(CheckpointError, match=r"refused to load .*evil\.pt"):
+        train(tmp_path, epochs=2, resume=bad)
+
+
+def test_not_a_checkpoint(tmp_path: Path) -> None:
+    torch.save({"weights": torch.zeros(2)}, tmp_path / "w.pt")
+    with pytest.raises(CheckpointError, match=r"w\.pt.*not a freezeflow checkpoint"):
+        load_checkpoint(tmp_path / "w.pt")
+
+
+def test_checkpoint_of_another_model_or_schedule(tmp_path: Path) -> None:
+    train(tmp_path, epochs=1)
+    path = tmp_path / "epoch-0001.pt"
+    other = make_model()
+    other.head = nn.Linear(16, 5)
+    start = {k: v.clone() for k, v in other.state_dict().items()}
+    with pytest.raises(CheckpointError, match=r"epoch-0001\.pt.*another model.*head\.weight"):
+        train(tmp_path, epochs=2, resume=path, model=other)
+    assert all(torch.equal(v, start[k]) for k, v in other.state_dict().items())
+    sched = ff.Schedule([ff.Stage("head", lr=1e-2), ff.Stage("conv", lr=1e-3, start=1)])
+    with pytest.raises(CheckpointError, match=r"epoch-0001\.pt.*another schedule"):
+        train(tmp_path, epochs=2, resume=path, schedule=sched)
+
+
+# --------------------------------------------------------------------------- across processes
+
+
+def worker(directory: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run(
+        [sys.executable, str(WORKER), str(directory), *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+        check=False,
+    )
+
+
+def final(out: Path) -> tuple[dict[str, torch.Tensor], History]:
+    data = torch.load(out, weights_only=True)
+    return data["model"], History.from_json(data["history"])
+
+
+def assert_same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def untimed(history: History) -> list[dict[str, Any]]:
+    """The records without wall-clock fields."""
+    return [
+        {k: v for k, v in r.items() if k not in ("seconds", "images_per_s")}
+        for r in history.records
+    ]
+
+
+@pytest.mark.slow
+def test_resume_in_a_new_process_is_bit_exact(tmp_path: Path) -> None:
+    ref = worker(tmp_path / "ref", "--epochs", "4", "--out", str(tmp_path / "ref.pt"))
+    assert ref.returncode == 0, ref.stderr
+    first = worker(tmp_path / "run", "--epochs", "4", "--stop-after", "2")
+    assert first.returncode == 0, first.stderr
+    assert find_checkpoint(True, tmp_path / "run") == tmp_path / "run" / "epoch-0002.pt"
+    second = worker(tmp_path / "run", "--epochs", "4", "--resume", "--out", str(tmp_path / "b.pt"))
+    assert second.returncode == 0, second.stderr
+    ref_model, ref_history = final(tmp_path / "ref.pt")
+    model, history = final(tmp_path / "b.pt")
+    assert_same(ref_model, model)
+    assert untimed(history) == untimed(ref_history)
+
+
+@pytest.mark.slow
+def test_sigkill_at_random_moments_then_resume(tmp_path: Path) -> None:
+    epochs = ["--epochs", "12", "--train-size", "64"]  # many short epochs: saves are frequent
+    ref = worker(tmp_path / "ref", *epochs, "--out", str(tmp_path / "ref.pt"))
+    assert ref.returncode == 0, ref.stderr
+    directory = tmp_path / "run"
+    rng = random.Random(1234)
+    killed = mid_save = 0
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    for _ in range(5):
+        proc = subprocess.Popen(
+            [sys.executable, str(WORKER), str(directory), *epochs, "--resume", "--slow-saves"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+            env=env,
+        )
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "TRAINING"
+        time.sleep(rng.uniform(0.05, 0.6))
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            killed += 1
+        proc.wait()
+        mid_save += bool(list(directory.glob(".*.tmp")))  # killed while writing a checkpoint
+        latest = find_checkpoint(True, directory)
+        if latest is not None:
+            load_checkpoint(latest)  # always a complete, valid file
+    assert killed >= 3
+    assert mid_save >= 1  # saves take most of the time with --slow-saves
+    done = worker(directory, *epochs, "--resume", "--out", str(tmp_path / "run.pt"))
+    assert done.returncode == 0, done.stderr
+    assert not list(directory.glob(".*.tmp"))
+    ref_model, _ = final(tmp_path / "ref.pt")
+    model, history = final(tmp_path / "run.pt")
+    assert [r["epoch"] for r in history.epochs] == list(range(12))
+    assert_same(ref_model, model)
