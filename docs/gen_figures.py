@@ -1,0 +1,72 @@
+"""Render the pictures the docs show, from a real schedule on a real model.
+
+Writes into ``docs/img/`` (or the folder given as the first argument):
+
+- ``resnet18_summary.txt``: ``freezeflow.summary`` of torchvision's ResNet18 after the first
+  stage of the example schedule has frozen everything else;
+- ``resnet18_plan.txt``: ``print(freezeflow.plan(...))`` of that schedule;
+- ``resnet18_plan.png``: ``freezeflow.plan(...).plot(...)``, each param group's base LR and
+  the trainable-parameter count over the run.
+
+The model is ``torchvision.models.resnet18(weights=None)`` (random weights: nothing is
+downloaded; the plan only depends on the architecture). Run it with
+``python docs/gen_figures.py``; ``nox -s docs`` runs it before building.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import torchvision
+
+import freezeflow as ff
+
+HERE = Path(__file__).resolve().parent
+TOTAL_EPOCHS = 10
+
+
+def example_schedule() -> ff.Schedule:
+    """The schedule the docs use: head, then layer4, then layer3, with per-block LR decay."""
+    return ff.Schedule(
+        [
+            ff.Stage("fc", lr=1e-3, weight_decay=0.01, name="head"),
+            ff.Stage("layer4", lr=3e-4, start=3, lr_decay=0.5, name="layer4"),
+            ff.Stage("layer3", lr=1e-4, start=6, lr_decay=0.5, name="layer3"),
+        ]
+    )
+
+
+def render(out: Path) -> list[Path]:
+    """Write the figures into ``out``; returns their paths."""
+    out.mkdir(parents=True, exist_ok=True)
+    schedule = example_schedule()
+    model = torchvision.models.resnet18(weights=None)
+
+    plan = ff.plan(model, schedule)
+    plan_txt = out / "resnet18_plan.txt"
+    plan_txt.write_text(str(plan) + "\n", encoding="utf-8")
+
+    figure = plan.plot(TOTAL_EPOCHS)
+    plan_png = out / "resnet18_plan.png"
+    figure.savefig(plan_png, dpi=110)
+
+    ff.freeze(model, ~schedule[0].trainable)  # what stage 0 leaves trainable
+    summary_txt = out / "resnet18_summary.txt"
+    summary_txt.write_text(str(ff.summary(model)) + "\n", encoding="utf-8")
+    return [plan_txt, plan_png, summary_txt]
+
+
+def main(argv: list[str]) -> int:
+    out = Path(argv[0]) if argv else HERE / "img"
+    for path in render(out):
+        print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))

@@ -1,0 +1,231 @@
+"""The ``freezeflow`` command line: look at a model's blocks and a schedule's plan.
+
+Usage::
+
+    freezeflow inspect torchvision:resnet50            # block table (freezeflow.summary)
+    freezeflow inspect timm:vit_small_patch16_224 --by layers
+    freezeflow plan torchvision:resnet18 schedule.yaml --num-classes 10
+    freezeflow demo [ARGS...]                          # runs examples/offline_transfer.py
+
+Models are built without downloading weights (``weights=None`` for torchvision,
+``pretrained=False`` for timm): block tables and plans only need the architecture. User errors
+(an unknown model, a bad schedule file) print one line on stderr and exit with status 2.
+``python -m freezeflow`` is the same program.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import difflib
+import importlib
+import inspect as pyinspect
+import os
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from freezeflow.errors import FreezeflowError
+
+__all__ = ["CliError", "build_model", "demo_script", "main"]
+
+SOURCES = ("torchvision", "timm")
+"""Model sources ``MODEL`` may name, as in ``torchvision:resnet50``."""
+
+DEMO = Path("examples") / "offline_transfer.py"
+"""The demo script, relative to the current directory or to the source checkout."""
+
+
+class CliError(FreezeflowError, ValueError):
+    """A command-line argument is wrong (unknown model, missing demo script...)."""
+
+
+# --------------------------------------------------------------------------- models
+
+
+def _split(spec: str) -> tuple[str, str]:
+    source, sep, arch = spec.partition(":")
+    if not sep:
+        source, arch = "torchvision", spec
+    if source not in SOURCES or not arch:
+        raise CliError(
+            f"model {spec!r} is not of the form SOURCE:NAME with SOURCE one of "
+            f"{', '.join(SOURCES)}; hint: torchvision:resnet50 or timm:vit_small_patch16_224"
+        )
+    return source, arch
+
+
+def _suggest(arch: str, known: Sequence[str]) -> str:
+    close = difflib.get_close_matches(arch, known, n=3, cutoff=0.5)
+    return f"; nearest: {', '.join(close)}" if close else ""
+
+
+def _torchvision(arch: str, num_classes: int | None) -> nn.Module:
+    try:
+        tv_models: Any = importlib.import_module("torchvision.models")
+    except ImportError as exc:
+        raise CliError(
+            "torchvision is not installed; hint: pip install 'freezeflow[vision]'"
+        ) from exc
+    known = sorted(tv_models.list_models())
+    if arch not in known:
+        raise CliError(f"unknown torchvision model {arch!r}{_suggest(arch, known)}")
+    builder = tv_models.get_model_builder(arch)
+    kwargs: dict[str, Any] = {"weights": None}
+    params = pyinspect.signature(builder).parameters
+    if "weights_backbone" in params:  # detection/segmentation: no backbone download either
+        kwargs["weights_backbone"] = None
+    if num_classes is not None:
+        kwargs["num_classes"] = num_classes
+    try:
+        model = builder(**kwargs)
+    except (TypeError, ValueError) as exc:
+        raise CliError(f"cannot build torchvision:{arch}: {exc}") from exc
+    if not isinstance(model, nn.Module):  # pragma: no cover - torchvision builds modules
+        raise CliError(f"torchvision:{arch} did not build an nn.Module")
+    return model
+
+
+def _timm(arch: str, num_classes: int | None) -> nn.Module:
+    try:
+        timm: Any = importlib.import_module("timm")
+    except ImportError as exc:
+        raise CliError(
+            f"timm is not installed, so timm:{arch} cannot be built; hint: pip install timm"
+        ) from exc
+    if not timm.is_model(arch):
+        raise CliError(f"unknown timm model {arch!r}{_suggest(arch, timm.list_models())}")
+    kwargs: dict[str, Any] = {"pretrained": False}
+    if num_classes is not None:
+        kwargs["num_classes"] = num_classes
+    try:
+        model = timm.create_model(arch, **kwargs)
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise CliError(f"cannot build timm:{arch}: {exc}") from exc
+    if not isinstance(model, nn.Module):  # pragma: no cover - timm builds modules
+        raise CliError(f"timm:{arch} did not build an nn.Module")
+    return model
+
+
+def build_model(spec: str, num_classes: int | None = None) -> nn.Module:
+    """Build ``torchvision:NAME`` or ``timm:NAME`` (a bare ``NAME`` means torchvision) with
+    random weights; nothing is downloaded.
+
+    Args:
+        spec: the model, as on the command line.
+        num_classes: passed to the model's constructor, which builds the head with that many
+            outputs (the same as replacing the head of a pretrained model).
+
+    Raises:
+        CliError: unknown source or model name, timm not installed, or the constructor
+            refused the arguments.
+    """
+    source, arch = _split(spec)
+    if num_classes is not None and num_classes < 1:
+        raise CliError(f"--num-classes must be a positive integer, got {num_classes}")
+    if source == "timm":
+        return _timm(arch, num_classes)
+    return _torchvision(arch, num_classes)
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    from freezeflow.summary import summary
+
+    model = build_model(args.model, args.num_classes)
+    print(summary(model, by=args.by))
+    return 0
+
+
+def _plan(args: argparse.Namespace) -> int:
+    from freezeflow.plan import plan
+    from freezeflow.schedule import Schedule
+
+    path = Path(args.schedule)
+    if not path.is_file():
+        raise CliError(f"schedule file {str(path)!r} does not exist")
+    schedule = Schedule.from_yaml(path)  # ScheduleError on bad YAML or keys
+    model = build_model(args.model, args.num_classes)
+    print(plan(model, schedule))
+    return 0
+
+
+def demo_script() -> Path | None:
+    """The demo script: ``examples/offline_transfer.py`` under the current directory, else
+    under the source checkout freezeflow is installed from (editable installs); None if
+    neither exists."""
+    checkout = Path(__file__).resolve().parents[2]
+    for root in (Path.cwd(), checkout):
+        candidate = root / DEMO
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _demo(args: argparse.Namespace, rest: list[str]) -> int:
+    script = demo_script()
+    if script is None:
+        raise CliError(
+            f"the demo script {DEMO.as_posix()} was not found (it ships with the source "
+            "checkout, not the wheel); hint: run from a clone of the freezeflow repository"
+        )
+    return subprocess.call([sys.executable, str(script), *rest])
+
+
+def _parser() -> argparse.ArgumentParser:
+    from freezeflow import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="freezeflow",
+        description="Inspect the blocks of a model and the plan of a fine-tuning schedule.",
+    )
+    parser.add_argument("--version", action="version", version=f"freezeflow {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    model_help = "torchvision:NAME or timm:NAME (built with random weights, nothing downloaded)"
+    classes_help = "build the model with a head of N outputs"
+
+    p = sub.add_parser("inspect", help="print the block table of a model (freezeflow.summary)")
+    p.add_argument("model", metavar="MODEL", help=model_help)
+    p.add_argument("--by", choices=("blocks", "layers"), default="blocks", help="table rows")
+    p.add_argument("--num-classes", type=int, metavar="N", help=classes_help)
+
+    p = sub.add_parser("plan", help="print what a YAML schedule does to a model, per stage")
+    p.add_argument("model", metavar="MODEL", help=model_help)
+    p.add_argument("schedule", metavar="SCHEDULE.yaml", help="a schedule file (YAML or JSON)")
+    p.add_argument("--num-classes", type=int, metavar="N", help=classes_help)
+
+    sub.add_parser(
+        "demo",
+        add_help=False,  # --help goes to the script
+        help="run examples/offline_transfer.py; every further argument goes to it",
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line with ``argv`` (default: ``sys.argv[1:]``); returns the exit
+    status: 0 on success, 2 on a user error (one line on stderr), or the demo's own status."""
+    parser = _parser()
+    args, rest = parser.parse_known_args(list(sys.argv[1:] if argv is None else argv))
+    if rest and args.command != "demo":
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    try:
+        if args.command == "inspect":
+            return _inspect(args)
+        if args.command == "plan":
+            return _plan(args)
+        return _demo(args, rest)
+    except FreezeflowError as exc:
+        message = " ".join(str(exc).split())  # YAML errors span several lines
+        print(f"freezeflow: error: {message}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:  # `freezeflow inspect ... | head`: stop quietly
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
