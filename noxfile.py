@@ -49,7 +49,7 @@ def slow(session: nox.Session) -> None:
 def lint(session: nox.Session) -> None:
     """ruff check and ruff format --check."""
     session.install(*group("lint"))
-    paths = ["src", "tests", "examples", "benchmarks", "noxfile.py"]
+    paths = ["src", "tests", "examples", "benchmarks", "docs", "noxfile.py"]
     session.run("ruff", "check", *paths)
     session.run("ruff", "format", "--check", *paths)
 
@@ -60,3 +60,21 @@ def typecheck(session: nox.Session) -> None:
     session.install(*TORCH)
     session.install("-e", ".[progress,plot,yaml]", *group("typecheck"))
     session.run("mypy", "src")
+
+
+@nox.session(python="3.11")
+def docs(session: nox.Session) -> None:
+    """The documentation site (Sphinx + MyST), warnings as errors, into build/docs."""
+    session.install(*TORCH)
+    session.install("-e", ".[plot,yaml,vision]", *group("docs"))
+    session.run("python", "docs/gen_figures.py", env={"OMP_NUM_THREADS": "2"})
+    session.run(
+        "sphinx-build",
+        "-W",
+        "--keep-going",
+        "-b",
+        "html",
+        "docs",
+        "build/docs",
+        env={"OMP_NUM_THREADS": "2"},
+    )

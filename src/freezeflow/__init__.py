@@ -6,6 +6,9 @@ result.
 """
 
 from freezeflow.blocks import Block, clear_blocks, find_blocks, is_norm_layer, set_blocks
+from freezeflow.cache import FeatureCache
+from freezeflow.callbacks import Callback, EarlyStopping, ProgressBar
+from freezeflow.checkpoint import Checkpoint, load_checkpoint
 from freezeflow.errors import (
     CheckpointError,
     EmptySelectionError,
@@ -21,6 +24,8 @@ from freezeflow.errors import (
 )
 from freezeflow.freezing import NormMode, freeze, frozen, norm_mode, unfreeze
 from freezeflow.groups import default_no_decay, param_groups
+from freezeflow.heads import HeadNotFoundError, replace_head
+from freezeflow.loop import History, Run, fit
 from freezeflow.plan import Plan, plan
 from freezeflow.policy import (
     ALL,
@@ -48,6 +53,7 @@ from freezeflow.schedule import (
     chain_thaw,
     layerwise_decay,
     on_plateau,
+    progressive_freezing,
     seed_keras,
     seed_pytorch,
     two_stage,
@@ -63,17 +69,25 @@ __all__ = [
     "ALL",
     "NONE",
     "Block",
+    "Callback",
+    "Checkpoint",
     "CheckpointError",
+    "EarlyStopping",
     "EmptySelectionError",
+    "FeatureCache",
     "FreezeflowError",
     "FreezeflowWarning",
     "GradualUnfreezer",
+    "HeadNotFoundError",
+    "History",
     "NormMode",
     "OptimizerError",
     "Plan",
     "Policy",
     "PolicyError",
     "PolicyTypeError",
+    "ProgressBar",
+    "Run",
     "Schedule",
     "ScheduleError",
     "Selection",
@@ -95,12 +109,14 @@ __all__ = [
     "everything",
     "find_blocks",
     "first",
+    "fit",
     "freeze",
     "frozen",
     "is_norm_layer",
     "last",
     "layers",
     "layerwise_decay",
+    "load_checkpoint",
     "name",
     "norm_layers",
     "norm_mode",
@@ -109,7 +125,9 @@ __all__ = [
     "on_plateau",
     "param_groups",
     "plan",
+    "progressive_freezing",
     "regex",
+    "replace_head",
     "seed_keras",
     "seed_pytorch",
     "set_blocks",

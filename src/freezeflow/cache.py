@@ -25,7 +25,7 @@ import contextlib
 import math
 import os
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -98,7 +98,7 @@ class FeatureCache:
     def __init__(
         self,
         model: nn.Module,
-        loader: DataLoader[Any],
+        loader: Iterable[Any],
         *,
         boundary: int | None = None,
         device: torch.device | str | None = None,
@@ -111,7 +111,7 @@ class FeatureCache:
         if not (hasattr(dataset, "__getitem__") and hasattr(dataset, "__len__")):
             raise CacheRefused("caching needs a DataLoader over a map-style dataset")
         self.model = model
-        self.loader = loader
+        self.loader: DataLoader[Any] = loader
         self.device = torch.device(device) if device is not None else _model_device(model)
         self.max_bytes = max_bytes
         self.disk_dir = disk_dir
@@ -255,8 +255,10 @@ class FeatureCache:
         # batch statistics: a norm layer in train mode makes each output depend on its batch
         for m in self._plan.modules:
             for sub in m.modules():
-                if is_norm_layer(sub) and sub.training and isinstance(
-                    sub, nn.modules.batchnorm._NormBase
+                if (
+                    is_norm_layer(sub)
+                    and sub.training
+                    and isinstance(sub, nn.modules.batchnorm._NormBase)
                 ):
                     raise CacheRefused(
                         f"a {type(sub).__name__} in the frozen prefix is in train mode, so its "

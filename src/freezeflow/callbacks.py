@@ -58,6 +58,9 @@ class Callback:
     def on_evaluate(self, run: Run, logs: dict[str, float]) -> None:
         """After validation; ``logs`` holds ``train_loss``, ``val_loss`` and ``val_<metric>``."""
 
+    def on_note(self, run: Run, message: str) -> None:
+        """A one-line message from the loop (e.g. whether the feature cache is used)."""
+
     def state_dict(self) -> dict[str, Any]:
         """What to save in a checkpoint (plain values only)."""
         return {}
@@ -209,6 +212,9 @@ class ProgressBar(Callback):
                 f"  epoch {run.epoch} batch {run.batch}{total} [{run.stage}] "
                 f"loss {run.loss:.4f} lr {lr:.2e} {_si(rate)} img/s"
             )
+
+    def on_note(self, run: Run, message: str) -> None:
+        self._write(message)
 
     def on_stage_change(self, run: Run, transition: Transition) -> None:
         lrs = sorted(set(transition.lrs.values()))

@@ -35,6 +35,10 @@ from freezeflow.selection import Selection
 __all__ = ["NormMode", "freeze", "frozen", "norm_mode", "unfreeze"]
 
 NormMode = Literal["eval", "train", "frozen", "ignore"]
+"""What happens to norm layers whose parameters are frozen: ``"eval"`` (default: fixed
+statistics, kept through ``model.train()``), ``"train"`` (norm layers stay trainable, fastai's
+``train_bn``), ``"frozen"`` (like ``"eval"`` and sticky through :func:`unfreeze`) or
+``"ignore"`` (left alone, as a plain ``requires_grad`` loop does)."""
 _MODES: tuple[str, ...] = get_args(NormMode)
 
 

@@ -8,6 +8,7 @@ holds the whole state of training.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import random
@@ -25,9 +26,11 @@ from torch.nn import functional as F
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
 
+from freezeflow.cache import CacheRefused, FeatureCache, frozen_prefix
 from freezeflow.callbacks import Callback, ProgressBar, lookup
 from freezeflow.checkpoint import Checkpoint, find_checkpoint, restore, rng_state, set_rng_state
 from freezeflow.errors import OptimizerError, ScheduleError, TrainingError
+from freezeflow.freezing import NormMode
 from freezeflow.schedule import OnPlateau, Schedule, Stage
 from freezeflow.unfreezer import GradualUnfreezer, OptimizerFactory, Transition
 
@@ -202,6 +205,11 @@ class Run:
     epoch_rng: dict[str, Any] | None = None
     """RNG states at the start of the epoch in progress (to replay it after a resume)."""
     resume_rng: dict[str, Any] | None = None
+    cache_features: bool = False
+    """Whether frozen-prefix caching is on (``fit(cache=True)``)."""
+    cache_options: dict[str, Any] = field(default_factory=dict)
+    cache: FeatureCache | None = None
+    val_cache: FeatureCache | None = None
 
     @property
     def stage(self) -> str | None:
@@ -212,6 +220,11 @@ class Run:
         """Call ``hook`` on every callback, in order."""
         for cb in self.callbacks:
             getattr(cb, hook)(self, *args)
+
+    def note(self, message: str) -> None:
+        """Record a one-line message in the history and show it (``on_note``)."""
+        self.history.records.append({"kind": "note", "epoch": self.epoch, "message": message})
+        self.emit("on_note", message)
 
     def stage_changed(self, transitions: list[Transition]) -> None:
         for t in transitions:
@@ -251,6 +264,11 @@ def fit(
     resume: bool | str | Path = False,
     quiet: bool = False,
     seed: int | None = None,
+    norm: NormMode = "eval",
+    eval_frozen: bool = False,
+    cache: bool = False,
+    cache_dir: str | Path | None = None,
+    cache_max_bytes: int = 2 << 30,
 ) -> History:
     """Train ``model`` on ``train_data`` for ``epochs`` epochs, following a schedule.
 
@@ -287,6 +305,17 @@ def fit(
             start when there is none), or the path of a checkpoint file or directory.
         quiet: print nothing (no :class:`~freezeflow.callbacks.ProgressBar`).
         seed: seed Python's, NumPy's and torch's RNGs first (a resume restores them).
+        norm, eval_frozen: how the unfreezer built from ``schedule`` treats frozen norm layers
+            and fully frozen modules (see :func:`freezeflow.freeze`).
+        cache: your training inputs are deterministic (no random augmentation): compute the
+            frozen prefix of the model once per stage and train the rest on the cached
+            features (:mod:`freezeflow.cache`); validation data is cached the same way. Needs
+            ``DataLoader`` objects over map-style datasets and a deterministic frozen prefix
+            (norm layers in eval mode; ``eval_frozen=True`` for dropout or stochastic depth
+            in frozen blocks). When a stage cannot be cached, ``fit`` says why in one line
+            and trains normally. Results equal the uncached run up to float rounding.
+        cache_dir, cache_max_bytes: features above ``cache_max_bytes`` go to a memory-mapped
+            file in ``cache_dir`` (default: a temporary directory).
 
     Returns:
         The :class:`History`; ``history.interrupted`` is true after Ctrl-C.
@@ -317,7 +346,9 @@ def fit(
         seed_everything(seed)
     n_batches = _length(train_data)
     total_steps = n_batches and epochs * math.ceil(n_batches / accumulate)
-    unfreezer, opt = _optimizer(model, schedule, unfreezer, optimizer, epochs, total_steps)
+    unfreezer, opt = _optimizer(
+        model, schedule, unfreezer, optimizer, epochs, total_steps, norm, eval_frozen
+    )
     amp_dtype = _amp_dtype(amp, dev)
     run = Run(
         model=model,
@@ -337,6 +368,8 @@ def fit(
         grad_clip=grad_clip,
         callbacks=list(callbacks) + ([] if quiet else [ProgressBar()]),
         batches_per_epoch=n_batches,
+        cache_features=cache,
+        cache_options={"disk_dir": cache_dir, "max_bytes": cache_max_bytes},
     )
     if checkpoint_dir is not None:
         run.callbacks.append(Checkpoint(checkpoint_dir, checkpoint_every, keep_last, keep_best))
@@ -352,6 +385,7 @@ def fit(
         while run.epoch < epochs and run.stop is None:
             if unfreezer is not None:
                 run.stage_changed(unfreezer.on_epoch_start(run.epoch))
+            _refresh_caches(run)
             run.emit("on_epoch_start")
             _train_epoch(run)
             run.logs = _evaluate(run)
@@ -360,6 +394,10 @@ def fit(
             run.emit("on_epoch_end")
     except KeyboardInterrupt:
         run.history.interrupted = True
+    finally:
+        for c in (run.cache, run.val_cache):
+            if c is not None:
+                c.close()
     run.history.stop_reason = run.stop
     run.emit("on_train_end")
     return run.history
@@ -371,27 +409,29 @@ def fit(
 def _train_epoch(run: Run) -> None:
     run.model.train()
     start = time.perf_counter() - run.seconds
-    for batch in _epoch_batches(run):
-        run.emit("on_batch_start")
-        inputs, targets = _to_device(_split(batch), run.device)
-        with run.autocast():
-            loss = _loss(run, _forward(run, inputs), targets)
-        run.loss, run.batch_size = loss.item(), _batch_size(inputs)
-        if not math.isfinite(run.loss):
-            raise TrainingError(
-                f"the loss is {run.loss} at epoch {run.epoch}, batch {run.batch} (optimizer "
-                f"step {run.step}); training stopped and nothing was saved after the last good "
-                "checkpoint; hint: lower the learning rate, set grad_clip=, or look for "
-                "NaN/inf in the inputs"
-            )
-        run.scaler.scale(loss / run.accumulate).backward()  # type: ignore[no-untyped-call]
-        run.batch += 1
-        if run.batch % run.accumulate == 0:
-            _optimizer_step(run)
-        run.loss_sum += run.loss * run.batch_size
-        run.samples += run.batch_size
-        run.seconds = time.perf_counter() - start
-        run.emit("on_batch_end")
+    with _replaying(run.cache) as replay:  # cached prefix features, when fit(cache=True)
+        for batch in _epoch_batches(run):
+            run.emit("on_batch_start")
+            inputs, targets = _to_device(_split(batch), run.device)
+            replay.features = inputs
+            with run.autocast():
+                loss = _loss(run, _forward(run, inputs), targets)
+            run.loss, run.batch_size = loss.item(), _batch_size(inputs)
+            if not math.isfinite(run.loss):
+                raise TrainingError(
+                    f"the loss is {run.loss} at epoch {run.epoch}, batch {run.batch} "
+                    f"(optimizer step {run.step}); training stopped and nothing was saved "
+                    "after the last good checkpoint; hint: lower the learning rate, set "
+                    "grad_clip=, or look for NaN/inf in the inputs"
+                )
+            run.scaler.scale(loss / run.accumulate).backward()  # type: ignore[no-untyped-call]
+            run.batch += 1
+            if run.batch % run.accumulate == 0:
+                _optimizer_step(run)
+            run.loss_sum += run.loss * run.batch_size
+            run.samples += run.batch_size
+            run.seconds = time.perf_counter() - start
+            run.emit("on_batch_end")
     if run.batch == 0:
         raise TrainingError(
             f"train_data yielded no batches in epoch {run.epoch}; hint: check that the "
@@ -424,9 +464,11 @@ def _evaluate(run: Run) -> dict[str, float]:
     run.model.eval()
     sums: dict[str, float] = defaultdict(float)
     n = 0
-    with torch.no_grad(), run.autocast():
-        for batch in run.val_data:
+    batches = run.val_cache.batches() if run.val_cache is not None else run.val_data
+    with torch.no_grad(), run.autocast(), _replaying(run.val_cache) as replay:
+        for batch in batches:
             inputs, targets = _to_device(_split(batch), run.device)
+            replay.features = inputs
             outputs = _forward(run, inputs)
             k = _batch_size(inputs)
             sums["val_loss"] += float(_loss(run, outputs, targets)) * k
@@ -479,11 +521,14 @@ def _epoch_batches(run: Run) -> Iterator[Any]:
     """An iterator over this epoch's batches. After a mid-epoch resume: the epoch's start is
     replayed with the RNG states it had (same shuffle), the batches already done are
     skipped, and the RNGs are put back as they were at the interruption."""
+    source: Iterable[Any] = run.train_data
+    if run.cache is not None:
+        source = _Reiterable(run.cache)
     if run.batch == 0 or run.epoch_rng is None:
         run.epoch_rng = rng_state(run)
-        return iter(run.train_data)
+        return iter(source)
     set_rng_state(run, run.epoch_rng)
-    batches = iter(run.train_data)
+    batches = iter(source)
     for k in range(run.batch):
         if next(batches, None) is None:
             raise TrainingError(
@@ -494,6 +539,66 @@ def _epoch_batches(run: Run) -> Iterator[Any]:
         set_rng_state(run, run.resume_rng)
         run.resume_rng = None
     return batches
+
+
+class _Reiterable:
+    def __init__(self, cache: FeatureCache) -> None:
+        self.cache = cache
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        return self.cache.batches()
+
+
+class _NoReplay:
+    features: Any = None
+
+
+def _replaying(cache: FeatureCache | None) -> contextlib.AbstractContextManager[Any]:
+    return cache.replaying() if cache is not None else contextlib.nullcontext(_NoReplay())
+
+
+def _refresh_caches(run: Run) -> None:
+    """With ``fit(cache=True)``: (re)build the frozen-prefix caches when the prefix changed
+    (a new stage), or say in one line why this stage trains without them."""
+    if not run.cache_features:
+        return
+    if (
+        run.cache is not None
+        and run.cache.still_valid()
+        and (run.cache.boundary == frozen_prefix(run.model))
+    ):
+        return
+    for c in (run.cache, run.val_cache):
+        if c is not None:
+            c.close()
+    run.cache = run.val_cache = None
+    try:
+        train = FeatureCache(
+            run.model,
+            run.train_data,
+            device=run.device,
+            **run.cache_options,
+        )
+        train.check()
+        val = None
+        if run.val_data is not None:
+            val = FeatureCache(
+                run.model,
+                run.val_data,
+                boundary=train.boundary,
+                device=run.device,
+                **run.cache_options,
+            )
+        started = time.perf_counter()
+        run.cache = train.build()
+        run.val_cache = val.build() if val is not None else None
+        mib = (run.cache.nbytes + (val.nbytes if val is not None else 0)) / 2**20
+        run.note(
+            f"caching the frozen prefix (blocks 0-{train.boundary - 1}): {mib:.1f} MiB of "
+            f"features in {time.perf_counter() - started:.1f} s"
+        )
+    except CacheRefused as why:
+        run.note(f"training without the feature cache this stage: {why}")
 
 
 def _split(batch: Any) -> tuple[Any, Any]:
@@ -626,6 +731,8 @@ def _optimizer(
     optimizer: Optimizer | OptimizerFactory | type[Optimizer] | None,
     epochs: int,
     total_steps: int | None,
+    norm: NormMode = "eval",
+    eval_frozen: bool = False,
 ) -> tuple[GradualUnfreezer | None, Optimizer]:
     if unfreezer is not None:
         if schedule is not None or optimizer is not None:
@@ -638,7 +745,13 @@ def _optimizer(
         return unfreezer, unfreezer.optimizer
     if schedule is not None:
         u = GradualUnfreezer(
-            model, schedule, optimizer, total_epochs=epochs, total_steps=total_steps or None
+            model,
+            schedule,
+            optimizer,
+            norm=norm,
+            eval_frozen=eval_frozen,
+            total_epochs=epochs,
+            total_steps=total_steps or None,
         )
         return u, u.optimizer
     if isinstance(optimizer, Optimizer):

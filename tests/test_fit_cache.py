@@ -1,0 +1,70 @@
+"""fit(cache=True): the same training as without the cache, and a one-line reason when a
+stage cannot be cached."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+import freezeflow as ff
+from freezeflow.loop import fit
+
+from test_cache import Net, Skip, data
+
+
+def schedule() -> ff.Schedule:
+    return ff.Schedule(
+        [
+            ff.Stage(ff.last(2), lr=0.05),  # blocks.2 + head; stem, blocks.0-1 frozen
+            ff.Stage(ff.last(3), lr=0.02, start=2),  # blocks.1 joins: the prefix shrinks
+        ]
+    )
+
+
+def run(cached: bool, model_cls: type[Net] = Net) -> tuple[ff.loop.History, Net]:
+    torch.manual_seed(0)
+    model = model_cls(block_dropout=0.3)
+    train = DataLoader(data(48), batch_size=8, shuffle=True,
+                       generator=torch.Generator().manual_seed(3))
+    val = DataLoader(data(16), batch_size=8)
+    history = fit(
+        model,
+        train,
+        val_data=val,
+        schedule=schedule(),
+        optimizer=torch.optim.SGD,
+        epochs=4,
+        eval_frozen=True,  # dropout in frozen blocks off: the prefix is deterministic
+        cache=cached,
+        quiet=True,
+        seed=0,
+    )
+    return history, model
+
+
+def test_cached_fit_matches_uncached_fit() -> None:
+    plain, m1 = run(cached=False)
+    cached, m2 = run(cached=True)
+    for a, b in zip(plain.epochs, cached.epochs):
+        assert a["stage"] == b["stage"]
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5, abs=1e-6)
+        assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-5, abs=1e-6)
+        assert a["metrics"] == pytest.approx(b["metrics"], rel=1e-5, abs=1e-6)
+    for (name, p), q in zip(m1.named_parameters(), m2.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6, msg=name)
+    notes = [r for r in cached.records if r["kind"] == "note"]
+    # one cache per stage: blocks 0-2 for the first, blocks 0-1 after block 1 unfreezes
+    assert [n["epoch"] for n in notes] == [0, 2]
+    assert "blocks 0-2" in notes[0]["message"]
+    assert "blocks 0-1" in notes[1]["message"]
+    assert not [r for r in plain.records if r["kind"] == "note"]
+
+
+def test_uncacheable_model_trains_normally_with_a_reason(capsys: pytest.CaptureFixture[str]) -> None:
+    history, _ = run(cached=True, model_cls=Skip)
+    notes = [r["message"] for r in history.records if r["kind"] == "note"]
+    assert notes
+    assert all("without the feature cache" in n and "cannot be cut" in n for n in notes)
+    assert len(history.epochs) == 4
+    assert capsys.readouterr().out == ""  # quiet=True: recorded, not printed
