@@ -499,12 +499,13 @@ def seed_pytorch(
     Train the new head (Adam, 1e-3) for 5 epochs with everything else frozen, then unfreeze
     ``layer4`` and train everything trainable at 1e-5. Source: the tutorial this project grew
     from (a ResNet18-on-CIFAR-10 listing: ``for param in model.layer4.parameters():
-    param.requires_grad = True`` then ``optim.Adam(model.parameters(), lr=1e-5)``).
+    param.requires_grad = True`` then ``optim.Adam(model.parameters(), lr=1e-5)``). That new
+    optimizer starts with empty state, so the second stage resets the optimizer state too.
     """
     return Schedule(
         [
             Stage(head, lr=head_lr, name="head"),
-            Stage(block, lr=finetune_lr, start=head_epochs, name="finetune"),
+            Stage(block, lr=finetune_lr, start=head_epochs, reset_state=True, name="finetune"),
         ]
     )
 

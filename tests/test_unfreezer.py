@@ -1,0 +1,830 @@
+"""GradualUnfreezer: binding, param groups, optimizers, frozen parameters staying bit-identical,
+optimizer state across transitions, triggers, history and listeners, and bad input."""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+from unfreezer_models import (
+    ALL_NAMES,
+    BODY1,
+    HEAD,
+    STAGE_SETS,
+    batch,
+    block_of,
+    flags,
+    group_view,
+    make_net,
+    names_of,
+    norm_state,
+    one_thread,
+    snapshot,
+    three_stage,
+    train_step,
+    trainable_names,
+)
+
+import freezeflow as ff
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _single_thread() -> Any:
+    with one_thread():
+        yield
+
+
+def _group(opt: torch.optim.Optimizer, name: str) -> dict[str, Any]:
+    (g,) = [g for g in opt.param_groups if g["name"] == name]
+    return g
+
+
+# --------------------------------------------------------------------------- binding
+
+
+def test_stage_selecting_nothing_names_the_stage_and_changes_nothing() -> None:
+    model = make_net()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    before_flags, before_groups = flags(model), group_view(opt)
+    sched = ff.Schedule(
+        [
+            ff.Stage("head", lr=1e-3),
+            ff.Stage(ff.of_type(nn.LSTM), lr=1e-4, start=2, name="lstm"),
+        ]
+    )
+    with pytest.raises(ff.ScheduleError, match=r"stage 1 \('lstm'\) cannot be bound to Net"):
+        ff.GradualUnfreezer(model, sched, opt)
+    assert flags(model) == before_flags
+    assert group_view(opt) == before_groups
+    with pytest.raises(ff.ScheduleError, match=r"stage 0 \('stage0'\).*'encoder'"):
+        ff.GradualUnfreezer(model, [ff.Stage("encoder", lr=1e-3)], opt)
+    assert flags(model) == before_flags
+    assert group_view(opt) == before_groups
+    with pytest.raises(ff.ScheduleError, match=r"stage 1 \('stage1'\)"):
+        ff.plan(model, [ff.Stage("head", lr=1e-3), ff.Stage(ff.last(9), lr=1e-3, start=1)])
+
+
+def test_overlaps_reported_in_layout_and_plan() -> None:
+    model = make_net()
+    sched = three_stage()
+    uf = ff.GradualUnfreezer(model, sched, torch.optim.SGD(model.parameters(), lr=0.1))
+    # stage 2 (everything) re-selects what stages 0 and 1 already made trainable
+    (entry,) = uf.layout.overlaps
+    assert entry[0] == 2
+    assert set(entry[1]) == HEAD | BODY1
+    p = uf.plan()
+    assert p.overlaps == uf.layout.overlaps
+    assert "select parameters already trainable (stage 2: 5)" in str(p)
+    # exclusive stages re-select on purpose: no overlap reported
+    exclusive = ff.Schedule(
+        [ff.Stage("head", lr=1), ff.Stage(["head", "body.1"], lr=1, start=1, exclusive=True)]
+    )
+    assert ff.plan(make_net(), exclusive).overlaps == ()
+    # chain-thaw: only its last, non-exclusive stage ("all") re-selects
+    chain = ff.plan(make_net(), ff.chain_thaw("head", ["stem", "body"]))
+    assert [k for k, _ in chain.overlaps] == [3]
+    assert set(chain.overlaps[0][1]) == {n for n in ALL_NAMES if n.startswith("body.")}
+    clean = ff.Schedule([ff.Stage("head", lr=1), ff.Stage("body", lr=1, start=1)])
+    assert ff.plan(make_net(), clean).overlaps == ()
+
+
+def test_plan_changes_nothing_and_matches_the_unfreezer() -> None:
+    model = make_net()
+    before = flags(model)
+    p = ff.plan(model, three_stage())
+    assert flags(model) == before
+    numel = {n: q.numel() for n, q in model.named_parameters()}
+    assert [s.trainable for s in p.stages] == [sum(numel[n] for n in s) for s in STAGE_SETS]
+    assert all(s.total == sum(numel.values()) for s in p.stages)
+    assert p.stages[1].new_blocks == ("body.1",)
+    assert p.stages[2].new_blocks == ("stem", "body.0")
+    # group LRs of the plan are the LRs the unfreezer sets
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    uf = ff.GradualUnfreezer(model, three_stage(), opt)
+    for k, stage_plan in enumerate(p.stages):
+        if k:
+            uf.on_epoch_start(three_stage()[k].start.epoch)
+        assert {g[0]: g[1] for g in stage_plan.groups} == pytest.approx(uf.history[-1].lrs)
+
+
+# --------------------------------------------------------------------------- param groups
+
+
+def test_groups_named_with_scale_base_lr_and_weight_decay() -> None:
+    model = make_net()
+    opt = torch.optim.AdamW(model.parameters())
+    ff.GradualUnfreezer(model, three_stage(), opt)
+    expect = {
+        # name: (base LR at stage 0, members, weight decay)
+        "stage0/head/no_decay": (1e-2, {"head.bias"}, 0.0),
+        "stage0/head/decay": (1e-2, {"head.weight"}, 0.1),
+        "stage1/body.1/no_decay": (
+            3e-3,
+            {"body.1.bn.weight", "body.1.bn.bias"},
+            0.0,
+        ),
+        "stage1/body.1/decay": (3e-3, {"body.1.conv.weight"}, 0.1),
+        "stage2/stem/no_decay": (
+            1e-3 * 0.125,
+            {"stem.1.weight", "stem.1.bias"},
+            0.0,
+        ),
+        "stage2/stem/decay": (1e-3 * 0.125, {"stem.0.weight"}, 0.1),
+        "stage2/body.0/no_decay": (
+            1e-3 * 0.25,
+            {"body.0.bn.weight", "body.0.bn.bias"},
+            0.0,
+        ),
+        "stage2/body.0/decay": (1e-3 * 0.25, {"body.0.conv.weight"}, 0.1),
+    }
+    assert [g["name"] for g in opt.param_groups] == list(expect)
+    for g in opt.param_groups:
+        lr, members, wd = expect[g["name"]]
+        assert names_of(model, g["params"]) == members, g["name"]
+        assert g["lr"] == pytest.approx(lr)
+        assert g["base_lr"] == g["lr"]
+        assert g["weight_decay"] == wd
+        assert g["lr_scale"] == pytest.approx(lr / (1e-2, 3e-3, 1e-3)[int(g["name"][5])])
+
+
+def test_no_decay_override() -> None:
+    model = make_net()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    sched = ff.Schedule(
+        [ff.Stage("head", lr=1e-2, weight_decay=0.3), ff.Stage("body", lr=1e-3, start=1)]
+    )
+    ff.GradualUnfreezer(model, sched, opt, no_decay=ff.name("head.weight"))
+    by_name = {g["name"]: g for g in opt.param_groups}
+    assert names_of(model, by_name["stage0/no_decay"]["params"]) == {"head.weight"}
+    assert names_of(model, by_name["stage0/decay"]["params"]) == {"head.bias"}
+    assert by_name["stage0/decay"]["weight_decay"] == 0.3
+    assert by_name["stage0/no_decay"]["weight_decay"] == 0.0
+    # with the override, biases and BatchNorm parameters of the body get weight decay too
+    assert names_of(model, by_name["stage1/decay"]["params"]) == {
+        n for n in ALL_NAMES if n.startswith("body.")
+    }
+
+
+def _assert_partition(model: nn.Module, opt: torch.optim.Optimizer, expected: set[str]) -> None:
+    ids = [id(p) for g in opt.param_groups for p in g["params"]]
+    assert len(ids) == len(set(ids)), "a parameter is in two groups"
+    assert names_of(model, [p for g in opt.param_groups for p in g["params"]]) == expected
+
+
+PARTITION_CASES: list[tuple[str, Callable[[], ff.Schedule], set[str]]] = [
+    ("three-stage", three_stage, set(ALL_NAMES)),
+    (
+        "head-then-body1",
+        lambda: ff.Schedule([ff.Stage("head", lr=1), ff.Stage("body.1", lr=1, start=1)]),
+        set(HEAD | BODY1),
+    ),
+    (
+        "overlapping-with-decay",
+        lambda: ff.Schedule(
+            [
+                ff.Stage(ff.last(2), lr=1, lr_decay=0.5),
+                ff.Stage(ff.last(3), lr=1, start=1, lr_decay=0.9),
+            ]
+        ),
+        {n for n in ALL_NAMES if not n.startswith("stem.")},
+    ),
+    ("chain-thaw", lambda: ff.chain_thaw("head", ["stem", "body.0"]), set(ALL_NAMES)),
+    (
+        "norm-layers-only",
+        lambda: ff.Schedule([ff.Stage(ff.norm_layers(), lr=1)]),
+        {n for n in ALL_NAMES if ".bn." in n or n.startswith("stem.1.")},
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("build", "expected"),
+    [(b, e) for _, b, e in PARTITION_CASES],
+    ids=[i for i, _, _ in PARTITION_CASES],
+)
+def test_every_trained_parameter_in_exactly_one_group(
+    build: Callable[[], ff.Schedule], expected: set[str]
+) -> None:
+    model = make_net()
+    opt = torch.optim.AdamW(model.parameters())
+    uf = ff.GradualUnfreezer(model, build(), opt)
+    _assert_partition(model, opt, expected)
+    for k in range(1, len(uf.schedule)):
+        uf.on_epoch_start(k)
+        _assert_partition(model, opt, expected)  # groups are never added or removed
+    # parameters no stage trains stay frozen and get no optimizer state
+    for step in range(2):
+        train_step(model, opt, step)
+    assert names_of(model, opt.state.keys()) <= expected
+    assert not any(p.requires_grad for n, p in model.named_parameters() if n not in expected)
+
+
+def test_tied_parameter_gets_one_group() -> None:
+    class Tied(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embed = nn.Embedding(10, 4)
+            self.mid = nn.Linear(4, 4)
+            self.out = nn.Linear(4, 10, bias=False)
+            self.out.weight = self.embed.weight
+
+    model = Tied()
+    opt = torch.optim.AdamW(model.parameters())
+    ff.GradualUnfreezer(model, [ff.Stage(ff.everything(), lr=1e-3, lr_decay=0.5)], opt)
+    params = [p for g in opt.param_groups for p in g["params"]]
+    assert len(params) == len({id(p) for p in params}) == 3
+    assert sum(p is model.embed.weight for p in params) == 1
+
+
+# --------------------------------------------------------------------------- optimizers
+
+OptCase = tuple[type[torch.optim.Optimizer], dict[str, Any]]
+OPTIMIZERS: list[tuple[str, OptCase]] = [
+    ("SGD-momentum", (torch.optim.SGD, {"lr": 0.1, "momentum": 0.9})),
+    (
+        "SGD-nesterov-foreach",
+        (torch.optim.SGD, {"lr": 0.1, "momentum": 0.9, "nesterov": True, "foreach": True}),
+    ),
+    ("SGD-momentum-fused", (torch.optim.SGD, {"lr": 0.1, "momentum": 0.9, "fused": True})),
+    ("Adam", (torch.optim.Adam, {})),
+    ("Adam-foreach", (torch.optim.Adam, {"foreach": True})),
+    ("Adam-fused", (torch.optim.Adam, {"fused": True})),
+    ("AdamW", (torch.optim.AdamW, {})),
+    ("AdamW-amsgrad-foreach", (torch.optim.AdamW, {"foreach": True, "amsgrad": True})),
+    ("AdamW-fused", (torch.optim.AdamW, {"fused": True})),
+    ("RMSprop-momentum", (torch.optim.RMSprop, {"momentum": 0.9})),
+    ("RMSprop-foreach", (torch.optim.RMSprop, {"momentum": 0.9, "foreach": True})),
+    ("RMSprop-fused", (torch.optim.RMSprop, {"fused": True})),
+]
+
+
+def _build(case: OptCase, how: str, model: nn.Module, schedule: ff.Schedule) -> ff.GradualUnfreezer:
+    cls, kw = case
+    if how == "instance":
+        try:
+            opt = cls(model.parameters(), **kw)
+        except (TypeError, RuntimeError) as exc:
+            pytest.skip(f"{cls.__name__}({kw}) is not supported on CPU by this torch: {exc}")
+        uf = ff.GradualUnfreezer(model, schedule, opt)
+        assert uf.optimizer is opt
+        return uf
+    if how == "class" and not kw:
+        return ff.GradualUnfreezer(model, schedule, cls)
+    try:
+        cls([nn.Parameter(torch.zeros(1))], **kw)
+    except (TypeError, RuntimeError) as exc:
+        pytest.skip(f"{cls.__name__}({kw}) is not supported on CPU by this torch: {exc}")
+    return ff.GradualUnfreezer(model, schedule, lambda groups: cls(groups, **kw))
+
+
+@pytest.mark.parametrize("how", ["instance", "factory"])
+@pytest.mark.parametrize("case", [c for _, c in OPTIMIZERS], ids=[i for i, _ in OPTIMIZERS])
+def test_frozen_parameters_bit_identical_through_every_stage(case: OptCase, how: str) -> None:
+    """3 stages, 2 epochs each: whatever is not trainable yet never changes, not even through
+    momentum, Adam moments or (decoupled) weight decay; what is trainable moves."""
+    model = make_net()
+    uf = _build(case, how, model, three_stage(weight_decay=0.1))
+    opt = uf.optimizer
+    assert type(opt) is case[0]
+    for key in ("momentum", "foreach", "fused", "nesterov", "amsgrad"):
+        if key in case[1]:
+            assert all(g[key] == case[1][key] for g in opt.param_groups), key
+    start = snapshot(model)
+    bn_start = {n: b.clone() for n, b in model.named_buffers()}
+    step = 0
+    for stage in range(3):
+        uf.on_epoch_start(2 * stage)
+        assert uf.stage == stage
+        assert trainable_names(model) == STAGE_SETS[stage]
+        entered = snapshot(model)
+        for epoch in (2 * stage, 2 * stage + 1):
+            uf.on_epoch_start(epoch)
+            model.train()
+            for _ in range(2):
+                train_step(model, opt, step)
+                uf.step()
+                step += 1
+                now = snapshot(model)
+                for n in ALL_NAMES - STAGE_SETS[stage]:
+                    assert torch.equal(now[n], start[n]), (stage, n)
+            # frozen BatchNorm layers kept their statistics (norm mode "eval")
+            for n, b in model.named_buffers():
+                if block_of(n) not in {block_of(p) for p in STAGE_SETS[stage]}:
+                    assert torch.equal(b, bn_start[n]), (stage, n)
+        moved = {n for n in STAGE_SETS[stage] if not torch.equal(snapshot(model)[n], entered[n])}
+        assert moved == STAGE_SETS[stage], STAGE_SETS[stage] - moved
+
+
+@pytest.mark.parametrize(
+    "case",
+    [c for i, c in OPTIMIZERS if i in ("SGD-momentum", "Adam", "AdamW-fused")],
+    ids=["SGD-momentum", "Adam", "AdamW-fused"],
+)
+@pytest.mark.parametrize("set_to_none", [True, False], ids=["grads-to-none", "grads-zeroed"])
+def test_frozen_again_parameters_stay_put_in_exclusive_stages(
+    case: OptCase, set_to_none: bool
+) -> None:
+    """chain-thaw freezes what earlier stages trained; momentum, moments and weight decay
+    must not move it, even when the loop zeroes gradients instead of dropping them."""
+    model = make_net()
+    sched = ff.Schedule(
+        [
+            ff.Stage("head", lr=1e-2, weight_decay=0.1, exclusive=True),
+            ff.Stage("body.1", lr=1e-2, start=1, exclusive=True),
+            ff.Stage("stem", lr=1e-2, start=2, exclusive=True),
+        ]
+    )
+    uf = _build(case, "instance", model, sched)
+    parts = [HEAD, BODY1, {n for n in ALL_NAMES if n.startswith("stem.")}]
+    step = 0
+    for epoch in range(3):
+        uf.on_epoch_start(epoch)
+        assert trainable_names(model) == parts[epoch]
+        entered = snapshot(model)
+        for _ in range(3):
+            train_step(model, opt := uf.optimizer, step, set_to_none=set_to_none)
+            uf.step()
+            step += 1
+        now = snapshot(model)
+        for n in ALL_NAMES:
+            assert torch.equal(now[n], entered[n]) == (n not in parts[epoch]), n
+        assert all(p.grad is None for n, p in model.named_parameters() if n not in parts[epoch])
+    assert opt is uf.optimizer
+
+
+def test_optimizer_defaults_kept_and_same_object() -> None:
+    model = make_net()
+    opt = torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.7, dampening=0.1)
+    uf = ff.GradualUnfreezer(model, three_stage(), opt)
+    assert uf.optimizer is opt
+    assert all(g["momentum"] == 0.7 and g["dampening"] == 0.1 for g in opt.param_groups)
+    # the stage's LR, not the optimizer's, is what each group runs at
+    assert {g["lr"] for g in opt.param_groups[:2]} == {1e-2}
+
+
+def test_default_optimizer_is_adamw_and_class_works() -> None:
+    uf = ff.GradualUnfreezer(make_net(), three_stage())
+    assert type(uf.optimizer) is torch.optim.AdamW
+    uf = ff.GradualUnfreezer(make_net(), three_stage(), torch.optim.RMSprop)
+    assert type(uf.optimizer) is torch.optim.RMSprop
+    assert [g["name"] for g in uf.optimizer.param_groups] == uf.group_names
+
+
+# --------------------------------------------------------------------------- optimizer state
+
+STATE_CASES: list[tuple[str, OptCase, tuple[str, ...]]] = [
+    ("SGD-momentum", (torch.optim.SGD, {"lr": 0.1, "momentum": 0.9}), ("momentum_buffer",)),
+    ("Adam", (torch.optim.Adam, {}), ("step", "exp_avg", "exp_avg_sq")),
+    ("AdamW-wd", (torch.optim.AdamW, {"weight_decay": 0.05}), ("step", "exp_avg", "exp_avg_sq")),
+    ("AdamW-fused", (torch.optim.AdamW, {"fused": True}), ("step", "exp_avg", "exp_avg_sq")),
+    (
+        "RMSprop-momentum",
+        (torch.optim.RMSprop, {"momentum": 0.9}),
+        ("step", "square_avg", "momentum_buffer"),
+    ),
+]
+
+
+def _state_copy(opt: torch.optim.Optimizer) -> dict[int, dict[str, Any]]:
+    return {id(p): copy.deepcopy(s) for p, s in opt.state.items()}
+
+
+@pytest.mark.parametrize(
+    ("case", "keys"), [(c, k) for _, c, k in STATE_CASES], ids=[i for i, _, _ in STATE_CASES]
+)
+def test_optimizer_state_continues_through_transitions(
+    case: OptCase, keys: tuple[str, ...]
+) -> None:
+    model = make_net()
+    uf = _build(case, "instance", model, three_stage())
+    opt = uf.optimizer
+    step = 0
+    for stage in range(3):
+        if stage:
+            before = _state_copy(opt)
+            assert before, "no state to carry over"
+            uf.on_epoch_start(2 * stage)
+            after = _state_copy(opt)
+            assert after.keys() == before.keys()
+            for pid, s in before.items():
+                assert set(keys) <= s.keys()
+                for key in keys:
+                    assert torch.equal(torch.as_tensor(after[pid][key]), torch.as_tensor(s[key]))
+        for _ in range(2):
+            train_step(model, opt, step)
+            uf.step()
+            step += 1
+        # state exists for exactly the parameters trained so far
+        assert names_of(model, opt.state.keys()) == STAGE_SETS[stage]
+    if "step" in keys:
+        head_state = opt.state[model.head.weight]
+        assert float(head_state["step"]) == 6.0  # never restarted
+
+
+@pytest.mark.parametrize(
+    "case",
+    [c for i, c, _ in STATE_CASES if i in ("SGD-momentum", "Adam", "AdamW-fused")],
+    ids=["SGD-momentum", "Adam", "AdamW-fused"],
+)
+def test_reset_state_clears_optimizer_state(case: OptCase) -> None:
+    model = make_net()
+    uf = _build(case, "instance", model, three_stage(reset_state=True))
+    opt = uf.optimizer
+    for step in range(2):
+        train_step(model, opt, step)
+        uf.step()
+    assert len(opt.state) == 2
+    uf.on_epoch_start(2)
+    assert len(opt.state) == 0
+    train_step(model, opt, 2)
+    assert names_of(model, opt.state.keys()) == HEAD | BODY1
+    if case[0] is not torch.optim.SGD:
+        assert float(opt.state[model.head.weight]["step"]) == 1.0
+
+
+# --------------------------------------------------------------------------- norm modes
+
+
+def test_norm_layers_follow_the_stages() -> None:
+    model = make_net()
+    uf = ff.GradualUnfreezer(model, three_stage(), torch.optim.SGD(model.parameters(), lr=0.1))
+    model.train()
+    assert norm_state(model) == {
+        "stem.1": ("eval", False),
+        "body.0.bn": ("eval", False),
+        "body.1.bn": ("eval", False),
+    }
+    uf.on_epoch_start(2)
+    model.train()
+    assert norm_state(model)["body.1.bn"] == (None, True)
+    assert norm_state(model)["body.0.bn"] == ("eval", False)
+    uf.on_epoch_start(4)
+    model.train()
+    assert {m for m, _ in norm_state(model).values()} == {None}
+    model.eval()
+    assert not any(t for _, t in norm_state(model).values())
+
+
+@pytest.mark.parametrize(
+    ("norm", "locked"), [("eval", "eval"), ("frozen", "frozen"), ("train", None)]
+)
+def test_norm_mode_argument(norm: Any, locked: str | None) -> None:
+    model = make_net()
+    ff.GradualUnfreezer(
+        model, three_stage(), torch.optim.SGD(model.parameters(), lr=0.1), norm=norm
+    )
+    assert norm_state(model)["body.0.bn"][0] == locked
+
+
+# --------------------------------------------------------------------------- triggers
+
+
+def _sched(*starts: Any) -> ff.Schedule:
+    policies = ["head", "body.1", "body.0", "stem"]
+    return ff.Schedule(
+        [ff.Stage(policies[0], lr=1e-2)]
+        + [ff.Stage(policies[k + 1], lr=1e-3, start=s) for k, s in enumerate(starts)]
+    )
+
+
+def _uf(schedule: ff.Schedule, **kw: Any) -> ff.GradualUnfreezer:
+    model = make_net()
+    return ff.GradualUnfreezer(model, schedule, torch.optim.SGD(model.parameters(), lr=0.1), **kw)
+
+
+def _drive(uf: ff.GradualUnfreezer, epochs: int, steps: int) -> list[tuple[int, int, int]]:
+    """(stage, epoch, global step) of every transition, driving epochs x steps."""
+    seen = []
+    for e in range(epochs):
+        seen += [(t.stage, t.epoch, t.step) for t in uf.on_epoch_start(e)]
+        for _ in range(steps):
+            seen += [(t.stage, t.epoch, t.step) for t in uf.step()]
+    return seen
+
+
+TRIGGER_CASES: list[tuple[str, ff.Schedule, dict[str, Any], list[tuple[int, int, int]]]] = [
+    ("at_epoch", _sched(2, 3), {}, [(1, 2, 6), (2, 3, 9)]),
+    ("at_epoch-same-call", _sched(ff.at_epoch(1), ff.at_step(2)), {}, [(1, 1, 3), (2, 1, 3)]),
+    # steps are global: 3 per epoch, so step 5 is mid-epoch 1, step 8 mid-epoch 2
+    ("at_step-mid-epoch", _sched(ff.at_step(5), ff.at_step(8)), {}, [(1, 1, 5), (2, 2, 8)]),
+    (
+        "at_fraction-steps",
+        _sched(ff.at_fraction(0.25), ff.at_fraction(0.5)),
+        {"total_steps": 12},
+        [(1, 0, 3), (2, 1, 6)],  # in step(), right after the 3rd and 6th steps
+    ),
+    (
+        "at_fraction-steps-rounds-up",
+        _sched(ff.at_fraction(0.3)),
+        {"total_steps": 12},
+        [(1, 1, 4)],  # 4/12 is the first step at or past 30%
+    ),
+    (
+        "at_fraction-epochs",
+        _sched(ff.at_fraction(0.5), ff.at_fraction(0.75)),
+        {"total_epochs": 4},
+        [(1, 2, 6), (2, 3, 9)],
+    ),
+    ("plateau-cap", _sched(ff.on_plateau(5, max_epoch=2)), {}, [(1, 2, 6)]),
+    (
+        "mixed",
+        _sched(ff.at_step(4), 3, ff.at_fraction(0.9)),
+        {"total_steps": 12},
+        [(1, 1, 4), (2, 3, 9), (3, 3, 11)],
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("schedule", "kw", "expected"),
+    [(s, k, e) for _, s, k, e in TRIGGER_CASES],
+    ids=[i for i, _, _, _ in TRIGGER_CASES],
+)
+def test_triggers(
+    schedule: ff.Schedule, kw: dict[str, Any], expected: list[tuple[int, int, int]]
+) -> None:
+    uf = _uf(schedule, **kw)
+    assert _drive(uf, epochs=4, steps=3) == expected
+    assert [(t.stage, t.epoch, t.step) for t in uf.history[1:]] == expected
+
+
+def test_skipped_epochs_run_every_stage_in_order() -> None:
+    uf = _uf(_sched(1, 2, 3))
+    out = uf.on_epoch_start(7)
+    assert [t.stage for t in out] == [1, 2, 3]
+    assert [t.reason for t in out] == ["epoch 1", "epoch 2", "epoch 3"]
+    assert trainable_names(uf.model) == ALL_NAMES
+
+
+def test_fraction_needs_the_run_length() -> None:
+    model = make_net()
+    before = flags(model)
+    with pytest.raises(ff.ScheduleError, match=r"total_steps= or total_epochs="):
+        ff.GradualUnfreezer(model, _sched(ff.at_fraction(0.5)))
+    assert flags(model) == before
+    with pytest.raises(ff.ScheduleError, match=r"total_steps=0"):
+        ff.GradualUnfreezer(model, _sched(ff.at_fraction(0.5)), total_steps=0)
+
+
+def test_plateau_patience_min_delta_mode_min() -> None:
+    uf = _uf(_sched(ff.on_plateau(patience=2, min_delta=0.25)))
+    assert uf.on_epoch_start(0) == []
+    # 0.75 is not better than 1.0 by more than 0.25; 0.7 is
+    for value, ready in [(1.0, False), (0.75, False), (0.7, False), (0.5, False), (0.46, True)]:
+        assert uf.observe(value) is ready
+        assert uf.stage == 0  # the stage only starts at the next epoch
+    (t,) = uf.on_epoch_start(1)
+    assert (t.stage, t.epoch, t.reason) == (1, 1, "plateau of val_loss")
+    assert uf.observe(0.1) is False  # no next stage
+
+
+def test_plateau_mode_max_and_per_stage_counting() -> None:
+    uf = _uf(_sched(ff.on_plateau(1, mode="max"), ff.on_plateau(2, mode="max", metric="acc")))
+    uf.on_epoch_start(0)
+    assert uf.observe(0.5) is False
+    assert uf.observe(0.6) is False
+    assert uf.observe(0.6) is True
+    uf.on_epoch_start(1)
+    assert uf.stage == 1
+    # counting starts again in the new stage: the old best (0.6) is forgotten
+    assert uf.observe(0.1) is False
+    assert uf.observe(0.05) is False
+    assert uf.on_epoch_start(2) == []
+    assert uf.observe(0.05) is True
+    assert uf.on_epoch_start(3)[0].reason == "plateau of acc"
+    assert uf.stage == 2
+
+
+def test_plateau_not_fed_waits_and_non_plateau_observe_is_ignored() -> None:
+    uf = _uf(_sched(ff.on_plateau(1)))
+    for e in range(5):
+        assert uf.on_epoch_start(e) == []
+    uf2 = _uf(_sched(3))
+    assert uf2.observe(1.0) is False
+    assert uf2.observe(2.0) is False
+    assert uf2.stage == 0
+    with pytest.raises(ff.ScheduleError, match=r"observe\(nan\)"):
+        uf.observe(math.nan)
+
+
+def test_history_records_each_transition() -> None:
+    model = make_net()
+    opt = torch.optim.AdamW(model.parameters())
+    uf = ff.GradualUnfreezer(model, three_stage(), opt)
+    numel = {n: p.numel() for n, p in model.named_parameters()}
+    _drive(uf, epochs=6, steps=2)
+    assert [(t.stage, t.name, t.epoch, t.step, t.reason) for t in uf.history] == [
+        (0, "stage0", 0, 0, "start"),
+        (1, "stage1", 2, 4, "epoch 2"),
+        (2, "stage2", 4, 8, "epoch 4"),
+    ]
+    assert [t.trainable for t in uf.history] == [sum(numel[n] for n in s) for s in STAGE_SETS]
+    assert uf.history[0].lrs == {"stage0/head/no_decay": 1e-2, "stage0/head/decay": 1e-2}
+    assert uf.history[1].lrs == pytest.approx(
+        {
+            "stage0/head/no_decay": 3e-3,
+            "stage0/head/decay": 3e-3,
+            "stage1/body.1/no_decay": 3e-3,
+            "stage1/body.1/decay": 3e-3,
+        }
+    )
+    assert uf.history[2].lrs == pytest.approx(
+        {g["name"]: 1e-3 * g["lr_scale"] for g in opt.param_groups}
+    )
+    assert uf.history[2].lrs["stage2/stem/decay"] == pytest.approx(1e-3 / 8)
+    assert uf.history[2].to_dict()["lrs"] == uf.history[2].lrs
+    assert uf.lrs() == uf.history[2].lrs
+    assert uf.stage_name == "stage2"
+    assert uf.trainable_count == uf.history[2].trainable
+    assert "stage 2 'stage2' of 3" in repr(uf)
+
+
+def test_listeners_fire_once_per_transition() -> None:
+    uf = _uf(_sched(1, ff.at_step(5), 3))
+    calls: list[tuple[int, bool, frozenset[str]]] = []
+
+    def listener(t: ff.Transition) -> None:
+        # called after the model and optimizer are updated
+        calls.append((t.stage, t is uf.history[-1], trainable_names(uf.model)))
+
+    other: list[int] = []
+    uf.add_listener(listener)
+    uf.add_listener(lambda t: other.append(t.stage))
+    _drive(uf, epochs=5, steps=2)
+    assert [c[0] for c in calls] == [1, 2, 3] == other
+    assert all(c[1] for c in calls)
+    assert calls[0][2] == HEAD | BODY1
+    assert calls[2][2] == ALL_NAMES
+    with pytest.raises(ff.OptimizerError, match="takes a callable, got 3"):
+        uf.add_listener(3)  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------------- bad input
+
+BadBuild = Callable[[nn.Module, torch.optim.Optimizer], Any]
+BAD_INPUT: list[tuple[str, BadBuild, type[Exception], str]] = [
+    (
+        "non-increasing-starts",
+        lambda m, o: ff.GradualUnfreezer(
+            m,
+            [
+                ff.Stage("head", lr=1),
+                ff.Stage("body", lr=1, start=3),
+                ff.Stage("stem", lr=1, start=3),
+            ],
+            o,
+        ),
+        ff.ScheduleError,
+        r"stage 2 starts at epoch 3, not after stage 1 \(epoch 3\)",
+    ),
+    (
+        "stage-selects-nothing",
+        lambda m, o: ff.GradualUnfreezer(
+            m, [ff.Stage("head", lr=1), ff.Stage("decoder", lr=1, start=1)], o
+        ),
+        ff.ScheduleError,
+        r"stage 1 \('stage1'\).*'decoder'",
+    ),
+    (
+        "negative-lr",
+        lambda m, o: ff.GradualUnfreezer(m, [ff.Stage("head", lr=-1e-3)], o),
+        ff.ScheduleError,
+        r"Stage\(lr\)=-0\.001",
+    ),
+    (
+        "nan-lr",
+        lambda m, o: ff.GradualUnfreezer(m, [ff.Stage("head", lr=math.nan)], o),
+        ff.ScheduleError,
+        r"Stage\(lr\)=nan",
+    ),
+    (
+        "unknown-dict-key",
+        lambda m, o: ff.GradualUnfreezer(
+            m,
+            ff.Schedule.from_dict({"stages": [{"trainable": "head", "lr": 1, "exclusiv": True}]}),
+            o,
+        ),
+        ff.ScheduleError,
+        r"unknown key 'exclusiv'.*nearest: 'exclusive'",
+    ),
+    (
+        "foreign-parameters",
+        lambda m, o: ff.GradualUnfreezer(
+            m,
+            three_stage(),
+            torch.optim.SGD([*m.parameters(), nn.Parameter(torch.zeros(7, 5))], lr=0.1),
+        ),
+        ff.OptimizerError,
+        r"1 parameter\(s\) that are not in Net \(shapes \[\(7, 5\)\]\)",
+    ),
+    (
+        "optimizer-of-another-model",
+        lambda m, o: ff.GradualUnfreezer(
+            m, three_stage(), torch.optim.SGD(make_net(5).parameters(), lr=0.1)
+        ),
+        ff.OptimizerError,
+        r"not in Net \(shapes \[\(4, 3, 3, 3\)",
+    ),
+    (
+        "scheduler-of-another-optimizer",
+        lambda m, o: ff.GradualUnfreezer(
+            m,
+            three_stage(),
+            o,
+            scheduler=torch.optim.lr_scheduler.StepLR(torch.optim.SGD(make_net().parameters()), 2),
+        ),
+        ff.OptimizerError,
+        r"StepLR is bound to another optimizer \(SGD at 0x",
+    ),
+    (
+        "not-an-optimizer",
+        lambda m, o: ff.GradualUnfreezer(m, three_stage(), 42),
+        ff.OptimizerError,
+        r"got 42",
+    ),
+    (
+        "factory-returns-junk",
+        lambda m, o: ff.GradualUnfreezer(m, three_stage(), lambda groups: "sgd"),
+        ff.OptimizerError,
+        r"returned 'sgd', not a torch\.optim\.Optimizer",
+    ),
+    (
+        "bad-norm-mode",
+        lambda m, o: ff.GradualUnfreezer(m, three_stage(), o, norm="bn"),
+        ff.PolicyError,
+        r"norm='bn'",
+    ),
+    (
+        "not-a-module",
+        lambda m, o: ff.GradualUnfreezer("resnet18", three_stage(), o),
+        ff.PolicyError,
+        r"needs an nn\.Module, got 'resnet18' of type str",
+    ),
+    (
+        "total-epochs-bool",
+        lambda m, o: ff.GradualUnfreezer(m, three_stage(), o, total_epochs=True),
+        ff.ScheduleError,
+        r"total_epochs=True",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("build", "error", "match"),
+    [(b, e, m) for _, b, e, m in BAD_INPUT],
+    ids=[i for i, _, _, _ in BAD_INPUT],
+)
+def test_bad_input_changes_nothing(build: BadBuild, error: type[Exception], match: str) -> None:
+    model = make_net()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    train_step(model, opt, 0)  # some optimizer state and gradients to keep
+    model.train()
+    before = (flags(model), group_view(opt), norm_state(model), snapshot(model))
+    state = _state_copy(opt)
+    grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    with pytest.raises(error, match=match) as info:
+        build(model, opt)
+    assert isinstance(info.value, ff.FreezeflowError)
+    after = (flags(model), group_view(opt), norm_state(model), snapshot(model))
+    assert after[:3] == before[:3]
+    assert all(torch.equal(after[3][n], before[3][n]) for n in ALL_NAMES)
+    assert _state_copy(opt).keys() == state.keys()
+    assert all(torch.equal(p.grad, grads[n]) for n, p in model.named_parameters())
+
+
+def test_hook_arguments_are_checked() -> None:
+    uf = _uf(_sched(1))
+    with pytest.raises(ff.ScheduleError, match=r"on_epoch_start\(-1\)"):
+        uf.on_epoch_start(-1)
+    with pytest.raises(ff.ScheduleError, match=r"on_epoch_start\('1'\)"):
+        uf.on_epoch_start("1")  # type: ignore[arg-type]
+    assert uf.stage == 0
+
+
+def test_training_end_to_end_reduces_loss() -> None:
+    """A sanity run: the unfreezer with a real loop learns a fixed batch."""
+    model = make_net()
+    opt = torch.optim.AdamW(model.parameters())
+    uf = ff.GradualUnfreezer(
+        model,
+        [ff.Stage("head", lr=3e-2), ff.Stage(ff.everything(), lr=1e-2, start=5, lr_decay=0.5)],
+        opt,
+    )
+    x, y = batch(0, n=16)
+    losses = []
+    for epoch in range(10):
+        uf.on_epoch_start(epoch)
+        model.train()
+        opt.zero_grad()
+        loss = nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+        uf.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0]
+    assert uf.stage == 1
