@@ -1,0 +1,277 @@
+"""freezeflow.distributed: DDP re-wrapping at stage transitions, the rank-consistency check,
+the helpers, and FSDP2 across a transition.
+
+The multi-process tests start 2 gloo ranks on CPU as subprocesses (tests/_ddp_worker.py)
+once per module, run every scenario in that process group, and compare what each rank saved.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+from typing import Any
+
+import _ddp_worker as worker
+import pytest
+import torch
+from torch import nn
+
+import freezeflow as ff
+from freezeflow import distributed as ffd
+
+WORKER = Path(__file__).with_name("_ddp_worker.py")
+SRC = Path(__file__).resolve().parents[1] / "src"
+FAST = "guarded,guarded_eval,plain,mismatch,helpers,fsdp"
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def launch(scenarios: str, out: Path, timeout: float = 150.0) -> list[dict[str, Any]]:
+    """Run the worker on 2 ranks; retry on a port clash; kill both ranks on a timeout."""
+    out.mkdir(parents=True, exist_ok=True)
+    logs = ""
+    for _attempt in range(3):
+        port = _free_port()
+        procs = []
+        for r in range(2):
+            env = {
+                **os.environ,
+                "MASTER_ADDR": "127.0.0.1",
+                "MASTER_PORT": str(port),
+                "RANK": str(r),
+                "LOCAL_RANK": str(r),
+                "WORLD_SIZE": "2",
+                "OMP_NUM_THREADS": "1",
+                "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")]),
+            }
+            procs.append(
+                subprocess.Popen(
+                    [sys.executable, str(WORKER), str(out), scenarios],
+                    env=env,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.STDOUT,
+                    text=True,
+                )
+            )
+        outputs = []
+        try:
+            for p in procs:
+                outputs.append(p.communicate(timeout=timeout)[0])
+        except subprocess.TimeoutExpired:
+            for p in procs:
+                p.kill()
+            for p in procs:
+                p.communicate()
+            pytest.fail(f"the 2-rank run of {scenarios!r} timed out after {timeout} s")
+        logs = "\n".join(f"--- rank {r}\n{o[-4000:]}" for r, o in enumerate(outputs))
+        if all(p.returncode == 0 for p in procs):
+            return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(2)]
+        if "address already in use" not in logs.lower():
+            break
+    pytest.fail(f"the 2-rank run of {scenarios!r} failed:\n{logs}")
+
+
+@pytest.fixture(scope="module")
+def ranks(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
+    return launch(FAST, tmp_path_factory.mktemp("ddp"))
+
+
+def _differ(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> list[str]:
+    return sorted(n for n in a if not torch.equal(a[n], b[n]))
+
+
+STAGE_NEW = {
+    0: ["head.bias", "head.weight"],
+    1: ["bn.bias", "bn.weight", "conv.bias", "conv.weight"],
+    2: ["stem.0.bias", "stem.0.weight", "stem.1.bias", "stem.1.weight"],
+}
+
+
+# --------------------------------------------------------------------------- 2 ranks
+
+
+def test_every_parameter_bit_identical_across_ranks_after_every_stage(
+    ranks: list[dict[str, Any]],
+) -> None:
+    r0, r1 = ranks[0]["guarded"], ranks[1]["guarded"]
+    assert r0["rebuilds"] == 3  # the first wrap + one per transition
+    prev = r0["initial"]
+    for stage in (0, 1, 2):
+        assert _differ(r0["stages"][stage], r1["stages"][stage]) == [], stage
+        changed = _differ(prev, r0["stages"][stage])
+        # everything trainable in this stage moved (newly unfrozen ones included) ...
+        trainable = sorted(n for k in range(stage + 1) for n in STAGE_NEW[k])
+        assert changed == trainable, stage
+        assert r0["trainable"][stage] == trainable
+        # ... and the still-frozen parameters never did
+        frozen = [n for k in range(stage + 1, 3) for n in STAGE_NEW[k]]
+        assert _differ({n: prev[n] for n in frozen}, r0["initial"]) == []
+        prev = r0["stages"][stage]
+
+
+def test_ddp_gradients_are_averaged_like_one_big_batch(ranks: list[dict[str, Any]]) -> None:
+    ref = worker.reference()
+    for stage in (0, 1, 2):
+        got = ranks[0]["guarded_eval"]["stages"][stage]
+        assert _differ(got, ranks[1]["guarded_eval"]["stages"][stage]) == []
+        for n, t in got.items():
+            torch.testing.assert_close(t, ref[stage][n], rtol=1e-5, atol=1e-6, msg=n)
+
+
+def test_plain_ddp_built_once_lets_ranks_diverge_after_a_late_unfreeze(
+    ranks: list[dict[str, Any]],
+) -> None:
+    """The failure wrap_ddp prevents: DDP built before the unfreeze never syncs those
+    parameters, so with different data per rank the replicas drift apart silently."""
+    r0, r1 = ranks[0]["plain"], ranks[1]["plain"]
+    assert _differ(r0["stages"][0], r1["stages"][0]) == []
+    assert _differ(r0["stages"][1], r1["stages"][1]) == STAGE_NEW[1]
+    assert _differ(r0["stages"][2], r1["stages"][2]) == sorted(STAGE_NEW[1] + STAGE_NEW[2])
+
+
+def test_ranks_that_disagree_on_the_trainable_set_raise_on_every_rank(
+    ranks: list[dict[str, Any]],
+) -> None:
+    for r in (0, 1):
+        res = ranks[r]["mismatch"]
+        assert res["type"] == "DistributedError"
+        msg = res["error"]
+        assert f"rank {r} checking" in msg
+        assert "ranks [1] differ from rank 0" in msg
+        assert "rank 0: stage 1 ('middle'), 6 trainable tensors" in msg
+        assert "rank 1: stage 1 ('middle'), 4 trainable tensors" in msg
+        assert "hint:" in msg
+
+
+def test_helpers_under_two_ranks(ranks: list[dict[str, Any]]) -> None:
+    h0, h1 = ranks[0]["helpers"], ranks[1]["helpers"]
+    assert (h0["rank"], h1["rank"], h0["world"], h0["main"], h1["main"]) == (0, 1, 2, True, False)
+    assert h0["mean"] == h1["mean"] == 0.5
+    torch.testing.assert_close(h0["tmean"], torch.tensor([1.5, 3.0]))
+    assert sorted(h0["indices"] + h1["indices"]) == list(range(10))
+
+
+def test_fsdp2_mixed_frozen_and_trainable_across_transitions(
+    ranks: list[dict[str, Any]],
+) -> None:
+    r0, r1 = ranks[0]["fsdp"], ranks[1]["fsdp"]
+    assert "crash" not in r0, r0.get("crash")
+    ref = worker.reference()
+    prev = r0["initial"]
+    for stage in (0, 1, 2):
+        assert _differ(r0["stages"][stage], r1["stages"][stage]) == []
+        trainable = sorted(n for k in range(stage + 1) for n in STAGE_NEW[k])
+        assert _differ(prev, r0["stages"][stage]) == trainable
+        for n, t in r0["stages"][stage].items():
+            torch.testing.assert_close(t, ref[stage][n], rtol=1e-5, atol=1e-6, msg=n)
+        prev = r0["stages"][stage]
+
+
+@pytest.mark.slow
+def test_ddp_compiled_after_each_rewrap(tmp_path: Path) -> None:
+    r0, r1 = (r["compiled"] for r in launch("compiled", tmp_path))
+    prev = r0["initial"]
+    for stage in (0, 1, 2):
+        assert _differ(r0["stages"][stage], r1["stages"][stage]) == []
+        trainable = sorted(n for k in range(stage + 1) for n in STAGE_NEW[k])
+        assert _differ(prev, r0["stages"][stage]) == trainable
+        prev = r0["stages"][stage]
+
+
+# --------------------------------------------------------------------------- 1 process
+
+
+def _mlp() -> nn.Sequential:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2))
+
+
+def _unfreezer(model: nn.Module) -> ff.GradualUnfreezer:
+    sched = ff.Schedule(
+        [
+            ff.Stage("4", lr=0.1),
+            ff.Stage("2", lr=0.1, start=ff.at_step(1)),
+            ff.Stage("0", lr=0.1, start=ff.at_step(2)),
+        ]
+    )
+    return ff.GradualUnfreezer(model, sched, lambda g: torch.optim.SGD(g, lr=0.1))
+
+
+def test_helpers_are_noops_without_a_process_group() -> None:
+    assert not ffd.is_distributed()
+    assert (ffd.rank(), ffd.world_size(), ffd.is_main_process()) == (0, 1, True)
+    assert ffd.all_reduce_mean(2.5) == 2.5
+    t = torch.tensor([1.0, 2.0])
+    assert ffd.all_reduce_mean(t) is t
+    ffd.barrier()
+    assert ffd.distributed_sampler(torch.utils.data.TensorDataset(torch.arange(4))) is None
+    ffd.verify_trainable(_mlp(), 3)
+
+
+def test_wrapper_without_a_process_group_calls_the_model_and_follows_transitions() -> None:
+    model = _mlp()
+    uf = _unfreezer(model)
+    net = ffd.wrap_ddp(model, uf)
+    assert net.ddp is None and net.module is model
+    x = torch.randn(3, 4)
+    torch.testing.assert_close(net(x), model(x))
+    uf.step()
+    uf.step()
+    assert net.rebuilds == 3 and net.stage == 2
+    assert net.state_dict().keys() == model.state_dict().keys()
+    assert ffd.unwrap(net) is model
+    assert "stage 2" in repr(net)
+    # a change behind the unfreezer's back is picked up at the next forward
+    ff.freeze(model, "0")
+    net(x)
+    assert net.rebuilds == 4
+    net.eval()
+    assert not model.training
+    with net.no_sync():
+        pass
+
+
+def test_wrap_rejects_ddp_modules_and_foreign_unfreezers() -> None:
+    model = _mlp()
+    uf = _unfreezer(model)
+    with pytest.raises(ffd.DistributedError, match="plain model"):
+        ffd.wrap_ddp(ffd.wrap_ddp(model, uf))  # type: ignore[arg-type]
+    with pytest.raises(ffd.DistributedError, match="another model"):
+        ffd.wrap_ddp(_mlp(), uf)
+    assert issubclass(ffd.DistributedError, ff.FreezeflowError)
+
+
+def test_fingerprint_follows_the_trainable_set_and_stage() -> None:
+    model = _mlp()
+    uf = _unfreezer(model)
+    a = ffd.trainable_fingerprint(model, uf.stage)
+    assert a == ffd.trainable_fingerprint(_mlp_frozen_like(model), 0)
+    uf.step()
+    b = ffd.trainable_fingerprint(model, uf.stage)
+    assert a[0] == 0 and b[0] == 1 and a[1] != b[1] and (a[2], b[2]) == (2, 4)
+    assert ffd.trainable_fingerprint(model, 0)[1:] == b[1:]
+
+
+def _mlp_frozen_like(model: nn.Module) -> nn.Module:
+    other = _mlp()
+    for (_, p), (_, q) in zip(model.named_parameters(), other.named_parameters()):
+        q.requires_grad_(p.requires_grad)
+    return other
+
+
+def test_unwrap_nested_wrappers() -> None:
+    model = _mlp()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        compiled = torch.compile(model, backend="eager")
+    assert ffd.unwrap(compiled) is model
+    with pytest.raises(ffd.DistributedError):
+        ffd.unwrap(42)
