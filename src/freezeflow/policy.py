@@ -704,7 +704,10 @@ def policy_to_data(policy: Policy) -> Any:
     """
     if isinstance(policy, Name):
         pats: Any = policy.patterns[0] if len(policy.patterns) == 1 else list(policy.patterns)
-        return pats if policy.strict else {"name": pats, "strict": False}
+        if not policy.strict:
+            return {"name": pats, "strict": False}
+        # a bare string that spells a keyword would read back as that keyword
+        return {"name": pats} if pats in ("everything", "nothing", "norm_layers") else pats
     if isinstance(policy, Regex):
         return (
             {"regex": policy.pattern}
