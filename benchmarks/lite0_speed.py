@@ -19,7 +19,8 @@ for synthetic ones) and the weights the real ImageNet ones (``--weights real``, 
 
 The machine may be shared: each table reports the 1-minute load average and the process's
 CPU time over wall time during the runs (about 2.0 with 2 threads on an idle machine; much
-less means other processes took the cores and the figures are too slow).
+less means other processes took the cores and the figures are too slow), and each cell shows
+the fastest run next to the median.
 
 Usage::
 
@@ -47,6 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
 
 MALLOC_VARS = {"MALLOC_MMAP_THRESHOLD_": "4000000000", "MALLOC_TRIM_THRESHOLD_": "4000000000"}
 MODES = ("fwd", "fwd+bwd all", "fwd+bwd last4")
+_MINS: list[float] = []  # fastest run of each measurement, in order (a contention check)
 
 
 def _median_ms_per_image(step: Callable[[], None], batch: int, repeats: int) -> float:
@@ -56,6 +58,7 @@ def _median_ms_per_image(step: Callable[[], None], batch: int, repeats: int) -> 
         t0 = time.perf_counter()
         step()
         times.append(time.perf_counter() - t0)
+    _MINS.append(min(times) * 1000.0 / batch)
     return statistics.median(times) * 1000.0 / batch
 
 
@@ -109,6 +112,7 @@ def measure(
             if is_bn and not any(mname == t or mname.startswith(t + ".") for t in trainable):
                 m.eval()
         row["fwd+bwd last4"] = _median_ms_per_image(fwd_bwd, batch, repeats)
+        row.update({f"{m} min": v for m, v in zip(MODES, _MINS[-3:])})
         results[str(size)] = row
         print(f"  [{_label()}] {size}px: {row}", file=sys.stderr, flush=True)
     return results
@@ -119,11 +123,11 @@ def _label() -> str:
 
 
 def _table(title: str, results: dict[str, dict[str, float]], batch: int) -> str:
-    lines = [f"{title} (batch {batch}, ms per image, median)"]
+    lines = [f"{title} (batch {batch}, ms per image: median (fastest))"]
     lines.append(f"| size | {' | '.join(MODES)} |")
     lines.append("|---:|" + "---:|" * len(MODES))
     for size, row in results.items():
-        cells = " | ".join(f"{row[m]:.2f}" for m in MODES)
+        cells = " | ".join(f"{row[m]:.2f} ({row[m + ' min']:.2f})" for m in MODES)
         lines.append(f"| {size} px | {cells} |")
     return "\n".join(lines)
 
