@@ -262,7 +262,12 @@ class GradualUnfreezer:
             raise OptimizerError(
                 f"scheduler must be a torch.optim.lr_scheduler scheduler, got {scheduler!r}"
             )
-        if scheduler.optimizer is not optimizer:
+        bound: Any = scheduler.optimizer
+        # a wrapper sharing our param groups (accelerate's AcceleratedOptimizer, which the
+        # Hugging Face Trainer builds its LR scheduler over) holds the optimizer as .optimizer
+        while bound is not optimizer and isinstance(getattr(bound, "optimizer", None), Optimizer):
+            bound = bound.optimizer
+        if bound is not optimizer:
             raise OptimizerError(
                 f"the LR scheduler {type(scheduler).__name__} is bound to another optimizer "
                 f"({type(scheduler.optimizer).__name__} at {id(scheduler.optimizer):#x}), not "
@@ -378,6 +383,8 @@ class GradualUnfreezer:
                 norm=self.norm,
                 eval_frozen=self.eval_frozen,
             )
+            for i in off:  # frozen parameters hold no optimizer state (memory back)
+                self.optimizer.state.pop(lay.params[i], None)
         if on:
             unfreeze(self.model, self._by_ids(on, "joining"))
         if stage.reset_state:
