@@ -1,0 +1,273 @@
+"""Lightning integration: a callback that runs a freezeflow schedule inside ``lightning.Trainer``.
+
+:class:`FreezeflowCallback` does what :class:`~freezeflow.GradualUnfreezer` does in a plain
+loop, at the matching Lightning hooks:
+
+==========================  ================================================================
+``on_fit_start``            freeze everything the first stage does not train; rebuild the
+                            optimizer from ``configure_optimizers`` in place (same object)
+                            with one param group per stage, and hand it the LR schedulers
+                            from ``configure_optimizers``; restore the state from a
+                            checkpoint when resuming
+``on_train_epoch_start``    epoch triggers (``at_epoch``, plateau, fraction of epochs)
+``on_train_batch_end``      step triggers (``at_step``, fraction of steps), counted in
+                            optimizer steps (``trainer.global_step``)
+``on_validation_end``       feed a plateau trigger from ``trainer.callback_metrics``
+``state_dict``              the unfreezer's state, saved in every Lightning checkpoint
+==========================  ================================================================
+
+Why ``on_fit_start``: Lightning calls it after ``configure_optimizers`` and after callback
+states are loaded from a checkpoint, but *before* the optimizer and LR scheduler states are
+loaded. The param groups the callback creates are a pure function of the model and the
+schedule, so on resume the optimizer has the same groups it had when the checkpoint was saved,
+and Lightning's own optimizer restore then fills in moments and LRs. Lightning's
+``BaseFinetuning`` instead freezes again in ``setup`` on resume and adds groups back later
+(Lightning issue #21901); this callback restores ``requires_grad`` and the norm-layer modes
+from the checkpoint.
+
+Freezing happens after the strategy has wrapped the model (DDP registers every parameter), so
+multi-process runs need ``strategy="ddp_find_unused_parameters_true"``: frozen parameters get no
+gradient. Freezing before wrapping would be worse: parameters unfrozen later would silently
+never be all-reduced.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+import warnings
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from torch import nn
+
+from freezeflow.errors import FreezeflowWarning, OptimizerError, StateError, TrainingError
+from freezeflow.freezing import NormMode
+from freezeflow.policy import PolicyLike
+from freezeflow.schedule import AtFraction, OnPlateau, Schedule, Stage
+from freezeflow.unfreezer import GradualUnfreezer, Transition
+
+try:
+    import lightning.pytorch as pl
+    from lightning.pytorch.callbacks import Callback
+    from lightning.pytorch.utilities import rank_zero_info
+except ImportError as exc:  # pragma: no cover - depends on the environment
+    raise ImportError(
+        "freezeflow.integrations.lightning needs Lightning (the `lightning` package, >= 2.2); "
+        "hint: pip install 'freezeflow[lightning]'"
+    ) from exc
+
+__all__ = ["FreezeflowCallback"]
+
+ModuleSelector = Callable[["pl.LightningModule"], nn.Module]
+
+
+class FreezeflowCallback(Callback):
+    """Run a freezeflow schedule in a ``lightning.Trainer``.
+
+    Args:
+        schedule: a :class:`~freezeflow.Schedule` or a list of :class:`~freezeflow.Stage`.
+            Its stage LRs and weight decays replace those of the optimizer returned by
+            ``configure_optimizers``; the other hyper-parameters (betas, momentum, eps) are
+            kept.
+        module_attr: which ``nn.Module`` the schedule's policies refer to. ``None`` (default):
+            the LightningModule itself (names look like ``model.fc``); a string: an attribute
+            path on it (``"model"``, ``"net.backbone"``); or a function
+            ``LightningModule -> nn.Module``. The optimizer must hold only parameters of that
+            module.
+        norm: norm mode for frozen norm layers (see :func:`freezeflow.freeze`): ``"eval"``
+            keeps frozen BatchNorm layers in inference mode so their running statistics do not
+            drift.
+        no_decay: parameters that get no weight decay (default: ``ndim <= 1`` and norm
+            layers).
+        strict: raise when a plateau trigger's metric is missing from
+            ``trainer.callback_metrics`` after validation (else warn once and wait).
+        verbose: print each stage change (rank zero only).
+
+    Attributes:
+        unfreezer: the :class:`~freezeflow.GradualUnfreezer`, from ``on_fit_start`` on.
+
+    The LR schedulers returned by ``configure_optimizers`` keep working: they are handed to
+    the unfreezer (:meth:`~freezeflow.GradualUnfreezer.attach`), which extends them from the
+    optimizer's single group to every group and rescales them at each stage change, so a group
+    trains at ``stage.lr * lr_scale * f(t)`` where ``f`` is the scheduler's factor.
+
+    Example:
+        >>> import freezeflow as ff
+        >>> from freezeflow.integrations.lightning import FreezeflowCallback
+        >>> cb = FreezeflowCallback(
+        ...     [ff.Stage("head", lr=1e-3), ff.Stage("backbone.2", lr=1e-4, start=1)],
+        ...     module_attr="net",
+        ... )
+        >>> # lightning.Trainer(max_epochs=4, callbacks=[cb]).fit(lit_module)
+    """
+
+    def __init__(
+        self,
+        schedule: Schedule | Sequence[Stage],
+        *,
+        module_attr: str | ModuleSelector | None = None,
+        norm: NormMode = "eval",
+        no_decay: PolicyLike | None = None,
+        strict: bool = True,
+        verbose: bool = False,
+    ) -> None:
+        super().__init__()
+        self.schedule = schedule if isinstance(schedule, Schedule) else Schedule(schedule)
+        if module_attr is not None and not (isinstance(module_attr, str) or callable(module_attr)):
+            raise TypeError(
+                f"module_attr must be None, an attribute path or a function, got {module_attr!r}"
+            )
+        self.module_attr = module_attr
+        self.norm: NormMode = norm
+        self.no_decay = no_decay
+        self.strict = strict
+        self.verbose = verbose
+        self.unfreezer: GradualUnfreezer | None = None
+        self._pending: dict[str, Any] | None = None
+        self._warned_missing = False
+
+    # ------------------------------------------------------------------ helpers
+    def module(self, pl_module: pl.LightningModule) -> nn.Module:
+        """The module the schedule applies to (see ``module_attr``)."""
+        sel = self.module_attr
+        if sel is None:
+            module: object = pl_module
+        elif isinstance(sel, str):
+            try:
+                module = operator.attrgetter(sel)(pl_module)
+            except AttributeError as exc:
+                raise TrainingError(
+                    f"module_attr={sel!r}: {type(pl_module).__name__} has no attribute {sel!r}"
+                ) from exc
+        else:
+            module = sel(pl_module)
+        if not isinstance(module, nn.Module):
+            raise TrainingError(
+                f"module_attr={sel!r} gave {module!r} of type {type(module).__name__}, "
+                "not an nn.Module"
+            )
+        return module
+
+    def _run_length(self, trainer: pl.Trainer) -> tuple[int | None, int | None]:
+        if not any(isinstance(s.start, AtFraction) for s in self.schedule.stages):
+            return None, None
+        steps: int | None = None
+        epochs: int | None = None
+        est = trainer.estimated_stepping_batches
+        if isinstance(est, (int, float)) and math.isfinite(est) and est > 0:
+            steps = int(est)
+        if trainer.max_epochs is not None and trainer.max_epochs > 0:
+            epochs = int(trainer.max_epochs)
+        return steps, epochs
+
+    def _report(self, transitions: list[Transition]) -> None:
+        if self.verbose:
+            for t in transitions:
+                rank_zero_info(
+                    f"freezeflow: stage {t.stage} ({t.name!r}) starts at epoch {t.epoch}, "
+                    f"step {t.step} ({t.reason}); {t.trainable:,} trainable values"
+                )
+
+    # ------------------------------------------------------------------ hooks
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        module = self.module(pl_module)
+        optimizers = trainer.optimizers
+        if len(optimizers) != 1:
+            raise TrainingError(
+                f"FreezeflowCallback needs exactly one optimizer from configure_optimizers, "
+                f"got {len(optimizers)}"
+            )
+        optimizer = optimizers[0]
+        schedulers = [
+            c.scheduler for c in trainer.lr_scheduler_configs if c.scheduler.optimizer is optimizer
+        ]
+        state = self._pending
+        if state is None and self.unfreezer is not None and self.unfreezer.model is module:
+            # fit() called again with the same callback and model: carry on, do not re-freeze
+            state = self.unfreezer.state_dict()
+        total_steps, total_epochs = self._run_length(trainer)
+        try:
+            uf = GradualUnfreezer(
+                module,
+                self.schedule,
+                optimizer,
+                scheduler=schedulers[0] if schedulers else None,
+                norm=self.norm,
+                no_decay=self.no_decay,
+                total_steps=total_steps,
+                total_epochs=total_epochs,
+            )
+        except OptimizerError as exc:
+            raise OptimizerError(
+                f"{exc}; note: with module_attr={self.module_attr!r} the schedule applies to "
+                f"{type(module).__name__}, so configure_optimizers must build the optimizer "
+                "over that module's parameters only"
+            ) from exc
+        for extra in schedulers[1:]:
+            uf.attach(extra)
+        if state is not None:
+            uf.load_state_dict(state)
+        self._pending = None
+        self.unfreezer = uf
+        self._report(uf.history[-1:] if state is None else [])
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.unfreezer is not None:
+            self._report(self.unfreezer.on_epoch_start(trainer.current_epoch))
+
+    def on_train_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+    ) -> None:
+        uf = self.unfreezer
+        if uf is None:
+            return
+        # trainer.global_step counts optimizer steps (not batches under gradient accumulation)
+        while uf.global_step < trainer.global_step:
+            self._report(uf.step())
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        uf = self.unfreezer
+        if uf is None or trainer.sanity_checking or uf.stage + 1 >= len(self.schedule):
+            return
+        trigger = self.schedule.stages[uf.stage + 1].start
+        if not isinstance(trigger, OnPlateau):
+            return
+        value = trainer.callback_metrics.get(trigger.metric)
+        if value is None:
+            known = sorted(trainer.callback_metrics)
+            msg = (
+                f"the next stage waits for a plateau of {trigger.metric!r}, but it is not among "
+                f"the logged metrics {known}; hint: self.log({trigger.metric!r}, ...) in "
+                "validation_step, or name a logged metric in on_plateau(metric=...)"
+            )
+            if self.strict:
+                raise TrainingError(msg)
+            if not self._warned_missing:
+                warnings.warn(msg, FreezeflowWarning, stacklevel=2)
+                self._warned_missing = True
+            return
+        uf.observe(float(value))
+
+    # ------------------------------------------------------------------ checkpoints
+    def state_dict(self) -> dict[str, Any]:
+        if self.unfreezer is not None:
+            return {"unfreezer": self.unfreezer.state_dict()}
+        return {} if self._pending is None else {"unfreezer": self._pending}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        state = state_dict.get("unfreezer")
+        if state is None:
+            return
+        if not isinstance(state, dict):
+            raise StateError(f"not a FreezeflowCallback state: {state_dict!r}")
+        if self.unfreezer is not None:
+            # strategies that restore callbacks after setup (e.g. DeepSpeed) land here
+            self.unfreezer.load_state_dict(state)
+        else:
+            self._pending = state

@@ -1,0 +1,373 @@
+"""Hugging Face ``Trainer`` integration.
+
+Why a Trainer subclass and not only a callback: ``Trainer.create_optimizer`` builds the
+optimizer from the parameters that have ``requires_grad=True`` at that moment, and it runs
+inside ``train()`` *before* the first callback event of the run (``on_train_begin``); the LR
+scheduler is then built over that optimizer. A callback alone can therefore either leave the
+model unfrozen when the optimizer is built (and then freeze it: harmless, but the schedule's
+per-stage LRs and groups do not exist) or freeze it earlier (then parameters unfrozen later are
+in no param group and never train, silently). Adding groups afterwards does not help either:
+the Trainer's LR scheduler was built over the original groups and does not drive new ones.
+
+So :class:`FreezeflowTrainer` overrides ``create_optimizer``: the optimizer gets every
+parameter any stage will ever train, in one group per stage (built by
+:class:`~freezeflow.GradualUnfreezer`), and the Trainer builds its LR scheduler over that
+optimizer afterwards, so the scheduler (linear warmup/decay, cosine, ...) drives every group
+from the first step to the last. :class:`FreezeflowTrainerCallback` then applies the stage
+changes (``on_epoch_begin``, ``on_step_end``), feeds plateau triggers from ``on_evaluate``, and
+saves the unfreezer's state next to each checkpoint (``freezeflow_state.json``) so that
+``train(resume_from_checkpoint=...)`` restores which layers are trainable.
+
+With a Trainer subclass of your own, put :class:`FreezeflowTrainer` first in its bases, or
+build the optimizer yourself and pass it in:
+``Trainer(..., optimizers=(callback.create_optimizer(model, args), None))``.
+
+Not supported: DeepSpeed and FSDP (they build or shard the optimizer themselves) and optimizer
+factories (``optim`` values such as Muon or LOMO that do not take param groups).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, cast
+
+from torch import nn
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
+
+from freezeflow.errors import (
+    CheckpointError,
+    FreezeflowWarning,
+    OptimizerError,
+    StateError,
+    TrainingError,
+)
+from freezeflow.freezing import NormMode
+from freezeflow.policy import PolicyLike
+from freezeflow.schedule import AtFraction, OnPlateau, Schedule, Stage
+from freezeflow.unfreezer import GradualUnfreezer
+
+try:
+    from transformers import (
+        PreTrainedModel,
+        Trainer,
+        TrainerCallback,
+        TrainerControl,
+        TrainerState,
+        TrainingArguments,
+    )
+    from transformers.trainer_utils import get_last_checkpoint
+except ImportError as exc:  # pragma: no cover - depends on the environment
+    raise ImportError(
+        "freezeflow.integrations.transformers needs transformers (>= 4.46) and accelerate; "
+        "hint: pip install 'freezeflow[transformers]'"
+    ) from exc
+
+__all__ = ["STATE_NAME", "FreezeflowTrainer", "FreezeflowTrainerCallback"]
+
+STATE_NAME = "freezeflow_state.json"
+"""File the callback writes into each checkpoint folder."""
+
+_UNSUPPORTED_KWARGS = ("params", "model", "optimizer_dict")
+
+
+def _is_factory(cls: Any) -> bool:
+    try:
+        from transformers.trainer_optimizer import is_optimizer_factory
+    except ImportError:  # pragma: no cover - older transformers have no factories
+        return False
+    return bool(is_optimizer_factory(cls))
+
+
+class FreezeflowTrainerCallback(TrainerCallback):
+    """Run a freezeflow schedule in a Hugging Face ``Trainer``.
+
+    Use it with :class:`FreezeflowTrainer` (or pass
+    ``optimizers=(callback.create_optimizer(model, args), None)`` to a plain ``Trainer``):
+    the Trainer's own optimizer would leave out every parameter frozen when training starts.
+
+    Args:
+        schedule: a :class:`~freezeflow.Schedule` or a list of :class:`~freezeflow.Stage`.
+            Stage LRs replace ``TrainingArguments.learning_rate``; the Trainer's LR scheduler
+            multiplies them by its factor (warmup, decay). When the first stage sets no
+            ``weight_decay``, ``TrainingArguments.weight_decay`` is used (never on biases and
+            norm layers).
+        norm: norm mode for frozen norm layers (see :func:`freezeflow.freeze`).
+        no_decay: parameters that get no weight decay (default: ``ndim <= 1`` and norm
+            layers, as the Trainer's own ``get_decay_parameter_names`` does for BERT-likes).
+        strict: raise when a plateau trigger's metric is missing from the evaluation metrics
+            (else warn once and wait).
+
+    Attributes:
+        unfreezer: the :class:`~freezeflow.GradualUnfreezer`, once the optimizer is built.
+
+    Plateau triggers read the metric ``on_plateau(metric=...)`` names from the evaluation
+    metrics; the Trainer prefixes them with ``eval_``, so ``"eval_loss"``, ``"loss"`` and the
+    default ``"val_loss"`` all find ``eval_loss``.
+    """
+
+    def __init__(
+        self,
+        schedule: Schedule | Sequence[Stage],
+        *,
+        norm: NormMode = "eval",
+        no_decay: PolicyLike | None = None,
+        strict: bool = True,
+    ) -> None:
+        self.schedule = schedule if isinstance(schedule, Schedule) else Schedule(schedule)
+        self.norm: NormMode = norm
+        self.no_decay = no_decay
+        self.strict = strict
+        self.unfreezer: GradualUnfreezer | None = None
+        self._pending: dict[str, Any] | None = None
+        self._resumed = False
+        self._training = False
+        self._warned_missing = False
+
+    # ------------------------------------------------------------------ optimizer
+    def create_optimizer(
+        self,
+        model: nn.Module,
+        args: TrainingArguments,
+        optimizer_cls_and_kwargs: tuple[Any, dict[str, Any]] | None = None,
+        *,
+        total_steps: int | None = None,
+    ) -> Optimizer:
+        """Freeze ``model`` for the first stage and build the Trainer's optimizer over every
+        parameter any stage trains, one param group per stage.
+
+        The optimizer class and its arguments (betas, eps, ...) come from ``args.optim`` as
+        the Trainer would choose them, or from ``optimizer_cls_and_kwargs``.
+
+        Raises:
+            OptimizerError: ``args.optim`` names an optimizer that does not take param groups.
+        """
+        if optimizer_cls_and_kwargs is None:
+            pretrained = model if isinstance(model, PreTrainedModel) else None
+            optimizer_cls_and_kwargs = Trainer.get_optimizer_cls_and_kwargs(args, pretrained)
+        cls, kwargs = optimizer_cls_and_kwargs
+        kwargs = dict(kwargs)
+        if _is_factory(cls) or any(k in kwargs for k in _UNSUPPORTED_KWARGS):
+            raise OptimizerError(
+                f"optim={args.optim!r} builds its optimizer from the model, not from param "
+                "groups, so freezeflow cannot give it one group per stage; hint: use an "
+                "optimizer such as 'adamw_torch'"
+            )
+
+        def factory(groups: list[dict[str, Any]]) -> Optimizer:
+            built = cls(groups, **kwargs)
+            if not isinstance(built, Optimizer):
+                raise OptimizerError(f"{cls!r} did not build a torch.optim.Optimizer")
+            return built
+
+        schedule = self.schedule
+        first = schedule.stages[0]
+        if first.weight_decay is None and args.weight_decay:
+            schedule = Schedule(
+                [replace(first, weight_decay=float(args.weight_decay)), *schedule.stages[1:]]
+            )
+        needs_length = any(isinstance(s.start, AtFraction) for s in schedule.stages)
+        epochs = args.num_train_epochs
+        self.unfreezer = GradualUnfreezer(
+            model,
+            schedule,
+            factory,
+            norm=self.norm,
+            no_decay=self.no_decay,
+            total_steps=total_steps if needs_length and total_steps else None,
+            total_epochs=(
+                math.ceil(epochs)
+                if needs_length and not total_steps and epochs and epochs > 0
+                else None
+            ),
+        )
+        return self.unfreezer.optimizer
+
+    # ------------------------------------------------------------------ resume
+    def resume_from(self, checkpoint: str | os.PathLike[str]) -> None:
+        """Load the state saved in checkpoint folder ``checkpoint``; it is applied when
+        training begins. :class:`FreezeflowTrainer` calls this for
+        ``train(resume_from_checkpoint=...)``.
+
+        Raises:
+            CheckpointError: the folder holds no freezeflow state.
+        """
+        path = Path(checkpoint) / STATE_NAME
+        if not path.is_file():
+            raise CheckpointError(
+                f"{str(checkpoint)!r} holds no {STATE_NAME}: it was not saved with "
+                "FreezeflowTrainerCallback, so which layers were unfrozen is unknown"
+            )
+        state = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(state, dict):
+            raise StateError(f"{str(path)!r} is not a freezeflow state")
+        self._pending = state
+        self._resumed = True
+
+    # ------------------------------------------------------------------ events
+    def on_train_begin(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
+        uf = self.unfreezer
+        optimizer = kwargs.get("optimizer")
+        inner = getattr(optimizer, "optimizer", optimizer)
+        if uf is None or inner is not uf.optimizer:
+            raise TrainingError(
+                "the Trainer built its optimizer without freezeflow, from the parameters "
+                "trainable at the start only, so layers unfrozen later would never train; "
+                "hint: use freezeflow.integrations.transformers.FreezeflowTrainer, or pass "
+                "optimizers=(callback.create_optimizer(model, args), None) to Trainer"
+            )
+        scheduler = kwargs.get("lr_scheduler")
+        if isinstance(scheduler, (LRScheduler, ReduceLROnPlateau)):
+            uf.attach(scheduler)
+        if self._pending is None and not self._resumed and state.global_step > 0:
+            # resumed through a plain Trainer: look for the state where on_save put it
+            folder = Path(args.output_dir or ".") / f"checkpoint-{state.global_step}"
+            self.resume_from(folder)
+        if self._pending is not None:
+            uf.load_state_dict(self._pending)
+        self._pending = None
+        self._resumed = False
+        self._training = True
+
+    def on_train_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
+        self._training = False
+
+    def on_epoch_begin(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
+        if self.unfreezer is not None:
+            # state.epoch is fractional (epochs done); the Trainer sets it to e + 1 exactly at
+            # the end of epoch e, and to e + k / n when resuming mid-epoch
+            self.unfreezer.on_epoch_start(math.floor((state.epoch or 0.0) + 1e-9))
+
+    def on_step_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
+        uf = self.unfreezer
+        if uf is not None:
+            while uf.global_step < state.global_step:
+                uf.step()
+
+    def on_evaluate(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
+        uf = self.unfreezer
+        if uf is None or not self._training or uf.stage + 1 >= len(uf.schedule):
+            return
+        trigger = uf.schedule.stages[uf.stage + 1].start
+        if not isinstance(trigger, OnPlateau):
+            return
+        metrics: dict[str, Any] = kwargs.get("metrics") or {}
+        name = trigger.metric
+        keys = [name, f"eval_{name}"]
+        if name.startswith("val_"):
+            keys.append(f"eval_{name[4:]}")
+        value = next((metrics[k] for k in keys if k in metrics), None)
+        if value is None:
+            msg = (
+                f"the next stage waits for a plateau of {name!r}, but the evaluation metrics "
+                f"are {sorted(metrics)}; hint: name one of them in on_plateau(metric=...)"
+            )
+            if self.strict:
+                raise TrainingError(msg)
+            if not self._warned_missing:
+                warnings.warn(msg, FreezeflowWarning, stacklevel=2)
+                self._warned_missing = True
+            return
+        uf.observe(float(value))
+
+    def on_save(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
+        uf = self.unfreezer
+        if uf is None or not state.is_world_process_zero:
+            return
+        folder = Path(args.output_dir or ".") / f"checkpoint-{state.global_step}"
+        if not folder.is_dir():
+            warnings.warn(
+                f"freezeflow: no checkpoint folder {str(folder)!r} to save the schedule state "
+                "in; resuming from this checkpoint will need callback.resume_from()",
+                FreezeflowWarning,
+                stacklevel=2,
+            )
+            return
+        (folder / STATE_NAME).write_text(json.dumps(uf.state_dict(), indent=1), encoding="utf-8")
+
+
+class FreezeflowTrainer(Trainer):
+    """A ``transformers.Trainer`` whose optimizer holds every parameter any stage trains.
+
+    Pass the schedule with ``schedule=`` (a :class:`FreezeflowTrainerCallback` is added), or
+    add a :class:`FreezeflowTrainerCallback` to ``callbacks`` yourself; everything else is
+    the Trainer's. It overrides ``create_optimizer`` (see the module docstring for why) and
+    ``train`` (to restore the schedule state on ``resume_from_checkpoint``).
+    """
+
+    def __init__(
+        self,
+        *args: Any,
+        schedule: Schedule | Sequence[Stage] | None = None,
+        norm: NormMode = "eval",
+        **kwargs: Any,
+    ) -> None:
+        if schedule is not None:
+            kwargs["callbacks"] = [
+                *(kwargs.get("callbacks") or []),
+                FreezeflowTrainerCallback(schedule, norm=norm),
+            ]
+        super().__init__(*args, **kwargs)
+        self.freezeflow_callback()  # fail early when there is none
+
+    def freezeflow_callback(self) -> FreezeflowTrainerCallback:
+        """The :class:`FreezeflowTrainerCallback` of this Trainer."""
+        found = [
+            cb
+            for cb in self.callback_handler.callbacks
+            if isinstance(cb, FreezeflowTrainerCallback)
+        ]
+        if len(found) != 1:
+            raise TrainingError(
+                f"FreezeflowTrainer needs exactly one FreezeflowTrainerCallback, found "
+                f"{len(found)}; hint: FreezeflowTrainer(..., schedule=my_schedule)"
+            )
+        return found[0]
+
+    def create_optimizer(self, model: nn.Module | None = None) -> Optimizer:
+        if self.optimizer is None:
+            opt_model = self.model if model is None else model
+            if not isinstance(opt_model, nn.Module):
+                raise TrainingError(f"FreezeflowTrainer needs a model, got {opt_model!r}")
+            self.optimizer = self.freezeflow_callback().create_optimizer(
+                opt_model,
+                self.args,
+                getattr(self, "optimizer_cls_and_kwargs", None),
+                total_steps=int(self.state.max_steps) or None,
+            )
+        return self.optimizer
+
+    def train(
+        self,
+        resume_from_checkpoint: str | bool | None = None,
+        *args: Any,
+        **kwargs: Any,
+    ) -> Any:
+        checkpoint: str | None = None
+        if isinstance(resume_from_checkpoint, bool):
+            if resume_from_checkpoint:
+                last = cast("Callable[[str], str | None]", get_last_checkpoint)
+                checkpoint = last(self.args.output_dir or ".")
+        elif resume_from_checkpoint is not None:
+            checkpoint = str(resume_from_checkpoint)
+        if checkpoint is not None:
+            self.freezeflow_callback().resume_from(checkpoint)
+        return super().train(resume_from_checkpoint, *args, **kwargs)

@@ -1,0 +1,317 @@
+"""FreezeflowCallback with a real lightning.Trainer on CPU (tiny model, tiny synthetic data)."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+pl = pytest.importorskip("lightning.pytorch")
+
+import freezeflow as ff  # noqa: E402
+from freezeflow.errors import OptimizerError, TrainingError  # noqa: E402
+from freezeflow.integrations.lightning import FreezeflowCallback  # noqa: E402
+
+EPOCH_BATCHES = 3
+
+
+def lr_factor(step: int) -> float:
+    return 1.0 / (1.0 + 0.1 * step)
+
+
+class Net(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.backbone = nn.Sequential(
+            nn.Linear(6, 12),
+            nn.BatchNorm1d(12),
+            nn.ReLU(),
+            nn.Linear(12, 12),
+            nn.BatchNorm1d(12),
+            nn.ReLU(),
+        )
+        self.head = nn.Linear(12, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone(x))
+
+
+class Lit(pl.LightningModule):
+    def __init__(
+        self, *, val_values: list[float] | None = None, scheduler: str | None = "step"
+    ) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.net = Net()
+        self.val_values = val_values
+        self.scheduler = scheduler
+        self.configured: torch.optim.Optimizer | None = None
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        return nn.functional.cross_entropy(self.net(x), y)
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        x, y = batch
+        loss = nn.functional.cross_entropy(self.net(x), y)
+        self.log("val_loss", loss)
+        if self.val_values is not None:
+            self.log("val_metric", self.val_values[self.current_epoch])
+
+    def configure_optimizers(self) -> Any:
+        opt = torch.optim.SGD(self.parameters(), lr=0.1, momentum=0.9)
+        self.configured = opt
+        if self.scheduler is None:
+            return opt
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+def loader(seed: int = 1) -> DataLoader[Any]:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(8 * EPOCH_BATCHES, 6, generator=g)
+    y = torch.randint(0, 3, (8 * EPOCH_BATCHES,), generator=g)
+    return DataLoader(TensorDataset(x, y), batch_size=8, shuffle=False)
+
+
+def trainer(tmp_path: Path, epochs: int, callbacks: list[Any], **kw: Any) -> Any:
+    defaults: dict[str, Any] = {
+        "max_epochs": epochs,
+        "accelerator": "cpu",
+        "devices": 1,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        "logger": False,
+        "enable_checkpointing": False,
+        "default_root_dir": tmp_path,
+        "num_sanity_val_steps": 0,
+        "deterministic": True,
+    }
+    defaults.update(kw)
+    return pl.Trainer(callbacks=callbacks, **defaults)
+
+
+def snapshot(module: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+class Recorder(pl.Callback):
+    """Placed after FreezeflowCallback: sees each epoch/step after the transitions."""
+
+    def __init__(self) -> None:
+        self.at_epoch_start: dict[int, dict[str, torch.Tensor]] = {}
+        self.at_epoch_end: dict[int, dict[str, torch.Tensor]] = {}
+        self.trainable: dict[int, set[str]] = {}
+        self.lrs: list[tuple[int, int, list[float]]] = []
+        self.groups: list[list[str]] = []
+        self.at_fit_start: set[str] = set()
+
+    def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
+        self.at_fit_start = {n for n, p in pl_module.net.named_parameters() if p.requires_grad}
+
+    def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
+        e = trainer.current_epoch
+        self.at_epoch_start[e] = snapshot(pl_module.net)
+        self.trainable[e] = {n for n, p in pl_module.net.named_parameters() if p.requires_grad}
+        self.groups.append([g["name"] for g in trainer.optimizers[0].param_groups])
+
+    def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, idx: int) -> None:
+        opt = trainer.optimizers[0]
+        self.lrs.append(
+            (trainer.current_epoch, trainer.global_step, [g["lr"] for g in opt.param_groups])
+        )
+
+    def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+        self.at_epoch_end[trainer.current_epoch] = snapshot(pl_module.net)
+
+
+def changed(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], prefix: str) -> bool:
+    keys = [k for k in a if k.startswith(prefix)]
+    assert keys, prefix
+    return any(not torch.equal(a[k], b[k]) for k in keys)
+
+
+TWO_STAGES = [
+    ff.Stage("head", lr=0.05, name="head"),
+    ff.Stage("backbone.3", lr=0.01, start=2, name="block2"),
+]
+
+
+def test_transitions_at_scheduled_epochs_frozen_bit_identical(tmp_path: Path) -> None:
+    lit = Lit()
+    cb = FreezeflowCallback(TWO_STAGES, module_attr="net")
+    rec = Recorder()
+    initial = snapshot(lit.net)
+    trainer(tmp_path, 4, [cb, rec]).fit(lit, loader())
+
+    uf = cb.unfreezer
+    assert uf is not None
+    assert [(t.name, t.epoch) for t in uf.history] == [("head", 0), ("block2", 2)]
+    # the optimizer from configure_optimizers was rebuilt in place, never replaced
+    assert uf.optimizer is lit.configured
+    assert rec.groups[0] == rec.groups[-1] == uf.group_names
+    assert rec.trainable[0] == rec.trainable[1] == {"head.weight", "head.bias"}
+    assert rec.trainable[2] == {"head.weight", "head.bias", "backbone.3.weight", "backbone.3.bias"}
+    # epochs 0-1: the whole backbone is bit-identical, BatchNorm statistics included
+    for e in (0, 1):
+        assert not changed(initial, rec.at_epoch_end[e], "backbone.")
+        assert changed(rec.at_epoch_start[e], rec.at_epoch_end[e], "head.")
+    # epochs 2-3: backbone.3 trains, everything still frozen stays bit-identical
+    for e in (2, 3):
+        assert changed(rec.at_epoch_start[e], rec.at_epoch_end[e], "backbone.3.")
+        for frozen in ("backbone.0.", "backbone.1.", "backbone.4."):
+            assert not changed(initial, rec.at_epoch_end[e], frozen), frozen
+    # frozen BatchNorm layers stay in eval mode through Lightning's train()/eval() switching
+    assert not lit.net.backbone[1].training
+    assert not lit.net.backbone[4].training
+
+
+def test_lr_scheduler_keeps_driving_every_group(tmp_path: Path) -> None:
+    lit = Lit(scheduler="step")
+    cb = FreezeflowCallback(TWO_STAGES, module_attr="net")
+    rec = Recorder()
+    trainer(tmp_path, 3, [cb, rec]).fit(lit, loader())
+    uf = cb.unfreezer
+    assert uf is not None
+    names = uf.group_names
+    stage_of = {g.name: g.stage for g in uf.layout.groups}
+    assert len(rec.lrs) == 3 * EPOCH_BATCHES
+    for epoch, step, lrs in rec.lrs:
+        assert len(lrs) == len(names)
+        stage = 1 if epoch >= 2 else 0
+        for name, lr in zip(names, lrs):
+            if stage_of[name] <= stage:  # the group is trainable now
+                expected = TWO_STAGES[stage].lr * lr_factor(step)
+                assert math.isclose(lr, expected, rel_tol=1e-9), (epoch, step, name, lr)
+    sched = lit.trainer.lr_scheduler_configs[0].scheduler
+    assert len(sched.base_lrs) == len(names)
+
+
+def test_resume_keeps_trainable_and_groups_and_matches_uninterrupted(tmp_path: Path) -> None:
+    # stage 1 starts on a plateau (after epoch 1's validation): replaying the triggers cannot
+    # recover it, only the checkpointed state can
+    stages = [
+        ff.Stage("head", lr=0.05, name="head"),
+        ff.Stage("backbone.3", lr=0.01, start=ff.on_plateau(1, metric="val_metric"), name="b2"),
+        ff.Stage("backbone.0", lr=0.005, start=3, name="b1"),
+    ]
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    def run(root: Path, ckpt_path: Path | None) -> tuple[Lit, FreezeflowCallback, Recorder]:
+        lit = Lit(val_values=[1.0, 1.1, 1.2, 1.3])
+        cb = FreezeflowCallback(stages, module_attr="net")
+        rec = Recorder()
+        saver = ModelCheckpoint(dirpath=root, filename="{epoch}", save_top_k=-1)
+        trainer(root, 4, [cb, rec, saver], enable_checkpointing=True).fit(
+            lit, loader(), loader(2), ckpt_path=ckpt_path
+        )
+        return lit, cb, rec
+
+    full_lit, full_cb, full_rec = run(tmp_path / "full", None)
+    assert full_cb.unfreezer is not None
+    assert [(t.name, t.epoch) for t in full_cb.unfreezer.history] == [
+        ("head", 0),
+        ("b2", 2),
+        ("b1", 3),
+    ]
+    ckpt = tmp_path / "full" / "epoch=2.ckpt"
+    saved = torch.load(ckpt, weights_only=False)
+    (state,) = [v for k, v in saved["callbacks"].items() if "FreezeflowCallback" in k]
+    assert state["unfreezer"]["stage"] == 1
+
+    res_lit, res_cb, res_rec = run(tmp_path / "resumed", ckpt)
+    assert res_cb.unfreezer is not None
+    # right after the restore (before any epoch starts) backbone.3 is trainable again
+    assert res_rec.at_fit_start == full_rec.trainable[2]
+    assert "backbone.3.weight" in res_rec.at_fit_start
+    assert sorted(res_rec.trainable) == [3]
+    assert res_rec.trainable[3] == full_rec.trainable[3]
+    assert res_rec.groups[0] == full_rec.groups[0]
+    assert res_cb.unfreezer.history == full_cb.unfreezer.history
+    for k, v in full_rec.at_epoch_start[3].items():
+        assert torch.equal(v, res_rec.at_epoch_start[3][k]), k
+    # the frozen norm layer is still locked in eval mode after the restore
+    assert not res_lit.net.backbone[4].training
+    # the rest of the run is bit-identical: weights, buffers, LRs, momentum buffers
+    final_full, final_res = snapshot(full_lit.net), snapshot(res_lit.net)
+    for k, v in final_full.items():
+        assert torch.equal(v, final_res[k]), k
+    assert full_rec.lrs[-EPOCH_BATCHES:] == res_rec.lrs
+    opt_full, opt_res = full_cb.unfreezer.optimizer, res_cb.unfreezer.optimizer
+    assert [g["name"] for g in opt_full.param_groups] == [g["name"] for g in opt_res.param_groups]
+    for pa, pb in zip(
+        (p for g in opt_full.param_groups for p in g["params"]),
+        (p for g in opt_res.param_groups for p in g["params"]),
+    ):
+        sa, sb = opt_full.state.get(pa, {}), opt_res.state.get(pb, {})
+        assert sa.keys() == sb.keys()
+        for key in sa:
+            assert torch.equal(sa[key], sb[key])
+
+
+def test_plateau_trigger_uses_logged_validation_metric(tmp_path: Path) -> None:
+    # improves at epoch 1, worse at epoch 2: plateau with patience 1 after epoch 2
+    lit = Lit(val_values=[1.0, 0.5, 0.7, 0.9], scheduler=None)
+    stages = [
+        ff.Stage("head", lr=0.05, name="head"),
+        ff.Stage("backbone.3", lr=0.01, start=ff.on_plateau(1, metric="val_metric"), name="ft"),
+    ]
+    cb = FreezeflowCallback(stages, module_attr="net")
+    rec = Recorder()
+    trainer(tmp_path, 4, [cb, rec]).fit(lit, loader(), loader(2))
+    assert cb.unfreezer is not None
+    last = cb.unfreezer.history[-1]
+    assert (last.name, last.epoch, last.reason) == ("ft", 3, "plateau of val_metric")
+    assert "backbone.3.weight" not in rec.trainable[2]
+    assert "backbone.3.weight" in rec.trainable[3]
+
+
+def test_plateau_metric_missing_is_an_error(tmp_path: Path) -> None:
+    stages = [
+        ff.Stage("head", lr=0.05),
+        ff.Stage("backbone.3", lr=0.01, start=ff.on_plateau(1, metric="val_acc")),
+    ]
+    with pytest.raises(TrainingError, match="val_acc"):
+        trainer(tmp_path, 1, [FreezeflowCallback(stages, module_attr="net")]).fit(
+            Lit(scheduler=None), loader(), loader(2)
+        )
+    cb = FreezeflowCallback(stages, module_attr="net", strict=False)
+    with pytest.warns(ff.FreezeflowWarning, match="val_acc"):
+        trainer(tmp_path, 1, [cb]).fit(Lit(scheduler=None), loader(), loader(2))
+
+
+def test_step_trigger_and_module_selection(tmp_path: Path) -> None:
+    picked: list[nn.Module] = []
+
+    def pick(m: Any) -> nn.Module:
+        picked.append(m.net)
+        return m.net
+
+    stages = [ff.Stage("head", lr=0.05), ff.Stage("backbone.3", lr=0.01, start=ff.at_step(4))]
+    cb = FreezeflowCallback(stages, module_attr=pick)
+    rec = Recorder()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ff.FreezeflowWarning)
+        trainer(tmp_path, 2, [cb, rec]).fit(Lit(), loader())
+    assert cb.unfreezer is not None and picked
+    (t,) = cb.unfreezer.history[1:]
+    assert (t.step, t.epoch) == (4, 1)  # after the 4th optimizer step, mid-epoch 1
+
+
+def test_optimizer_over_other_parameters_is_reported(tmp_path: Path) -> None:
+    class Extra(Lit):
+        def __init__(self) -> None:
+            super().__init__(scheduler=None)
+            self.loss_scale = nn.Parameter(torch.ones(()))
+
+    cb = FreezeflowCallback(TWO_STAGES, module_attr="net")
+    with pytest.raises(OptimizerError, match="module_attr='net'"):
+        trainer(tmp_path, 1, [cb]).fit(Extra(), loader())
+    with pytest.raises(TrainingError, match="no attribute"):
+        FreezeflowCallback(TWO_STAGES, module_attr="nope").module(Lit())

@@ -1,0 +1,269 @@
+"""FreezeflowTrainer / FreezeflowTrainerCallback with a real Hugging Face Trainer on CPU.
+
+The model is a tiny randomly initialised BERT built from a config (no download)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+pytest.importorskip("accelerate")
+
+import freezeflow as ff  # noqa: E402
+from freezeflow.errors import TrainingError  # noqa: E402
+from freezeflow.integrations.transformers import (  # noqa: E402
+    STATE_NAME,
+    FreezeflowTrainer,
+    FreezeflowTrainerCallback,
+)
+
+STEPS_PER_EPOCH = 2
+WARMUP = 2
+HEAD = ["classifier", "bert.pooler"]
+
+
+def bert() -> Any:
+    cfg = transformers.BertConfig(
+        vocab_size=100,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=16,
+        num_labels=2,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+    )
+    torch.manual_seed(0)
+    return transformers.BertForSequenceClassification(cfg)
+
+
+class Data(torch.utils.data.Dataset[dict[str, torch.Tensor]]):
+    def __init__(self, n: int = 8 * STEPS_PER_EPOCH, seed: int = 0) -> None:
+        g = torch.Generator().manual_seed(seed)
+        self.x = torch.randint(0, 100, (n, 8), generator=g)
+        self.y = torch.randint(0, 2, (n,), generator=g)
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {"input_ids": self.x[i], "labels": self.y[i]}
+
+
+def arguments(tmp_path: Path, epochs: int, **kw: Any) -> Any:
+    defaults: dict[str, Any] = {
+        "output_dir": str(tmp_path),
+        "num_train_epochs": epochs,
+        "per_device_train_batch_size": 8,
+        "per_device_eval_batch_size": 8,
+        "learning_rate": 0.5,  # superseded by the schedule's stage LRs
+        "weight_decay": 0.01,
+        "lr_scheduler_type": "linear",
+        "warmup_steps": WARMUP,
+        "report_to": [],
+        "use_cpu": True,
+        "save_strategy": "no",
+        "logging_strategy": "no",
+        "disable_tqdm": True,
+        "seed": 0,
+        "dataloader_num_workers": 0,
+    }
+    defaults.update(kw)
+    return transformers.TrainingArguments(**defaults)
+
+
+def linear(step: int, total: int) -> float:
+    """transformers' get_linear_schedule_with_warmup factor."""
+    if step < WARMUP:
+        return step / WARMUP
+    return max(0.0, (total - step) / (total - WARMUP))
+
+
+def snapshot(model: Any) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+class Recorder(transformers.TrainerCallback):
+    def __init__(self) -> None:
+        self.lrs: list[tuple[int, float, list[float]]] = []
+        self.trainable: dict[int, set[str]] = {}
+        self.at_train_begin: set[str] = set()
+        self.at_epoch_end: dict[int, dict[str, torch.Tensor]] = {}
+        self.groups: list[str] = []
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+        model = kw["model"]
+        self.at_train_begin = {n for n, p in model.named_parameters() if p.requires_grad}
+        self.groups = [g["name"] for g in kw["optimizer"].param_groups]
+
+    def on_step_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+        opt, model = kw["optimizer"], kw["model"]
+        self.lrs.append((state.global_step, state.epoch, [g["lr"] for g in opt.param_groups]))
+        epoch = state.global_step // STEPS_PER_EPOCH
+        self.trainable[epoch] = {n for n, p in model.named_parameters() if p.requires_grad}
+
+    def on_epoch_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+        self.at_epoch_end[round(state.epoch) - 1] = snapshot(kw["model"])
+
+
+def changed(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], prefix: str) -> bool:
+    keys = [k for k in a if k.startswith(prefix)]
+    assert keys, prefix
+    return any(not torch.equal(a[k], b[k]) for k in keys)
+
+
+def test_encoder_unfrozen_at_epoch_2_and_linear_schedule_drives_every_group(
+    tmp_path: Path,
+) -> None:
+    stages = [
+        ff.Stage(HEAD, lr=1e-2, name="head"),
+        ff.Stage("bert.encoder.layer", lr=2e-3, start=2, name="encoder"),
+    ]
+    model = bert()
+    initial = snapshot(model)
+    rec = Recorder()
+    epochs = 4
+    trainer = FreezeflowTrainer(
+        model=model,
+        args=arguments(tmp_path, epochs),
+        train_dataset=Data(),
+        callbacks=[rec],
+        schedule=stages,
+    )
+    trainer.train()
+    uf = trainer.freezeflow_callback().unfreezer
+    assert uf is not None
+    assert [(t.name, t.epoch, t.step) for t in uf.history] == [
+        ("head", 0, 0),
+        ("encoder", 2, 2 * STEPS_PER_EPOCH),
+    ]
+    # the optimizer held the encoder from the start: one group per stage, none added later
+    assert rec.groups == uf.group_names
+    assert {g.stage for g in uf.layout.groups} == {0, 1}
+    head_only = {n for n, _ in model.named_parameters() if n.startswith(tuple(HEAD))}
+    assert rec.trainable[0] == rec.trainable[1] == head_only
+    assert any(n.startswith("bert.encoder.layer.") for n in rec.trainable[2])
+    # the encoder is bit-identical through epochs 0-1 and changes in epochs 2 and 3
+    for e in (0, 1):
+        assert not changed(initial, rec.at_epoch_end[e], "bert.encoder.")
+        assert changed(
+            initial if e == 0 else rec.at_epoch_end[e - 1], rec.at_epoch_end[e], "classifier."
+        )
+    assert changed(rec.at_epoch_end[1], rec.at_epoch_end[2], "bert.encoder.layer.0.")
+    assert changed(rec.at_epoch_end[2], rec.at_epoch_end[3], "bert.encoder.layer.1.")
+    assert not changed(initial, rec.at_epoch_end[3], "bert.embeddings.")
+    # every step, every trainable group runs at stage LR x the linear warmup/decay factor
+    total = epochs * STEPS_PER_EPOCH
+    stage_of = {g.name: g.stage for g in uf.layout.groups}
+    assert [s for s, _, _ in rec.lrs] == list(range(total))
+    for step, _, lrs in rec.lrs:
+        stage = 1 if step >= 2 * STEPS_PER_EPOCH else 0
+        for name, lr in zip(uf.group_names, lrs):
+            if stage_of[name] <= stage:
+                expected = stages[stage].lr * linear(step, total)
+                assert math.isclose(lr, expected, rel_tol=1e-9, abs_tol=1e-15), (step, name)
+    # TrainingArguments.weight_decay applies to the decay groups only
+    decays = {g["name"]: g["weight_decay"] for g in trainer.optimizer.param_groups}
+    assert all(v == (0.01 if n.endswith("/decay") else 0.0) for n, v in decays.items())
+
+
+def test_resume_restores_trainable_layers_and_matches_uninterrupted(tmp_path: Path) -> None:
+    stages = [
+        ff.Stage(HEAD, lr=1e-2, name="head"),
+        ff.Stage("bert.encoder.layer", lr=2e-3, start=1, name="encoder"),
+    ]
+
+    def run(out: Path, resume: Path | None, plain: bool) -> tuple[Any, Recorder, Any]:
+        model = bert()
+        cb = FreezeflowTrainerCallback(stages)
+        rec = Recorder()
+        args = arguments(out, 3, save_strategy="epoch")
+        common: dict[str, Any] = {
+            "model": model,
+            "args": args,
+            "train_dataset": Data(),
+            "callbacks": [cb, rec],
+        }
+        if plain:  # a plain Trainer, given the optimizer; state found in output_dir
+            opt = cb.create_optimizer(model, args)
+            trainer = transformers.Trainer(optimizers=(opt, None), **common)
+        else:
+            trainer = FreezeflowTrainer(**common)
+        trainer.train(resume_from_checkpoint=None if resume is None else str(resume))
+        return model, rec, cb
+
+    full_model, full_rec, full_cb = run(tmp_path / "full", None, plain=False)
+    ckpt = tmp_path / "full" / f"checkpoint-{2 * STEPS_PER_EPOCH}"
+    saved = json.loads((ckpt / STATE_NAME).read_text())
+    assert saved["stage"] == 1
+    assert any(n.startswith("bert.encoder.layer.") for n in saved["trainable"])
+
+    for plain in (False, True):
+        out = tmp_path / f"resumed-{plain}"
+        if plain:  # the plain Trainer looks for the state in output_dir/checkpoint-N
+            import shutil
+
+            shutil.copytree(ckpt, out / ckpt.name)
+        model, rec, cb = run(out, out / ckpt.name if plain else ckpt, plain=plain)
+        assert rec.at_train_begin == full_rec.trainable[2]
+        assert rec.groups == full_rec.groups
+        assert cb.unfreezer.history == full_cb.unfreezer.history
+        assert rec.lrs == full_rec.lrs[2 * STEPS_PER_EPOCH :]
+        final, expected = snapshot(model), snapshot(full_model)
+        for k, v in expected.items():
+            assert torch.equal(v, final[k]), (plain, k)
+
+
+def test_plateau_trigger_reads_evaluation_metrics(tmp_path: Path) -> None:
+    scores = iter([0.5, 0.6, 0.55, 0.5])
+
+    def metrics(_: Any) -> dict[str, float]:
+        return {"score": next(scores)}
+
+    stages = [
+        ff.Stage(HEAD, lr=1e-2, name="head"),
+        ff.Stage(
+            "bert.encoder.layer",
+            lr=2e-3,
+            start=ff.on_plateau(1, mode="max", metric="score"),
+            name="encoder",
+        ),
+    ]
+    rec = Recorder()
+    trainer = FreezeflowTrainer(
+        model=bert(),
+        args=arguments(tmp_path, 4, eval_strategy="epoch"),
+        train_dataset=Data(),
+        eval_dataset=Data(8, seed=1),
+        compute_metrics=metrics,
+        callbacks=[rec],
+        schedule=stages,
+    )
+    trainer.train()
+    uf = trainer.freezeflow_callback().unfreezer
+    assert uf is not None
+    last = uf.history[-1]
+    assert (last.name, last.epoch, last.reason) == ("encoder", 3, "plateau of score")
+    assert not any(n.startswith("bert.encoder.") for n in rec.trainable[2])
+    assert any(n.startswith("bert.encoder.") for n in rec.trainable[3])
+
+
+def test_plain_trainer_optimizer_is_refused(tmp_path: Path) -> None:
+    stages = [ff.Stage(HEAD, lr=1e-2), ff.Stage("bert.encoder.layer", lr=2e-3, start=1)]
+    trainer = transformers.Trainer(
+        model=bert(),
+        args=arguments(tmp_path, 1),
+        train_dataset=Data(),
+        callbacks=[FreezeflowTrainerCallback(stages)],
+    )
+    with pytest.raises(TrainingError, match="never train"):
+        trainer.train()
+    with pytest.raises(TrainingError, match="exactly one FreezeflowTrainerCallback"):
+        FreezeflowTrainer(model=bert(), args=arguments(tmp_path, 1), train_dataset=Data())
