@@ -17,7 +17,9 @@ def group(name: str) -> list[str]:
     return list(nox.project.dependency_groups(PYPROJECT, name))
 
 
-def install_project(session: nox.Session, extras: str = "examples") -> None:
+def install_project(
+    session: nox.Session, extras: str = "examples,lightning,transformers,yaml,plot"
+) -> None:
     session.install(*TORCH)
     session.install("-e", f".[{extras}]", *group("test"))
 
@@ -77,7 +79,7 @@ def lint(session: nox.Session) -> None:
 def typecheck(session: nox.Session) -> None:
     """mypy --strict on src/."""
     session.install(*TORCH)
-    session.install("-e", ".[progress,plot,yaml]", *group("typecheck"))
+    session.install("-e", ".[progress,plot,yaml,lightning,transformers]", *group("typecheck"))
     session.run("mypy", "src")
 
 
@@ -97,3 +99,19 @@ def docs(session: nox.Session) -> None:
         "build/docs",
         env={"OMP_NUM_THREADS": "2"},
     )
+
+
+@nox.session(python="3.11")
+def bench(session: nox.Session) -> None:
+    """Benchmarks (ratios against a baseline measured in the same run; see
+    docs/benchmarks.md). Not part of CI: they take minutes and need a quiet machine."""
+    session.install(*TORCH)
+    session.install("-e", ".[examples]")
+    env = {"OMP_NUM_THREADS": "2", **FAST_MALLOC}
+    scripts = session.posargs or [
+        "benchmarks/bench_overhead.py",
+        "benchmarks/bench_cache.py",
+        "benchmarks/bench_progressive.py",
+    ]
+    for script in scripts:
+        session.run("python", script, env=env)
