@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from test_cache import Net, Skip, data
 from torch.utils.data import DataLoader
 
 import freezeflow as ff
 from freezeflow.loop import fit
-
-from test_cache import Net, Skip, data
 
 
 def schedule() -> ff.Schedule:
@@ -25,8 +24,9 @@ def schedule() -> ff.Schedule:
 def run(cached: bool, model_cls: type[Net] = Net) -> tuple[ff.loop.History, Net]:
     torch.manual_seed(0)
     model = model_cls(block_dropout=0.3)
-    train = DataLoader(data(48), batch_size=8, shuffle=True,
-                       generator=torch.Generator().manual_seed(3))
+    train = DataLoader(
+        data(48), batch_size=8, shuffle=True, generator=torch.Generator().manual_seed(3)
+    )
     val = DataLoader(data(16), batch_size=8)
     history = fit(
         model,
@@ -61,7 +61,9 @@ def test_cached_fit_matches_uncached_fit() -> None:
     assert not [r for r in plain.records if r["kind"] == "note"]
 
 
-def test_uncacheable_model_trains_normally_with_a_reason(capsys: pytest.CaptureFixture[str]) -> None:
+def test_uncacheable_model_trains_normally_with_a_reason(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     history, _ = run(cached=True, model_cls=Skip)
     notes = [r["message"] for r in history.records if r["kind"] == "note"]
     assert notes
