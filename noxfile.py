@@ -60,6 +60,24 @@ def demo(session: nox.Session) -> None:
 
 
 @nox.session(python="3.11")
+def examples(session: nox.Session) -> None:
+    """Run the examples as users would: the notebook (offline mode) and the Keras recipe."""
+    install_project(session)
+    env = {"OMP_NUM_THREADS": "2"}
+    session.run(
+        "jupytext",
+        "--to",
+        "ipynb",
+        "--execute",
+        "--output",
+        "build/resnet18_cifar10.ipynb",
+        "examples/resnet18_cifar10.py",
+        env=env,
+    )
+    session.run("python", "examples/keras_resnet50_recipe.py", env=env)
+
+
+@nox.session(python="3.11")
 def slow(session: nox.Session) -> None:
     """Tests marked slow (subprocess resume, kill trials, the reduced demo...)."""
     install_project(session)
