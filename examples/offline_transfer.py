@@ -154,9 +154,9 @@ def run_recipe(
 
 def main(argv: list[str] | None = None) -> dict[str, object]:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--image-size", type=int, default=96, help="input side in px (default 96)")
-    p.add_argument("--epochs", type=int, default=4, help="epochs per recipe (default 4)")
-    p.add_argument("--head-epochs", type=int, default=1, help="head-only epochs (default 1)")
+    p.add_argument("--image-size", type=int, default=128, help="input side in px (default 128)")
+    p.add_argument("--epochs", type=int, default=6, help="epochs per recipe (default 6)")
+    p.add_argument("--head-epochs", type=int, default=2, help="head-only epochs (default 2)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--train-limit", type=int, default=None, help="use N training images")
     p.add_argument("--test-limit", type=int, default=None, help="use N test images")
