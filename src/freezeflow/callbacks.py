@@ -21,6 +21,7 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any, Literal, TextIO
 
+from freezeflow.distributed import world_size
 from freezeflow.errors import TrainingError
 from freezeflow.unfreezer import Transition
 
@@ -179,9 +180,10 @@ class ProgressBar(Callback):
     def on_train_start(self, run: Run) -> None:
         params = sum(p.numel() for p in run.model.parameters())
         where = f", resuming at epoch {run.epoch} batch {run.batch}" if run.resumed else ""
+        ranks = f" x {world_size()} processes (DDP)" if run.ddp is not None else ""
         self._write(
-            f"fit: {type(run.model).__name__} ({_si(params)} parameters) on {run.device}, "
-            f"{run.epochs} epochs{where}"
+            f"fit: {type(run.model).__name__} ({_si(params)} parameters) on {run.device}"
+            f"{ranks}, {run.epochs} epochs{where}"
         )
 
     def on_epoch_start(self, run: Run) -> None:

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from freezeflow.callbacks import Callback, lookup
+from freezeflow.distributed import barrier, is_distributed, is_main_process
 from freezeflow.errors import CheckpointError, StateError
 
 if TYPE_CHECKING:
@@ -349,6 +350,10 @@ class Checkpoint(Callback):
         keep_last: how many recent checkpoints to keep.
         keep_best: a metric name (mode ``"min"`` if it ends in ``loss``, else ``"max"``) or
             a ``(name, mode)`` pair; the best checkpoint by it is kept too.
+
+    Under ``torchrun`` only rank 0 touches the directory, and every rank waits for its save
+    (a barrier), so every rank must run the same epochs (``fit`` keeps them in lockstep).
+    An interrupted run (Ctrl-C) saves nothing there: the ranks stopped at different batches.
     """
 
     def __init__(
@@ -392,10 +397,13 @@ class Checkpoint(Callback):
         return str(min(scored, key=lambda f: sign * f["value"])["name"])
 
     def on_train_start(self, run: Run) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
-        for pattern in (".epoch-*.tmp", f".{MANIFEST}.*.tmp"):  # left by a killed save
-            for stale in self.directory.glob(pattern):
-                stale.unlink(missing_ok=True)
+        main = is_main_process()
+        if main:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            for pattern in (".epoch-*.tmp", f".{MANIFEST}.*.tmp"):  # left by a killed save
+                for stale in self.directory.glob(pattern):
+                    stale.unlink(missing_ok=True)
+        barrier()  # every rank reads the directory as rank 0 left it (all raise, or none)
         manifest = _read_manifest(self.directory)
         ours = sorted(p.name for p in self.directory.glob("epoch-*.pt") if _position(p.name))
         if not run.resumed and (manifest is not None or ours):
@@ -407,7 +415,7 @@ class Checkpoint(Callback):
             self.files = [f for f in manifest["files"] if (self.directory / f["name"]).is_file()]
             listed = {f["name"] for f in self.files}
             for name in ours:  # deleted by retention, but the process died before unlinking
-                if name not in listed:
+                if main and name not in listed:
                     (self.directory / name).unlink(missing_ok=True)
         self._saved = (run.epoch, run.batch)
 
@@ -416,16 +424,23 @@ class Checkpoint(Callback):
             self.save(run)
 
     def on_train_end(self, run: Run) -> None:
+        if run.history.interrupted and is_distributed():
+            return
         if self._saved != (run.epoch, run.batch):
             self.save(run)
 
     def save(self, run: Run) -> Path:
-        """Write a checkpoint of ``run`` now, update ``latest.json``, apply retention."""
+        """Write a checkpoint of ``run`` now, update ``latest.json``, apply retention.
+        Under ``torchrun``: rank 0 writes, the others only keep the list of files, and all
+        wait until the files are written (a collective)."""
         name = f"epoch-{run.epoch:04d}" + (f"-batch-{run.batch:06d}" if run.batch else "") + ".pt"
         value = None
         if self.keep_best is not None and run.batch == 0:
             value = float(lookup(run.logs, self.keep_best[0], "Checkpoint(keep_best=)"))
-        path = atomic_save(checkpoint_state(run), self.directory / name)
+        path = self.directory / name
+        main = is_main_process()
+        if main:
+            atomic_save(checkpoint_state(run), path)
         self.files = [f for f in self.files if f["name"] != name]
         self.files.append({"name": name, "value": value})
         keep = {f["name"] for f in self.files[-self.keep_last :]} if self.keep_last else None
@@ -443,9 +458,11 @@ class Checkpoint(Callback):
             "metric": None if self.keep_best is None else list(self.keep_best),
             "files": self.files,
         }
-        text = json.dumps(manifest, indent=1).encode()
-        _atomic_write(self.directory / MANIFEST, lambda f: f.write(text))
-        for old in gone:
-            (self.directory / old).unlink(missing_ok=True)
+        if main:
+            text = json.dumps(manifest, indent=1).encode()
+            _atomic_write(self.directory / MANIFEST, lambda f: f.write(text))
+            for old in gone:
+                (self.directory / old).unlink(missing_ok=True)
+        barrier()  # no rank goes on (or reads the directory) before rank 0 has saved
         self._saved = (run.epoch, run.batch)
         return path

@@ -33,7 +33,16 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import Dataset, DistributedSampler
+from torch.utils.data import (
+    BatchSampler,
+    DataLoader,
+    Dataset,
+    DistributedSampler,
+    IterableDataset,
+    RandomSampler,
+    Sampler,
+    SequentialSampler,
+)
 
 from freezeflow.errors import FreezeflowWarning, TrainingError
 from freezeflow.unfreezer import GradualUnfreezer, Transition
@@ -42,8 +51,11 @@ __all__ = [
     "CompiledForUnfreezing",
     "DDPWrapper",
     "DistributedError",
+    "UnpaddedShardSampler",
+    "all_gather_objects",
     "all_reduce_mean",
     "barrier",
+    "broadcast_buffers",
     "check_recompile_limit",
     "compile_for_unfreezing",
     "distinct_trainable_sets",
@@ -53,6 +65,7 @@ __all__ = [
     "local_rank",
     "rank",
     "recompile_limit",
+    "shard_loader",
     "trainable_fingerprint",
     "unwrap",
     "verify_trainable",
@@ -149,6 +162,117 @@ def distributed_sampler(
             "hint: shard an IterableDataset yourself (e.g. by rank() and world_size())"
         )
     return DistributedSampler(dataset, shuffle=shuffle, seed=seed, drop_last=drop_last)
+
+
+def all_gather_objects(obj: Any) -> list[Any]:
+    """``[obj of rank 0, obj of rank 1, ...]`` on every rank (``[obj]`` when not
+    distributed). Pickles ``obj``: meant for a few numbers per epoch (metric sums), not
+    tensors. A collective."""
+    if not is_distributed():
+        return [obj]
+    out: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def broadcast_buffers(model: nn.Module, src: int = 0) -> None:
+    """Copy rank ``src``'s buffers (BatchNorm running statistics...) into every rank's model.
+
+    Under DDP each rank updates its buffers with its own batches after DDP's per-forward
+    broadcast, so they differ slightly at the end of an epoch; call this before evaluating
+    or saving so every rank holds the model that rank ``src`` checkpoints. A collective;
+    no-op when not distributed.
+    """
+    if not is_distributed():
+        return
+    for buf in model.buffers():
+        dist.broadcast(buf, src)
+
+
+class UnpaddedShardSampler(Sampler[int]):
+    """Rank ``r``'s indices ``r, r + W, r + 2W, ...`` of ``range(len(dataset))``, in order,
+    with no padding (ranks differ by at most one sample), so metrics summed over ranks are
+    exact. For evaluation only: ranks may get different batch counts, which training under
+    DDP cannot have (use :class:`~torch.utils.data.DistributedSampler` there)."""
+
+    def __init__(self, dataset: Sized, num_replicas: int | None = None, rank_: int | None = None):
+        self.size = len(dataset)
+        self.num_replicas = world_size() if num_replicas is None else num_replicas
+        self.rank = rank() if rank_ is None else rank_
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(self.rank, self.size, self.num_replicas))
+
+    def __len__(self) -> int:
+        return len(range(self.rank, self.size, self.num_replicas))
+
+
+def _rebuildable(loader: DataLoader[Any]) -> str | None:
+    """Why ``loader`` cannot be rebuilt over a per-rank sampler, or None when it can."""
+    data = loader.dataset
+    if isinstance(data, IterableDataset) or not isinstance(data, Sized) or not loader.batch_size:
+        return "an IterableDataset or batch_size=None"
+    if type(loader.batch_sampler) is not BatchSampler:
+        return f"a custom batch_sampler ({type(loader.batch_sampler).__name__})"
+    sampler = loader.sampler
+    if isinstance(sampler, RandomSampler):
+        if sampler.replacement or sampler._num_samples is not None:
+            return "a RandomSampler with replacement= or num_samples="
+        return None
+    if type(sampler) is not SequentialSampler:
+        return f"a {type(sampler).__name__}"
+    return None
+
+
+def shard_loader(
+    loader: DataLoader[Any], *, train: bool, seed: int = 0
+) -> tuple[DataLoader[Any], str | None]:
+    """``loader`` rebuilt so that this rank reads only its share of the dataset.
+
+    Training (``train=True``): a :class:`~torch.utils.data.DistributedSampler`, shuffled when
+    ``loader`` used a ``RandomSampler``, with ``seed`` (call ``set_epoch`` every epoch); it
+    pads by repetition so every rank runs the same number of steps. Evaluation: an
+    :class:`UnpaddedShardSampler` (no padding, exact metrics). Batch size, ``collate_fn``,
+    workers, ``drop_last``, pinning and the generator are kept.
+
+    Returns ``(loader, None)`` unchanged when not distributed or when its sampler already is
+    a ``DistributedSampler``; ``(loader, reason)`` unchanged when it cannot be rebuilt (an
+    ``IterableDataset``, a custom sampler or batch sampler): then every rank reads all of
+    it, so shard it yourself.
+    """
+    if world_size() < 2 or isinstance(loader.sampler, DistributedSampler):
+        return loader, None
+    if isinstance(getattr(loader.batch_sampler, "sampler", None), DistributedSampler):
+        return loader, None
+    why = _rebuildable(loader)
+    if why is not None:
+        return loader, why
+    dataset = cast(Sized, loader.dataset)
+    sampler: Sampler[int] = (
+        DistributedSampler(
+            loader.dataset, shuffle=isinstance(loader.sampler, RandomSampler), seed=seed
+        )
+        if train
+        else UnpaddedShardSampler(dataset)
+    )
+    kwargs: dict[str, Any] = {
+        "batch_size": loader.batch_size,
+        "sampler": sampler,
+        "num_workers": loader.num_workers,
+        "collate_fn": loader.collate_fn,
+        "pin_memory": loader.pin_memory,
+        "drop_last": loader.drop_last,
+        "timeout": loader.timeout,
+        "worker_init_fn": loader.worker_init_fn,
+        "multiprocessing_context": loader.multiprocessing_context,
+        "generator": loader.generator,
+        "persistent_workers": loader.persistent_workers,
+        "pin_memory_device": loader.pin_memory_device,
+        "in_order": getattr(loader, "in_order", True),
+    }
+    if loader.num_workers > 0:
+        kwargs["prefetch_factor"] = loader.prefetch_factor
+    return DataLoader(loader.dataset, **kwargs), None
 
 
 def unwrap(model: Any) -> nn.Module:

@@ -13,6 +13,7 @@ import json
 import math
 import random
 import time
+import warnings
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -25,11 +26,13 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
+from torch.utils.data import DataLoader, DistributedSampler
 
+from freezeflow import distributed as ffd
 from freezeflow.cache import CacheRefused, FeatureCache, frozen_prefix
 from freezeflow.callbacks import Callback, ProgressBar, lookup
 from freezeflow.checkpoint import Checkpoint, find_checkpoint, restore, rng_state, set_rng_state
-from freezeflow.errors import OptimizerError, ScheduleError, TrainingError
+from freezeflow.errors import FreezeflowWarning, OptimizerError, ScheduleError, TrainingError
 from freezeflow.freezing import NormMode
 from freezeflow.schedule import OnPlateau, Schedule, Stage
 from freezeflow.unfreezer import GradualUnfreezer, OptimizerFactory, Transition
@@ -210,6 +213,9 @@ class Run:
     cache_options: dict[str, Any] = field(default_factory=dict)
     cache: FeatureCache | None = None
     val_cache: FeatureCache | None = None
+    ddp: ffd.DDPWrapper | None = None
+    """Under ``torchrun`` (world size > 1): the DDP wrapper the training forward runs
+    through; ``model`` stays the plain module (checkpoints, evaluation)."""
 
     @property
     def stage(self) -> str | None:
@@ -271,6 +277,10 @@ def fit(
     cache_max_bytes: int = 2 << 30,
 ) -> History:
     """Train ``model`` on ``train_data`` for ``epochs`` epochs, following a schedule.
+
+    Under ``torchrun`` (a process group of world size > 1, initialised by you) it trains
+    with DistributedDataParallel: data loaders are sharded, metrics are reduced over the
+    ranks, and only rank 0 prints and saves (docs/distributed.md, "fit() under torchrun").
 
     Args:
         model: the model; moved to ``device``.
@@ -340,10 +350,11 @@ def fit(
         [('stage0', 0), ('stage1', 2)]
     """
     _check_args(train_data, epochs, accumulate, checkpoint_every, scheduler_interval)
-    dev = pick_device(device)
+    dev = _fit_device(device)
     model.to(dev)
     if seed is not None:
         seed_everything(seed)
+    train_data, val_data = _shard(train_data, val_data, seed)  # no-op without torchrun
     n_batches = _length(train_data)
     total_steps = n_batches and epochs * math.ceil(n_batches / accumulate)
     unfreezer, opt = _optimizer(
@@ -366,7 +377,7 @@ def fit(
         epochs=epochs,
         accumulate=accumulate,
         grad_clip=grad_clip,
-        callbacks=list(callbacks) + ([] if quiet else [ProgressBar()]),
+        callbacks=_callbacks(callbacks, quiet),
         batches_per_epoch=n_batches,
         cache_features=cache,
         cache_options={"disk_dir": cache_dir, "max_bytes": cache_max_bytes},
@@ -379,6 +390,7 @@ def fit(
     path = find_checkpoint(resume, checkpoint_dir) if resume else None
     if path is not None:
         restore(run, path)
+    _wrap_ddp(run)  # no-op without torchrun
 
     try:
         run.emit("on_train_start")
@@ -398,6 +410,8 @@ def fit(
         for c in (run.cache, run.val_cache):
             if c is not None:
                 c.close()
+        if run.ddp is not None:
+            run.ddp.close()
     run.history.stop_reason = run.stop
     run.emit("on_train_end")
     return run.history
@@ -415,7 +429,7 @@ def _train_epoch(run: Run) -> None:
             inputs, targets = _to_device(_split(batch), run.device)
             replay.features = inputs
             with run.autocast():
-                loss = _loss(run, _forward(run, inputs), targets)
+                loss = _loss(run, _forward(run, inputs, train=True), targets)
             run.loss, run.batch_size = loss.item(), _batch_size(inputs)
             if not math.isfinite(run.loss):
                 raise TrainingError(
@@ -458,24 +472,30 @@ def _optimizer_step(run: Run) -> None:
 
 
 def _evaluate(run: Run) -> dict[str, float]:
+    """``train_loss`` and the ``val_*`` metrics: sample-weighted means (over all ranks)."""
+    if run.ddp is not None:
+        ffd.broadcast_buffers(run.model)  # rank 0's BatchNorm statistics, as it checkpoints
+    sums: dict[str, float] = defaultdict(float)
+    n = 0
+    if run.val_data is not None:
+        run.model.eval()
+        batches = run.val_cache.batches() if run.val_cache is not None else run.val_data
+        with torch.no_grad(), run.autocast(), _replaying(run.val_cache) as replay:
+            for batch in batches:
+                inputs, targets = _to_device(_split(batch), run.device)
+                replay.features = inputs
+                outputs = _forward(run, inputs)  # the plain model: no collective per batch
+                k = _batch_size(inputs)
+                sums["val_loss"] += float(_loss(run, outputs, targets)) * k
+                for name, fn in _metric_fns(run.metrics, outputs, targets).items():
+                    sums[f"val_{name}"] += float(fn(outputs, targets)) * k
+                n += k
+        run.model.train()
+    if run.ddp is not None:
+        sums, n = _sum_over_ranks(run, sums, n)
     logs = {"train_loss": run.loss_sum / max(run.samples, 1)}
     if run.val_data is None:
         return logs
-    run.model.eval()
-    sums: dict[str, float] = defaultdict(float)
-    n = 0
-    batches = run.val_cache.batches() if run.val_cache is not None else run.val_data
-    with torch.no_grad(), run.autocast(), _replaying(run.val_cache) as replay:
-        for batch in batches:
-            inputs, targets = _to_device(_split(batch), run.device)
-            replay.features = inputs
-            outputs = _forward(run, inputs)
-            k = _batch_size(inputs)
-            sums["val_loss"] += float(_loss(run, outputs, targets)) * k
-            for name, fn in _metric_fns(run.metrics, outputs, targets).items():
-                sums[f"val_{name}"] += float(fn(outputs, targets)) * k
-            n += k
-    run.model.train()
     if n == 0:
         raise TrainingError("val_data yielded no batches; hint: pass val_data=None to skip it")
     return logs | {name: total / n for name, total in sums.items()}
@@ -522,6 +542,8 @@ def _epoch_batches(run: Run) -> Iterator[Any]:
     replayed with the RNG states it had (same shuffle), the batches already done are
     skipped, and the RNGs are put back as they were at the interruption."""
     source: Iterable[Any] = run.train_data
+    if run.ddp is not None:
+        _set_epoch(run.train_data, run.epoch)
     if run.cache is not None:
         source = _Reiterable(run.cache)
     if run.batch == 0 or run.epoch_rng is None:
@@ -601,6 +623,106 @@ def _refresh_caches(run: Run) -> None:
         run.note(f"training without the feature cache this stage: {why}")
 
 
+# --------------------------------------------------------------------------- torchrun / DDP
+# Every helper here is a no-op without a process group of world size > 1.
+
+
+def _fit_device(device: str | torch.device) -> torch.device:
+    """``pick_device``; under torchrun, an index-less ``cuda`` is this rank's GPU."""
+    dev = pick_device(device)
+    if ffd.world_size() > 1 and dev.type == "cuda":
+        index: int | None = dev.index  # None for a plain "cuda" (typed int in torch's stubs)
+        if index is None:
+            dev = torch.device("cuda", ffd.local_rank())
+        torch.cuda.set_device(dev)
+    return dev
+
+
+def _shard(
+    train_data: Iterable[Any], val_data: Iterable[Any] | None, seed: int | None
+) -> tuple[Iterable[Any], Iterable[Any] | None]:
+    """Give each rank its share of the data (see :func:`freezeflow.distributed.shard_loader`)
+    and check that every rank has as many training batches (DDP needs it)."""
+    if ffd.world_size() < 2:
+        return train_data, val_data
+    whys = []
+    if isinstance(train_data, DataLoader):
+        train_data, why = ffd.shard_loader(train_data, train=True, seed=seed or 0)
+        whys += [f"train_data ({why})"] if why else []
+    if isinstance(val_data, DataLoader):
+        val_data, why = ffd.shard_loader(val_data, train=False)
+        whys += [f"val_data ({why})"] if why else []
+    if whys and ffd.is_main_process():
+        warnings.warn(
+            f"fit() under torchrun cannot shard {' and '.join(whys)}: every rank reads all of "
+            "it; hint: give it a DistributedSampler, or shard it by rank yourself",
+            FreezeflowWarning,
+            stacklevel=3,
+        )
+    lengths = ffd.all_gather_objects(_length(train_data))
+    if len(set(lengths)) > 1:
+        raise ffd.DistributedError(
+            f"the ranks have different numbers of training batches per epoch ({lengths}); "
+            "DDP needs the same number of steps on every rank; hint: pass a DataLoader "
+            "(fit shards it with a DistributedSampler) or give every rank equal shards"
+        )
+    return train_data, val_data
+
+
+def _callbacks(callbacks: Sequence[Callback], quiet: bool) -> list[Callback]:
+    """The callbacks, with a :class:`ProgressBar` unless ``quiet``; none on ranks > 0."""
+    out = list(callbacks) + ([] if quiet else [ProgressBar()])
+    if ffd.is_main_process():
+        return out
+    return [cb for cb in out if not isinstance(cb, ProgressBar)]
+
+
+def _wrap_ddp(run: Run) -> None:
+    """Under torchrun: run the training forward through :func:`~freezeflow.distributed.wrap_ddp`
+    (re-wrapped at each stage change; plain DDP without an unfreezer), and turn the feature
+    cache off."""
+    if ffd.world_size() < 2:
+        return
+    if run.batch > 0:
+        raise ffd.DistributedError(
+            f"cannot resume mid-epoch (epoch {run.epoch}, batch {run.batch}) under torchrun: "
+            "the batches done depend on how the data was sharded; hint: resume from an "
+            "end-of-epoch checkpoint (resume=<checkpoint_dir>/epoch-NNNN.pt)"
+        )
+    ids = [run.device.index] if run.device.type == "cuda" else None
+    run.ddp = ffd.wrap_ddp(run.model, run.unfreezer, device_ids=ids)
+    if run.cache_features:
+        run.cache_features = False
+        run.note(
+            "feature caching is off under DDP: the cache is built per process over the whole "
+            "dataset and replays batches in its own order, not this rank's shard"
+        )
+
+
+def _set_epoch(data: Iterable[Any], epoch: int) -> None:
+    """``set_epoch(epoch)`` on a DataLoader's DistributedSampler (a new shuffle per epoch)."""
+    for sampler in (
+        getattr(data, "sampler", None),
+        getattr(getattr(data, "batch_sampler", None), "sampler", None),
+    ):
+        if isinstance(sampler, DistributedSampler):
+            sampler.set_epoch(epoch)
+            return
+
+
+def _sum_over_ranks(run: Run, sums: dict[str, float], n: int) -> tuple[dict[str, float], int]:
+    """Sum the epoch's training loss and samples and the validation sums and count over the
+    ranks (exact, same order on every rank); ``run.seconds`` becomes the slowest rank's."""
+    mine = (run.loss_sum, run.samples, run.seconds, dict(sums), n)
+    ranks = ffd.all_gather_objects(mine)
+    run.loss_sum = math.fsum(r[0] for r in ranks)
+    run.samples = sum(r[1] for r in ranks)
+    run.seconds = max(r[2] for r in ranks)
+    names = list(dict.fromkeys(name for r in ranks for name in r[3]))
+    totals = {name: math.fsum(r[3].get(name, 0.0) for r in ranks) for name in names}
+    return totals, sum(r[4] for r in ranks)
+
+
 def _split(batch: Any) -> tuple[Any, Any]:
     if isinstance(batch, (tuple, list)) and len(batch) == 2:
         return batch[0], batch[1]
@@ -631,9 +753,10 @@ def _batch_size(x: Any) -> int:
     return len(x) if hasattr(x, "__len__") else 1
 
 
-def _forward(run: Run, inputs: Any) -> Any:
+def _forward(run: Run, inputs: Any, train: bool = False) -> Any:
+    net = run.ddp if train and run.ddp is not None else run.model
     try:
-        return run.model(inputs)
+        return net(inputs)
     except RuntimeError as exc:
         if "device" not in str(exc):
             raise
