@@ -556,10 +556,19 @@ def wrap_ddp(
     over ``model.parameters()`` (DDP shares them). Works unchanged when not distributed (the
     wrapper then just calls the model). Keyword arguments: see :class:`DDPWrapper`.
 
-    Example:
-        >>> uf = ff.GradualUnfreezer(model, ff.ulmfit(3), torch.optim.AdamW)
-        >>> net = wrap_ddp(model, uf, device_ids=[local_rank()])
-        >>> loss = loss_fn(net(x), y); loss.backward(); uf.optimizer.step(); uf.step()
+    Example (without a process group the wrapper just calls the model; under torchrun the
+    same lines train with DDP, e.g. ``wrap_ddp(model, uf, device_ids=[local_rank()])`` on
+    GPUs):
+
+        >>> import torch, freezeflow as ff
+        >>> from freezeflow.distributed import wrap_ddp
+        >>> model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 2))
+        >>> uf = ff.GradualUnfreezer(model, ff.ulmfit(2), torch.optim.AdamW)
+        >>> net = wrap_ddp(model, uf)
+        >>> loss = net(torch.randn(3, 4)).sum()
+        >>> loss.backward(); uf.optimizer.step(); _ = uf.step()
+        >>> [t.name for t in uf.on_epoch_start(1)]
+        ['last2']
     """
     return DDPWrapper(model, unfreezer, **kwargs)
 
