@@ -36,6 +36,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.optim.lr_scheduler import CosineAnnealingLR
 from torch.utils.data import DataLoader, Dataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -95,15 +96,22 @@ def seed_schedule(args: argparse.Namespace) -> ff.Schedule:
 
 
 def freezeflow_schedule(args: argparse.Namespace) -> ff.Schedule:
-    """Head first; then the top blocks; then the upper half, with discriminative LRs."""
+    """Head first; then the top blocks; then the upper half, with discriminative LRs.
+
+    Norm layers stay frozen (in eval mode, with their ImageNet statistics) even in unfrozen
+    blocks: with 5,000 images and BatchNorm momentum 0.01, re-estimating them hurts.
+    """
     e1 = args.head_epochs
     e2 = e1 + max(1, (args.epochs - e1) // 2)
+    norms = ff.norm_layers()
     stages = [
         ff.Stage("_fc", lr=1e-3, name="head"),
-        ff.Stage(ff.last(4), lr=1e-3, lr_decay=0.5, weight_decay=1e-4, start=e1, name="top"),
+        ff.Stage(
+            ff.last(4) - norms, lr=5e-4, lr_decay=0.5, weight_decay=1e-4, start=e1, name="top"
+        ),
     ]
     if e2 < args.epochs:
-        stages.append(ff.Stage(ff.last(10), lr=5e-4, lr_decay=0.7, start=e2, name="upper"))
+        stages.append(ff.Stage(ff.last(10) - norms, lr=3e-4, lr_decay=0.7, start=e2, name="upper"))
     return ff.Schedule(stages)
 
 
@@ -123,6 +131,7 @@ def run_recipe(
     print(f"\n=== {name}: {'the seed recipe as written' if seed_style else 'freezeflow'} ===")
     print(ff.plan(model, schedule))
     start = time.perf_counter()
+    steps = args.epochs * len(loader)
     history = ff.fit(
         model,
         loader,
@@ -130,6 +139,12 @@ def run_recipe(
         schedule=schedule,
         optimizer=torch.optim.Adam,
         epochs=args.epochs,
+        # freezeflow's recipe anneals every group's LR with one cosine over the whole run
+        # (the unfreezer keeps it driving groups that join later); the seed uses none
+        scheduler=None
+        if seed_style or not args.cosine
+        else (lambda opt: CosineAnnealingLR(opt, T_max=steps)),
+        scheduler_interval="batch",
         norm="ignore" if seed_style else "eval",  # the seed never puts frozen BN in eval
         eval_frozen=not seed_style,
         cache=not seed_style and not args.no_cache,
@@ -165,6 +180,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     p.add_argument("--data-root", default=os.path.expanduser("~/.cache/freezeflow/cifar10"))
     p.add_argument("--recipes", default="seed,freezeflow", help="comma-separated subset")
     p.add_argument("--no-cache", action="store_true", help="freezeflow without feature cache")
+    p.add_argument("--cosine", action="store_true", help="cosine LR decay for freezeflow")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=str(Path(__file__).resolve().parent / "output"))
     p.add_argument("--quiet", action="store_true", help="only the final tables")
