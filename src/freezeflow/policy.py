@@ -579,56 +579,59 @@ def _slice_units(
     return picked
 
 
-@dataclass(frozen=True, repr=False)
-class Blocks(Policy):
+class _Depth(Policy):
+    """Slices of a model's depth units (blocks or leaf layers), optionally counted only among
+    what another policy selects."""
+
+    kind = ""
     start: int | None
     stop: int | None
-    among: Policy | None = None
+    among: Policy | None
+
+    def _units(self, idx: ModelIndex) -> tuple[int, list[int]]:
+        """(number of units, unit index of each alias or -1)."""
+        raise NotImplementedError  # pragma: no cover
 
     def _eval(self, idx: ModelIndex, cache: Cache) -> Result:
         allowed = self.among._resolve(idx, cache)[1] if self.among is not None else None
-        block_of = idx.block_of_alias()
-        units = [
-            b
-            for b in range(len(idx.blocks))
-            if allowed is None or any(block_of[a] == b for a in allowed)
-        ]
+        n, unit_of = self._units(idx)
+        if allowed is None:
+            units = list(range(n))
+        else:
+            present = {unit_of[a] for a in allowed}
+            units = [u for u in range(n) if u in present]
         picked = {
-            units[i] for i in _slice_units(self, "blocks", units, self.start, self.stop, idx.model)
+            units[i] for i in _slice_units(self, self.kind, units, self.start, self.stop, idx.model)
         }
-        hits = (a for a, b in enumerate(block_of) if b in picked)
+        hits = (a for a, u in enumerate(unit_of) if u in picked)
         if allowed is not None:
             hits = (a for a in hits if a in allowed)
         return _from_aliases(idx, hits)
 
     def __repr__(self) -> str:
-        return _depth_repr("blocks", self.start, self.stop, self.among)
+        return _depth_repr(self.kind, self.start, self.stop, self.among)
 
 
 @dataclass(frozen=True, repr=False)
-class Layers(Policy):
+class Blocks(_Depth):
+    kind = "blocks"
     start: int | None
     stop: int | None
     among: Policy | None = None
 
-    def _eval(self, idx: ModelIndex, cache: Cache) -> Result:
-        allowed = self.among._resolve(idx, cache)[1] if self.among is not None else None
-        layer_of = idx.layer_of_alias()
-        units = [
-            i
-            for i in range(len(idx.layers))
-            if allowed is None or any(layer_of[a] == i for a in allowed)
-        ]
-        picked = {
-            units[i] for i in _slice_units(self, "layers", units, self.start, self.stop, idx.model)
-        }
-        hits = (a for a, i in enumerate(layer_of) if i in picked)
-        if allowed is not None:
-            hits = (a for a in hits if a in allowed)
-        return _from_aliases(idx, hits)
+    def _units(self, idx: ModelIndex) -> tuple[int, list[int]]:
+        return len(idx.blocks), idx.block_of_alias()
 
-    def __repr__(self) -> str:
-        return _depth_repr("layers", self.start, self.stop, self.among)
+
+@dataclass(frozen=True, repr=False)
+class Layers(_Depth):
+    kind = "layers"
+    start: int | None
+    stop: int | None
+    among: Policy | None = None
+
+    def _units(self, idx: ModelIndex) -> tuple[int, list[int]]:
+        return len(idx.layers), idx.layer_of_alias()
 
 
 def _depth_repr(kind: str, start: int | None, stop: int | None, among: Policy | None) -> str:
