@@ -31,24 +31,14 @@ from torch.utils.data import DataLoader
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
 
 from common import load_efficientnet_lite0
-from offline_transfer import Images, load_cifar10_subset
+from offline_transfer import subset_loaders
 
 import freezeflow as ff
 from freezeflow.cache import FeatureCache
 
 
 def loaders(args: argparse.Namespace) -> tuple[DataLoader[object], DataLoader[object]]:
-    (xtr, ytr), (xte, yte) = load_cifar10_subset(
-        32, train_limit=args.train_limit, test_limit=args.test_limit, normalize=None
-    )
-    train = DataLoader(
-        Images(xtr, ytr, args.image_size),
-        batch_size=64,
-        shuffle=True,
-        generator=torch.Generator().manual_seed(0),
-    )
-    test = DataLoader(Images(xte, yte, args.image_size), batch_size=256)
-    return train, test
+    return subset_loaders(args.image_size, args.train_limit, args.test_limit)  # type: ignore[return-value]
 
 
 def head_epoch_seed_loop(train: DataLoader[object]) -> float:

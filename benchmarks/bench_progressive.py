@@ -22,27 +22,17 @@ import time
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
 
 from common import load_efficientnet_lite0
-from offline_transfer import Images, load_cifar10_subset
+from offline_transfer import subset_loaders
 
 import freezeflow as ff
 
 
 def run(args: argparse.Namespace, schedule: ff.Schedule, cache: bool) -> tuple[float, float]:
-    (xtr, ytr), (xte, yte) = load_cifar10_subset(
-        32, train_limit=args.train_limit, test_limit=args.test_limit, normalize=None
-    )
-    train = DataLoader(
-        Images(xtr, ytr, args.image_size),
-        batch_size=64,
-        shuffle=True,
-        generator=torch.Generator().manual_seed(0),
-    )
-    test = DataLoader(Images(xte, yte, args.image_size), batch_size=256)
+    train, test = subset_loaders(args.image_size, args.train_limit, args.test_limit)
     torch.manual_seed(0)
     model = load_efficientnet_lite0(10)
     t = time.perf_counter()

@@ -84,6 +84,26 @@ def load_data(args: argparse.Namespace) -> tuple[Images, Images, str]:
     return Images(xtr, ytr, size, args.flip), Images(xte, yte, size), source
 
 
+def make_loaders(
+    train: Images, test: Images, batch_size: int = 64, seed: int = 0
+) -> tuple[DataLoader[tuple[Tensor, Tensor]], DataLoader[tuple[Tensor, Tensor]]]:
+    """Shuffled training batches (seeded generator) and ordered test batches."""
+    shuffled = DataLoader(
+        train, batch_size=batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed)
+    )
+    return shuffled, DataLoader(test, batch_size=256)
+
+
+def subset_loaders(
+    image_size: int, train_limit: int | None = None, test_limit: int | None = None
+) -> tuple[DataLoader[tuple[Tensor, Tensor]], DataLoader[tuple[Tensor, Tensor]]]:
+    """Loaders over the shipped subset at ``image_size`` px (for the benchmarks)."""
+    (xtr, ytr), (xte, yte) = load_cifar10_subset(
+        32, train_limit=train_limit, test_limit=test_limit, normalize=None
+    )
+    return make_loaders(Images(xtr, ytr, image_size), Images(xte, yte, image_size))
+
+
 def seed_schedule(args: argparse.Namespace) -> ff.Schedule:
     """The seed's PyTorch recipe on this model: head at 1e-3, then the last block at 1e-5."""
     return ff.seed_pytorch(
@@ -121,13 +141,7 @@ def run_recipe(
     torch.manual_seed(args.seed)
     model = load_efficientnet_lite0(len(CLASSES))
     seed_style = name == "seed"
-    loader = DataLoader(
-        train,
-        batch_size=args.batch_size,
-        shuffle=True,
-        generator=torch.Generator().manual_seed(args.seed),
-    )
-    val = DataLoader(test, batch_size=256)
+    loader, val = make_loaders(train, test, args.batch_size, args.seed)
     print(f"\n=== {name}: {'the seed recipe as written' if seed_style else 'freezeflow'} ===")
     print(ff.plan(model, schedule))
     start = time.perf_counter()
