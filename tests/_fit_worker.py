@@ -102,7 +102,8 @@ def _slow_saves() -> None:
 
     def slow(obj: Any, f: Any, *args: Any, **kwargs: Any) -> None:
         real(obj, f, *args, **kwargs)
-        time.sleep(0.05)
+        print("SAVING", flush=True)  # the temporary file is written, not yet renamed
+        time.sleep(0.2)
 
     torch.save = slow  # type: ignore[assignment]
 
