@@ -56,3 +56,14 @@ def test_frozen_parameters_hold_no_optimizer_state() -> None:
         step(model, opt, uf)
     assert all(torch.equal(a, b) for a, b in zip(before, middle))
     assert state_bytes(opt, middle) == 0
+
+
+def test_transition_counts_what_is_really_trainable_with_sticky_frozen_norms() -> None:
+    model = nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4), nn.Linear(4, 2))
+    ff.freeze(model, "1", norm="frozen")  # a frozen-BN convention, kept by later unfreezes
+    sched = ff.Schedule([ff.Stage("2", lr=1e-2), ff.Stage(ff.everything(), lr=1e-3, start=1)])
+    uf = ff.GradualUnfreezer(model, sched, torch.optim.SGD)
+    (t,) = uf.on_epoch_start(1)
+    really = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert not model[1].weight.requires_grad
+    assert t.trainable == really == 20 + 10

@@ -194,7 +194,12 @@ def freeze(
                 next(module.parameters(), None) is None
                 and any(id(p) in chosen for p in holder.parameters())
             )
-            if touched and _governed(module, holder, want_frozen=True):
+            # a "frozen" layer stays frozen (sticky) whatever mode a later freeze asks for
+            if (
+                touched
+                and _governed(module, holder, want_frozen=True)
+                and (norm_mode(module) != "frozen")
+            ):
                 _lock(module, norm)
     _refresh_block_locks(model, eval_frozen)
     if norm == "train":

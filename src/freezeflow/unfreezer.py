@@ -408,7 +408,7 @@ class GradualUnfreezer:
             name=self.schedule.names[k],
             epoch=self.epoch,
             step=self.global_step,
-            trainable=sum(lay.params[i].numel() for i in now),
+            trainable=sum(p.numel() for p in lay.params if p.requires_grad),  # as applied
             lrs=lrs,
             reason=reason,
         )
