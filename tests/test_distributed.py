@@ -7,10 +7,6 @@ once per module, run every scenario in that process group, and compare what each
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
 import warnings
 from pathlib import Path
 from typing import Any
@@ -18,65 +14,21 @@ from typing import Any
 import _ddp_worker as worker
 import pytest
 import torch
+from _two_ranks import run_two_ranks
 from torch import nn
 
 import freezeflow as ff
 from freezeflow import distributed as ffd
 
 WORKER = Path(__file__).with_name("_ddp_worker.py")
-SRC = Path(__file__).resolve().parents[1] / "src"
 FAST = "guarded,guarded_eval,plain,mismatch,helpers,fsdp"
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def launch(scenarios: str, out: Path, timeout: float = 150.0) -> list[dict[str, Any]]:
-    """Run the worker on 2 ranks; retry on a port clash; kill both ranks on a timeout."""
+    """Run the worker on 2 ranks and load what each rank saved."""
     out.mkdir(parents=True, exist_ok=True)
-    logs = ""
-    for _attempt in range(3):
-        port = _free_port()
-        procs = []
-        for r in range(2):
-            env = {
-                **os.environ,
-                "MASTER_ADDR": "127.0.0.1",
-                "MASTER_PORT": str(port),
-                "RANK": str(r),
-                "LOCAL_RANK": str(r),
-                "WORLD_SIZE": "2",
-                "OMP_NUM_THREADS": "1",
-                "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")]),
-            }
-            procs.append(
-                subprocess.Popen(
-                    [sys.executable, str(WORKER), str(out), scenarios],
-                    env=env,
-                    stdout=subprocess.PIPE,
-                    stderr=subprocess.STDOUT,
-                    text=True,
-                )
-            )
-        outputs = []
-        try:
-            for p in procs:
-                outputs.append(p.communicate(timeout=timeout)[0])
-        except subprocess.TimeoutExpired:
-            for p in procs:
-                p.kill()
-            for p in procs:
-                p.communicate()
-            pytest.fail(f"the 2-rank run of {scenarios!r} timed out after {timeout} s")
-        logs = "\n".join(f"--- rank {r}\n{o[-4000:]}" for r, o in enumerate(outputs))
-        if all(p.returncode == 0 for p in procs):
-            return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(2)]
-        if "address already in use" not in logs.lower():
-            break
-    pytest.fail(f"the 2-rank run of {scenarios!r} failed:\n{logs}")
+    run_two_ranks(WORKER, lambda _: [str(out), scenarios], repr(scenarios), timeout)
+    return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(2)]
 
 
 @pytest.fixture(scope="module")

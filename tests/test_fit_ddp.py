@@ -12,16 +12,13 @@ turned off with a note, ranks with different batch counts fail on every rank (no
 from __future__ import annotations
 
 import math
-import os
-import socket
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import _fit_ddp_worker as worker
 import pytest
 import torch
+from _two_ranks import run_two_ranks
 from torch.nn import functional as F
 from torch.utils.data import DataLoader
 
@@ -29,61 +26,18 @@ import freezeflow as ff
 from freezeflow import distributed as ffd
 
 WORKER = Path(__file__).with_name("_fit_ddp_worker.py")
-SRC = Path(__file__).resolve().parents[1] / "src"
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def launch(out: Path, timeout: float = 120.0) -> tuple[list[dict[str, Any]], list[str]]:
-    """Run the worker on 2 ranks (retry on a port clash, kill both on a timeout); return
-    each rank's results and output."""
-    logs = ""
-    for attempt in range(3):
-        run_dir = out / f"try{attempt}"
-        run_dir.mkdir(parents=True)
-        port = _free_port()
-        procs = []
-        for r in range(2):
-            env = {
-                **os.environ,
-                "MASTER_ADDR": "127.0.0.1",
-                "MASTER_PORT": str(port),
-                "RANK": str(r),
-                "LOCAL_RANK": str(r),
-                "WORLD_SIZE": "2",
-                "OMP_NUM_THREADS": "1",
-                "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")]),
-            }
-            procs.append(
-                subprocess.Popen(
-                    [sys.executable, str(WORKER), str(run_dir)],
-                    env=env,
-                    stdout=subprocess.PIPE,
-                    stderr=subprocess.STDOUT,
-                    text=True,
-                )
-            )
-        outputs = []
-        try:
-            for p in procs:
-                outputs.append(p.communicate(timeout=timeout)[0])
-        except subprocess.TimeoutExpired:
-            for p in procs:
-                p.kill()
-            for p in procs:
-                p.communicate()
-            pytest.fail(f"the 2-rank fit() run timed out after {timeout} s")
-        logs = "\n".join(f"--- rank {r}\n{o[-4000:]}" for r, o in enumerate(outputs))
-        if all(p.returncode == 0 for p in procs):
-            results = [torch.load(run_dir / f"rank{r}.pt", weights_only=False) for r in range(2)]
-            return results, outputs
-        if "address already in use" not in logs.lower():
-            break
-    pytest.fail(f"the 2-rank fit() run failed:\n{logs}")
+    """Run the worker on 2 ranks; return each rank's results and output."""
+
+    def args(attempt: int) -> list[str]:
+        (out / f"try{attempt}").mkdir(parents=True)
+        return [str(out / f"try{attempt}")]
+
+    attempt, outputs = run_two_ranks(WORKER, args, "fit()", timeout)
+    run_dir = out / f"try{attempt}"
+    return [torch.load(run_dir / f"rank{r}.pt", weights_only=False) for r in range(2)], outputs
 
 
 @pytest.fixture(scope="module")
