@@ -35,16 +35,16 @@ from __future__ import annotations
 
 import math
 import operator
-import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from torch import nn
 
-from freezeflow.errors import FreezeflowWarning, OptimizerError, StateError, TrainingError
+from freezeflow.errors import OptimizerError, StateError, TrainingError
 from freezeflow.freezing import NormMode
+from freezeflow.integrations._common import missing_metric, next_plateau
 from freezeflow.policy import PolicyLike
-from freezeflow.schedule import AtFraction, OnPlateau, Schedule, Stage
+from freezeflow.schedule import AtFraction, Schedule, Stage
 from freezeflow.unfreezer import GradualUnfreezer, Transition
 
 try:
@@ -233,24 +233,18 @@ class FreezeflowCallback(Callback):
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         uf = self.unfreezer
-        if uf is None or trainer.sanity_checking or uf.stage + 1 >= len(self.schedule):
-            return
-        trigger = self.schedule.stages[uf.stage + 1].start
-        if not isinstance(trigger, OnPlateau):
+        trigger = None if uf is None or trainer.sanity_checking else next_plateau(uf)
+        if uf is None or trigger is None:
             return
         value = trainer.callback_metrics.get(trigger.metric)
         if value is None:
             known = sorted(trainer.callback_metrics)
-            msg = (
+            missing_metric(
+                self,
                 f"the next stage waits for a plateau of {trigger.metric!r}, but it is not among "
                 f"the logged metrics {known}; hint: self.log({trigger.metric!r}, ...) in "
-                "validation_step, or name a logged metric in on_plateau(metric=...)"
+                "validation_step, or name a logged metric in on_plateau(metric=...)",
             )
-            if self.strict:
-                raise TrainingError(msg)
-            if not self._warned_missing:
-                warnings.warn(msg, FreezeflowWarning, stacklevel=2)
-                self._warned_missing = True
             return
         uf.observe(float(value))
 

@@ -49,8 +49,9 @@ from freezeflow.errors import (
     TrainingError,
 )
 from freezeflow.freezing import NormMode
+from freezeflow.integrations._common import missing_metric, next_plateau
 from freezeflow.policy import PolicyLike
-from freezeflow.schedule import AtFraction, OnPlateau, Schedule, Stage
+from freezeflow.schedule import AtFraction, Schedule, Stage
 from freezeflow.unfreezer import GradualUnfreezer
 
 try:
@@ -262,10 +263,8 @@ class FreezeflowTrainerCallback(TrainerCallback):
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> None:
         uf = self.unfreezer
-        if uf is None or not self._training or uf.stage + 1 >= len(uf.schedule):
-            return
-        trigger = uf.schedule.stages[uf.stage + 1].start
-        if not isinstance(trigger, OnPlateau):
+        trigger = None if uf is None or not self._training else next_plateau(uf)
+        if uf is None or trigger is None:
             return
         metrics: dict[str, Any] = kwargs.get("metrics") or {}
         name = trigger.metric
@@ -274,15 +273,11 @@ class FreezeflowTrainerCallback(TrainerCallback):
             keys.append(f"eval_{name[4:]}")
         value = next((metrics[k] for k in keys if k in metrics), None)
         if value is None:
-            msg = (
+            missing_metric(
+                self,
                 f"the next stage waits for a plateau of {name!r}, but the evaluation metrics "
-                f"are {sorted(metrics)}; hint: name one of them in on_plateau(metric=...)"
+                f"are {sorted(metrics)}; hint: name one of them in on_plateau(metric=...)",
             )
-            if self.strict:
-                raise TrainingError(msg)
-            if not self._warned_missing:
-                warnings.warn(msg, FreezeflowWarning, stacklevel=2)
-                self._warned_missing = True
             return
         uf.observe(float(value))
 
