@@ -345,14 +345,20 @@ class ModelIndex:
             self._layers = out
         return self._layers
 
+    _block_of: list[int] | None = None
+
     def block_of_alias(self) -> list[int]:
-        """For each alias, the index of the block that covers it (-1 if none)."""
+        """For each alias, the index of the block that covers it (-1 if none); computed once
+        per index (several depth policies in one expression share it)."""
+        if self._block_of is not None:
+            return self._block_of
         out = [-1] * len(self.aliases)
         for a, name in enumerate(self.aliases):
             for b, block in enumerate(self.blocks):
                 if block.covers(name):
                     out[a] = b
                     break
+        self._block_of = out
         return out
 
     def layer_of_alias(self) -> list[int]:
