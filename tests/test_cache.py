@@ -177,3 +177,58 @@ def test_refuses_batchnorm_in_train_mode_in_the_prefix() -> None:
     model.train()
     with pytest.raises(CacheRefused, match="BatchNorm2d in the frozen prefix is in train mode"):
         FeatureCache(model, DataLoader(data(), batch_size=8)).check()
+
+
+@pytest.mark.parametrize("disk", [False, True], ids=["memory", "memmap"])
+def test_a_cache_built_on_a_shorter_cache_equals_one_built_from_the_inputs(
+    disk: bool,
+    tmp_path,  # type: ignore[no-untyped-def]
+) -> None:
+    model = Net()
+    ff.freeze(model, ff.first(3), eval_frozen=True)
+    model.train()
+    loader = DataLoader(data(20), batch_size=8, shuffle=True)
+    direct = FeatureCache(model, loader).build()  # blocks 0-2 from the images
+    base = FeatureCache(model, loader, boundary=1).build()  # the stem only
+    chained = FeatureCache(
+        model, loader, source=base, max_bytes=0 if disk else 2 << 30, disk_dir=str(tmp_path)
+    )
+    stem_inputs: list[int] = []
+    model.stem.register_forward_hook(lambda m, a, o: stem_inputs.append(a[0].shape[1]))
+    chained.build()
+    assert 3 not in stem_inputs, "the chained build must not run the stem on images again"
+    assert direct.features is not None and chained.features is not None
+    torch.testing.assert_close(chained.features, direct.features, rtol=1e-6, atol=1e-6)
+    assert torch.equal(chained.targets, direct.targets)  # type: ignore[arg-type]
+    chained.close()
+    base.close()
+    assert base.features is None and chained.features is None
+    if disk:
+        assert not list(tmp_path.iterdir())
+
+
+def test_a_source_cache_must_cover_the_same_data_and_a_shorter_prefix() -> None:
+    model = Net()
+    ff.freeze(model, ff.first(3))
+    loader = DataLoader(data(16), batch_size=8)
+    base = FeatureCache(model, loader, boundary=2)
+    with pytest.raises(CacheRefused, match="build"):
+        FeatureCache(model, loader, source=base)
+    base.build()
+    with pytest.raises(CacheRefused, match="another dataset"):
+        FeatureCache(model, DataLoader(data(16), batch_size=8), source=base)
+    with pytest.raises(CacheRefused, match="use the source itself"):
+        FeatureCache(model, loader, boundary=2, source=base)
+    chained = FeatureCache(model, loader, source=base)
+    ff.unfreeze(model, "stem")  # the base's prefix changes: it cannot feed a build
+    with pytest.raises(CacheRefused, match="prefix changed"):
+        chained.build()
+
+
+def test_frozen_prefix_with_parameters_a_later_stage_trains() -> None:
+    model = Net()
+    ff.freeze(model, ff.first(3))
+    assert frozen_prefix(model) == 3
+    later = list(model.blocks[1].parameters())  # blocks.1 is block 2
+    assert frozen_prefix(model, will_train=later) == 2
+    assert frozen_prefix(model, will_train=model.stem.parameters()) == 0

@@ -54,11 +54,42 @@ def test_cached_fit_matches_uncached_fit() -> None:
     for (name, p), q in zip(m1.named_parameters(), m2.parameters()):
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6, msg=name)
     notes = [r for r in cached.records if r["kind"] == "note"]
-    # one cache per stage: blocks 0-2 for the first, blocks 0-1 after block 1 unfreezes
-    assert [n["epoch"] for n in notes] == [0, 2]
-    assert "blocks 0-2" in notes[0]["message"]
-    assert "blocks 0-1" in notes[1]["message"]
+    # blocks 0-1 stay frozen for the whole schedule: cached once; the first stage adds
+    # block 2 on top of them; the second stage (block 2 trainable) replays them
+    assert [n["epoch"] for n in notes] == [0, 0, 2]
+    assert "blocks 0-1, frozen for the rest of the schedule" in notes[0]["message"]
+    assert "blocks 2-2 on the cached blocks" in notes[1]["message"]
+    assert "replaying the cached blocks 0-1" in notes[2]["message"]
     assert not [r for r in plain.records if r["kind"] == "note"]
+
+
+def test_blocks_frozen_for_the_whole_schedule_run_once_per_sample() -> None:
+    """The stem sees every training and validation sample once in a cached run (plus the
+    few samples of the cut checks), however many stages and epochs follow."""
+    torch.manual_seed(0)
+    model = Net(block_dropout=0.3)
+    seen = [0]
+
+    def count(module: torch.nn.Module, args: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
+        if args[0].shape[1] == 3:  # raw images; a replayed batch passes cached features through
+            seen[0] += len(args[0])
+
+    model.stem.register_forward_hook(count)
+    fit(
+        model,
+        DataLoader(data(48), batch_size=8, shuffle=True),
+        val_data=DataLoader(data(16), batch_size=8),
+        schedule=schedule(),
+        optimizer=torch.optim.SGD,
+        epochs=4,
+        eval_frozen=True,
+        cache=True,
+        quiet=True,
+    )
+    checks = seen[0] - (48 + 16)
+    assert 0 <= checks <= 2 * 24  # the cut checks run a few samples per stage
+    # the uncached run pushes every sample through the stem in every epoch
+    assert seen[0] < 4 * (48 + 16)
 
 
 def test_uncacheable_model_trains_normally_with_a_reason(

@@ -357,6 +357,26 @@ def test_frozen_again_parameters_stay_put_in_exclusive_stages(
     assert opt is uf.optimizer
 
 
+def test_trained_later_is_what_stays_or_becomes_trainable() -> None:
+    model = make_net()
+    two = ff.Schedule([ff.Stage("head", lr=1e-2), ff.Stage("body.1", lr=1e-3, start=2)])
+    uf = ff.GradualUnfreezer(model, two, torch.optim.SGD)
+    name_of = {id(p): n for n, p in model.named_parameters()}
+    assert {name_of[id(p)] for p in uf.trained_later()} == HEAD | BODY1
+    uf.on_epoch_start(2)
+    assert {name_of[id(p)] for p in uf.trained_later()} == HEAD | BODY1
+    chain = ff.Schedule(  # exclusive stages: what is frozen again is no longer "later"
+        [
+            ff.Stage("head", lr=1e-2, exclusive=True),
+            ff.Stage("body.1", lr=1e-2, start=1, exclusive=True),
+        ]
+    )
+    uf = ff.GradualUnfreezer(make_net(), chain, torch.optim.SGD)
+    uf.on_epoch_start(1)
+    name_of = {id(p): n for n, p in uf.model.named_parameters()}
+    assert {name_of[id(p)] for p in uf.trained_later()} == BODY1
+
+
 def test_optimizer_defaults_kept_and_same_object() -> None:
     model = make_net()
     opt = torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.7, dampening=0.1)

@@ -47,9 +47,14 @@ class _Stop(Exception):  # noqa: N818 - control flow
     pass
 
 
-def frozen_prefix(model: nn.Module) -> int:
+def frozen_prefix(model: nn.Module, *, will_train: Iterable[torch.Tensor] = ()) -> int:
     """How many leading blocks of ``model`` have only frozen parameters (at most all but the
-    last block)."""
+    last block).
+
+    ``will_train``: parameters that count as trainable although frozen now (those a later
+    stage of a schedule unfreezes), to find the prefix that stays frozen for the rest of it.
+    """
+    later = {id(p) for p in will_train}
     blocks = find_blocks(model)
     modules = dict(model.named_modules(remove_duplicate=False))
     params = dict(model.named_parameters(remove_duplicate=False))
@@ -57,7 +62,7 @@ def frozen_prefix(model: nn.Module) -> int:
     for block in blocks[:-1]:
         owned = [p for path in block.modules for p in modules[path].parameters()]
         owned += [params[n] for n in block.params]
-        if not owned or any(p.requires_grad for p in owned):
+        if not owned or any(p.requires_grad or id(p) in later for p in owned):
             break
         k += 1
     return k
@@ -90,6 +95,10 @@ class FeatureCache:
             in ``disk_dir`` (a temporary directory by default), or caching is refused if
             ``disk_dir`` is ``False``.
         disk_dir: directory for the memory-mapped features, or ``False`` to forbid disk.
+        source: a built cache of a shorter prefix over the same dataset: :meth:`build` then
+            runs only the blocks between the two cuts, on ``source``'s features, instead of
+            the whole prefix on the raw inputs (``fit`` keeps the prefix frozen for the whole
+            schedule as such a source, so each stage costs only its own frozen blocks).
 
     Raises:
         CacheRefused: with a one-line reason when the model or loader cannot be cached.
@@ -104,6 +113,7 @@ class FeatureCache:
         device: torch.device | str | None = None,
         max_bytes: int = 2 << 30,
         disk_dir: str | os.PathLike[str] | bool | None = None,
+        source: FeatureCache | None = None,
     ) -> None:
         if not isinstance(loader, DataLoader):
             raise CacheRefused("caching needs a torch DataLoader (got an iterable of batches)")
@@ -119,6 +129,17 @@ class FeatureCache:
         if k < 1:
             raise CacheRefused("no frozen prefix: the first block is trainable")
         self.boundary = k
+        if source is not None:
+            if source.loader.dataset is not dataset:
+                raise CacheRefused("the source cache was built over another dataset")
+            if source.boundary >= k:
+                raise CacheRefused(
+                    f"the source cache ends after block {source.boundary - 1}, not before this "
+                    f"cache's cut after block {k - 1}; use the source itself"
+                )
+            if source.features is None:
+                raise CacheRefused("build() the source cache first")
+        self.source = source
         self.features: torch.Tensor | None = None
         self.targets: torch.Tensor | None = None
         self._memmap_path: str | None = None
@@ -287,7 +308,10 @@ class FeatureCache:
 
     # ------------------------------------------------------------------ building
     def build(self) -> FeatureCache:
-        """Run the prefix once over the whole dataset (in dataset order)."""
+        """Run the prefix once over the whole dataset (in dataset order); with a ``source``,
+        only the blocks after its cut, on its features."""
+        if self.source is not None:
+            return self._build_from_source(self.source)
         dataset: Dataset[Any] = self.loader.dataset
         n = len(dataset)  # type: ignore[arg-type]
         ordered = DataLoader(
@@ -317,6 +341,28 @@ class FeatureCache:
             raise CacheRefused(f"the dataset yielded {pos} samples, expected {n}")
         self.features = feats if isinstance(feats, torch.Tensor) else torch.from_numpy(feats)
         self.targets = torch.cat(targets)
+        return self
+
+    def _build_from_source(self, source: FeatureCache) -> FeatureCache:
+        if source.features is None or source.targets is None or not source.still_valid():
+            raise CacheRefused("the source cache is gone or its prefix changed")
+        n = len(source.targets)
+        step = self.loader.batch_size or 64
+        feats: torch.Tensor | np.memmap[Any, Any] | None = None
+        for pos in range(0, n, step):
+            inputs = source.features[pos : pos + step].to(self.device)
+            with source.replaying(inputs):
+                f = self.prefix(inputs)
+            if feats is None:
+                feats = self._allocate(n, f)
+            if isinstance(feats, torch.Tensor):
+                feats[pos : pos + len(f)] = f
+            else:
+                feats[pos : pos + len(f)] = f.cpu().numpy()
+        if feats is None:
+            raise CacheRefused("the dataset is empty")
+        self.features = feats if isinstance(feats, torch.Tensor) else torch.from_numpy(feats)
+        self.targets = source.targets
         return self
 
     def _allocate(self, n: int, sample: torch.Tensor) -> torch.Tensor | np.memmap[Any, Any]:

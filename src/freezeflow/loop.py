@@ -213,6 +213,9 @@ class Run:
     cache_options: dict[str, Any] = field(default_factory=dict)
     cache: FeatureCache | None = None
     val_cache: FeatureCache | None = None
+    cache_base: FeatureCache | None = None
+    """The blocks frozen until the schedule ends, cached once for all stages."""
+    val_cache_base: FeatureCache | None = None
     ddp: ffd.DDPWrapper | None = None
     """Under ``torchrun`` (world size > 1): the DDP wrapper the training forward runs
     through; ``model`` stays the plain module (checkpoints, evaluation)."""
@@ -407,9 +410,7 @@ def fit(
     except KeyboardInterrupt:
         run.history.interrupted = True
     finally:
-        for c in (run.cache, run.val_cache):
-            if c is not None:
-                c.close()
+        _close_caches(run, keep_base=False)
         if run.ddp is not None:
             run.ddp.close()
     run.history.stop_reason = run.stop
@@ -581,25 +582,39 @@ def _replaying(cache: FeatureCache | None) -> contextlib.AbstractContextManager[
 
 def _refresh_caches(run: Run) -> None:
     """With ``fit(cache=True)``: (re)build the frozen-prefix caches when the prefix changed
-    (a new stage), or say in one line why this stage trains without them."""
+    (a new stage), or say in one line why this stage trains without them.
+
+    With a schedule, the blocks that stay frozen until it ends are computed once, as a shared
+    *base*; each stage's cache is then built from the base's features by running only the
+    frozen blocks after it, and a stage whose frozen prefix is the base replays the base."""
     if not run.cache_features:
         return
-    if (
-        run.cache is not None
-        and run.cache.still_valid()
-        and (run.cache.boundary == frozen_prefix(run.model))
-    ):
+    k = frozen_prefix(run.model)
+    if run.cache is not None and run.cache.still_valid() and run.cache.boundary == k:
         return
-    for c in (run.cache, run.val_cache):
-        if c is not None:
-            c.close()
-    run.cache = run.val_cache = None
+    _close_caches(run, keep_base=True)
+    floor = k
+    if run.unfreezer is not None:
+        floor = min(k, frozen_prefix(run.model, will_train=run.unfreezer.trained_later()))
+    was_training = run.model.training
+    started = time.perf_counter()
     try:
+        base, val_base = _base_caches(run, floor) if 0 < floor < k else (None, None)
+        if base is not None and run.cache_base is None:
+            mib = (base.nbytes + (val_base.nbytes if val_base is not None else 0)) / 2**20
+            run.note(
+                f"caching blocks 0-{floor - 1}, frozen for the rest of the schedule: "
+                f"{mib:.1f} MiB of features in {time.perf_counter() - started:.1f} s"
+            )
+            run.cache_base, run.val_cache_base = base, val_base
+            started = time.perf_counter()
+        if run.cache_base is not None and run.cache_base.boundary == k:
+            run.cache, run.val_cache = run.cache_base, run.val_cache_base
+            run.note(f"replaying the cached blocks 0-{k - 1}")
+            return
+        run.model.train()
         train = FeatureCache(
-            run.model,
-            run.train_data,
-            device=run.device,
-            **run.cache_options,
+            run.model, run.train_data, device=run.device, source=base, **run.cache_options
         )
         train.check()
         val = None
@@ -609,18 +624,62 @@ def _refresh_caches(run: Run) -> None:
                 run.val_data,
                 boundary=train.boundary,
                 device=run.device,
+                source=val_base,
                 **run.cache_options,
             )
-        started = time.perf_counter()
         run.cache = train.build()
+        run.model.eval()  # validation features as evaluation computes them
         run.val_cache = val.build() if val is not None else None
         mib = (run.cache.nbytes + (val.nbytes if val is not None else 0)) / 2**20
+        first = base.boundary if base is not None else 0
         run.note(
-            f"caching the frozen prefix (blocks 0-{train.boundary - 1}): {mib:.1f} MiB of "
-            f"features in {time.perf_counter() - started:.1f} s"
+            f"caching the frozen prefix (blocks {first}-{train.boundary - 1}"
+            f"{' on the cached blocks before them' if base is not None else ''}): {mib:.1f} MiB "
+            f"of features in {time.perf_counter() - started:.1f} s"
         )
     except CacheRefused as why:
+        _close_caches(run, keep_base=False)
         run.note(f"training without the feature cache this stage: {why}")
+    finally:
+        run.model.train(was_training)
+
+
+def _base_caches(run: Run, floor: int) -> tuple[FeatureCache | None, FeatureCache | None]:
+    """The shared caches of the ``floor`` blocks frozen until the schedule ends (built once;
+    ``(None, None)`` when they cannot be cached, and each stage then caches on its own)."""
+    base = run.cache_base
+    if base is not None and base.still_valid() and base.boundary == floor:
+        return base, run.val_cache_base
+    _close_caches(run, keep_base=False)
+    try:
+        run.model.train()
+        base = FeatureCache(
+            run.model, run.train_data, boundary=floor, device=run.device, **run.cache_options
+        )
+        base.check()
+        val = None
+        if run.val_data is not None:
+            val = FeatureCache(
+                run.model, run.val_data, boundary=floor, device=run.device, **run.cache_options
+            )
+        base.build()
+        run.model.eval()
+        if val is not None:
+            val.build()
+    except CacheRefused:
+        return None, None
+    return base, val
+
+
+def _close_caches(run: Run, *, keep_base: bool) -> None:
+    """Free the stage caches (and the shared base unless ``keep_base``)."""
+    keep = {id(run.cache_base), id(run.val_cache_base)} if keep_base else set()
+    for c in (run.cache, run.val_cache, run.cache_base, run.val_cache_base):
+        if c is not None and id(c) not in keep:
+            c.close()
+    run.cache = run.val_cache = None
+    if not keep_base:
+        run.cache_base = run.val_cache_base = None
 
 
 # --------------------------------------------------------------------------- torchrun / DDP

@@ -512,6 +512,13 @@ class GradualUnfreezer:
         """Trainable parameter values now."""
         return sum(p.numel() for p in self.model.parameters() if p.requires_grad)
 
+    def trained_later(self) -> list[nn.Parameter]:
+        """Every parameter that is trainable now or in a stage still to come: the rest of
+        the model stays frozen until the schedule ends (the part ``fit(cache=True)`` computes
+        once for all the remaining stages)."""
+        ids = frozenset().union(*self.layout.trainable[max(self.stage, 0) :])
+        return [self.layout.params[i] for i in sorted(ids)]
+
     @property
     def group_names(self) -> list[str]:
         return [g.name for g in self.layout.groups]
