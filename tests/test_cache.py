@@ -232,3 +232,61 @@ def test_frozen_prefix_with_parameters_a_later_stage_trains() -> None:
     later = list(model.blocks[1].parameters())  # blocks.1 is block 2
     assert frozen_prefix(model, will_train=later) == 2
     assert frozen_prefix(model, will_train=model.stem.parameters()) == 0
+
+
+# --------------------------------------------------------------------------- Views
+
+
+def hflip(x: torch.Tensor) -> torch.Tensor:
+    return x.flip(-1)
+
+
+def test_views_draw_one_view_per_read_from_their_generator() -> None:
+    base = data(6)
+    flips = ff.Views(base, [lambda x: x, hflip], generator=torch.Generator().manual_seed(5))
+    assert len(flips) == 6
+    x, y = base[2]
+    assert torch.equal(flips.view(2, 0)[0], x) and torch.equal(flips.view(2, 1)[0], hflip(x))
+    assert flips.view(2, 1)[1] == y
+    g = torch.Generator().manual_seed(5)
+    expected = [int(torch.randint(2, (), generator=g)) for _ in range(20)]
+    state = torch.get_rng_state()
+    got = [int(torch.equal(flips[2][0], hflip(x))) for _ in range(20)]
+    assert got == expected and set(got) == {0, 1}
+    assert torch.equal(state, torch.get_rng_state()), "a generator leaves the global RNG alone"
+
+
+def test_views_reject_bad_arguments() -> None:
+    with pytest.raises(TypeError, match="map-style dataset"):
+        ff.Views([1, 2, 3].__iter__(), [hflip])  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="non-empty sequence of functions"):
+        ff.Views(data(4), [])
+    with pytest.raises(TypeError, match="non-empty sequence of functions"):
+        ff.Views(data(4), [hflip, "flip"])  # type: ignore[list-item]
+
+
+def test_a_views_cache_holds_every_view_and_replays_the_drawn_one() -> None:
+    model = Net()
+    ff.freeze(model, ff.first(3), eval_frozen=True)
+    model.train()
+    flips = ff.Views(data(10), [lambda x: x, hflip])
+    loader = DataLoader(flips, batch_size=4, shuffle=True)
+    cache = FeatureCache(model, loader).build()
+    assert cache.features is not None and len(cache.features) == 20  # 2 views x 10 samples
+    for v in (0, 1):
+        inputs = torch.stack([flips.view(i, v)[0] for i in range(10)])
+        torch.testing.assert_close(cache.features[10 * v : 10 * v + 10], cache.prefix(inputs))
+    # replay: each sample's features are those of one of its two views
+    all_views = {v: cache.features[10 * v : 10 * v + 10] for v in (0, 1)}
+    seen: set[int] = set()
+    for f, y in cache.batches():
+        for row, target in zip(f, y):
+            hits = [
+                (i, v)
+                for v in (0, 1)
+                for i in range(10)
+                if torch.equal(row, all_views[v][i]) and flips.dataset[i][1] == target
+            ]
+            assert hits
+            seen.add(hits[0][1])
+    assert seen == {0, 1}

@@ -101,3 +101,53 @@ def test_uncacheable_model_trains_normally_with_a_reason(
     assert all("without the feature cache" in n and "cannot be cut" in n for n in notes)
     assert len(history.epochs) == 4
     assert capsys.readouterr().out == ""  # quiet=True: recorded, not printed
+
+
+def test_cached_fit_with_random_views_matches_uncached_fit() -> None:
+    """Random flips drawn per sample: the cached run draws the same views (and every other
+    random number) as the uncached one, so losses and weights agree."""
+
+    def run_views(cached: bool) -> tuple[ff.loop.History, Net]:
+        torch.manual_seed(0)
+        model = Net(block_dropout=0.3)
+        flips = ff.Views(data(48), [lambda x: x, lambda x: x.flip(-1)])
+        history = fit(
+            model,
+            DataLoader(
+                flips, batch_size=8, shuffle=True, generator=torch.Generator().manual_seed(3)
+            ),
+            val_data=DataLoader(data(16), batch_size=8),
+            schedule=schedule(),
+            optimizer=torch.optim.SGD,
+            epochs=4,
+            eval_frozen=True,
+            cache=cached,
+            quiet=True,
+            seed=0,
+        )
+        return history, model
+
+    plain, m1 = run_views(False)
+    cached, m2 = run_views(True)
+    assert [r["kind"] for r in cached.records].count("note") == 3  # really cached
+    for a, b in zip(plain.epochs, cached.epochs):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5, abs=1e-6)
+        assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-5, abs=1e-6)
+    for (name, p), q in zip(m1.named_parameters(), m2.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6, msg=name)
+    # and the views matter: without them the run trains differently
+    torch.manual_seed(0)
+    model = Net(block_dropout=0.3)
+    fit(
+        model,
+        DataLoader(
+            data(48), batch_size=8, shuffle=True, generator=torch.Generator().manual_seed(3)
+        ),
+        schedule=schedule(),
+        optimizer=torch.optim.SGD,
+        epochs=4,
+        eval_frozen=True,
+        quiet=True,
+        seed=0,
+    )
+    assert not torch.allclose(model.head[1].weight, m1.head[1].weight)

@@ -6,7 +6,7 @@ result.
 """
 
 from freezeflow.blocks import Block, clear_blocks, find_blocks, is_norm_layer, set_blocks
-from freezeflow.cache import FeatureCache
+from freezeflow.cache import FeatureCache, Views
 from freezeflow.callbacks import Callback, EarlyStopping, ProgressBar
 from freezeflow.checkpoint import Checkpoint, load_checkpoint
 from freezeflow.errors import (
@@ -97,6 +97,7 @@ __all__ = [
     "TiedParameterError",
     "TrainingError",
     "Transition",
+    "Views",
     "__version__",
     "as_policy",
     "at_epoch",

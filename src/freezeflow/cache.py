@@ -25,7 +25,7 @@ import contextlib
 import math
 import os
 import tempfile
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,7 +36,86 @@ from torch.utils.data import DataLoader, Dataset
 
 from freezeflow.blocks import find_blocks, is_norm_layer
 
-__all__ = ["CacheRefused", "FeatureCache", "frozen_prefix"]
+__all__ = ["CacheRefused", "FeatureCache", "Views", "frozen_prefix"]
+
+
+class Views(Dataset[Any]):
+    """A dataset whose samples come in a few deterministic variants ("views"), one of them
+    drawn at random each time a sample is read: random augmentation that
+    ``fit(cache=True)`` can still cache.
+
+    Random augmentation normally rules the feature cache out, since the frozen prefix then
+    sees different inputs every epoch. With a small, fixed set of views (the image and its
+    mirror image, a few crops) the cache computes the prefix once per view and replays, for
+    each sample of each batch, the view drawn for it, so a cached run draws the same random
+    numbers and trains on the same views as an uncached one.
+
+    Args:
+        dataset: a map-style dataset of ``(inputs, target, ...)`` samples.
+        views: functions applied to a sample's inputs, e.g. ``[lambda x: x, hflip]``; each
+            must be deterministic.
+        generator: the random generator of the draws (the global one by default).
+
+    Example:
+        >>> import torch
+        >>> from torch.utils.data import TensorDataset
+        >>> data = TensorDataset(torch.arange(6.0).reshape(1, 1, 2, 3), torch.tensor([0]))
+        >>> flips = Views(data, [lambda x: x, lambda x: x.flip(-1)])
+        >>> flips.view(0, 1)[0].tolist()
+        [[[2.0, 1.0, 0.0], [5.0, 4.0, 3.0]]]
+    """
+
+    def __init__(
+        self,
+        dataset: Dataset[Any],
+        views: Sequence[Callable[[Any], Any]],
+        *,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        if not (hasattr(dataset, "__getitem__") and hasattr(dataset, "__len__")):
+            raise TypeError(
+                f"Views(dataset={type(dataset).__name__}): expected a map-style dataset "
+                "(with __getitem__ and __len__)"
+            )
+        views = list(views)
+        if not views or not all(callable(v) for v in views):
+            raise TypeError(
+                f"Views(views={views!r}): expected a non-empty sequence of functions of a "
+                "sample's inputs; hint: include the identity, lambda x: x, for the sample itself"
+            )
+        self.dataset = dataset
+        self.views = views
+        self.generator = generator
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def draw(self) -> int:
+        """A random view index (one draw from the generator)."""
+        return int(torch.randint(len(self.views), (), generator=self.generator))
+
+    def view(self, index: int, v: int) -> Any:
+        """Sample ``index`` as seen through view ``v``."""
+        item = self.dataset[index]
+        if isinstance(item, tuple):
+            return (self.views[v](item[0]), *item[1:])
+        if isinstance(item, list):
+            return [self.views[v](item[0]), *item[1:]]
+        return self.views[v](item)
+
+    def __getitem__(self, index: int) -> Any:
+        return self.view(index, self.draw())
+
+
+class _OneView(Dataset[Any]):
+    def __init__(self, views: Views, v: int) -> None:
+        self.views, self.v = views, v
+
+    def __len__(self) -> int:
+        return len(self.views)
+
+    def __getitem__(self, index: int) -> Any:
+        return self.views.view(index, self.v)
 
 
 class CacheRefused(Exception):  # noqa: N818 - a refusal with a reason, not an error
@@ -164,6 +243,8 @@ class FeatureCache:
 
     def _sample(self, n: int = 4) -> torch.Tensor:
         dataset: Any = self.loader.dataset
+        if isinstance(dataset, Views):  # view 0, without drawing from the generator
+            dataset = _OneView(dataset, 0)
         items = [dataset[i] for i in range(min(n, len(dataset)))]
         if not items:
             raise CacheRefused("the dataset is empty")
@@ -312,31 +393,37 @@ class FeatureCache:
         only the blocks after its cut, on its features."""
         if self.source is not None:
             return self._build_from_source(self.source)
-        dataset: Dataset[Any] = self.loader.dataset
-        n = len(dataset)  # type: ignore[arg-type]
-        ordered = DataLoader(
-            dataset,
-            batch_size=self.loader.batch_size or 64,
-            shuffle=False,
-            num_workers=self.loader.num_workers,
-            collate_fn=self.loader.collate_fn,
-            generator=torch.Generator(),  # leave the global RNG untouched
+        dataset: Any = self.loader.dataset
+        parts = (
+            [_OneView(dataset, v) for v in range(len(dataset.views))]
+            if isinstance(dataset, Views)
+            else [dataset]
         )
+        n = sum(len(part) for part in parts)
         feats: torch.Tensor | np.memmap[Any, Any] | None = None
         targets: list[torch.Tensor] = []
         pos = 0
-        for batch in ordered:
-            if not isinstance(batch, (list, tuple)) or len(batch) < 2:
-                raise CacheRefused("batches must be (inputs, targets)")
-            f = self.prefix(batch[0].to(self.device))
-            if feats is None:
-                feats = self._allocate(n, f)
-            if isinstance(feats, torch.Tensor):
-                feats[pos : pos + len(f)] = f
-            else:
-                feats[pos : pos + len(f)] = f.cpu().numpy()
-            targets.append(torch.as_tensor(batch[1]))
-            pos += len(f)
+        for part in parts:
+            ordered = DataLoader(
+                part,
+                batch_size=self.loader.batch_size or 64,
+                shuffle=False,
+                num_workers=self.loader.num_workers,
+                collate_fn=self.loader.collate_fn,
+                generator=torch.Generator(),  # leave the global RNG untouched
+            )
+            for batch in ordered:
+                if not isinstance(batch, (list, tuple)) or len(batch) < 2:
+                    raise CacheRefused("batches must be (inputs, targets)")
+                f = self.prefix(batch[0].to(self.device))
+                if feats is None:
+                    feats = self._allocate(n, f)
+                if isinstance(feats, torch.Tensor):
+                    feats[pos : pos + len(f)] = f
+                else:
+                    feats[pos : pos + len(f)] = f.cpu().numpy()
+                targets.append(torch.as_tensor(batch[1]))
+                pos += len(f)
         if feats is None or pos != n:
             raise CacheRefused(f"the dataset yielded {pos} samples, expected {n}")
         self.features = feats if isinstance(feats, torch.Tensor) else torch.from_numpy(feats)
@@ -403,13 +490,17 @@ class FeatureCache:
         would give them (its sampler and generator are reused)."""
         if self.features is None or self.targets is None:
             raise CacheRefused("build() the cache first")
+        views = self.loader.dataset if isinstance(self.loader.dataset, Views) else None
+        n = len(views) if views is not None else len(self.targets)
         order: DataLoader[int] = DataLoader(
-            _Indices(len(self.targets)),
+            _Indices(n),
             batch_sampler=self.loader.batch_sampler,
             generator=self.loader.generator,
             collate_fn=_as_index_tensor,
         )
         for idx in order:
+            if views is not None:  # one draw per sample, in order, as the uncached loader's
+                idx = idx + n * torch.tensor([views.draw() for _ in range(len(idx))])
             yield self.features[idx].to(self.device), self.targets[idx]
 
     def __len__(self) -> int:
