@@ -3,10 +3,13 @@ stage cannot be cached."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import pytest
 import torch
 from test_cache import Net, Skip, data
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
 import freezeflow as ff
 from freezeflow.loop import fit
@@ -21,11 +24,22 @@ def schedule() -> ff.Schedule:
     )
 
 
-def run(cached: bool, model_cls: type[Net] = Net) -> tuple[ff.loop.History, Net]:
+def run(
+    cached: bool,
+    model_cls: type[Net] = Net,
+    dataset: Dataset[Any] | None = None,
+    hook: Callable[[Net], object] = lambda model: None,
+) -> tuple[ff.loop.History, Net]:
+    """Two-stage fit of ``model_cls`` on ``dataset`` (48 random samples by default);
+    ``hook(model)`` runs before training."""
     torch.manual_seed(0)
     model = model_cls(block_dropout=0.3)
+    hook(model)
     train = DataLoader(
-        data(48), batch_size=8, shuffle=True, generator=torch.Generator().manual_seed(3)
+        dataset if dataset is not None else data(48),
+        batch_size=8,
+        shuffle=True,
+        generator=torch.Generator().manual_seed(3),
     )
     val = DataLoader(data(16), batch_size=8)
     history = fit(
@@ -66,26 +80,13 @@ def test_cached_fit_matches_uncached_fit() -> None:
 def test_blocks_frozen_for_the_whole_schedule_run_once_per_sample() -> None:
     """The stem sees every training and validation sample once in a cached run (plus the
     few samples of the cut checks), however many stages and epochs follow."""
-    torch.manual_seed(0)
-    model = Net(block_dropout=0.3)
     seen = [0]
 
     def count(module: torch.nn.Module, args: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
         if args[0].shape[1] == 3:  # raw images; a replayed batch passes cached features through
             seen[0] += len(args[0])
 
-    model.stem.register_forward_hook(count)
-    fit(
-        model,
-        DataLoader(data(48), batch_size=8, shuffle=True),
-        val_data=DataLoader(data(16), batch_size=8),
-        schedule=schedule(),
-        optimizer=torch.optim.SGD,
-        epochs=4,
-        eval_frozen=True,
-        cache=True,
-        quiet=True,
-    )
+    run(cached=True, hook=lambda model: model.stem.register_forward_hook(count))
     checks = seen[0] - (48 + 16)
     assert 0 <= checks <= 2 * 24  # the cut checks run a few samples per stage
     # the uncached run pushes every sample through the stem in every epoch
@@ -107,28 +108,11 @@ def test_cached_fit_with_random_views_matches_uncached_fit() -> None:
     """Random flips drawn per sample: the cached run draws the same views (and every other
     random number) as the uncached one, so losses and weights agree."""
 
-    def run_views(cached: bool) -> tuple[ff.loop.History, Net]:
-        torch.manual_seed(0)
-        model = Net(block_dropout=0.3)
-        flips = ff.Views(data(48), [lambda x: x, lambda x: x.flip(-1)])
-        history = fit(
-            model,
-            DataLoader(
-                flips, batch_size=8, shuffle=True, generator=torch.Generator().manual_seed(3)
-            ),
-            val_data=DataLoader(data(16), batch_size=8),
-            schedule=schedule(),
-            optimizer=torch.optim.SGD,
-            epochs=4,
-            eval_frozen=True,
-            cache=cached,
-            quiet=True,
-            seed=0,
-        )
-        return history, model
+    def flips() -> ff.Views:
+        return ff.Views(data(48), [lambda x: x, lambda x: x.flip(-1)])
 
-    plain, m1 = run_views(False)
-    cached, m2 = run_views(True)
+    plain, m1 = run(cached=False, dataset=flips())
+    cached, m2 = run(cached=True, dataset=flips())
     assert [r["kind"] for r in cached.records].count("note") == 3  # really cached
     for a, b in zip(plain.epochs, cached.epochs):
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5, abs=1e-6)
@@ -136,18 +120,5 @@ def test_cached_fit_with_random_views_matches_uncached_fit() -> None:
     for (name, p), q in zip(m1.named_parameters(), m2.parameters()):
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6, msg=name)
     # and the views matter: without them the run trains differently
-    torch.manual_seed(0)
-    model = Net(block_dropout=0.3)
-    fit(
-        model,
-        DataLoader(
-            data(48), batch_size=8, shuffle=True, generator=torch.Generator().manual_seed(3)
-        ),
-        schedule=schedule(),
-        optimizer=torch.optim.SGD,
-        epochs=4,
-        eval_frozen=True,
-        quiet=True,
-        seed=0,
-    )
-    assert not torch.allclose(model.head[1].weight, m1.head[1].weight)
+    _, m3 = run(cached=False)
+    assert not torch.allclose(m3.head[1].weight, m1.head[1].weight)

@@ -416,12 +416,7 @@ class FeatureCache:
                 if not isinstance(batch, (list, tuple)) or len(batch) < 2:
                     raise CacheRefused("batches must be (inputs, targets)")
                 f = self.prefix(batch[0].to(self.device))
-                if feats is None:
-                    feats = self._allocate(n, f)
-                if isinstance(feats, torch.Tensor):
-                    feats[pos : pos + len(f)] = f
-                else:
-                    feats[pos : pos + len(f)] = f.cpu().numpy()
+                feats = self._store(feats, n, pos, f)
                 targets.append(torch.as_tensor(batch[1]))
                 pos += len(f)
         if feats is None or pos != n:
@@ -440,17 +435,24 @@ class FeatureCache:
             inputs = source.features[pos : pos + step].to(self.device)
             with source.replaying(inputs):
                 f = self.prefix(inputs)
-            if feats is None:
-                feats = self._allocate(n, f)
-            if isinstance(feats, torch.Tensor):
-                feats[pos : pos + len(f)] = f
-            else:
-                feats[pos : pos + len(f)] = f.cpu().numpy()
+            feats = self._store(feats, n, pos, f)
         if feats is None:
             raise CacheRefused("the dataset is empty")
         self.features = feats if isinstance(feats, torch.Tensor) else torch.from_numpy(feats)
         self.targets = source.targets
         return self
+
+    def _store(
+        self, feats: torch.Tensor | np.memmap[Any, Any] | None, n: int, pos: int, f: torch.Tensor
+    ) -> torch.Tensor | np.memmap[Any, Any]:
+        """Write the batch ``f`` at row ``pos`` of the ``n``-row store (allocated on first use)."""
+        if feats is None:
+            feats = self._allocate(n, f)
+        if isinstance(feats, torch.Tensor):
+            feats[pos : pos + len(f)] = f
+        else:
+            feats[pos : pos + len(f)] = f.cpu().numpy()
+        return feats
 
     def _allocate(self, n: int, sample: torch.Tensor) -> torch.Tensor | np.memmap[Any, Any]:
         shape = (n, *sample.shape[1:])
