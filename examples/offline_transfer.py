@@ -159,7 +159,7 @@ def freezeflow_schedule(args: argparse.Namespace) -> ff.Schedule:
     e2 = e1 + args.top_epochs
     norms = ff.norm_layers()
     stages = [
-        ff.Stage("_fc", lr=1e-3, name="head"),
+        ff.Stage("_fc", lr=args.head_lr, name="head"),
         ff.Stage(
             ff.last(4) - norms, lr=5e-4, lr_decay=0.5, weight_decay=1e-4, start=e1, name="top"
         ),
@@ -237,6 +237,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     p.add_argument("--image-size", type=int, default=128, help="input side in px (default 128)")
     p.add_argument("--epochs", type=int, default=7, help="epochs per recipe (default 7)")
     p.add_argument("--head-epochs", type=int, default=2, help="head-only epochs (default 2)")
+    p.add_argument("--head-lr", type=float, default=1e-3, help="freezeflow's head LR")
     p.add_argument(
         "--top-epochs", type=int, default=1, help="epochs of freezeflow's 'top' stage (default 1)"
     )
