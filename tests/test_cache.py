@@ -290,3 +290,71 @@ def test_a_views_cache_holds_every_view_and_replays_the_drawn_one() -> None:
             assert hits
             seen.add(hits[0][1])
     assert seen == {0, 1}
+
+
+class Flaky(torch.utils.data.Dataset):  # type: ignore[type-arg]
+    """``data(n)`` whose sample ``fail_at`` raises ``error`` (a read error mid-build)."""
+
+    def __init__(self, n: int, fail_at: int, error: BaseException) -> None:
+        self.base, self.fail_at, self.error = data(n), fail_at, error
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if i == self.fail_at:
+            raise self.error
+        return self.base[i]  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize("error", [OSError("disk gone"), KeyboardInterrupt()], ids=repr)
+def test_a_failed_build_frees_its_memory_mapped_file(error: BaseException, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    model = Net()
+    ff.freeze(model, ff.first(3))
+    cache = FeatureCache(
+        model, DataLoader(Flaky(24, 17, error), batch_size=8), max_bytes=0, disk_dir=tmp_path
+    )
+    with pytest.raises(type(error)):
+        cache.build()
+    assert cache.features is None
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_dataset_that_draws_random_numbers_is_refused_and_its_rng_left_alone() -> None:
+    class Jitter(torch.utils.data.Dataset):  # type: ignore[type-arg]
+        def __len__(self) -> int:
+            return 8
+
+        def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+            return torch.randn(3, 8, 8), torch.tensor(i % 4)  # random augmentation
+
+    model = Net()
+    ff.freeze(model, ff.first(3))
+    state = torch.get_rng_state()
+    cache = FeatureCache(model, DataLoader(Jitter(), batch_size=4))
+    with pytest.raises(CacheRefused, match="draws random numbers"):
+        cache.check()
+    assert torch.equal(state, torch.get_rng_state()), "the checks must not move the RNG"
+    # a Views nested in another dataset draws when read: refused too
+    nested = torch.utils.data.Subset(ff.Views(data(8), [lambda x: x, hflip]), range(8))
+    with pytest.raises(CacheRefused, match="draws random numbers"):
+        FeatureCache(model, DataLoader(nested, batch_size=4)).check()
+
+
+def test_views_with_worker_processes_are_not_cached_and_draw_anew_each_epoch() -> None:
+    model = Net()
+    ff.freeze(model, ff.first(3))
+    flips = ff.Views(data(8), [lambda x: x, hflip], generator=torch.Generator().manual_seed(0))
+    loader = DataLoader(flips, batch_size=4, num_workers=2)
+    with pytest.raises(CacheRefused, match="worker process"):
+        FeatureCache(model, loader)
+    epochs = []
+    for _ in range(3):  # a copied generator would give every worker the same draws each epoch
+        epochs.append(
+            tuple(
+                int(not torch.equal(x, data(8)[4 * b + j][0]))
+                for b, (xs, _) in enumerate(loader)
+                for j, x in enumerate(xs)
+            )
+        )
+    assert len(set(epochs)) > 1

@@ -122,3 +122,58 @@ def test_cached_fit_with_random_views_matches_uncached_fit() -> None:
     # and the views matter: without them the run trains differently
     _, m3 = run(cached=False)
     assert not torch.allclose(m3.head[1].weight, m1.head[1].weight)
+
+
+class SkipMid(Net):
+    """``blocks.0``'s output also reaches the head: the model can be cut after ``blocks.0``
+    (the shared base of :func:`schedule`) but not after ``blocks.1`` (the first stage's cut)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.bn(self.stem(x)))
+        s = x = self.blocks[0](x)
+        for block in self.blocks[1:]:
+            x = block(x)
+        return self.head((x + s).mean((2, 3)))
+
+
+def test_a_stage_whose_own_cut_is_refused_replays_the_shared_blocks() -> None:
+    plain, m1 = run(cached=False, model_cls=SkipMid)
+    cached, m2 = run(cached=True, model_cls=SkipMid)
+    for a, b in zip(plain.epochs, cached.epochs):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5, abs=1e-6)
+    for (name, p), q in zip(m1.named_parameters(), m2.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6, msg=name)
+    notes = [(r["epoch"], r["message"]) for r in cached.records if r["kind"] == "note"]
+    assert [e for e, _ in notes] == [0, 0, 2]  # once per stage, not once per epoch
+    assert "caching blocks 0-1, frozen for the rest" in notes[0][1]
+    assert "replaying only the cached blocks 0-1" in notes[1][1]
+    assert "cannot be cut" in notes[1][1]
+    assert "replaying the cached blocks 0-1" in notes[2][1]
+
+
+@pytest.mark.parametrize("interrupt", [False, True], ids=["error", "ctrl-c"])
+def test_no_cache_file_outlives_a_failed_fit(interrupt: bool, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from test_cache import Flaky
+
+    torch.manual_seed(0)
+    error: BaseException = KeyboardInterrupt() if interrupt else OSError("read error")
+    val = DataLoader(Flaky(16, 11, error), batch_size=8)  # fails while the base is built
+    kwargs: dict[str, Any] = {"cache_dir": tmp_path, "cache_max_bytes": 0}
+    call = lambda: fit(  # noqa: E731
+        Net(block_dropout=0.3),
+        DataLoader(data(48), batch_size=8, shuffle=True),
+        val_data=val,
+        schedule=schedule(),
+        optimizer=torch.optim.SGD,
+        epochs=4,
+        eval_frozen=True,
+        cache=True,
+        quiet=True,
+        **kwargs,
+    )
+    if interrupt:
+        assert call().interrupted
+    else:
+        with pytest.raises(OSError, match="read error"):
+            call()
+    assert not list(tmp_path.iterdir())

@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import random
 import tempfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -32,7 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, get_worker_info
 
 from freezeflow.blocks import find_blocks, is_norm_layer
 
@@ -91,8 +92,11 @@ class Views(Dataset[Any]):
         return len(self.dataset)
 
     def draw(self) -> int:
-        """A random view index (one draw from the generator)."""
-        return int(torch.randint(len(self.views), (), generator=self.generator))
+        """A random view index (one draw from the generator). In a ``DataLoader`` worker
+        process the draw comes from the worker's own seeded RNG instead: a generator copied
+        into every worker would repeat the same draws in each of them, every epoch."""
+        generator = self.generator if get_worker_info() is None else None
+        return int(torch.randint(len(self.views), (), generator=generator))
 
     def view(self, index: int, v: int) -> Any:
         """Sample ``index`` as seen through view ``v``."""
@@ -199,6 +203,12 @@ class FeatureCache:
         dataset: Any = loader.dataset
         if not (hasattr(dataset, "__getitem__") and hasattr(dataset, "__len__")):
             raise CacheRefused("caching needs a DataLoader over a map-style dataset")
+        if isinstance(dataset, Views) and loader.num_workers > 0:
+            raise CacheRefused(
+                f"the views are drawn in {loader.num_workers} DataLoader worker process(es), "
+                "where a cached replay cannot draw the same ones; hint: num_workers=0 (epochs "
+                "on cached features need no workers)"
+            )
         self.model = model
         self.loader: DataLoader[Any] = loader
         self.device = torch.device(device) if device is not None else _model_device(model)
@@ -222,6 +232,7 @@ class FeatureCache:
         self.features: torch.Tensor | None = None
         self.targets: torch.Tensor | None = None
         self._memmap_path: str | None = None
+        self._dataset_draws = False
         self._plan = self._find_replay(k)
         self.signature = self._signature()
 
@@ -245,7 +256,12 @@ class FeatureCache:
         dataset: Any = self.loader.dataset
         if isinstance(dataset, Views):  # view 0, without drawing from the generator
             dataset = _OneView(dataset, 0)
-        items = [dataset[i] for i in range(min(n, len(dataset)))]
+        before = _global_rng()
+        try:
+            items = [dataset[i] for i in range(min(n, len(dataset)))]
+        finally:  # reading samples here must not shift the training's random numbers
+            self._dataset_draws = self._dataset_draws or not _same_rng(before, _global_rng())
+            _set_global_rng(before)
         if not items:
             raise CacheRefused("the dataset is empty")
         collate: Any = self.loader.collate_fn
@@ -331,6 +347,11 @@ class FeatureCache:
         """Refuse (raise :class:`CacheRefused`) unless replaying cached features gives the
         model's own outputs, and the prefix is deterministic in the model's current mode."""
         x = self._sample(4)
+        if self._dataset_draws:
+            raise CacheRefused(
+                "reading a sample draws random numbers (random augmentation?), so the inputs "
+                "change every epoch; hint: ff.Views(dataset, [...]) for a few fixed variants"
+            )
         was_training = self.model.training
         try:
             self.model.eval()
@@ -390,9 +411,17 @@ class FeatureCache:
     # ------------------------------------------------------------------ building
     def build(self) -> FeatureCache:
         """Run the prefix once over the whole dataset (in dataset order); with a ``source``,
-        only the blocks after its cut, on its features."""
-        if self.source is not None:
-            return self._build_from_source(self.source)
+        only the blocks after its cut, on its features. A failed or interrupted build frees
+        what it had written (memory-mapped file included) before raising."""
+        try:
+            if self.source is not None:
+                return self._build_from_source(self.source)
+            return self._build_from_inputs()
+        except BaseException:
+            self.close()
+            raise
+
+    def _build_from_inputs(self) -> FeatureCache:
         dataset: Any = self.loader.dataset
         parts = (
             [_OneView(dataset, v) for v in range(len(dataset.views))]
@@ -543,3 +572,27 @@ def _as_index_tensor(batch: Sequence[int]) -> torch.Tensor:
 def _model_device(model: nn.Module) -> torch.device:
     p = next(model.parameters(), None)
     return p.device if p is not None else torch.device("cpu")
+
+
+_RngState = tuple[torch.Tensor, Any, Any]
+
+
+def _global_rng() -> _RngState:
+    """The global random states a dataset may draw from: torch (CPU), Python, NumPy."""
+    return torch.get_rng_state(), random.getstate(), np.random.get_state()
+
+
+def _same_rng(a: _RngState, b: _RngState) -> bool:
+    return (
+        torch.equal(a[0], b[0])
+        and a[1] == b[1]
+        and a[2][0] == b[2][0]
+        and bool(np.array_equal(a[2][1], b[2][1]))
+        and tuple(a[2][2:]) == tuple(b[2][2:])
+    )
+
+
+def _set_global_rng(state: _RngState) -> None:
+    torch.set_rng_state(state[0])
+    random.setstate(state[1])
+    np.random.set_state(state[2])

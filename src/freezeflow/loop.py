@@ -216,6 +216,8 @@ class Run:
     cache_base: FeatureCache | None = None
     """The blocks frozen until the schedule ends, cached once for all stages."""
     val_cache_base: FeatureCache | None = None
+    cache_for: int | None = None
+    """The frozen prefix (in blocks) the caches were last set up, or refused, for."""
     ddp: ffd.DDPWrapper | None = None
     """Under ``torchrun`` (world size > 1): the DDP wrapper the training forward runs
     through; ``model`` stays the plain module (checkpoints, evaluation)."""
@@ -586,89 +588,109 @@ def _refresh_caches(run: Run) -> None:
 
     With a schedule, the blocks that stay frozen until it ends are computed once, as a shared
     *base*; each stage's cache is then built from the base's features by running only the
-    frozen blocks after it, and a stage whose frozen prefix is the base replays the base."""
+    frozen blocks after it, and a stage whose frozen prefix is the base (or whose own cut is
+    refused) replays the base."""
     if not run.cache_features:
         return
     k = frozen_prefix(run.model)
-    if run.cache is not None and run.cache.still_valid() and run.cache.boundary == k:
-        return
+    if run.cache_for == k and (run.cache is None or run.cache.still_valid()):
+        return  # set up (or refused) for this prefix already
     _close_caches(run, keep_base=True)
+    run.cache_for = k
     floor = k
     if run.unfreezer is not None:
         floor = min(k, frozen_prefix(run.model, will_train=run.unfreezer.trained_later()))
     was_training = run.model.training
-    started = time.perf_counter()
     try:
-        base, val_base = _base_caches(run, floor) if 0 < floor < k else (None, None)
-        if base is not None and run.cache_base is None:
-            mib = (base.nbytes + (val_base.nbytes if val_base is not None else 0)) / 2**20
-            run.note(
-                f"caching blocks 0-{floor - 1}, frozen for the rest of the schedule: "
-                f"{mib:.1f} MiB of features in {time.perf_counter() - started:.1f} s"
-            )
-            run.cache_base, run.val_cache_base = base, val_base
-            started = time.perf_counter()
-        if run.cache_base is not None and run.cache_base.boundary == k:
-            run.cache, run.val_cache = run.cache_base, run.val_cache_base
+        if 0 < floor < k:
+            _ensure_base(run, floor)
+        base = run.cache_base
+        if base is not None and not (base.still_valid() and base.boundary <= k):
+            _close_caches(run, keep_base=False)  # its blocks are no longer all frozen
+            base = None
+        if base is not None and base.boundary == k:
+            run.cache, run.val_cache = base, run.val_cache_base
             run.note(f"replaying the cached blocks 0-{k - 1}")
             return
-        run.model.train()
-        train = FeatureCache(
-            run.model, run.train_data, device=run.device, source=base, **run.cache_options
-        )
-        train.check()
-        val = None
-        if run.val_data is not None:
-            val = FeatureCache(
-                run.model,
-                run.val_data,
-                boundary=train.boundary,
-                device=run.device,
-                source=val_base,
-                **run.cache_options,
-            )
-        run.cache = train.build()
-        run.model.eval()  # validation features as evaluation computes them
-        run.val_cache = val.build() if val is not None else None
-        mib = (run.cache.nbytes + (val.nbytes if val is not None else 0)) / 2**20
-        first = base.boundary if base is not None else 0
-        run.note(
-            f"caching the frozen prefix (blocks {first}-{train.boundary - 1}"
-            f"{' on the cached blocks before them' if base is not None else ''}): {mib:.1f} MiB "
-            f"of features in {time.perf_counter() - started:.1f} s"
-        )
-    except CacheRefused as why:
-        _close_caches(run, keep_base=False)
-        run.note(f"training without the feature cache this stage: {why}")
+        try:
+            _build_stage_caches(run, base)
+        except CacheRefused as why:
+            _close_caches(run, keep_base=True)
+            if base is None:
+                run.note(f"training without the feature cache this stage: {why}")
+                return
+            run.cache, run.val_cache = base, run.val_cache_base
+            run.note(f"replaying only the cached blocks 0-{base.boundary - 1}: {why}")
     finally:
         run.model.train(was_training)
 
 
-def _base_caches(run: Run, floor: int) -> tuple[FeatureCache | None, FeatureCache | None]:
-    """The shared caches of the ``floor`` blocks frozen until the schedule ends (built once;
-    ``(None, None)`` when they cannot be cached, and each stage then caches on its own)."""
+def _build_stage_caches(run: Run, base: FeatureCache | None) -> None:
+    """This stage's caches, from ``base``'s features when there is one."""
+    started = time.perf_counter()
+    run.model.train()
+    train = FeatureCache(
+        run.model, run.train_data, device=run.device, source=base, **run.cache_options
+    )
+    train.check()
+    val = None
+    if run.val_data is not None:
+        val = FeatureCache(
+            run.model,
+            run.val_data,
+            boundary=train.boundary,
+            device=run.device,
+            source=run.val_cache_base if base is not None else None,
+            **run.cache_options,
+        )
+    run.cache = train.build()
+    run.model.eval()  # validation features as evaluation computes them
+    run.val_cache = val.build() if val is not None else None
+    mib = (run.cache.nbytes + (val.nbytes if val is not None else 0)) / 2**20
+    first = base.boundary if base is not None else 0
+    run.note(
+        f"caching the frozen prefix (blocks {first}-{train.boundary - 1}"
+        f"{' on the cached blocks before them' if base is not None else ''}): {mib:.1f} MiB "
+        f"of features in {time.perf_counter() - started:.1f} s"
+    )
+
+
+def _ensure_base(run: Run, floor: int) -> None:
+    """Build the shared caches of the ``floor`` blocks frozen until the schedule ends (once;
+    left unset when they cannot be cached, and each stage then caches on its own)."""
     base = run.cache_base
     if base is not None and base.still_valid() and base.boundary == floor:
-        return base, run.val_cache_base
+        return
     _close_caches(run, keep_base=False)
+    started = time.perf_counter()
+    train = val = None
     try:
         run.model.train()
-        base = FeatureCache(
+        train = FeatureCache(
             run.model, run.train_data, boundary=floor, device=run.device, **run.cache_options
         )
-        base.check()
-        val = None
+        train.check()
         if run.val_data is not None:
             val = FeatureCache(
                 run.model, run.val_data, boundary=floor, device=run.device, **run.cache_options
             )
-        base.build()
+        train.build()
         run.model.eval()
         if val is not None:
             val.build()
-    except CacheRefused:
-        return None, None
-    return base, val
+    except BaseException as exc:
+        for c in (train, val):
+            if c is not None:
+                c.close()
+        if isinstance(exc, CacheRefused):
+            return
+        raise
+    run.cache_base, run.val_cache_base = train, val
+    mib = (train.nbytes + (val.nbytes if val is not None else 0)) / 2**20
+    run.note(
+        f"caching blocks 0-{floor - 1}, frozen for the rest of the schedule: "
+        f"{mib:.1f} MiB of features in {time.perf_counter() - started:.1f} s"
+    )
 
 
 def _close_caches(run: Run, *, keep_base: bool) -> None:
