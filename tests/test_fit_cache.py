@@ -29,6 +29,7 @@ def run(
     model_cls: type[Net] = Net,
     dataset: Dataset[Any] | None = None,
     hook: Callable[[Net], object] = lambda model: None,
+    sched: ff.Schedule | None = None,
 ) -> tuple[ff.loop.History, Net]:
     """Two-stage fit of ``model_cls`` on ``dataset`` (48 random samples by default);
     ``hook(model)`` runs before training."""
@@ -46,7 +47,7 @@ def run(
         model,
         train,
         val_data=val,
-        schedule=schedule(),
+        schedule=sched if sched is not None else schedule(),
         optimizer=torch.optim.SGD,
         epochs=4,
         eval_frozen=True,  # dropout in frozen blocks off: the prefix is deterministic
@@ -177,3 +178,25 @@ def test_no_cache_file_outlives_a_failed_fit(interrupt: bool, tmp_path) -> None:
         with pytest.raises(OSError, match="read error"):
             call()
     assert not list(tmp_path.iterdir())
+
+
+def test_a_stage_that_unfreezes_cached_blocks_mid_epoch_finishes_the_epoch_uncached() -> None:
+    mid = ff.Schedule(
+        [
+            ff.Stage(ff.last(2), lr=0.05),
+            ff.Stage(ff.last(4), lr=0.02, start=ff.at_step(9)),  # epoch 1, batch 3 of 6
+        ]
+    )
+    plain, m1 = run(cached=False, sched=mid)
+    cached, m2 = run(cached=True, sched=mid)
+    for a, b in zip(plain.epochs, cached.epochs):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5, abs=1e-6)
+        assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-5, abs=1e-6)
+    for (name, p), q in zip(m1.named_parameters(), m2.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6, msg=name)
+    notes = [(r["epoch"], r["message"]) for r in cached.records if r["kind"] == "note"]
+    assert (
+        1,
+        "a stage unfroze cached blocks mid-epoch: the rest of the epoch runs uncached",
+    ) in notes
+    assert any(e == 2 and m.startswith(("caching", "replaying")) for e, m in notes)

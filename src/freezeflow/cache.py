@@ -37,7 +37,7 @@ from torch.utils.data import DataLoader, Dataset, get_worker_info
 
 from freezeflow.blocks import find_blocks, is_norm_layer
 
-__all__ = ["CacheRefused", "FeatureCache", "Views", "frozen_prefix"]
+__all__ = ["CacheRefused", "CachedEpoch", "FeatureCache", "Views", "frozen_prefix"]
 
 
 class Views(Dataset[Any]):
@@ -516,7 +516,7 @@ class FeatureCache:
         return self.features.numel() * self.features.element_size()
 
     # ------------------------------------------------------------------ replay
-    def batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def batches(self) -> CachedEpoch:
         """One epoch of ``(features, targets)`` batches, in the order the original loader
         would give them (its sampler and generator are reused)."""
         if self.features is None or self.targets is None:
@@ -529,13 +529,40 @@ class FeatureCache:
             generator=self.loader.generator,
             collate_fn=_as_index_tensor,
         )
-        for idx in order:
-            if views is not None:  # one draw per sample, in order, as the uncached loader's
-                idx = idx + n * torch.tensor([views.draw() for _ in range(len(idx))])
-            yield self.features[idx].to(self.device), self.targets[idx]
+        return CachedEpoch(self, iter(order), n)
 
     def __len__(self) -> int:
         return len(self.loader)
+
+
+class CachedEpoch(Iterator[tuple[torch.Tensor, torch.Tensor]]):
+    """An epoch of cached batches (:meth:`FeatureCache.batches`); :meth:`rest_uncached`
+    gives the batches still to come as the original loader would (inputs, not features),
+    for when the prefix stops being frozen in the middle of the epoch."""
+
+    def __init__(self, cache: FeatureCache, order: Iterator[torch.Tensor], n: int) -> None:
+        self.cache, self.order, self.n = cache, order, n
+        dataset = cache.loader.dataset
+        self.views = dataset if isinstance(dataset, Views) else None
+
+    def __iter__(self) -> CachedEpoch:
+        return self
+
+    def __next__(self) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = next(self.order)
+        features, targets = self.cache.features, self.cache.targets
+        if features is None or targets is None:
+            raise RuntimeError("the cache was closed during the epoch")
+        if self.views is not None:  # one draw per sample, in order, as the uncached loader's
+            idx = idx + self.n * torch.tensor([self.views.draw() for _ in range(len(idx))])
+        return features[idx].to(self.cache.device), targets[idx]
+
+    def rest_uncached(self) -> Iterator[Any]:
+        """The rest of the epoch's batches, read from the dataset and collated."""
+        dataset: Any = self.cache.loader.dataset
+        collate: Any = self.cache.loader.collate_fn
+        for idx in self.order:
+            yield collate([dataset[int(i)] for i in idx])
 
 
 class _Replay:

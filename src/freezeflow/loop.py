@@ -29,7 +29,7 @@ from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
 from torch.utils.data import DataLoader, DistributedSampler
 
 from freezeflow import distributed as ffd
-from freezeflow.cache import CacheRefused, FeatureCache, frozen_prefix
+from freezeflow.cache import CachedEpoch, CacheRefused, FeatureCache, frozen_prefix
 from freezeflow.callbacks import Callback, ProgressBar, lookup
 from freezeflow.checkpoint import Checkpoint, find_checkpoint, restore, rng_state, set_rng_state
 from freezeflow.errors import FreezeflowWarning, OptimizerError, ScheduleError, TrainingError
@@ -217,6 +217,7 @@ class Run:
     """The blocks frozen until the schedule ends, cached once for all stages."""
     val_cache_base: FeatureCache | None = None
     cache_for: int | None = None
+    cache_stale: bool = False
     """The frozen prefix (in blocks) the caches were last set up, or refused, for."""
     ddp: ffd.DDPWrapper | None = None
     """Under ``torchrun`` (world size > 1): the DDP wrapper the training forward runs
@@ -241,6 +242,8 @@ class Run:
         for t in transitions:
             self.history.add_transition(t)
             self.emit("on_stage_change", t)
+        if transitions and self.cache is not None and not self.cache.still_valid():
+            self.cache_stale = True  # unfrozen inside the cached prefix, mid-epoch
 
     def autocast(self) -> torch.autocast:
         dtype = self.amp_dtype or torch.bfloat16  # the dtype does not matter when disabled
@@ -426,29 +429,20 @@ def fit(
 def _train_epoch(run: Run) -> None:
     run.model.train()
     start = time.perf_counter() - run.seconds
+    batches = _epoch_batches(run)
     with _replaying(run.cache) as replay:  # cached prefix features, when fit(cache=True)
-        for batch in _epoch_batches(run):
-            run.emit("on_batch_start")
-            inputs, targets = _to_device(_split(batch), run.device)
-            replay.features = inputs
-            with run.autocast():
-                loss = _loss(run, _forward(run, inputs, train=True), targets)
-            run.loss, run.batch_size = loss.item(), _batch_size(inputs)
-            if not math.isfinite(run.loss):
-                raise TrainingError(
-                    f"the loss is {run.loss} at epoch {run.epoch}, batch {run.batch} "
-                    f"(optimizer step {run.step}); training stopped and nothing was saved "
-                    "after the last good checkpoint; hint: lower the learning rate, set "
-                    "grad_clip=, or look for NaN/inf in the inputs"
-                )
-            run.scaler.scale(loss / run.accumulate).backward()  # type: ignore[no-untyped-call]
-            run.batch += 1
-            if run.batch % run.accumulate == 0:
-                _optimizer_step(run)
-            run.loss_sum += run.loss * run.batch_size
-            run.samples += run.batch_size
-            run.seconds = time.perf_counter() - start
-            run.emit("on_batch_end")
+        for batch in batches:
+            _train_batch(run, batch, replay, start)
+            if run.cache_stale:
+                break
+    if run.cache_stale and isinstance(batches, CachedEpoch):
+        # a stage unfroze blocks inside the cached prefix mid-epoch: the rest of the epoch
+        # (and its evaluation) runs on the inputs; the next epoch caches the new prefix
+        run.note("a stage unfroze cached blocks mid-epoch: the rest of the epoch runs uncached")
+        _close_caches(run, keep_base=True)
+        run.cache_for, run.cache_stale = None, False
+        for batch in batches.rest_uncached():
+            _train_batch(run, batch, _NoReplay(), start)
     if run.batch == 0:
         raise TrainingError(
             f"train_data yielded no batches in epoch {run.epoch}; hint: check that the "
@@ -456,6 +450,30 @@ def _train_epoch(run: Run) -> None:
         )
     if any(p.grad is not None for g in run.optimizer.param_groups for p in g["params"]):
         _optimizer_step(run)  # the last, partial accumulation window
+
+
+def _train_batch(run: Run, batch: Any, replay: Any, start: float) -> None:
+    run.emit("on_batch_start")
+    inputs, targets = _to_device(_split(batch), run.device)
+    replay.features = inputs
+    with run.autocast():
+        loss = _loss(run, _forward(run, inputs, train=True), targets)
+    run.loss, run.batch_size = loss.item(), _batch_size(inputs)
+    if not math.isfinite(run.loss):
+        raise TrainingError(
+            f"the loss is {run.loss} at epoch {run.epoch}, batch {run.batch} "
+            f"(optimizer step {run.step}); training stopped and nothing was saved "
+            "after the last good checkpoint; hint: lower the learning rate, set "
+            "grad_clip=, or look for NaN/inf in the inputs"
+        )
+    run.scaler.scale(loss / run.accumulate).backward()  # type: ignore[no-untyped-call]
+    run.batch += 1
+    if run.batch % run.accumulate == 0:
+        _optimizer_step(run)
+    run.loss_sum += run.loss * run.batch_size
+    run.samples += run.batch_size
+    run.seconds = time.perf_counter() - start
+    run.emit("on_batch_end")
 
 
 def _optimizer_step(run: Run) -> None:
@@ -592,6 +610,7 @@ def _refresh_caches(run: Run) -> None:
     refused) replays the base."""
     if not run.cache_features:
         return
+    run.cache_stale = False  # a stage change at the epoch's start is handled right here
     k = frozen_prefix(run.model)
     if run.cache_for == k and (run.cache is None or run.cache.still_valid()):
         return  # set up (or refused) for this prefix already
