@@ -209,6 +209,8 @@ class FeatureCache:
                 "where a cached replay cannot draw the same ones; hint: num_workers=0 (epochs "
                 "on cached features need no workers)"
             )
+        self.views: Views | None = dataset if isinstance(dataset, Views) else None
+        """The loader's dataset when it is a :class:`Views` (one cached block per view)."""
         self.model = model
         self.loader: DataLoader[Any] = loader
         self.device = torch.device(device) if device is not None else _model_device(model)
@@ -253,9 +255,8 @@ class FeatureCache:
         return out
 
     def _sample(self, n: int = 4) -> torch.Tensor:
-        dataset: Any = self.loader.dataset
-        if isinstance(dataset, Views):  # view 0, without drawing from the generator
-            dataset = _OneView(dataset, 0)
+        # a Views is read through view 0, without drawing from its generator
+        dataset: Any = _OneView(self.views, 0) if self.views is not None else self.loader.dataset
         before = _global_rng()
         try:
             items = [dataset[i] for i in range(min(n, len(dataset)))]
@@ -422,11 +423,11 @@ class FeatureCache:
             raise
 
     def _build_from_inputs(self) -> FeatureCache:
-        dataset: Any = self.loader.dataset
-        parts = (
-            [_OneView(dataset, v) for v in range(len(dataset.views))]
-            if isinstance(dataset, Views)
-            else [dataset]
+        views = self.views
+        parts: list[Any] = (
+            [_OneView(views, v) for v in range(len(views.views))]
+            if views is not None
+            else [self.loader.dataset]
         )
         n = sum(len(part) for part in parts)
         feats: torch.Tensor | np.memmap[Any, Any] | None = None
@@ -521,8 +522,7 @@ class FeatureCache:
         would give them (its sampler and generator are reused)."""
         if self.features is None or self.targets is None:
             raise CacheRefused("build() the cache first")
-        views = self.loader.dataset if isinstance(self.loader.dataset, Views) else None
-        n = len(views) if views is not None else len(self.targets)
+        n = len(self.views) if self.views is not None else len(self.targets)
         order: DataLoader[int] = DataLoader(
             _Indices(n),
             batch_sampler=self.loader.batch_sampler,
@@ -542,8 +542,7 @@ class CachedEpoch(Iterator[tuple[torch.Tensor, torch.Tensor]]):
 
     def __init__(self, cache: FeatureCache, order: Iterator[torch.Tensor], n: int) -> None:
         self.cache, self.order, self.n = cache, order, n
-        dataset = cache.loader.dataset
-        self.views = dataset if isinstance(dataset, Views) else None
+        self.views = cache.views
 
     def __iter__(self) -> CachedEpoch:
         return self

@@ -217,7 +217,6 @@ class Run:
     """The blocks frozen until the schedule ends, cached once for all stages."""
     val_cache_base: FeatureCache | None = None
     cache_for: int | None = None
-    cache_stale: bool = False
     """The frozen prefix (in blocks) the caches were last set up, or refused, for."""
     ddp: ffd.DDPWrapper | None = None
     """Under ``torchrun`` (world size > 1): the DDP wrapper the training forward runs
@@ -242,8 +241,6 @@ class Run:
         for t in transitions:
             self.history.add_transition(t)
             self.emit("on_stage_change", t)
-        if transitions and self.cache is not None and not self.cache.still_valid():
-            self.cache_stale = True  # unfrozen inside the cached prefix, mid-epoch
 
     def autocast(self) -> torch.autocast:
         dtype = self.amp_dtype or torch.bfloat16  # the dtype does not matter when disabled
@@ -430,17 +427,21 @@ def _train_epoch(run: Run) -> None:
     run.model.train()
     start = time.perf_counter() - run.seconds
     batches = _epoch_batches(run)
+    stage, stale = _stage_index(run), False
     with _replaying(run.cache) as replay:  # cached prefix features, when fit(cache=True)
         for batch in batches:
             _train_batch(run, batch, replay, start)
-            if run.cache_stale:
-                break
-    if run.cache_stale and isinstance(batches, CachedEpoch):
-        # a stage unfroze blocks inside the cached prefix mid-epoch: the rest of the epoch
-        # (and its evaluation) runs on the inputs; the next epoch caches the new prefix
+            if _stage_index(run) != stage:  # a stage began mid-epoch (step/fraction trigger)
+                stage = _stage_index(run)
+                if run.cache is not None and not run.cache.still_valid():
+                    stale = True
+                    break
+    if stale and isinstance(batches, CachedEpoch):
+        # the new stage unfroze blocks inside the cached prefix: the rest of the epoch (and
+        # its evaluation) runs on the inputs; the next epoch caches the new prefix
         run.note("a stage unfroze cached blocks mid-epoch: the rest of the epoch runs uncached")
         _close_caches(run, keep_base=True)
-        run.cache_for, run.cache_stale = None, False
+        run.cache_for = None
         for batch in batches.rest_uncached():
             _train_batch(run, batch, _NoReplay(), start)
     if run.batch == 0:
@@ -450,6 +451,10 @@ def _train_epoch(run: Run) -> None:
         )
     if any(p.grad is not None for g in run.optimizer.param_groups for p in g["params"]):
         _optimizer_step(run)  # the last, partial accumulation window
+
+
+def _stage_index(run: Run) -> int:
+    return run.unfreezer.stage if run.unfreezer is not None else -1
 
 
 def _train_batch(run: Run, batch: Any, replay: Any, start: float) -> None:
@@ -610,7 +615,6 @@ def _refresh_caches(run: Run) -> None:
     refused) replays the base."""
     if not run.cache_features:
         return
-    run.cache_stale = False  # a stage change at the epoch's start is handled right here
     k = frozen_prefix(run.model)
     if run.cache_for == k and (run.cache is None or run.cache.still_valid()):
         return  # set up (or refused) for this prefix already
@@ -631,47 +635,71 @@ def _refresh_caches(run: Run) -> None:
             run.cache, run.val_cache = base, run.val_cache_base
             run.note(f"replaying the cached blocks 0-{k - 1}")
             return
+        started = time.perf_counter()
         try:
-            _build_stage_caches(run, base)
+            run.cache, run.val_cache = _cache_pair(run, None, base, run.val_cache_base)
         except CacheRefused as why:
-            _close_caches(run, keep_base=True)
             if base is None:
                 run.note(f"training without the feature cache this stage: {why}")
                 return
             run.cache, run.val_cache = base, run.val_cache_base
             run.note(f"replaying only the cached blocks 0-{base.boundary - 1}: {why}")
+            return
+        first = base.boundary if base is not None else 0
+        run.note(
+            f"caching the frozen prefix (blocks {first}-{run.cache.boundary - 1}"
+            f"{' on the cached blocks before them' if base is not None else ''}): "
+            f"{_mib(run.cache, run.val_cache)} of features in "
+            f"{time.perf_counter() - started:.1f} s"
+        )
     finally:
         run.model.train(was_training)
 
 
-def _build_stage_caches(run: Run, base: FeatureCache | None) -> None:
-    """This stage's caches, from ``base``'s features when there is one."""
-    started = time.perf_counter()
-    run.model.train()
-    train = FeatureCache(
-        run.model, run.train_data, device=run.device, source=base, **run.cache_options
-    )
-    train.check()
-    val = None
-    if run.val_data is not None:
-        val = FeatureCache(
+def _cache_pair(
+    run: Run,
+    boundary: int | None,
+    base: FeatureCache | None,
+    val_base: FeatureCache | None,
+) -> tuple[FeatureCache, FeatureCache | None]:
+    """Build and return the training cache (in train mode) and the validation cache (in eval
+    mode, as evaluation computes it) of the prefix of ``boundary`` blocks (default: the frozen
+    prefix), from ``base``'s features when given. On any failure both are freed."""
+    train = val = None
+    try:
+        run.model.train()
+        train = FeatureCache(
             run.model,
-            run.val_data,
-            boundary=train.boundary,
+            run.train_data,
+            boundary=boundary,
             device=run.device,
-            source=run.val_cache_base if base is not None else None,
+            source=base,
             **run.cache_options,
         )
-    run.cache = train.build()
-    run.model.eval()  # validation features as evaluation computes them
-    run.val_cache = val.build() if val is not None else None
-    mib = (run.cache.nbytes + (val.nbytes if val is not None else 0)) / 2**20
-    first = base.boundary if base is not None else 0
-    run.note(
-        f"caching the frozen prefix (blocks {first}-{train.boundary - 1}"
-        f"{' on the cached blocks before them' if base is not None else ''}): {mib:.1f} MiB "
-        f"of features in {time.perf_counter() - started:.1f} s"
-    )
+        train.check()
+        if run.val_data is not None:
+            val = FeatureCache(
+                run.model,
+                run.val_data,
+                boundary=train.boundary,
+                device=run.device,
+                source=val_base if base is not None else None,
+                **run.cache_options,
+            )
+        train.build()
+        run.model.eval()
+        if val is not None:
+            val.build()
+    except BaseException:
+        for c in (train, val):
+            if c is not None:
+                c.close()
+        raise
+    return train, val
+
+
+def _mib(train: FeatureCache, val: FeatureCache | None) -> str:
+    return f"{(train.nbytes + (val.nbytes if val is not None else 0)) / 2**20:.1f} MiB"
 
 
 def _ensure_base(run: Run, floor: int) -> None:
@@ -682,33 +710,14 @@ def _ensure_base(run: Run, floor: int) -> None:
         return
     _close_caches(run, keep_base=False)
     started = time.perf_counter()
-    train = val = None
     try:
-        run.model.train()
-        train = FeatureCache(
-            run.model, run.train_data, boundary=floor, device=run.device, **run.cache_options
-        )
-        train.check()
-        if run.val_data is not None:
-            val = FeatureCache(
-                run.model, run.val_data, boundary=floor, device=run.device, **run.cache_options
-            )
-        train.build()
-        run.model.eval()
-        if val is not None:
-            val.build()
-    except BaseException as exc:
-        for c in (train, val):
-            if c is not None:
-                c.close()
-        if isinstance(exc, CacheRefused):
-            return
-        raise
-    run.cache_base, run.val_cache_base = train, val
-    mib = (train.nbytes + (val.nbytes if val is not None else 0)) / 2**20
+        run.cache_base, run.val_cache_base = _cache_pair(run, floor, None, None)
+    except CacheRefused:
+        return
     run.note(
         f"caching blocks 0-{floor - 1}, frozen for the rest of the schedule: "
-        f"{mib:.1f} MiB of features in {time.perf_counter() - started:.1f} s"
+        f"{_mib(run.cache_base, run.val_cache_base)} of features in "
+        f"{time.perf_counter() - started:.1f} s"
     )
 
 
