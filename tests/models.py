@@ -14,6 +14,7 @@ from torch import nn
 __all__ = [
     "FACTORIES",
     "MLP",
+    "RESNET18_BLOCKS",
     "NestedLists",
     "SmallCNN",
     "TinyLM",
@@ -137,6 +138,21 @@ def make_nested() -> NestedLists:
 def make_resnet18() -> nn.Module:
     torch.manual_seed(0)
     return torchvision.models.resnet18(weights=None)
+
+
+# the blocks find_blocks discovers in torchvision's ResNet18, input to output
+RESNET18_BLOCKS = (
+    "conv1+bn1",
+    "layer1.0",
+    "layer1.1",
+    "layer2.0",
+    "layer2.1",
+    "layer3.0",
+    "layer3.1",
+    "layer4.0",
+    "layer4.1",
+    "fc",
+)
 
 
 FACTORIES: dict[str, Callable[[], nn.Module]] = {

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 import torch
 import torchvision
+from models import RESNET18_BLOCKS
 from torch import nn
 from unfreezer_models import (
     BLOCKS,
@@ -21,19 +22,6 @@ from unfreezer_models import (
 )
 
 import freezeflow as ff
-
-RESNET18_BLOCKS = (
-    "conv1+bn1",
-    "layer1.0",
-    "layer1.1",
-    "layer2.0",
-    "layer2.1",
-    "layer3.0",
-    "layer3.1",
-    "layer4.0",
-    "layer4.1",
-    "fc",
-)
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -3,6 +3,7 @@ trip for every preset and every kind of policy."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from typing import Any
@@ -300,17 +301,8 @@ def test_round_trip_preserves_every_field() -> None:
     sched = _policy_schedule(ff.last(2))
     back = ff.Schedule.from_yaml(sched.to_yaml())
     for a, b in zip(sched, back):
-        for field in (
-            "trainable",
-            "lr",
-            "weight_decay",
-            "start",
-            "lr_decay",
-            "reset_state",
-            "exclusive",
-            "name",
-        ):
-            assert getattr(a, field) == getattr(b, field), field
+        for field in dataclasses.fields(ff.Stage):
+            assert getattr(a, field.name) == getattr(b, field.name), field.name
     assert back[2].lr == 1 / 2.6  # exact, not approximately
     assert back[1].start == OnPlateau(3, 0.01, "max", 7, "val_loss")
 
