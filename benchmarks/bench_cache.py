@@ -34,7 +34,7 @@ from common import load_efficientnet_lite0
 from offline_transfer import subset_loaders
 
 import freezeflow as ff
-from freezeflow.cache import FeatureCache
+from freezeflow.training.cache import FeatureCache
 
 
 def loaders(args: argparse.Namespace) -> tuple[DataLoader[object], DataLoader[object]]:

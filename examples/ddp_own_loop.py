@@ -20,7 +20,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import freezeflow as ff
-from freezeflow import distributed as ffd
+import freezeflow.distributed as ffd
 
 
 class Net(nn.Module):

@@ -28,7 +28,7 @@ import torch.distributed as dist
 from torch import nn
 
 import freezeflow as ff
-from freezeflow import distributed as ffd
+import freezeflow.distributed as ffd
 
 STEPS_PER_STAGE = 3
 

@@ -32,10 +32,10 @@ from torch.optim.lr_scheduler import ReduceLROnPlateau
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 import freezeflow as ff
-from freezeflow import checkpoint as ckpt_module
-from freezeflow.callbacks import Callback
+from freezeflow.training import checkpoint as ckpt_module
 from freezeflow.distributed import DistributedError
-from freezeflow.loop import Run, fit
+from freezeflow.training.callbacks import Callback
+from freezeflow.training.loop import Run, fit
 
 N_TRAIN, N_VAL, BATCH = 75, 37, 8
 

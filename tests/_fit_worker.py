@@ -25,8 +25,8 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import freezeflow as ff
-from freezeflow.callbacks import Callback
-from freezeflow.loop import Run, fit
+from freezeflow.training.callbacks import Callback
+from freezeflow.training.loop import Run, fit
 
 
 class ToyCNN(nn.Module):

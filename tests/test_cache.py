@@ -8,7 +8,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import freezeflow as ff
-from freezeflow.cache import CacheRefused, FeatureCache, frozen_prefix
+from freezeflow.training.cache import CacheRefused, FeatureCache, frozen_prefix
 
 
 class Net(nn.Module):

@@ -19,15 +19,15 @@ from _fit_worker import make_loaders, make_model, make_schedule
 from torch import nn
 
 import freezeflow as ff
-from freezeflow.callbacks import Callback
-from freezeflow.checkpoint import (
+from freezeflow.errors import CheckpointError
+from freezeflow.training.callbacks import Callback
+from freezeflow.training.checkpoint import (
     MANIFEST,
     atomic_save,
     find_checkpoint,
     load_checkpoint,
 )
-from freezeflow.errors import CheckpointError
-from freezeflow.loop import History, Run, fit
+from freezeflow.training.loop import History, Run, fit
 
 WORKER = Path(__file__).with_name("_fit_worker.py")
 

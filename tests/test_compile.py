@@ -17,7 +17,8 @@ import torch
 from torch import nn
 
 import freezeflow as ff
-from freezeflow import distributed as ffd
+import freezeflow.compile as ffc
+import freezeflow.distributed as ffd
 
 
 @pytest.fixture(autouse=True)
@@ -57,30 +58,30 @@ def _snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
 
 def test_recompile_limit_reads_dynamo_config() -> None:
     with torch._dynamo.config.patch(recompile_limit=5):
-        assert ffd.recompile_limit() == 5
+        assert ffc.recompile_limit() == 5
 
 
 def test_warns_when_the_schedule_has_more_frozen_sets_than_the_recompile_limit() -> None:
     model = _chain(10)
     uf = _gradual(model, 10)
-    assert ffd.distinct_trainable_sets(uf) == 10
-    limit = ffd.recompile_limit()
+    assert ffc.distinct_trainable_sets(uf) == 10
+    limit = ffc.recompile_limit()
     with pytest.warns(ff.FreezeflowWarning, match=rf"10 distinct frozen sets .*limit of {limit}"):
-        assert ffd.check_recompile_limit(uf) == 20
+        assert ffc.check_recompile_limit(uf) == 20
     with pytest.warns(ff.FreezeflowWarning, match="10 distinct frozen sets"):
-        ffd.compile_for_unfreezing(model, uf, reset_on_transition=False, backend="eager")
+        ffc.compile_for_unfreezing(model, uf, reset_on_transition=False, backend="eager")
     with warnings.catch_warnings():
         warnings.simplefilter("error", ff.FreezeflowWarning)
-        assert ffd.check_recompile_limit(uf, reset_on_transition=True) == 2
-        assert ffd.check_recompile_limit(_gradual(_chain(3), 3)) == 6
+        assert ffc.check_recompile_limit(uf, reset_on_transition=True) == 2
+        assert ffc.check_recompile_limit(_gradual(_chain(3), 3)) == 6
         with torch._dynamo.config.patch(recompile_limit=64):
-            ffd.check_recompile_limit(uf)
+            ffc.check_recompile_limit(uf)
 
 
 def test_layer_unfrozen_at_stage_2_trains_under_compile() -> None:
     model = _chain(3)
     uf = _gradual(model, 3, every=3)
-    net = ffd.compile_for_unfreezing(model, uf, backend="aot_eager")
+    net = ffc.compile_for_unfreezing(model, uf, backend="aot_eager")
     _train(net, uf, 6)  # stages 0 and 1
     assert uf.stage == 2 and ffd.unwrap(net) is model
     before = _snapshot(model)
@@ -111,7 +112,7 @@ def test_every_stage_is_compiled_only_with_reset_on_transition(reset: bool) -> N
     start = _snapshot(model)
     with torch._dynamo.config.patch(recompile_limit=2), warnings.catch_warnings():
         warnings.simplefilter("ignore", ff.FreezeflowWarning)
-        net = ffd.compile_for_unfreezing(model, uf, reset_on_transition=reset, backend=backend)
+        net = ffc.compile_for_unfreezing(model, uf, reset_on_transition=reset, backend=backend)
         _train(net, uf, 10)
     assert len(graphs) == (5 if reset else 2)
     # either way every parameter trained (Dynamo guards on requires_grad in this torch)
@@ -123,7 +124,7 @@ def test_every_stage_is_compiled_only_with_reset_on_transition(reset: bool) -> N
 def test_layer_unfrozen_at_stage_2_trains_under_inductor() -> None:
     model = _chain(3)
     uf = _gradual(model, 3, every=2)
-    net = ffd.compile_for_unfreezing(model, uf)  # default backend: inductor
+    net = ffc.compile_for_unfreezing(model, uf)  # default backend: inductor
     _train(net, uf, 4)
     before = _snapshot(model)
     _train(net, uf, 2)

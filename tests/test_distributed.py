@@ -18,7 +18,7 @@ from _two_ranks import run_two_ranks
 from torch import nn
 
 import freezeflow as ff
-from freezeflow import distributed as ffd
+import freezeflow.distributed as ffd
 
 WORKER = Path(__file__).with_name("_ddp_worker.py")
 FAST = "guarded,guarded_eval,plain,mismatch,helpers,fsdp"

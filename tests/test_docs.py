@@ -89,7 +89,7 @@ def test_known_undocumented_is_current() -> None:
 @pytest.mark.parametrize("name", freezeflow.__all__)
 def test_public_name_is_in_the_api_reference(name: str) -> None:
     # an autodoc directive naming it: ".. autofunction:: freezeflow.freeze", or through its
-    # module: ".. autodata:: freezeflow.policy.ALL"
+    # module: ".. autodata:: freezeflow.core.policy.ALL"
     directive = re.compile(
         r"^\.\. auto\w+:: freezeflow(\.\w+)*\." + re.escape(name) + r"\s*$", re.MULTILINE
     )

@@ -12,7 +12,7 @@ from test_cache import Net, Skip, data
 from torch.utils.data import DataLoader, Dataset
 
 import freezeflow as ff
-from freezeflow.loop import fit
+from freezeflow.training.loop import fit
 
 
 def schedule() -> ff.Schedule:

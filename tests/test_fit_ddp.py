@@ -23,7 +23,7 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader
 
 import freezeflow as ff
-from freezeflow import distributed as ffd
+import freezeflow.distributed as ffd
 
 WORKER = Path(__file__).with_name("_fit_ddp_worker.py")
 

@@ -9,8 +9,8 @@ import pytest
 import torch
 from torch import nn
 
+from freezeflow.core.heads import HeadError, HeadNotFoundError, replace_head
 from freezeflow.errors import FreezeflowError
-from freezeflow.heads import HeadError, HeadNotFoundError, replace_head
 
 tv = pytest.importorskip("torchvision")
 

@@ -13,10 +13,10 @@ from _fit_worker import make_loaders, make_model, make_schedule
 from torch import nn
 
 import freezeflow as ff
-from freezeflow.callbacks import Callback, EarlyStopping, ProgressBar
-from freezeflow.checkpoint import find_checkpoint, load_checkpoint
 from freezeflow.errors import ScheduleError, TrainingError
-from freezeflow.loop import History, Run, fit
+from freezeflow.training.callbacks import Callback, EarlyStopping, ProgressBar
+from freezeflow.training.checkpoint import find_checkpoint, load_checkpoint
+from freezeflow.training.loop import History, Run, fit
 
 
 @pytest.fixture(autouse=True)

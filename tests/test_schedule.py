@@ -13,7 +13,7 @@ import yaml
 from torch import nn
 
 import freezeflow as ff
-from freezeflow.schedule import AtEpoch, AtFraction, AtStep, OnPlateau
+from freezeflow.schedules.schedule import AtEpoch, AtFraction, AtStep, OnPlateau
 
 # --------------------------------------------------------------------------- validation
 

@@ -5,29 +5,10 @@ combined with ``| & - ~``), ``freeze``/``unfreeze`` act on a model, and ``summar
 result.
 """
 
-from freezeflow.blocks import Block, clear_blocks, find_blocks, is_norm_layer, set_blocks
-from freezeflow.cache import FeatureCache, Views
-from freezeflow.callbacks import Callback, EarlyStopping, ProgressBar
-from freezeflow.checkpoint import Checkpoint, load_checkpoint
-from freezeflow.errors import (
-    CheckpointError,
-    EmptySelectionError,
-    FreezeflowError,
-    FreezeflowWarning,
-    OptimizerError,
-    PolicyError,
-    PolicyTypeError,
-    ScheduleError,
-    StateError,
-    TiedParameterError,
-    TrainingError,
-)
-from freezeflow.freezing import NormMode, freeze, frozen, norm_mode, unfreeze
-from freezeflow.groups import default_no_decay, param_groups
-from freezeflow.heads import HeadNotFoundError, replace_head
-from freezeflow.loop import History, Run, fit
-from freezeflow.plan import Plan, plan
-from freezeflow.policy import (
+from freezeflow.core.blocks import Block, clear_blocks, find_blocks, is_norm_layer, set_blocks
+from freezeflow.core.freezing import NormMode, freeze, frozen, norm_mode, unfreeze
+from freezeflow.core.heads import replace_head
+from freezeflow.core.policy import (
     ALL,
     NONE,
     Policy,
@@ -44,7 +25,23 @@ from freezeflow.policy import (
     regex,
     where,
 )
-from freezeflow.schedule import (
+from freezeflow.core.selection import Selection
+from freezeflow.core.summary import Summary, summary
+from freezeflow.errors import (
+    CheckpointError,
+    EmptySelectionError,
+    FreezeflowError,
+    FreezeflowWarning,
+    HeadNotFoundError,
+    OptimizerError,
+    PolicyError,
+    PolicyTypeError,
+    ScheduleError,
+    StateError,
+    TiedParameterError,
+    TrainingError,
+)
+from freezeflow.schedules.schedule import (
     Schedule,
     Stage,
     at_epoch,
@@ -59,9 +56,13 @@ from freezeflow.schedule import (
     two_stage,
     ulmfit,
 )
-from freezeflow.selection import Selection
-from freezeflow.summary import Summary, summary
-from freezeflow.unfreezer import GradualUnfreezer, Transition
+from freezeflow.training.cache import FeatureCache, Views
+from freezeflow.training.callbacks import Callback, EarlyStopping, ProgressBar
+from freezeflow.training.checkpoint import Checkpoint, load_checkpoint
+from freezeflow.training.loop import History, Run, fit
+from freezeflow.unfreezer.gradual import GradualUnfreezer, Transition
+from freezeflow.unfreezer.layout import default_no_decay, param_groups
+from freezeflow.unfreezer.plan import Plan, plan
 
 __version__ = "0.1.0.dev0"
 

@@ -2,7 +2,7 @@
 
 Usage::
 
-    freezeflow inspect torchvision:resnet50            # block table (freezeflow.summary)
+    freezeflow inspect torchvision:resnet50            # block table (freezeflow.core.summary)
     freezeflow inspect timm:vit_small_patch16_224 --by layers
     freezeflow plan torchvision:resnet18 schedule.yaml --num-classes 10
     freezeflow demo [ARGS...]                          # runs examples/offline_transfer.py
@@ -29,19 +29,15 @@ from typing import Any
 
 from torch import nn
 
-from freezeflow.errors import FreezeflowError
+from freezeflow.errors import CliError, FreezeflowError
 
-__all__ = ["CliError", "build_model", "demo_script", "main"]
+__all__ = ["build_model", "demo_script", "main"]
 
 SOURCES = ("torchvision", "timm")
 """Model sources ``MODEL`` may name, as in ``torchvision:resnet50``."""
 
 DEMO = Path("examples") / "offline_transfer.py"
 """The demo script, relative to the current directory or to the source checkout."""
-
-
-class CliError(FreezeflowError, ValueError):
-    """A command-line argument is wrong (unknown model, missing demo script...)."""
 
 
 # --------------------------------------------------------------------------- models
@@ -136,7 +132,7 @@ def build_model(spec: str, num_classes: int | None = None) -> nn.Module:
 
 
 def _inspect(args: argparse.Namespace) -> int:
-    from freezeflow.summary import summary
+    from freezeflow.core.summary import summary
 
     model = build_model(args.model, args.num_classes)
     print(summary(model, by=args.by))
@@ -144,8 +140,8 @@ def _inspect(args: argparse.Namespace) -> int:
 
 
 def _plan(args: argparse.Namespace) -> int:
-    from freezeflow.plan import plan
-    from freezeflow.schedule import Schedule
+    from freezeflow.schedules.schedule import Schedule
+    from freezeflow.unfreezer.plan import plan
 
     path = Path(args.schedule)
     if not path.is_file():
@@ -190,7 +186,7 @@ def _parser() -> argparse.ArgumentParser:
     model_help = "torchvision:NAME or timm:NAME (built with random weights, nothing downloaded)"
     classes_help = "build the model with a head of N outputs"
 
-    p = sub.add_parser("inspect", help="print the block table of a model (freezeflow.summary)")
+    p = sub.add_parser("inspect", help="print the block table of a model (freezeflow.core.summary)")
     p.add_argument("model", metavar="MODEL", help=model_help)
     p.add_argument("--by", choices=("blocks", "layers"), default="blocks", help="table rows")
     p.add_argument("--num-classes", type=int, metavar="N", help=classes_help)

@@ -11,10 +11,15 @@ import difflib
 from collections.abc import Iterable, Sequence
 
 __all__ = [
+    "CacheRefused",
     "CheckpointError",
+    "CliError",
+    "DistributedError",
     "EmptySelectionError",
     "FreezeflowError",
     "FreezeflowWarning",
+    "HeadError",
+    "HeadNotFoundError",
     "OptimizerError",
     "PolicyError",
     "PolicyTypeError",
@@ -67,6 +72,29 @@ class CheckpointError(FreezeflowError, RuntimeError):
 
 class TrainingError(FreezeflowError, RuntimeError):
     """Training cannot go on (non-finite loss, empty data, wrong shapes or devices)."""
+
+
+class DistributedError(TrainingError):
+    """Ranks disagree (on the stage or on the trainable set), or DDP cannot be built."""
+
+
+class HeadError(FreezeflowError, ValueError):
+    """An argument of :func:`~freezeflow.replace_head` is invalid (``num_classes``,
+    ``hidden``...)."""
+
+
+class HeadNotFoundError(HeadError):
+    """The model has no classification head that :func:`~freezeflow.replace_head` can
+    replace."""
+
+
+class CliError(FreezeflowError, ValueError):
+    """A command-line argument is wrong (unknown model, missing demo script...)."""
+
+
+class CacheRefused(Exception):  # noqa: N818 - a refusal with a reason, not an error
+    """A model or loader cannot be feature-cached; ``str()`` is the reason. Raised and caught
+    inside :func:`~freezeflow.fit`, which then trains that stage uncached."""
 
 
 def nearest(word: str, candidates: Iterable[str], n: int = 3) -> list[str]:

@@ -6,8 +6,8 @@ import warnings
 from typing import Protocol
 
 from freezeflow.errors import FreezeflowWarning, TrainingError
-from freezeflow.schedule import OnPlateau
-from freezeflow.unfreezer import GradualUnfreezer
+from freezeflow.schedules.schedule import OnPlateau
+from freezeflow.unfreezer.gradual import GradualUnfreezer
 
 
 class _Reporter(Protocol):

@@ -40,12 +40,12 @@ from typing import Any
 
 from torch import nn
 
+from freezeflow.core.freezing import NormMode
+from freezeflow.core.policy import PolicyLike
 from freezeflow.errors import OptimizerError, StateError, TrainingError
-from freezeflow.freezing import NormMode
 from freezeflow.integrations._common import missing_metric, next_plateau
-from freezeflow.policy import PolicyLike
-from freezeflow.schedule import AtFraction, Schedule, Stage
-from freezeflow.unfreezer import GradualUnfreezer, Transition
+from freezeflow.schedules.schedule import AtFraction, Schedule, Stage
+from freezeflow.unfreezer.gradual import GradualUnfreezer, Transition
 
 try:
     import lightning.pytorch as pl

@@ -41,6 +41,8 @@ from torch import nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
 
+from freezeflow.core.freezing import NormMode
+from freezeflow.core.policy import PolicyLike
 from freezeflow.errors import (
     CheckpointError,
     FreezeflowWarning,
@@ -48,11 +50,9 @@ from freezeflow.errors import (
     StateError,
     TrainingError,
 )
-from freezeflow.freezing import NormMode
 from freezeflow.integrations._common import missing_metric, next_plateau
-from freezeflow.policy import PolicyLike
-from freezeflow.schedule import AtFraction, Schedule, Stage
-from freezeflow.unfreezer import GradualUnfreezer
+from freezeflow.schedules.schedule import AtFraction, Schedule, Stage
+from freezeflow.unfreezer.gradual import GradualUnfreezer
 
 try:
     from transformers import (

@@ -2,7 +2,7 @@
 
 Read :func:`fit` top to bottom: set up, then for each epoch: stage change, train, evaluate,
 record. Everything else (progress output, early stopping, checkpoints) is a callback
-(:mod:`freezeflow.callbacks`, :mod:`freezeflow.checkpoint`); the :class:`Run` they receive
+(:mod:`freezeflow.training.callbacks`, :mod:`freezeflow.training.checkpoint`); the :class:`Run` they receive
 holds the whole state of training.
 """
 
@@ -28,14 +28,26 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
 from torch.utils.data import DataLoader, DistributedSampler
 
-from freezeflow import distributed as ffd
-from freezeflow.cache import CachedEpoch, CacheRefused, FeatureCache, frozen_prefix
-from freezeflow.callbacks import Callback, ProgressBar, lookup
-from freezeflow.checkpoint import Checkpoint, find_checkpoint, restore, rng_state, set_rng_state
-from freezeflow.errors import FreezeflowWarning, OptimizerError, ScheduleError, TrainingError
-from freezeflow.freezing import NormMode
-from freezeflow.schedule import OnPlateau, Schedule, Stage
-from freezeflow.unfreezer import GradualUnfreezer, OptimizerFactory, Transition
+import freezeflow.distributed as ffd
+from freezeflow.core.freezing import NormMode
+from freezeflow.errors import (
+    CacheRefused,
+    FreezeflowWarning,
+    OptimizerError,
+    ScheduleError,
+    TrainingError,
+)
+from freezeflow.schedules.schedule import OnPlateau, Schedule, Stage
+from freezeflow.training.cache import CachedEpoch, FeatureCache, frozen_prefix
+from freezeflow.training.callbacks import Callback, ProgressBar, lookup
+from freezeflow.training.checkpoint import (
+    Checkpoint,
+    find_checkpoint,
+    restore,
+    rng_state,
+    set_rng_state,
+)
+from freezeflow.unfreezer.gradual import GradualUnfreezer, OptimizerFactory, Transition
 
 __all__ = ["History", "Metric", "Run", "accuracy", "fit", "seed_everything"]
 
@@ -310,21 +322,21 @@ def fit(
             stepped once per ``scheduler_interval`` (``"epoch"`` or ``"batch"``).
             ``ReduceLROnPlateau`` is given the plateau metric (``val_loss``, else
             ``train_loss``).
-        callbacks: :class:`~freezeflow.callbacks.Callback` objects, called in order.
+        callbacks: :class:`~freezeflow.training.callbacks.Callback` objects, called in order.
         checkpoint_dir: where to save checkpoints (adds a
-            :class:`~freezeflow.checkpoint.Checkpoint` callback): every ``checkpoint_every``
+            :class:`~freezeflow.training.checkpoint.Checkpoint` callback): every ``checkpoint_every``
             epochs, at the end and on Ctrl-C, keeping the last ``keep_last`` and the best by
             ``keep_best`` (a metric name, mode ``"min"`` for names ending in ``loss`` and
             ``"max"`` otherwise, or a ``(name, mode)`` pair).
         resume: ``True`` to go on from the latest checkpoint in ``checkpoint_dir`` (a fresh
             start when there is none), or the path of a checkpoint file or directory.
-        quiet: print nothing (no :class:`~freezeflow.callbacks.ProgressBar`).
+        quiet: print nothing (no :class:`~freezeflow.training.callbacks.ProgressBar`).
         seed: seed Python's, NumPy's and torch's RNGs first (a resume restores them).
         norm, eval_frozen: how the unfreezer built from ``schedule`` treats frozen norm layers
             and fully frozen modules (see :func:`freezeflow.freeze`).
         cache: your training inputs are deterministic (no random augmentation): compute the
             frozen prefix of the model once per stage and train the rest on the cached
-            features (:mod:`freezeflow.cache`); validation data is cached the same way. Needs
+            features (:mod:`freezeflow.training.cache`); validation data is cached the same way. Needs
             ``DataLoader`` objects over map-style datasets and a deterministic frozen prefix
             (norm layers in eval mode; ``eval_frozen=True`` for dropout or stochastic depth
             in frozen blocks). When a stage cannot be cached, ``fit`` says why in one line
@@ -343,7 +355,7 @@ def fit(
     Example:
         >>> import torch, freezeflow as ff
         >>> from torch import nn
-        >>> from freezeflow.loop import fit
+        >>> from freezeflow.training.loop import fit
         >>> model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
         >>> x = torch.randn(64, 4)
         >>> data = [(x[i : i + 16], (x[i : i + 16, 0] > 0).long()) for i in range(0, 64, 16)]

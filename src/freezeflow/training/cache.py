@@ -35,9 +35,10 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, get_worker_info
 
-from freezeflow.blocks import find_blocks, is_norm_layer
+from freezeflow.core.blocks import find_blocks, is_norm_layer
+from freezeflow.errors import CacheRefused
 
-__all__ = ["CacheRefused", "CachedEpoch", "FeatureCache", "Views", "frozen_prefix"]
+__all__ = ["CachedEpoch", "FeatureCache", "Views", "frozen_prefix"]
 
 
 class Views(Dataset[Any]):
@@ -120,10 +121,6 @@ class _OneView(Dataset[Any]):
 
     def __getitem__(self, index: int) -> Any:
         return self.views.view(index, self.v)
-
-
-class CacheRefused(Exception):  # noqa: N818 - a refusal with a reason, not an error
-    """Raised internally when a model or loader cannot be cached; ``str()`` is the reason."""
 
 
 class _Stop(Exception):  # noqa: N818 - control flow

@@ -9,20 +9,12 @@ from __future__ import annotations
 
 from torch import nn
 
-from freezeflow.errors import FreezeflowError, nearest, quote_list
+from freezeflow.errors import HeadError, HeadNotFoundError, nearest, quote_list
 
-__all__ = ["HEAD_ATTRS", "HeadError", "HeadNotFoundError", "replace_head"]
+__all__ = ["HEAD_ATTRS", "replace_head"]
 
 HEAD_ATTRS: tuple[str, ...] = ("fc", "classifier", "head", "heads", "_fc")
 """Attributes searched, in this order, for the classifier when ``attr`` is not given."""
-
-
-class HeadError(FreezeflowError, ValueError):
-    """An argument of :func:`replace_head` is invalid (``num_classes``, ``hidden``...)."""
-
-
-class HeadNotFoundError(HeadError):
-    """The model has no classification head that :func:`replace_head` can replace."""
 
 
 def _check_positive_int(value: object, what: str) -> int:
@@ -126,7 +118,7 @@ def replace_head(
 
     Example:
         >>> import torch, torchvision
-        >>> from freezeflow.heads import replace_head
+        >>> from freezeflow.core.heads import replace_head
         >>> model = torchvision.models.resnet18(weights=None)
         >>> replace_head(model, 10)
         Linear(in_features=512, out_features=10, bias=True)

@@ -27,10 +27,10 @@ from typing import Literal, get_args
 
 from torch import nn
 
-from freezeflow.blocks import is_norm_layer
+from freezeflow.core.blocks import is_norm_layer
+from freezeflow.core.policy import PolicyLike, as_policy
+from freezeflow.core.selection import Selection
 from freezeflow.errors import PolicyError
-from freezeflow.policy import PolicyLike, as_policy
-from freezeflow.selection import Selection
 
 __all__ = ["NormMode", "freeze", "frozen", "norm_mode", "unfreeze"]
 

@@ -9,9 +9,9 @@ from typing import Literal
 
 from torch import nn
 
-from freezeflow.blocks import ModelIndex, is_norm_layer
+from freezeflow.core.blocks import ModelIndex, is_norm_layer
+from freezeflow.core.freezing import norm_mode
 from freezeflow.errors import PolicyError
-from freezeflow.freezing import norm_mode
 
 __all__ = ["Summary", "SummaryRow", "summary"]
 

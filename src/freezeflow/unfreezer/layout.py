@@ -2,7 +2,7 @@
 
 :func:`param_groups` is the standalone helper (give its result to any ``torch.optim``
 optimizer). :func:`layout` is what :class:`~freezeflow.GradualUnfreezer` and
-:func:`~freezeflow.plan` use: every parameter that any stage of a schedule makes trainable
+:func:`~freezeflow.unfreezer.plan` use: every parameter that any stage of a schedule makes trainable
 gets exactly one group, up front, so the optimizer never gains or loses a group later and an
 LR scheduler built over it keeps driving every group.
 """
@@ -14,10 +14,10 @@ from typing import Any
 
 from torch import nn
 
-from freezeflow.blocks import ModelIndex
+from freezeflow.core.blocks import ModelIndex
+from freezeflow.core.policy import Policy, PolicyLike, as_policy, everything, norm_layers, where
 from freezeflow.errors import ScheduleError
-from freezeflow.policy import Policy, PolicyLike, as_policy, everything, norm_layers, where
-from freezeflow.schedule import Schedule, Stage
+from freezeflow.schedules.schedule import Schedule, Stage
 
 __all__ = ["GroupSpec", "Layout", "default_no_decay", "layout", "param_groups"]
 

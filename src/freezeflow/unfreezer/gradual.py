@@ -33,6 +33,8 @@ from torch import nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
 
+from freezeflow.core.freezing import NormMode, _check_mode, freeze, norm_mode, unfreeze
+from freezeflow.core.policy import PolicyLike, where
 from freezeflow.errors import (
     FreezeflowWarning,
     OptimizerError,
@@ -40,10 +42,8 @@ from freezeflow.errors import (
     ScheduleError,
     StateError,
 )
-from freezeflow.freezing import NormMode, _check_mode, freeze, norm_mode, unfreeze
-from freezeflow.groups import Layout, layout
-from freezeflow.policy import PolicyLike, where
-from freezeflow.schedule import AtEpoch, AtFraction, AtStep, OnPlateau, Schedule, Stage
+from freezeflow.schedules.schedule import AtEpoch, AtFraction, AtStep, OnPlateau, Schedule, Stage
+from freezeflow.unfreezer.layout import Layout, layout
 
 __all__ = ["GradualUnfreezer", "OptimizerFactory", "Transition"]
 
@@ -528,8 +528,8 @@ class GradualUnfreezer:
         return {g["name"]: float(g["lr"]) for g in self.optimizer.param_groups}
 
     def plan(self) -> Any:
-        """The per-stage plan of this unfreezer (see :func:`freezeflow.plan`)."""
-        from freezeflow.plan import Plan
+        """The per-stage plan of this unfreezer (see :func:`freezeflow.unfreezer.plan`)."""
+        from freezeflow.unfreezer.plan import Plan
 
         return Plan.build(self.model, self.schedule, self.layout)
 
@@ -610,7 +610,7 @@ class GradualUnfreezer:
                 f"{sorted(unknown)[:3] or bad_modules[:3]}"
             )
         # validated: apply
-        from freezeflow.freezing import _lock, _unlock
+        from freezeflow.core.freezing import _lock, _unlock
 
         for n, p in zip(self.layout.names, self.layout.params):
             p.requires_grad_(n in names)

@@ -8,10 +8,18 @@ from typing import Any
 
 from torch import nn
 
-from freezeflow.blocks import ModelIndex
-from freezeflow.groups import Layout, layout
-from freezeflow.policy import PolicyLike
-from freezeflow.schedule import AtEpoch, AtFraction, AtStep, OnPlateau, Schedule, Stage, Trigger
+from freezeflow.core.blocks import ModelIndex
+from freezeflow.core.policy import PolicyLike
+from freezeflow.schedules.schedule import (
+    AtEpoch,
+    AtFraction,
+    AtStep,
+    OnPlateau,
+    Schedule,
+    Stage,
+    Trigger,
+)
+from freezeflow.unfreezer.layout import Layout, layout
 
 __all__ = ["Plan", "StagePlan", "plan"]
 

@@ -19,7 +19,8 @@ from typing import Any, TypeAlias
 
 from torch import nn
 
-from freezeflow.blocks import ModelIndex, is_norm_layer
+from freezeflow.core.blocks import ModelIndex, is_norm_layer
+from freezeflow.core.selection import Selection
 from freezeflow.errors import (
     EmptySelectionError,
     PolicyError,
@@ -28,7 +29,6 @@ from freezeflow.errors import (
     nearest,
     quote_list,
 )
-from freezeflow.selection import Selection
 
 __all__ = [
     "ALL",
@@ -137,7 +137,7 @@ class Policy:
             raise EmptySelectionError(
                 f"{self!r} selected 0 of {len(idx.params)} parameters of "
                 f"{type(model).__name__}; hint: check the policy against "
-                f"freezeflow.summary(model), or pass allow_empty=True"
+                f"freezeflow.core.summary(model), or pass allow_empty=True"
             )
         order = sorted(params)
         return Selection(
@@ -507,7 +507,7 @@ class NormLayers(Policy):
 
 def norm_layers() -> Policy:
     """Parameters of every normalisation layer (BatchNorm, LayerNorm, GroupNorm, RMSNorm,
-    InstanceNorm and look-alikes; see :func:`freezeflow.blocks.is_norm_layer`)."""
+    InstanceNorm and look-alikes; see :func:`freezeflow.core.blocks.is_norm_layer`)."""
     return NormLayers()
 
 
@@ -574,7 +574,7 @@ def _slice_units(
         raise PolicyError(
             f"{policy!r} is out of range: {type(model).__name__} has {n} {kind}; "
             f"hint: positions run from 0 (input side) to {n - 1} (output side), or -1 for the "
-            f"last; see freezeflow.summary(model)"
+            f"last; see freezeflow.core.summary(model)"
         )
     return picked
 

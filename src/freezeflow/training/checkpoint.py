@@ -30,12 +30,12 @@ from typing import IO, TYPE_CHECKING, Any, Literal
 import numpy as np
 import torch
 
-from freezeflow.callbacks import Callback, lookup
-from freezeflow.distributed import barrier, is_distributed, is_main_process
+from freezeflow.distributed.process_group import barrier, is_distributed, is_main_process
 from freezeflow.errors import CheckpointError, StateError
+from freezeflow.training.callbacks import Callback, lookup
 
 if TYPE_CHECKING:
-    from freezeflow.loop import Run
+    from freezeflow.training.loop import Run
 
 __all__ = [
     "Checkpoint",
@@ -48,7 +48,7 @@ __all__ = [
     "set_rng_state",
 ]
 
-FORMAT = "freezeflow.checkpoint/1"
+FORMAT = "freezeflow.training.checkpoint/1"
 MANIFEST = "latest.json"
 _MANIFEST_FORMAT = "freezeflow.checkpoints/1"
 _NAME = re.compile(r"epoch-(\d+)(?:-batch-(\d+))?\.pt")

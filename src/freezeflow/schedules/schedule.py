@@ -24,8 +24,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
-from freezeflow.errors import ScheduleError, nearest
-from freezeflow.policy import (
+from freezeflow.core.policy import (
     Policy,
     PolicyLike,
     as_policy,
@@ -36,6 +35,7 @@ from freezeflow.policy import (
     policy_from_data,
     policy_to_data,
 )
+from freezeflow.errors import ScheduleError, nearest
 
 __all__ = [
     "AtEpoch",

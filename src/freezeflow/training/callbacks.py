@@ -1,7 +1,7 @@
 """Callbacks: what :func:`freezeflow.fit` does besides training lives here.
 
 A callback is an object with any of the hooks of :class:`Callback`; each hook gets the
-:class:`~freezeflow.loop.Run` (model, optimizer, unfreezer, history, epoch, batch, logs...).
+:class:`~freezeflow.training.loop.Run` (model, optimizer, unfreezer, history, epoch, batch, logs...).
 Set ``run.stop`` to a reason to end training after the current epoch. Callbacks that hold
 state implement ``state_dict``/``load_state_dict`` so checkpoints resume them too.
 
@@ -21,12 +21,12 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any, Literal, TextIO
 
-from freezeflow.distributed import world_size
+from freezeflow.distributed.process_group import world_size
 from freezeflow.errors import TrainingError
-from freezeflow.unfreezer import Transition
+from freezeflow.unfreezer.gradual import Transition
 
 if TYPE_CHECKING:
-    from freezeflow.loop import Run
+    from freezeflow.training.loop import Run
 
 __all__ = ["Callback", "EarlyStopping", "ProgressBar", "lookup"]
 
