@@ -88,8 +88,12 @@ def recipe(
 ) -> tuple[float, float]:
     torch.manual_seed(0)
     model = load_efficientnet_lite0(10)
-    schedule = ff.seed_pytorch(
-        head="_fc", block=["_blocks.15", "_conv_head", "_bn1"], head_epochs=args.head_epochs
+    schedule = ff.presets.two_stage(
+        "_fc",
+        ["_blocks.15", "_conv_head", "_bn1"],
+        head_epochs=args.head_epochs,
+        lr=1e-5,
+        reset_state=True,
     )
     t = time.perf_counter()
     history = ff.fit(

@@ -4,7 +4,7 @@ Two runs of full fine-tuning of EfficientNet-Lite0 (ImageNet weights) on the shi
 subset, same data, seed and epochs, side by side:
 
 - baseline: everything trainable for the whole run;
-- ``ff.progressive_freezing(n)``: the first ``n`` blocks freeze one after another between
+- ``ff.presets.progressive_freezing(n)``: the first ``n`` blocks freeze one after another between
   ``--start`` and ``--end`` of training (cubic spacing), so the backward pass stops earlier
   and earlier; with ``--cache`` the frozen prefix is also computed once per stage.
 
@@ -65,7 +65,7 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(2)
     base = ff.Schedule([ff.Stage(ff.everything(), lr=args.lr, name="all")])
-    prog = ff.progressive_freezing(args.blocks, lr=args.lr, start=args.start, end=args.end)
+    prog = ff.presets.progressive_freezing(args.blocks, lr=args.lr, start=args.start, end=args.end)
     base_s, base_acc = run(args, base, cache=False)
     prog_s, prog_acc = run(args, prog, cache=args.cache)
     print(f"full fine-tuning, {args.epochs} epochs at {args.image_size} px")

@@ -2,10 +2,10 @@
 
 Writes into ``docs/img/`` (or the folder given as the first argument):
 
-- ``resnet18_summary.txt``: ``freezeflow.core.summary`` of torchvision's ResNet18 after the first
+- ``resnet18_summary.txt``: ``freezeflow.summary`` of torchvision's ResNet18 after the first
   stage of the example schedule has frozen everything else;
-- ``resnet18_plan.txt``: ``print(freezeflow.unfreezer.plan(...))`` of that schedule;
-- ``resnet18_plan.png``: ``freezeflow.unfreezer.plan(...).plot(...)``, each param group's base LR and
+- ``resnet18_plan.txt``: ``print(freezeflow.plan(...))`` of that schedule;
+- ``resnet18_plan.png``: ``freezeflow.plan(...).plot(...)``, each param group's base LR and
   the trainable-parameter count over the run.
 
 The model is ``torchvision.models.resnet18(weights=None)`` (random weights: nothing is

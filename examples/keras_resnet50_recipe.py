@@ -23,8 +23,8 @@ What maps to what:
   labels is ``cross_entropy`` on logits and class indices).
 - ``base_model.layers[-10:]``: Keras counts layers without weights too (ReLU, Add...); the
   last 10 are ``conv5_block3``'s ``1_conv, 1_bn, 1_relu, 2_conv, 2_bn, 2_relu, 3_conv, 3_bn,
-  add, out``, of which 6 have weights. ``ff.seed_keras()`` selects those 6: ``layer4.2``'s
-  ``conv1, bn1, conv2, bn2, conv3, bn3`` (see its docstring).
+  add, out``, of which 6 have weights. ``ff.layers(-6, among=~ff.name("fc"))`` selects those
+  6: ``layer4.2``'s ``conv1, bn1, conv2, bn2, conv3, bn3``.
 - Keras' ``trainable = False`` on a BatchNormalization layer also makes it run in inference
   mode; ``fit(norm="eval")`` (the default) does the same: frozen BatchNorm layers keep their
   statistics, and the three unfrozen ones in ``layer4.2`` train.
@@ -73,8 +73,14 @@ def keras_model(weights: str | None = None) -> nn.Module:
 
 def keras_schedule(head_epochs: int = 5) -> ff.Schedule:
     """Head at 1e-3 for ``head_epochs``, then ``base_model.layers[-10:]`` at 1e-5 with a
-    fresh optimizer (``ff.seed_keras``: layer4.2's conv1, bn1, conv2, bn2, conv3, bn3)."""
-    return ff.seed_keras(head="fc", head_epochs=head_epochs)
+    fresh optimizer (layer4.2's conv1, bn1, conv2, bn2, conv3, bn3)."""
+    return ff.presets.two_stage(
+        "fc",
+        ff.layers(-6, among=~ff.name("fc")),
+        head_epochs=head_epochs,
+        lr=1e-5,
+        reset_state=True,
+    )
 
 
 def keras_adam(groups: list[dict[str, Any]]) -> torch.optim.Optimizer:
@@ -148,7 +154,7 @@ def main(argv: Sequence[str] | None = None) -> ff.History:
         epochs=args.head_epochs + args.finetune_epochs,
         seed=0,
         quiet=True,
-        callbacks=[ff.ProgressBar(tqdm=False)],
+        callbacks=[ff.callbacks.ProgressBar(tqdm=False)],
     )
 
     print(ff.summary(model))

@@ -139,13 +139,15 @@ def subset_loaders(
 
 
 def seed_schedule(args: argparse.Namespace) -> ff.Schedule:
-    """The seed's PyTorch recipe on this model: head at 1e-3, then the last block at 1e-5."""
-    return ff.seed_pytorch(
-        head="_fc",
-        block=["_blocks.15", "_conv_head", "_bn1"],
+    """The classic tutorial recipe on this model: head at 1e-3, then the last block at 1e-5
+    with a new Adam (empty optimizer state)."""
+    return ff.presets.two_stage(
+        "_fc",
+        ["_blocks.15", "_conv_head", "_bn1"],
         head_epochs=args.head_epochs,
         head_lr=1e-3,
-        finetune_lr=1e-5,
+        lr=1e-5,
+        reset_state=True,
     )
 
 

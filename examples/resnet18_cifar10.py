@@ -308,12 +308,12 @@ plan_figure = ff.plan(model, schedule).plot(EPOCHS, ax=ax)  # inline: shown unde
 
 
 # %%
-class DriftProbe(ff.Callback):
+class DriftProbe(ff.callbacks.Callback):
     def __init__(self, before: dict[str, torch.Tensor]) -> None:
         self.before = before
         self.drift: float | None = None
 
-    def on_stage_change(self, run: ff.Run, transition: ff.Transition) -> None:
+    def on_stage_change(self, run: ff.training.Run, transition: ff.unfreezer.Transition) -> None:
         if transition.stage == 1:  # the head-only stage just ended
             self.drift = max_drift(self.before, run.model)
 
@@ -328,7 +328,7 @@ history = ff.fit(
     device=DEVICE,
     seed=0,
     quiet=True,
-    callbacks=[probe, ff.ProgressBar(tqdm=False)],
+    callbacks=[probe, ff.callbacks.ProgressBar(tqdm=False)],
 )
 
 # %% [markdown]

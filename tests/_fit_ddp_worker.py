@@ -32,8 +32,8 @@ from torch.optim.lr_scheduler import ReduceLROnPlateau
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 import freezeflow as ff
-from freezeflow.training import checkpoint as ckpt_module
 from freezeflow.distributed import DistributedError
+from freezeflow.training import checkpoint as ckpt_module
 from freezeflow.training.callbacks import Callback
 from freezeflow.training.loop import Run, fit
 
@@ -129,7 +129,7 @@ def staged_fit(out: Path, directory: str, epochs: int, resume: bool = False) -> 
         epochs=epochs,
         schedule=schedule(),
         scheduler=lambda opt: ReduceLROnPlateau(opt, patience=0, factor=0.5),
-        callbacks=[rec, ff.EarlyStopping("val_loss", patience=5)],
+        callbacks=[rec, ff.callbacks.EarlyStopping("val_loss", patience=5)],
         checkpoint_dir=out / directory,
         keep_best="val_accuracy",
         resume=resume,

@@ -6,18 +6,23 @@ Every factory seeds torch itself, so two calls give bit-identical models.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 import torchvision
 from torch import nn
 
+import freezeflow as ff
+
 __all__ = [
+    "CLASSIC_PYTORCH",
     "FACTORIES",
     "MLP",
     "RESNET18_BLOCKS",
     "NestedLists",
     "SmallCNN",
     "TinyLM",
+    "classic_keras",
     "flags",
     "make_mlp",
     "make_nested",
@@ -172,3 +177,22 @@ def flags(model: nn.Module) -> dict[str, bool]:
 def training_flags(model: nn.Module) -> dict[str, bool]:
     """``training`` of every module path."""
     return {n: m.training for n, m in model.named_modules(remove_duplicate=False)}
+
+
+def CLASSIC_PYTORCH() -> ff.Schedule:  # noqa: N802 - a constant recipe, built fresh
+    """The classic tutorial's PyTorch ResNet18 recipe: the head 5 epochs at 1e-3, then
+    ``layer4`` too at 1e-5 with a new Adam."""
+    return ff.presets.two_stage("fc", "layer4", head_epochs=5, lr=1e-5, reset_state=True)
+
+
+def classic_keras(head: Any = "fc", *, n_layers: int = 6, head_epochs: int = 5) -> ff.Schedule:
+    """The classic tutorial's Keras ResNet50 recipe: the head, then the backbone's last
+    ``n_layers`` layers with parameters (its last 10 Keras layers) at 1e-5, state reset."""
+    backbone = ~ff.core.as_policy(head)
+    return ff.presets.two_stage(
+        head,
+        ff.layers(-n_layers, among=backbone),
+        head_epochs=head_epochs,
+        lr=1e-5,
+        reset_state=True,
+    )

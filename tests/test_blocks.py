@@ -142,10 +142,10 @@ def test_set_blocks_overrides_and_clear_blocks_restores(mlp: nn.Module) -> None:
         ff.blocks(2).select(mlp)  # only two blocks now
     # the override belongs to this model only
     assert block_names(make_mlp()) == ["fc1", "fc2", "fc3"]
-    ff.clear_blocks(mlp)
+    ff.core.clear_blocks(mlp)
     assert block_names(mlp) == ["fc1", "fc2", "fc3"]
     assert ff.last(1).select(mlp).names == ("fc3.weight", "fc3.bias")
-    ff.clear_blocks(mlp)  # clearing twice is harmless
+    ff.core.clear_blocks(mlp)  # clearing twice is harmless
     assert block_names(mlp) == ["fc1", "fc2", "fc3"]
 
 
@@ -200,7 +200,7 @@ def test_set_blocks_rejects_unknown_names_and_keeps_the_old_blocks(mlp: nn.Modul
     ids=lambda v: type(v).__name__ if isinstance(v, nn.Module) else str(v),
 )
 def test_is_norm_layer(module: nn.Module, expected: bool) -> None:
-    assert ff.is_norm_layer(module) is expected
+    assert ff.core.is_norm_layer(module) is expected
 
 
 def test_norm_merges_only_into_a_single_preceding_layer() -> None:

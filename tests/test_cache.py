@@ -165,7 +165,7 @@ def test_eval_frozen_releases_modules_that_gain_trainable_parameters() -> None:
     model.train()
     assert model.blocks[1].training
     assert not model.blocks[0].training
-    assert not model.blocks[1][1].training or ff.norm_mode(model.blocks[1][1]) is None
+    assert not model.blocks[1][1].training or ff.core.norm_mode(model.blocks[1][1]) is None
     with ff.frozen(model, "blocks.1"):
         assert not model.blocks[1].training
     assert model.blocks[1].training

@@ -61,6 +61,8 @@ def attribute_docstrings() -> dict[str, str]:
 
 def docstring(name: str) -> str | None:
     obj = getattr(freezeflow, name)
+    if inspect.ismodule(obj):
+        return obj.__doc__ if obj.__doc__ and obj.__doc__.strip() else None
     if inspect.isclass(obj) or inspect.isroutine(obj):
         own = obj.__dict__.get("__doc__") if inspect.isclass(obj) else obj.__doc__
         return own if isinstance(own, str) and own.strip() else None

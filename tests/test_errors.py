@@ -14,7 +14,7 @@ import freezeflow as ff
 
 
 def state(model: nn.Module) -> tuple[object, ...]:
-    norms = {n: ff.norm_mode(m) for n, m in model.named_modules() if ff.is_norm_layer(m)}
+    norms = {n: ff.core.norm_mode(m) for n, m in model.named_modules() if ff.core.is_norm_layer(m)}
     blocks = [b.name for b in ff.find_blocks(model)]
     return flags(model), training_flags(model), norms, blocks
 
@@ -129,7 +129,7 @@ def test_unclosed_glob_bracket() -> None:
     ],
     ids=lambda v: v if isinstance(v, str) else "",
 )
-def test_depth_out_of_range(policy: ff.Policy, shown: str) -> None:
+def test_depth_out_of_range(policy: ff.FreezePolicy, shown: str) -> None:
     message = check(prepared_cnn, lambda m: ff.freeze(m, policy), ff.PolicyError, ValueError, shown)
     assert "SmallCNN has" in message
 
@@ -151,7 +151,7 @@ def test_policy_that_is_not_a_policy(value: object, shown: str) -> None:
     check(
         prepared_cnn,
         lambda m: ff.freeze(m, value),  # type: ignore[arg-type]
-        ff.PolicyTypeError,
+        ff.errors.PolicyTypeError,
         TypeError,
         shown,
         type(value).__name__,
@@ -159,7 +159,7 @@ def test_policy_that_is_not_a_policy(value: object, shown: str) -> None:
 
 
 def test_non_policy_in_an_expression() -> None:
-    with pytest.raises(ff.PolicyTypeError) as info:
+    with pytest.raises(ff.errors.PolicyTypeError) as info:
         ff.name("head") | 3  # type: ignore[operator]
     assert isinstance(info.value, TypeError)
     assert "3" in str(info.value)
@@ -187,7 +187,7 @@ def test_non_policy_in_an_expression() -> None:
     ],
 )
 def test_constructor_arguments_of_the_wrong_type(build: Callable[[], object], shown: str) -> None:
-    with pytest.raises(ff.PolicyTypeError) as info:
+    with pytest.raises(ff.errors.PolicyTypeError) as info:
         build()
     assert isinstance(info.value, TypeError)
     assert shown in str(info.value)
@@ -197,7 +197,7 @@ def test_not_a_model() -> None:
     cnn = prepared_cnn()
     params = list(cnn.parameters())
     before = state(cnn)
-    with pytest.raises(ff.PolicyTypeError) as info:
+    with pytest.raises(ff.errors.PolicyTypeError) as info:
         ff.freeze(params, "head")  # type: ignore[arg-type]
     assert isinstance(info.value, TypeError)
     assert "list" in str(info.value)
@@ -213,12 +213,12 @@ def test_not_a_model() -> None:
     ],
     ids=repr,
 )
-def test_contradictory_tied_selection(policy: ff.Policy) -> None:
+def test_contradictory_tied_selection(policy: ff.FreezePolicy) -> None:
     for action in (ff.freeze, ff.unfreeze):
         check(
             prepared_lm,
             lambda m, action=action: action(m, policy),
-            ff.TiedParameterError,
+            ff.errors.TiedParameterError,
             ValueError,
             "'embed.weight'",
             "'lm_head.weight'",
@@ -226,8 +226,8 @@ def test_contradictory_tied_selection(policy: ff.Policy) -> None:
 
 
 def test_tied_error_is_a_policy_error() -> None:
-    assert issubclass(ff.TiedParameterError, ff.PolicyError)
-    assert issubclass(ff.EmptySelectionError, ff.PolicyError)
+    assert issubclass(ff.errors.TiedParameterError, ff.PolicyError)
+    assert issubclass(ff.errors.EmptySelectionError, ff.PolicyError)
 
 
 @pytest.mark.parametrize("mode", ["bogus", "EVAL", None, True], ids=repr)
@@ -253,7 +253,7 @@ def test_empty_selection() -> None:
     message = check(
         prepared_cnn,
         lambda m: ff.freeze(m, ff.name("head") & ff.norm_layers()),
-        ff.EmptySelectionError,
+        ff.errors.EmptySelectionError,
         ValueError,
         "name('head') & norm_layers()",
     )

@@ -16,6 +16,7 @@ from types import ModuleType
 import pytest
 import torch
 import torchvision
+from models import CLASSIC_PYTORCH
 from torch import nn
 
 import freezeflow as ff
@@ -140,7 +141,7 @@ def test_the_notebooks_head_is_the_seeds() -> None:
     assert head[2].p == 0.5
 
 
-def test_seed_pytorch_trains_what_the_seed_code_trains() -> None:
+def test_classic_pytorch_recipe_trains_what_the_tutorial_code_trains() -> None:
     torch.manual_seed(0)
     model = torchvision.models.resnet18(weights=None)
     # the seed's PyTorch listing, on the same model object
@@ -158,7 +159,7 @@ def test_seed_pytorch_trains_what_the_seed_code_trains() -> None:
     # freezeflow, from everything trainable again
     for param in model.parameters():
         param.requires_grad = True
-    uf = ff.GradualUnfreezer(model, ff.seed_pytorch(), torch.optim.Adam(model.parameters()))
+    uf = ff.GradualUnfreezer(model, CLASSIC_PYTORCH(), torch.optim.Adam(model.parameters()))
     ours = [_trainable_ids(model)]
     assert set(uf.history[-1].lrs.values()) == {1e-3}
     (t,) = uf.on_epoch_start(5)
@@ -168,7 +169,7 @@ def test_seed_pytorch_trains_what_the_seed_code_trains() -> None:
     assert ours == seed_stages
     names = {n for n, _ in model.named_parameters()}
     assert _trainable_names(model) == {n for n in names if n.startswith(("fc.", "layer4."))}
-    assert ff.seed_pytorch()[1].reset_state  # the seed builds a new Adam for stage 2
+    assert CLASSIC_PYTORCH()[1].reset_state  # the tutorial builds a new Adam for stage 2
 
 
 # --------------------------------------------------------------------------- the Keras recipe

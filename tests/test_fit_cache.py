@@ -30,7 +30,7 @@ def run(
     dataset: Dataset[Any] | None = None,
     hook: Callable[[Net], object] = lambda model: None,
     sched: ff.Schedule | None = None,
-) -> tuple[ff.loop.History, Net]:
+) -> tuple[ff.History, Net]:
     """Two-stage fit of ``model_cls`` on ``dataset`` (48 random samples by default);
     ``hook(model)`` runs before training."""
     torch.manual_seed(0)

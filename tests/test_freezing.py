@@ -50,7 +50,7 @@ OPTIMIZERS: dict[str, Callable[[list[nn.Parameter]], torch.optim.Optimizer]] = {
 }
 
 # (model factory, policy to freeze)
-SETUPS: dict[str, tuple[Callable[[], nn.Module], ff.Policy]] = {
+SETUPS: dict[str, tuple[Callable[[], nn.Module], ff.FreezePolicy]] = {
     "mlp": (make_mlp, ff.name("fc2")),
     "cnn": (make_small_cnn, ff.name("conv", "bn")),
     "tiny_lm_tied": (make_tiny_lm, ff.name("blocks.0", "embed")),
@@ -141,8 +141,8 @@ def assert_bn_state_equal(bn: nn.Module, state: dict[str, torch.Tensor], equal: 
 
 def test_eval_mode_keeps_frozen_batchnorm_statistics_fixed(cnn: nn.Module) -> None:
     ff.freeze(cnn, "stem")
-    assert ff.norm_mode(cnn.stem[1]) == "eval"
-    assert ff.norm_mode(cnn.bn) is None
+    assert ff.core.norm_mode(cnn.stem[1]) == "eval"
+    assert ff.core.norm_mode(cnn.bn) is None
     cnn.train()
     assert cnn.stem[1].training is False
     assert cnn.training and cnn.stem.training and cnn.bn.training and cnn.drop.training
@@ -163,10 +163,10 @@ def test_eval_mode_keeps_frozen_batchnorm_statistics_fixed(cnn: nn.Module) -> No
 
 def test_eval_mode_locks_only_norm_layers_whose_parameters_are_all_frozen(cnn: nn.Module) -> None:
     ff.freeze(cnn, "stem.1.weight")
-    assert ff.norm_mode(cnn.stem[1]) is None
+    assert ff.core.norm_mode(cnn.stem[1]) is None
     assert cnn.train().stem[1].training is True
     ff.freeze(cnn, "stem.1.bias")
-    assert ff.norm_mode(cnn.stem[1]) == "eval"
+    assert ff.core.norm_mode(cnn.stem[1]) == "eval"
     assert cnn.train().stem[1].training is False
 
 
@@ -174,8 +174,8 @@ def test_train_mode_keeps_norm_layers_trainable(cnn: nn.Module) -> None:
     sel = ff.freeze(cnn, ff.first(2), norm="train")
     assert sel.names == ("stem.0.weight", "stem.0.bias", "conv.weight", "conv.bias")
     assert all(p.requires_grad for p in (*cnn.stem[1].parameters(), *cnn.bn.parameters()))
-    assert ff.norm_mode(cnn.stem[1]) is None
-    assert ff.norm_mode(cnn.bn) is None
+    assert ff.core.norm_mode(cnn.stem[1]) is None
+    assert ff.core.norm_mode(cnn.bn) is None
     cnn.train()
     assert cnn.stem[1].training and cnn.bn.training
     stats = bn_state(cnn.stem[1])
@@ -191,13 +191,13 @@ def test_train_mode_keeps_norm_layers_trainable(cnn: nn.Module) -> None:
 
 def test_frozen_mode_is_sticky_through_unfreeze(cnn: nn.Module) -> None:
     ff.freeze(cnn, ff.everything(), norm="frozen")
-    assert ff.norm_mode(cnn.stem[1]) == ff.norm_mode(cnn.bn) == "frozen"
+    assert ff.core.norm_mode(cnn.stem[1]) == ff.core.norm_mode(cnn.bn) == "frozen"
     sel = ff.unfreeze(cnn, ff.everything())
     norm_names = {"stem.1.weight", "stem.1.bias", "bn.weight", "bn.bias"}
     assert set(sel.names) == {n for n, _ in cnn.named_parameters()} - norm_names
     for n, p in cnn.named_parameters():
         assert p.requires_grad is (n not in norm_names), n
-    assert ff.norm_mode(cnn.stem[1]) == ff.norm_mode(cnn.bn) == "frozen"
+    assert ff.core.norm_mode(cnn.stem[1]) == ff.core.norm_mode(cnn.bn) == "frozen"
     assert cnn.train().stem[1].training is False
     assert cnn.bn.training is False
     # naming the norm layer directly does not unfreeze it either
@@ -207,8 +207,8 @@ def test_frozen_mode_is_sticky_through_unfreeze(cnn: nn.Module) -> None:
     sel = ff.unfreeze(cnn, ff.everything(), include_frozen_norm=True)
     assert set(sel.names) == {n for n, _ in cnn.named_parameters()}
     assert all(p.requires_grad for p in cnn.parameters())
-    assert ff.norm_mode(cnn.stem[1]) is None
-    assert ff.norm_mode(cnn.bn) is None
+    assert ff.core.norm_mode(cnn.stem[1]) is None
+    assert ff.core.norm_mode(cnn.bn) is None
     assert cnn.train().stem[1].training is True
     assert cnn.eval().stem[1].training is False
 
@@ -218,15 +218,15 @@ def test_frozen_mode_is_sticky_for_norm_layers_without_parameters() -> None:
     torch.manual_seed(0)
     net = nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4, affine=False), nn.Linear(4, 2))
     ff.freeze(net, ff.everything(), norm="frozen")
-    assert ff.norm_mode(net[1]) == "frozen"
+    assert ff.core.norm_mode(net[1]) == "frozen"
     ff.unfreeze(net, ff.everything())
-    assert ff.norm_mode(net[1]) == "frozen"
+    assert ff.core.norm_mode(net[1]) == "frozen"
     assert net.train()[1].training is False
     stats = bn_state(net[1])
     net(torch.randn(8, 4))
     assert_bn_state_equal(net[1], stats, equal=True)
     ff.unfreeze(net, ff.everything(), include_frozen_norm=True)
-    assert ff.norm_mode(net[1]) is None
+    assert ff.core.norm_mode(net[1]) is None
     assert net.train()[1].training is True
 
 
@@ -234,14 +234,14 @@ def test_eval_mode_locks_norm_layers_without_parameters_with_their_holder() -> N
     torch.manual_seed(0)
     net = nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4, affine=False), nn.Linear(4, 2))
     ff.freeze(net, "0")
-    assert ff.norm_mode(net[1]) is None  # the holder (net) still has trainable parameters
+    assert ff.core.norm_mode(net[1]) is None  # the holder (net) still has trainable parameters
     ff.freeze(net, "2")
-    assert ff.norm_mode(net[1]) == "eval"
+    assert ff.core.norm_mode(net[1]) == "eval"
     stats = bn_state(net[1])
     net.train()(torch.randn(8, 4))
     assert_bn_state_equal(net[1], stats, equal=True)
     ff.unfreeze(net, "2")
-    assert ff.norm_mode(net[1]) is None
+    assert ff.core.norm_mode(net[1]) is None
     assert net.train()[1].training is True
 
 
@@ -251,10 +251,10 @@ def test_unfreeze_restores_normal_train_eval_behaviour(
 ) -> None:
     cnn.train(model_training)
     ff.freeze(cnn, ff.everything())
-    assert ff.norm_mode(cnn.stem[1]) == ff.norm_mode(cnn.bn) == "eval"
+    assert ff.core.norm_mode(cnn.stem[1]) == ff.core.norm_mode(cnn.bn) == "eval"
     ff.unfreeze(cnn, ff.everything())
-    assert ff.norm_mode(cnn.stem[1]) is None
-    assert ff.norm_mode(cnn.bn) is None
+    assert ff.core.norm_mode(cnn.stem[1]) is None
+    assert ff.core.norm_mode(cnn.bn) is None
     assert "train" not in cnn.stem[1].__dict__
     # they start in the mode of the module that holds them, then follow train()/eval()
     assert cnn.stem[1].training is model_training
@@ -274,15 +274,15 @@ def test_a_norm_layer_is_locked_exactly_while_all_its_parameters_are_frozen(
 ) -> None:
     # partially frozen from scratch: not locked
     ff.freeze(cnn, "bn.bias")
-    assert ff.norm_mode(cnn.bn) is None
+    assert ff.core.norm_mode(cnn.bn) is None
     # fully frozen: locked
     ff.freeze(cnn, ff.everything())
-    assert ff.norm_mode(cnn.bn) == "eval"
+    assert ff.core.norm_mode(cnn.bn) == "eval"
     # partially unfrozen: a trainable norm layer is not held in eval mode, whatever the history
     ff.unfreeze(cnn, "bn.weight")
-    assert ff.norm_mode(cnn.bn) is None
+    assert ff.core.norm_mode(cnn.bn) is None
     assert cnn.train().bn.training is True
-    assert ff.norm_mode(cnn.stem[1]) == "eval"
+    assert ff.core.norm_mode(cnn.stem[1]) == "eval"
 
 
 @settings(max_examples=60, deadline=None)
@@ -304,7 +304,7 @@ def test_norm_lock_follows_frozen_state_through_any_freeze_unfreeze_sequence(
         (ff.freeze if op == "freeze" else ff.unfreeze)(cnn, sorted(names))
         for bn in (cnn.stem[1], cnn.bn):
             all_frozen = not any(p.requires_grad for p in bn.parameters())
-            assert ff.norm_mode(bn) == ("eval" if all_frozen else None)
+            assert ff.core.norm_mode(bn) == ("eval" if all_frozen else None)
             assert cnn.train().training is True
             assert bn.training is not all_frozen
             assert cnn.eval().training is False
@@ -316,7 +316,9 @@ def test_norm_lock_follows_frozen_state_through_any_freeze_unfreeze_sequence(
 
 def norm_state(model: nn.Module) -> dict[str, tuple[bool, str | None]]:
     return {
-        n: (m.training, ff.norm_mode(m)) for n, m in model.named_modules() if ff.is_norm_layer(m)
+        n: (m.training, ff.core.norm_mode(m))
+        for n, m in model.named_modules()
+        if ff.core.is_norm_layer(m)
     }
 
 
@@ -331,7 +333,7 @@ def prepare_mixed_state(cnn: nn.Module) -> None:
 @pytest.mark.parametrize("norm", ["eval", "train", "frozen"])
 @pytest.mark.parametrize("model_training", [True, False], ids=["model_train", "model_eval"])
 def test_frozen_context_restores_flags_and_norm_modes_exactly(
-    cnn: nn.Module, norm: ff.NormMode, model_training: bool
+    cnn: nn.Module, norm: ff.core.NormMode, model_training: bool
 ) -> None:
     prepare_mixed_state(cnn)
     cnn.train(model_training)
@@ -343,14 +345,14 @@ def test_frozen_context_restores_flags_and_norm_modes_exactly(
             assert cnn.stem[1].weight.requires_grad
         else:
             assert not any(p.requires_grad for p in cnn.parameters())
-            assert ff.norm_mode(cnn.stem[1]) == norm
+            assert ff.core.norm_mode(cnn.stem[1]) == norm
             assert cnn.stem[1].train().training is False
     assert (flags(cnn), training_flags(cnn), norm_state(cnn)) == before
     # the norm layer that was free follows train()/eval() again, the locked one stays locked
     cnn.train()
     assert cnn.stem[1].training is True
     assert cnn.bn.training is False
-    assert ff.norm_mode(cnn.bn) == "frozen"
+    assert ff.core.norm_mode(cnn.bn) == "frozen"
 
 
 def test_frozen_context_restores_on_error(cnn: nn.Module) -> None:
@@ -440,9 +442,9 @@ def test_models_with_locked_norm_layers_copy_pickle_and_save(
     assert model.stem[1].training is False
     # unfreezing the copy does not touch the original
     ff.unfreeze(twin, ff.everything(), include_frozen_norm=True)
-    assert ff.norm_mode(twin.bn) is None
+    assert ff.core.norm_mode(twin.bn) is None
     assert twin.train().bn.training is True
-    assert ff.norm_mode(model.bn) == "frozen"
+    assert ff.core.norm_mode(model.bn) == "frozen"
     assert not model.bn.weight.requires_grad
     # same outputs
     model.eval()
@@ -458,5 +460,5 @@ def test_tied_model_with_frozen_norms_survives_deepcopy(tiny_lm: nn.Module) -> N
     assert twin.embed.weight is not tiny_lm.embed.weight
     assert flags(twin) == flags(tiny_lm)
     assert norm_state(twin) == norm_state(tiny_lm)
-    assert ff.norm_mode(twin.blocks[0].ln1) == "frozen"
-    assert ff.norm_mode(twin.ln_f) is None
+    assert ff.core.norm_mode(twin.blocks[0].ln1) == "frozen"
+    assert ff.core.norm_mode(twin.ln_f) is None

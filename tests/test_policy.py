@@ -29,7 +29,7 @@ MAKERS = {
 }
 
 
-def names_of(policy: ff.Policy, model: nn.Module) -> tuple[str, ...]:
+def names_of(policy: ff.FreezePolicy, model: nn.Module) -> tuple[str, ...]:
     return policy.select(model, allow_empty=True).names
 
 
@@ -205,7 +205,7 @@ CASES = [
     ("cnn", ff.nothing(), ()),
     ("cnn", ~ff.everything(), ()),
     ("cnn", ~ff.nothing(), STEM + CONV_BN + HEAD),
-    ("cnn", ff.ALL, STEM + CONV_BN + HEAD),
+    ("cnn", ff.everything(), STEM + CONV_BN + HEAD),
     # -- combinations ---------------------------------------------------------------------
     ("cnn", ff.name("head") | ff.name("stem.0"), ("stem.0.weight", "stem.0.bias", *HEAD)),
     ("cnn", ff.of_type(nn.BatchNorm2d) & ff.name("**.bias"), ("stem.1.bias", "bn.bias")),
@@ -221,7 +221,7 @@ CASES = [
     ids=[f"{m}-{p!r}" for m, p, _ in CASES],
 )
 def test_policy_selects_exact_names(
-    model_name: str, policy: ff.Policy, expected: tuple[str, ...]
+    model_name: str, policy: ff.FreezePolicy, expected: tuple[str, ...]
 ) -> None:
     model = MAKERS[model_name]()
     sel = policy.select(model, allow_empty=True)
@@ -288,7 +288,7 @@ def test_everything_lists_every_unique_parameter_once(toy: nn.Module) -> None:
 
 
 def test_nothing_raises_unless_empty_is_allowed(mlp: nn.Module) -> None:
-    with pytest.raises(ff.EmptySelectionError):
+    with pytest.raises(ff.errors.EmptySelectionError):
         ff.nothing().select(mlp)
     sel = ff.nothing().select(mlp, allow_empty=True)
     assert len(sel) == 0
@@ -367,7 +367,7 @@ def test_selection_params_are_the_model_parameters(cnn: nn.Module) -> None:
     ],
     ids=repr,
 )
-def test_tied_parameter_appears_once_with_both_aliases(policy: ff.Policy) -> None:
+def test_tied_parameter_appears_once_with_both_aliases(policy: ff.FreezePolicy) -> None:
     lm = make_tiny_lm()
     assert lm.lm_head.weight is lm.embed.weight
     sel = policy.select(lm)
@@ -402,19 +402,19 @@ def test_excluding_both_aliases_is_consistent(tiny_lm: nn.Module) -> None:
 
 
 def test_strings_and_lists_become_name_policies(cnn: nn.Module) -> None:
-    assert ff.as_policy("head") == ff.name("head")
-    assert ff.as_policy(["head", "conv"]) == ff.name("head", "conv")
-    assert ff.as_policy(("head",)) == ff.name("head")
+    assert ff.core.as_policy("head") == ff.name("head")
+    assert ff.core.as_policy(["head", "conv"]) == ff.name("head", "conv")
+    assert ff.core.as_policy(("head",)) == ff.name("head")
     policy = ff.last(1)
-    assert ff.as_policy(policy) is policy
+    assert ff.core.as_policy(policy) is policy
     assert ("stem" | ff.last(1)).select(cnn).names == STEM + HEAD
     assert (ff.everything() - ["stem", "conv"]).select(cnn).names == ("bn.weight", "bn.bias", *HEAD)
 
 
 @pytest.mark.parametrize("value", [3, None, 2.5, [], ["a", 1], {"a"}, nn.Linear(2, 2)], ids=repr)
 def test_as_policy_rejects_non_policies(value: object) -> None:
-    with pytest.raises(ff.PolicyTypeError) as info:
-        ff.as_policy(value)
+    with pytest.raises(ff.errors.PolicyTypeError) as info:
+        ff.core.as_policy(value)
     assert isinstance(info.value, TypeError)
     assert isinstance(info.value, ff.FreezeflowError)
 
@@ -433,8 +433,8 @@ EQUAL_PAIRS = [
     (ff.layers(-10), ff.layers(-10, None)),
     (ff.last(2, among="fc"), ff.last(2, among=ff.name("fc"))),
     (ff.where(is_bias), ff.where(is_bias)),
-    (ff.everything(), ff.ALL),
-    (ff.nothing(), ff.NONE),
+    (ff.everything(), ff.everything()),
+    (ff.nothing(), ff.nothing()),
     (ff.name("a") | ff.last(2), ff.name("a") | ff.last(2)),
     (ff.name("a") & ff.last(2), ff.name("a") & ff.last(2)),
     (ff.name("a") - ff.last(2), ff.name("a") - ff.last(2)),
@@ -445,7 +445,7 @@ EQUAL_PAIRS = [
 
 
 @pytest.mark.parametrize(("a", "b"), EQUAL_PAIRS, ids=[repr(a) for a, _ in EQUAL_PAIRS])
-def test_equal_policies_compare_and_hash_equal(a: ff.Policy, b: ff.Policy) -> None:
+def test_equal_policies_compare_and_hash_equal(a: ff.FreezePolicy, b: ff.FreezePolicy) -> None:
     assert a == b
     assert hash(a) == hash(b)
     assert len({a, b}) == 1
@@ -468,7 +468,7 @@ UNEQUAL_PAIRS = [
 
 
 @pytest.mark.parametrize(("a", "b"), UNEQUAL_PAIRS, ids=[f"{a!r}~{b!r}" for a, b in UNEQUAL_PAIRS])
-def test_different_policies_are_not_equal(a: ff.Policy, b: ff.Policy) -> None:
+def test_different_policies_are_not_equal(a: ff.FreezePolicy, b: ff.FreezePolicy) -> None:
     assert a != b
 
 
@@ -497,7 +497,7 @@ REPRS = [
 
 
 @pytest.mark.parametrize(("policy", "text"), REPRS, ids=[t for _, t in REPRS])
-def test_repr_is_readable(policy: ff.Policy, text: str) -> None:
+def test_repr_is_readable(policy: ff.FreezePolicy, text: str) -> None:
     assert repr(policy) == text
 
 
@@ -519,7 +519,7 @@ PICKLABLE = [
 
 
 @pytest.mark.parametrize("policy", PICKLABLE, ids=repr)
-def test_pickle_round_trips(policy: ff.Policy, mlp: nn.Module) -> None:
+def test_pickle_round_trips(policy: ff.FreezePolicy, mlp: nn.Module) -> None:
     back = pickle.loads(pickle.dumps(policy))
     assert back == policy
     assert hash(back) == hash(policy)

@@ -40,13 +40,13 @@ def is_matrix(n: str, p: nn.Parameter, m: nn.Module) -> bool:
 
 
 def in_norm(n: str, p: nn.Parameter, m: nn.Module) -> bool:
-    return ff.is_norm_layer(m)
+    return ff.core.is_norm_layer(m)
 
 
 Outcome = tuple[str, Any]
 
 
-def outcome(policy: ff.Policy, model: nn.Module) -> Outcome:
+def outcome(policy: ff.FreezePolicy, model: nn.Module) -> Outcome:
     """('ok', names) or ('error', error type)."""
     try:
         return "ok", policy.select(model, allow_empty=True).names
@@ -61,7 +61,7 @@ def model(key: str) -> nn.Module:
 
 
 @cache
-def leaves(key: str) -> tuple[ff.Policy, ...]:
+def leaves(key: str) -> tuple[ff.FreezePolicy, ...]:
     """Leaf policies for ``key`` that resolve on their own."""
     m = model(key)
     modules = [p for p, mod in m.named_modules() if p and next(mod.parameters(), None) is not None]
@@ -79,7 +79,7 @@ def leaves(key: str) -> tuple[ff.Policy, ...]:
     n_layers = sum(1 for mod in m.modules() if list(mod.parameters(recurse=False)))
     types = sorted({type(mod) for mod in m.modules()}, key=lambda t: t.__qualname__)
     amongs = [ff.norm_layers(), ff.of_type(nn.Linear), ~ff.name(modules[-1]), ff.where(is_bias)]
-    candidates: list[ff.Policy] = [
+    candidates: list[ff.FreezePolicy] = [
         ff.everything(),
         ff.nothing(),
         ff.norm_layers(),
@@ -112,7 +112,7 @@ def leaves(key: str) -> tuple[ff.Policy, ...]:
     return tuple(dict.fromkeys(pool))
 
 
-OPS: dict[str, Callable[..., ff.Policy]] = {
+OPS: dict[str, Callable[..., ff.FreezePolicy]] = {
     "or": operator.or_,
     "and": operator.and_,
     "sub": operator.sub,
@@ -120,8 +120,8 @@ OPS: dict[str, Callable[..., ff.Policy]] = {
 
 
 @cache
-def expressions(key: str) -> st.SearchStrategy[ff.Policy]:
-    def extend(children: st.SearchStrategy[ff.Policy]) -> st.SearchStrategy[ff.Policy]:
+def expressions(key: str) -> st.SearchStrategy[ff.FreezePolicy]:
+    def extend(children: st.SearchStrategy[ff.FreezePolicy]) -> st.SearchStrategy[ff.FreezePolicy]:
         return st.one_of(
             st.builds(operator.or_, children, children),
             st.builds(operator.and_, children, children),
@@ -132,7 +132,7 @@ def expressions(key: str) -> st.SearchStrategy[ff.Policy]:
     return st.recursive(leaf_policies(key), extend, max_leaves=5)
 
 
-def leaf_policies(key: str) -> st.SearchStrategy[ff.Policy]:
+def leaf_policies(key: str) -> st.SearchStrategy[ff.FreezePolicy]:
     pool = st.sampled_from(leaves(key))
     if key != "tiny_lm":
         return pool
@@ -164,7 +164,7 @@ def trees(key: str) -> st.SearchStrategy[Any]:
     return st.recursive(leaf, extend, max_leaves=5)
 
 
-def build(tree: Any) -> ff.Policy:
+def build(tree: Any) -> ff.FreezePolicy:
     if tree[0] == "leaf":
         return tree[1]
     if tree[0] == "not":
@@ -196,7 +196,7 @@ def test_leaf_pool_is_rich(key: str) -> None:
 # --------------------------------------------------------------------------- laws
 
 
-def same(a: ff.Policy, b: ff.Policy, key: str) -> None:
+def same(a: ff.FreezePolicy, b: ff.FreezePolicy, key: str) -> None:
     m = model(key)
     assert outcome(a, m) == outcome(b, m), (a, b)
 
@@ -326,7 +326,7 @@ TIED_CASES = [
 
 @pytest.mark.parametrize(("label", "left", "right"), TIED_CASES, ids=[c[0] for c in TIED_CASES])
 def test_laws_on_tied_parameters_agree_on_errors(
-    label: str, left: ff.Policy, right: ff.Policy
+    label: str, left: ff.FreezePolicy, right: ff.FreezePolicy
 ) -> None:
     m = model("tiny_lm")
     assert outcome(left, m) == outcome(right, m)
@@ -348,8 +348,8 @@ def test_laws_on_tied_parameters_agree_on_errors(
     ],
     ids=repr,
 )
-def test_inconsistent_tied_selection_raises(policy: ff.Policy) -> None:
-    assert outcome(policy, model("tiny_lm")) == ("error", ff.TiedParameterError)
+def test_inconsistent_tied_selection_raises(policy: ff.FreezePolicy) -> None:
+    assert outcome(policy, model("tiny_lm")) == ("error", ff.errors.TiedParameterError)
     # the same expression on an untied copy of the model is fine
     untied = FACTORIES["tiny_lm"]()
     untied.lm_head.weight = nn.Parameter(untied.embed.weight.detach().clone())

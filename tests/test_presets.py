@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import torch
 import torchvision
-from models import RESNET18_BLOCKS
+from models import RESNET18_BLOCKS, classic_keras
 from torch import nn
 from unfreezer_models import (
     BLOCKS,
@@ -64,7 +64,7 @@ def _drive_to(uf: ff.GradualUnfreezer, k: int) -> None:
     assert uf.stage == k
 
 
-# --------------------------------------------------------------------------- seed_pytorch
+# ------------------------------------------------------------ the classic PyTorch recipe
 
 
 def _seed_loop(
@@ -90,7 +90,7 @@ def _seed_loop(
     return stages
 
 
-def test_seed_pytorch_matches_the_seed_loop_bit_for_bit() -> None:
+def test_classic_pytorch_recipe_matches_the_tutorial_loop_bit_for_bit() -> None:
     """Trainable sets per stage by parameter identity, and with norm="ignore" (the seed
     leaves frozen BatchNorm in train mode) the trained weights and statistics, bit for bit."""
     torch.manual_seed(0)
@@ -107,7 +107,12 @@ def test_seed_pytorch_matches_the_seed_loop_bit_for_bit() -> None:
     torch.manual_seed(1)
     model.fc = _seed_head(512)
     opt = torch.optim.Adam(model.parameters())
-    uf = ff.GradualUnfreezer(model, ff.seed_pytorch(head_epochs=head_epochs), opt, norm="ignore")
+    uf = ff.GradualUnfreezer(
+        model,
+        ff.presets.two_stage("fc", "layer4", head_epochs=head_epochs, lr=1e-5, reset_state=True),
+        opt,
+        norm="ignore",
+    )
     ours = [_trainable_ids(model)]
     # identity: the same parameter objects as the seed's, mapped by name
     by_name = dict(model.named_parameters())
@@ -130,9 +135,11 @@ def test_seed_pytorch_matches_the_seed_loop_bit_for_bit() -> None:
         assert torch.equal(model.state_dict()[n], b), n
 
 
-def test_seed_pytorch_on_a_toy_model() -> None:
+def test_two_stage_with_a_block_on_a_toy_model() -> None:
     model = make_net()
-    uf = ff.GradualUnfreezer(model, ff.seed_pytorch("head", "body.1"))
+    uf = ff.GradualUnfreezer(
+        model, ff.presets.two_stage("head", "body.1", head_epochs=5, lr=1e-5, reset_state=True)
+    )
     assert trainable_names(model) == {"head.weight", "head.bias"}
     assert set(uf.history[-1].lrs.values()) == {1e-3}
     _drive_to(uf, 1)
@@ -141,17 +148,17 @@ def test_seed_pytorch_on_a_toy_model() -> None:
     assert set(uf.history[-1].lrs.values()) == {1e-5}
 
 
-# --------------------------------------------------------------------------- seed_keras
+# ------------------------------------------------------------ the classic Keras recipe
 
 KERAS_LAST_6 = ("conv1", "bn1", "conv2", "bn2", "conv3", "bn3")
 
 
 @pytest.mark.parametrize("head", ["fc", ff.name("fc")], ids=["str", "policy"])
-def test_seed_keras_on_resnet50(head: Any) -> None:
+def test_classic_keras_recipe_on_resnet50(head: Any) -> None:
     torch.manual_seed(0)
     model = torchvision.models.resnet50(weights=None)
     model.fc = _seed_head(2048)
-    sched = ff.seed_keras(head=head)
+    sched = classic_keras(head)
     assert sched[1].reset_state
     opt = torch.optim.Adam(model.parameters())
     uf = ff.GradualUnfreezer(model, sched, opt)
@@ -173,10 +180,10 @@ def test_seed_keras_on_resnet50(head: Any) -> None:
     assert not model.bn1.training
 
 
-def test_seed_keras_resets_optimizer_state_on_a_toy_model() -> None:
+def test_classic_keras_recipe_resets_optimizer_state_on_a_toy_model() -> None:
     model = make_net()
     opt = torch.optim.Adam(model.parameters())
-    uf = ff.GradualUnfreezer(model, ff.seed_keras(head="head", n_layers=2, head_epochs=1), opt)
+    uf = ff.GradualUnfreezer(model, classic_keras("head", n_layers=2, head_epochs=1), opt)
     train_step(model, opt, 0)
     assert names_of(model, opt.state) == {"head.weight", "head.bias"}
     uf.on_epoch_start(1)
@@ -194,7 +201,9 @@ def _check_ulmfit(
     model: nn.Module, blocks: tuple[str, ...], block_of_name: Callable[[str], str], n: int
 ) -> None:
     lr = 1e-3
-    uf = ff.GradualUnfreezer(model, ff.ulmfit(n, lr=lr), torch.optim.AdamW(model.parameters()))
+    uf = ff.GradualUnfreezer(
+        model, ff.presets.ulmfit(n, lr=lr), torch.optim.AdamW(model.parameters())
+    )
     names = {id(p): name for name, p in model.named_parameters()}
     for k in range(n):
         if k:
@@ -233,7 +242,7 @@ def test_ulmfit_on_a_toy_model() -> None:
 
 def test_ulmfit_checks_its_argument() -> None:
     with pytest.raises(ff.ScheduleError, match=r"ulmfit\(n_stages\).*got 0"):
-        ff.ulmfit(0)
+        ff.presets.ulmfit(0)
 
 
 # --------------------------------------------------------------------------- chain_thaw
@@ -251,7 +260,9 @@ def test_chain_thaw_stages_are_exclusive(
     make: Callable[[], nn.Module], head: str, parts: list[str]
 ) -> None:
     model = make()
-    uf = ff.GradualUnfreezer(model, ff.chain_thaw(head, parts), torch.optim.SGD(model.parameters()))
+    uf = ff.GradualUnfreezer(
+        model, ff.presets.chain_thaw(head, parts), torch.optim.SGD(model.parameters())
+    )
     everything = set(dict(model.named_parameters()))
     expected = [_prefixed(model, head + ".")] + [_prefixed(model, p + ".") for p in parts]
     for k, names in enumerate(expected):
@@ -277,7 +288,9 @@ def test_layerwise_decay_scales(
 ) -> None:
     model = make()
     opt = torch.optim.AdamW(model.parameters())
-    ff.GradualUnfreezer(model, ff.layerwise_decay(lr=1e-3, decay=0.75, weight_decay=0.05), opt)
+    ff.GradualUnfreezer(
+        model, ff.presets.layerwise_decay(lr=1e-3, lr_decay=0.75, weight_decay=0.05), opt
+    )
     assert trainable_names(model) == set(dict(model.named_parameters()))
     names = {id(p): n for n, p in model.named_parameters()}
     assert len(opt.param_groups) == 2 * len(blocks)
@@ -297,7 +310,7 @@ def test_layerwise_decay_scales(
 def test_two_stage_linear_probe_then_everything() -> None:
     model = _resnet18()
     uf = ff.GradualUnfreezer(
-        model, ff.two_stage("fc", head_epochs=1, lr=1e-4, lr_decay=0.5), torch.optim.AdamW
+        model, ff.presets.two_stage("fc", head_epochs=1, lr=1e-4, lr_decay=0.5), torch.optim.AdamW
     )
     assert trainable_names(model) == _prefixed(model, "fc.")
     assert set(uf.history[-1].lrs.values()) == {1e-3}
@@ -311,12 +324,14 @@ def test_two_stage_linear_probe_then_everything() -> None:
 
 def test_presets_bind_to_the_toy_model() -> None:
     presets = {
-        "seed_pytorch": ff.seed_pytorch("head", "body"),
-        "seed_keras": ff.seed_keras("head"),
-        "two_stage": ff.two_stage("head"),
-        "ulmfit": ff.ulmfit(4),
-        "chain_thaw": ff.chain_thaw("head", ["stem", "body"]),
-        "layerwise_decay": ff.layerwise_decay(),
+        "classic_pytorch": ff.presets.two_stage(
+            "head", "body", head_epochs=5, lr=1e-5, reset_state=True
+        ),
+        "classic_keras": classic_keras("head"),
+        "two_stage": ff.presets.two_stage("head"),
+        "ulmfit": ff.presets.ulmfit(4),
+        "chain_thaw": ff.presets.chain_thaw("head", ["stem", "body"]),
+        "layerwise_decay": ff.presets.layerwise_decay(),
     }
     last = {}
     for key, sched in presets.items():
@@ -325,5 +340,5 @@ def test_presets_bind_to_the_toy_model() -> None:
     total = sum(q.numel() for q in make_net().parameters())
     assert last["two_stage"] == last["ulmfit"] == last["chain_thaw"] == total
     # the toy backbone has exactly six layers with parameters, so Keras' last-6 is all of it
-    assert last["layerwise_decay"] == last["seed_keras"] == total
-    assert last["seed_pytorch"] == total - sum(q.numel() for q in make_net().stem.parameters())
+    assert last["layerwise_decay"] == last["classic_keras"] == total
+    assert last["classic_pytorch"] == total - sum(q.numel() for q in make_net().stem.parameters())

@@ -170,7 +170,7 @@ def test_state_from_elsewhere_raises_and_changes_nothing(build_other: Any, match
     model, opt = uf.model, uf.optimizer
     model.train()
     before = (flags(model), group_view(opt), norm_state(model), uf.stage, uf.lrs())
-    with pytest.raises(ff.StateError, match=match) as info:
+    with pytest.raises(ff.errors.StateError, match=match) as info:
         uf.load_state_dict(state)
     assert isinstance(info.value, ValueError)
     assert "fingerprint" in str(info.value)
@@ -191,6 +191,6 @@ def test_state_from_elsewhere_raises_and_changes_nothing(build_other: Any, match
 def test_not_a_state(state: Any, match: str) -> None:
     uf = build()[2]
     before = (flags(uf.model), group_view(uf.optimizer))
-    with pytest.raises(ff.StateError, match=match):
+    with pytest.raises(ff.errors.StateError, match=match):
         uf.load_state_dict(state)
     assert (flags(uf.model), group_view(uf.optimizer)) == before

@@ -13,7 +13,7 @@ import yaml
 from torch import nn
 
 import freezeflow as ff
-from freezeflow.schedules.schedule import AtEpoch, AtFraction, AtStep, OnPlateau
+from freezeflow.schedules.triggers import AtEpoch, AtFraction, AtStep, OnPlateau
 
 # --------------------------------------------------------------------------- validation
 
@@ -217,17 +217,31 @@ def test_trigger_builders() -> None:
 # --------------------------------------------------------------------------- round trip
 
 PRESETS: list[tuple[str, Any]] = [
-    ("seed_pytorch", lambda: ff.seed_pytorch()),
-    ("seed_pytorch-custom", lambda: ff.seed_pytorch("head", ["layer3", "layer4"], head_epochs=2)),
-    ("seed_keras", lambda: ff.seed_keras()),
-    ("seed_keras-head", lambda: ff.seed_keras(head=ff.name("fc"), n_layers=10)),
-    ("two_stage", lambda: ff.two_stage()),
-    ("two_stage-decay", lambda: ff.two_stage("fc", ff.last(3), lr_decay=0.7, weight_decay=0.05)),
-    ("ulmfit", lambda: ff.ulmfit(4)),
-    ("ulmfit-wd", lambda: ff.ulmfit(2, lr=3e-4, weight_decay=0.01, epochs_per_stage=3)),
-    ("chain_thaw", lambda: ff.chain_thaw("fc", ["layer1", ff.regex(r"layer[23]\..*")])),
-    ("layerwise_decay", lambda: ff.layerwise_decay()),
-    ("layerwise_decay-no-wd", lambda: ff.layerwise_decay(1e-4, 0.65, weight_decay=None)),
+    (
+        "classic_pytorch",
+        lambda: ff.presets.two_stage("fc", "layer4", head_epochs=5, lr=1e-5, reset_state=True),
+    ),
+    ("two_stage-custom", lambda: ff.presets.two_stage("head", ["layer3", "layer4"], head_epochs=2)),
+    (
+        "classic_keras",
+        lambda: ff.presets.two_stage(
+            "fc", ff.layers(-6, among=~ff.name("fc")), head_epochs=5, lr=1e-5, reset_state=True
+        ),
+    ),
+    (
+        "two_stage-layers",
+        lambda: ff.presets.two_stage(ff.name("fc"), ff.layers(-10, among=~ff.name("fc"))),
+    ),
+    ("two_stage", lambda: ff.presets.two_stage()),
+    (
+        "two_stage-decay",
+        lambda: ff.presets.two_stage("fc", ff.last(3), lr_decay=0.7, weight_decay=0.05),
+    ),
+    ("ulmfit", lambda: ff.presets.ulmfit(4)),
+    ("ulmfit-wd", lambda: ff.presets.ulmfit(2, lr=3e-4, weight_decay=0.01, epochs_per_stage=3)),
+    ("chain_thaw", lambda: ff.presets.chain_thaw("fc", ["layer1", ff.regex(r"layer[23]\..*")])),
+    ("layerwise_decay", lambda: ff.presets.layerwise_decay()),
+    ("layerwise_decay-no-wd", lambda: ff.presets.layerwise_decay(1e-4, 0.65, weight_decay=None)),
 ]
 
 POLICIES: list[tuple[str, Any]] = [
@@ -256,7 +270,7 @@ POLICIES: list[tuple[str, Any]] = [
 ]
 
 
-def _policy_schedule(policy: ff.Policy) -> ff.Schedule:
+def _policy_schedule(policy: ff.FreezePolicy) -> ff.Schedule:
     return ff.Schedule(
         [
             ff.Stage("fc", lr=1e-3, weight_decay=0.05, name="head"),
@@ -375,7 +389,7 @@ WHERE = ff.where(lambda n, p, m: p.ndim > 1, label="matrices")
     [WHERE, WHERE | ff.name("fc"), ~WHERE, ff.last(2, among=WHERE)],
     ids=["where", "where-or", "not-where", "among-where"],
 )
-def test_where_refuses_to_serialise(policy: ff.Policy) -> None:
+def test_where_refuses_to_serialise(policy: ff.FreezePolicy) -> None:
     sched = ff.Schedule([ff.Stage("fc", lr=1e-3), ff.Stage(policy, lr=1e-4, start=1)])
     with pytest.raises(ff.PolicyError, match=r"matrices.*cannot be written as data.*where\(\)"):
         sched.to_dict()

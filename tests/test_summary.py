@@ -15,7 +15,7 @@ def numel(*modules: nn.Module) -> int:
     return sum(p.numel() for m in modules for p in m.parameters())
 
 
-def row_tuples(s: ff.Summary) -> list[tuple[int, str, int, int, str, str]]:
+def row_tuples(s: ff.core.Summary) -> list[tuple[int, str, int, int, str, str]]:
     return [(r.index, r.name, r.params, r.trainable, r.status, r.norm) for r in s.rows]
 
 

@@ -86,7 +86,7 @@ def test_overlaps_reported_in_layout_and_plan() -> None:
     )
     assert ff.plan(make_net(), exclusive).overlaps == ()
     # chain-thaw: only its last, non-exclusive stage ("all") re-selects
-    chain = ff.plan(make_net(), ff.chain_thaw("head", ["stem", "body"]))
+    chain = ff.plan(make_net(), ff.presets.chain_thaw("head", ["stem", "body"]))
     assert [k for k, _ in chain.overlaps] == [3]
     assert set(chain.overlaps[0][1]) == {n for n in ALL_NAMES if n.startswith("body.")}
     clean = ff.Schedule([ff.Stage("head", lr=1), ff.Stage("body", lr=1, start=1)])
@@ -193,7 +193,7 @@ PARTITION_CASES: list[tuple[str, Callable[[], ff.Schedule], set[str]]] = [
         ),
         {n for n in ALL_NAMES if not n.startswith("stem.")},
     ),
-    ("chain-thaw", lambda: ff.chain_thaw("head", ["stem", "body.0"]), set(ALL_NAMES)),
+    ("chain-thaw", lambda: ff.presets.chain_thaw("head", ["stem", "body.0"]), set(ALL_NAMES)),
     (
         "norm-layers-only",
         lambda: ff.Schedule([ff.Stage(ff.norm_layers(), lr=1)]),
@@ -668,7 +668,7 @@ def test_listeners_fire_once_per_transition() -> None:
     uf = _uf(_sched(1, ff.at_step(5), 3))
     calls: list[tuple[int, bool, frozenset[str]]] = []
 
-    def listener(t: ff.Transition) -> None:
+    def listener(t: ff.unfreezer.Transition) -> None:
         # called after the model and optimizer are updated
         calls.append((t.stage, t is uf.history[-1], trainable_names(uf.model)))
 

@@ -123,7 +123,7 @@ def flags(model: nn.Module) -> dict[str, bool]:
 def norm_state(model: nn.Module) -> dict[str, tuple[str | None, bool]]:
     """(freezeflow norm mode, training flag) of every BatchNorm layer."""
     return {
-        path: (ff.norm_mode(m), m.training)
+        path: (ff.core.norm_mode(m), m.training)
         for path, m in model.named_modules()
         if isinstance(m, nn.BatchNorm2d)
     }

@@ -1,141 +1,101 @@
 """freezeflow: freeze and unfreeze layers of pretrained PyTorch networks.
 
-Policies say *what* (``name``, ``regex``, ``of_type``, ``blocks``, ``layers``, ``where``,
-combined with ``| & - ~``), ``freeze``/``unfreeze`` act on a model, and ``summary`` shows the
-result.
+The names below are what a user types. Policies say *what* (``name``, ``regex``,
+``of_type``, ``norm_layers``, ``where``, ``blocks``, ``layers``, ``first``, ``last``, combined
+with ``| & - ~``); ``freeze``/``unfreeze`` act on a model and ``summary`` shows the result; a
+``Schedule`` of ``Stage`` objects says *when*; the ``GradualUnfreezer`` applies it to a model
+and its optimizer; ``fit`` trains. The rest lives in namespaces: :mod:`freezeflow.presets`,
+:mod:`freezeflow.callbacks`, :mod:`freezeflow.distributed`, :mod:`freezeflow.errors`, and
+the layers :mod:`freezeflow.core`, :mod:`freezeflow.schedules`, :mod:`freezeflow.unfreezer`,
+:mod:`freezeflow.training` (docs/design.md).
 """
 
-from freezeflow.core.blocks import Block, clear_blocks, find_blocks, is_norm_layer, set_blocks
-from freezeflow.core.freezing import NormMode, freeze, frozen, norm_mode, unfreeze
-from freezeflow.core.heads import replace_head
-from freezeflow.core.policy import (
-    ALL,
-    NONE,
-    Policy,
-    as_policy,
-    blocks,
-    everything,
-    first,
-    last,
-    layers,
-    name,
-    norm_layers,
-    nothing,
-    of_type,
-    regex,
-    where,
+from freezeflow import (
+    callbacks,
+    core,
+    distributed,
+    errors,
+    presets,
+    schedules,
+    training,
+    unfreezer,
 )
-from freezeflow.core.selection import Selection
-from freezeflow.core.summary import Summary, summary
+from freezeflow.core.blocks import find_blocks, set_blocks
+from freezeflow.core.depth import blocks, first, last, layers
+from freezeflow.core.freezing import freeze, frozen, unfreeze
+from freezeflow.core.heads import replace_head
+from freezeflow.core.policy import FreezePolicy, everything, name, nothing
+from freezeflow.core.selectors import norm_layers, of_type, regex, where
+from freezeflow.core.summary import summary
 from freezeflow.errors import (
     CheckpointError,
-    EmptySelectionError,
     FreezeflowError,
     FreezeflowWarning,
-    HeadNotFoundError,
     OptimizerError,
     PolicyError,
-    PolicyTypeError,
     ScheduleError,
-    StateError,
-    TiedParameterError,
     TrainingError,
 )
-from freezeflow.schedules.schedule import (
-    Schedule,
-    Stage,
-    at_epoch,
-    at_fraction,
-    at_step,
-    chain_thaw,
-    layerwise_decay,
-    on_plateau,
-    progressive_freezing,
-    seed_keras,
-    seed_pytorch,
-    two_stage,
-    ulmfit,
-)
+from freezeflow.schedules.schedule import Schedule, Stage
+from freezeflow.schedules.triggers import at_epoch, at_fraction, at_step, on_plateau
 from freezeflow.training.cache import FeatureCache, Views
-from freezeflow.training.callbacks import Callback, EarlyStopping, ProgressBar
 from freezeflow.training.checkpoint import Checkpoint, load_checkpoint
-from freezeflow.training.loop import History, Run, fit
-from freezeflow.unfreezer.gradual import GradualUnfreezer, Transition
-from freezeflow.unfreezer.layout import default_no_decay, param_groups
-from freezeflow.unfreezer.plan import Plan, plan
+from freezeflow.training.loop import History, fit
+from freezeflow.unfreezer.gradual import GradualUnfreezer
+from freezeflow.unfreezer.layout import param_groups
+from freezeflow.unfreezer.plan import plan
 
 __version__ = "0.1.0.dev0"
 
 __all__ = [
-    "ALL",
-    "NONE",
-    "Block",
-    "Callback",
     "Checkpoint",
     "CheckpointError",
-    "EarlyStopping",
-    "EmptySelectionError",
     "FeatureCache",
+    "FreezePolicy",
     "FreezeflowError",
     "FreezeflowWarning",
     "GradualUnfreezer",
-    "HeadNotFoundError",
     "History",
-    "NormMode",
     "OptimizerError",
-    "Plan",
-    "Policy",
     "PolicyError",
-    "PolicyTypeError",
-    "ProgressBar",
-    "Run",
     "Schedule",
     "ScheduleError",
-    "Selection",
     "Stage",
-    "StateError",
-    "Summary",
-    "TiedParameterError",
     "TrainingError",
-    "Transition",
     "Views",
     "__version__",
-    "as_policy",
     "at_epoch",
     "at_fraction",
     "at_step",
     "blocks",
-    "chain_thaw",
-    "clear_blocks",
-    "default_no_decay",
+    "callbacks",
+    "core",
+    "distributed",
+    "errors",
     "everything",
     "find_blocks",
     "first",
     "fit",
     "freeze",
     "frozen",
-    "is_norm_layer",
     "last",
     "layers",
-    "layerwise_decay",
     "load_checkpoint",
     "name",
     "norm_layers",
-    "norm_mode",
     "nothing",
     "of_type",
     "on_plateau",
     "param_groups",
     "plan",
-    "progressive_freezing",
+    "presets",
     "regex",
     "replace_head",
-    "seed_keras",
-    "seed_pytorch",
+    "schedules",
     "set_blocks",
     "summary",
-    "two_stage",
-    "ulmfit",
+    "training",
     "unfreeze",
+    "unfreezer",
     "where",
 ]

@@ -2,7 +2,7 @@
 
 Usage::
 
-    freezeflow inspect torchvision:resnet50            # block table (freezeflow.core.summary)
+    freezeflow inspect torchvision:resnet50            # block table (freezeflow.summary)
     freezeflow inspect timm:vit_small_patch16_224 --by layers
     freezeflow plan torchvision:resnet18 schedule.yaml --num-classes 10
     freezeflow demo [ARGS...]                          # runs examples/offline_transfer.py
@@ -186,7 +186,7 @@ def _parser() -> argparse.ArgumentParser:
     model_help = "torchvision:NAME or timm:NAME (built with random weights, nothing downloaded)"
     classes_help = "build the model with a head of N outputs"
 
-    p = sub.add_parser("inspect", help="print the block table of a model (freezeflow.core.summary)")
+    p = sub.add_parser("inspect", help="print the block table of a model (freezeflow.summary)")
     p.add_argument("model", metavar="MODEL", help=model_help)
     p.add_argument("--by", choices=("blocks", "layers"), default="blocks", help="table rows")
     p.add_argument("--num-classes", type=int, metavar="N", help=classes_help)

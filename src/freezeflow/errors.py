@@ -113,3 +113,19 @@ def quote_list(items: Sequence[str], limit: int = 5) -> str:
     shown = ", ".join(repr(i) for i in items[:limit])
     rest = len(items) - limit
     return shown + (f" (+{rest} more)" if rest > 0 else "")
+
+
+def check_int(
+    what: str,
+    value: object,
+    low: int,
+    error: type[FreezeflowError] = ScheduleError,
+    hint: str = "",
+) -> int:
+    """``value`` when it is an integer ``>= low`` (a bool is not), else raise ``error``
+    naming ``what``, the value, what was expected and ``hint``. The one check of "a count"
+    or "an index" argument."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        tail = f"; hint: {hint}" if hint else ""
+        raise error(f"{what}: expected an integer >= {low}, got {value!r}{tail}")
+    return value

@@ -195,7 +195,7 @@ def set_blocks(model: nn.Module, blocks: Sequence[str | Sequence[str]]) -> None:
 
     Each entry is a module path (``"layer4"``), a parameter name, or a list of them that form
     one block. Depth policies (:func:`~freezeflow.first`, :func:`~freezeflow.last`,
-    :func:`~freezeflow.core.blocks`) and layer-wise LR decay then use these blocks.
+    :func:`~freezeflow.blocks`) and layer-wise LR decay then use these blocks.
 
     Raises:
         PolicyError: if a name is neither a module path nor a parameter name of ``model``.

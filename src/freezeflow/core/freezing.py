@@ -151,7 +151,7 @@ def freeze(
 
     Args:
         model: any ``nn.Module``.
-        policy: a :class:`~freezeflow.Policy`, or a name / list of names.
+        policy: a :class:`~freezeflow.FreezePolicy`, or a name / list of names.
         norm: what happens to norm layers left with only frozen parameters (module docstring).
         eval_frozen: also run every module whose parameters are all frozen in eval mode
             (dropout, stochastic depth and norm layers inside it), through later

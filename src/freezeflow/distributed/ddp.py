@@ -328,7 +328,7 @@ def wrap_ddp(
         >>> import torch, freezeflow as ff
         >>> from freezeflow.distributed import wrap_ddp
         >>> model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 2))
-        >>> uf = ff.GradualUnfreezer(model, ff.ulmfit(2), torch.optim.AdamW)
+        >>> uf = ff.GradualUnfreezer(model, ff.presets.ulmfit(2), torch.optim.AdamW)
         >>> net = wrap_ddp(model, uf)
         >>> loss = net(torch.randn(3, 4)).sum()
         >>> loss.backward(); uf.optimizer.step(); _ = uf.step()

@@ -6,7 +6,7 @@ import warnings
 from typing import Protocol
 
 from freezeflow.errors import FreezeflowWarning, TrainingError
-from freezeflow.schedules.schedule import OnPlateau
+from freezeflow.schedules.triggers import OnPlateau
 from freezeflow.unfreezer.gradual import GradualUnfreezer
 
 

@@ -44,7 +44,8 @@ from freezeflow.core.freezing import NormMode
 from freezeflow.core.policy import PolicyLike
 from freezeflow.errors import OptimizerError, StateError, TrainingError
 from freezeflow.integrations._common import missing_metric, next_plateau
-from freezeflow.schedules.schedule import AtFraction, Schedule, Stage
+from freezeflow.schedules.schedule import Schedule, Stage
+from freezeflow.schedules.triggers import AtFraction
 from freezeflow.unfreezer.gradual import GradualUnfreezer, Transition
 
 try:

@@ -51,7 +51,8 @@ from freezeflow.errors import (
     TrainingError,
 )
 from freezeflow.integrations._common import missing_metric, next_plateau
-from freezeflow.schedules.schedule import AtFraction, Schedule, Stage
+from freezeflow.schedules.schedule import Schedule, Stage
+from freezeflow.schedules.triggers import AtFraction
 from freezeflow.unfreezer.gradual import GradualUnfreezer
 
 try:

@@ -1,6 +1,33 @@
 """When things train, as data: triggers, :class:`~freezeflow.Stage` and
-:class:`~freezeflow.Schedule`, their file formats, and the presets
-(:mod:`freezeflow.presets`).
+:class:`~freezeflow.Schedule` (with their dict and YAML forms), and the presets
+(also reachable as :mod:`freezeflow.presets`).
 
 Builds on :mod:`freezeflow.core` only; never imports the unfreezer or the training loop.
 """
+
+from freezeflow.schedules.schedule import Schedule, Stage
+from freezeflow.schedules.triggers import (
+    AtEpoch,
+    AtFraction,
+    AtStep,
+    OnPlateau,
+    Trigger,
+    at_epoch,
+    at_fraction,
+    at_step,
+    on_plateau,
+)
+
+__all__ = [
+    "AtEpoch",
+    "AtFraction",
+    "AtStep",
+    "OnPlateau",
+    "Schedule",
+    "Stage",
+    "Trigger",
+    "at_epoch",
+    "at_fraction",
+    "at_step",
+    "on_plateau",
+]

@@ -20,188 +20,22 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from freezeflow.core.policy import (
-    Policy,
-    PolicyLike,
-    as_policy,
-    blocks,
-    everything,
-    last,
-    layers,
-    policy_from_data,
-    policy_to_data,
-)
+from freezeflow.core.policy import FreezePolicy, PolicyLike, as_policy
+from freezeflow.core.serialize import policy_from_data, policy_to_data
 from freezeflow.errors import ScheduleError, nearest
+from freezeflow.schedules.triggers import (
+    AtEpoch,
+    AtFraction,
+    AtStep,
+    Trigger,
+    trigger_from_data,
+)
 
-__all__ = [
-    "AtEpoch",
-    "AtFraction",
-    "AtStep",
-    "OnPlateau",
-    "Schedule",
-    "Stage",
-    "Trigger",
-    "at_epoch",
-    "at_fraction",
-    "at_step",
-    "chain_thaw",
-    "layerwise_decay",
-    "on_plateau",
-    "progressive_freezing",
-    "seed_keras",
-    "seed_pytorch",
-    "two_stage",
-    "ulmfit",
-]
-
-
-# --------------------------------------------------------------------------- triggers
-
-
-class Trigger:
-    """When a stage starts. Build with :func:`at_epoch`, :func:`at_step`,
-    :func:`at_fraction` or :func:`on_plateau`."""
-
-    __slots__ = ()
-
-    def to_data(self) -> Any:  # pragma: no cover - abstract
-        raise NotImplementedError
-
-
-@dataclass(frozen=True)
-class AtEpoch(Trigger):
-    """Start at the beginning of epoch ``epoch`` (0-based)."""
-
-    epoch: int
-
-    def to_data(self) -> Any:
-        return {"epoch": self.epoch}
-
-
-@dataclass(frozen=True)
-class AtStep(Trigger):
-    """Start after ``step`` optimizer steps in all (0-based global step)."""
-
-    step: int
-
-    def to_data(self) -> Any:
-        return {"step": self.step}
-
-
-@dataclass(frozen=True)
-class AtFraction(Trigger):
-    """Start once ``fraction`` of training (steps, or epochs if steps are unknown) is done."""
-
-    fraction: float
-
-    def to_data(self) -> Any:
-        return {"fraction": self.fraction}
-
-
-@dataclass(frozen=True)
-class OnPlateau(Trigger):
-    """Start at the first epoch after the validation metric has not improved by more than
-    ``min_delta`` for ``patience`` evaluations in the current stage, or at ``max_epoch``,
-    whichever comes first."""
-
-    patience: int = 2
-    min_delta: float = 0.0
-    mode: Literal["min", "max"] = "min"
-    max_epoch: int | None = None
-    metric: str = "val_loss"
-
-    def to_data(self) -> Any:
-        return {"plateau": {f.name: getattr(self, f.name) for f in fields(self)}}
-
-
-def at_epoch(epoch: int) -> AtEpoch:
-    """Trigger at the start of epoch ``epoch`` (0-based)."""
-    _check_int("at_epoch", epoch, 0)
-    return AtEpoch(epoch)
-
-
-def at_step(step: int) -> AtStep:
-    """Trigger after ``step`` optimizer steps (counted over the whole run)."""
-    _check_int("at_step", step, 0)
-    return AtStep(step)
-
-
-def at_fraction(fraction: float) -> AtFraction:
-    """Trigger once ``fraction`` (in [0, 1)) of training is done; needs the run's length
-    (``total_steps`` or ``total_epochs`` on the unfreezer; :func:`freezeflow.fit` passes it)."""
-    if (
-        isinstance(fraction, bool)
-        or not isinstance(fraction, (int, float))
-        or not (0.0 <= float(fraction) < 1.0)
-    ):
-        raise ScheduleError(
-            f"at_fraction({fraction!r}): expected a number in [0, 1); hint: at_fraction(0.5) "
-            "starts half way through training"
-        )
-    return AtFraction(float(fraction))
-
-
-def on_plateau(
-    patience: int = 2,
-    min_delta: float = 0.0,
-    *,
-    mode: Literal["min", "max"] = "min",
-    max_epoch: int | None = None,
-    metric: str = "val_loss",
-) -> OnPlateau:
-    """Trigger when ``metric`` stops improving (see :class:`OnPlateau`).
-
-    Feed the metric with :meth:`GradualUnfreezer.observe` (``fit()`` does it for you).
-    """
-    _check_int("on_plateau(patience)", patience, 1)
-    if not isinstance(min_delta, (int, float)) or not math.isfinite(min_delta) or min_delta < 0:
-        raise ScheduleError(f"on_plateau(min_delta={min_delta!r}): expected a finite number >= 0")
-    if mode not in ("min", "max"):
-        raise ScheduleError(f"on_plateau(mode={mode!r}): expected 'min' (loss) or 'max' (accuracy)")
-    if max_epoch is not None:
-        _check_int("on_plateau(max_epoch)", max_epoch, 0)
-    return OnPlateau(patience, float(min_delta), mode, max_epoch, metric)
-
-
-def _check_int(what: str, value: object, low: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ScheduleError(f"{what}: expected an integer >= {low}, got {value!r}")
-
-
-def _trigger_from_data(data: Any, where: str) -> Trigger:
-    if isinstance(data, Trigger):
-        return data
-    if isinstance(data, int) and not isinstance(data, bool):
-        return at_epoch(data)
-    if isinstance(data, Mapping) and len(data) == 1:
-        ((key, value),) = data.items()
-        if key == "epoch":
-            return at_epoch(value)
-        if key == "step":
-            return at_step(value)
-        if key == "fraction":
-            return at_fraction(value)
-        if key == "plateau":
-            if not isinstance(value, Mapping):
-                raise ScheduleError(f"{where}: 'plateau' takes a mapping, got {value!r}")
-            known = {f.name for f in fields(OnPlateau)}
-            bad = [k for k in value if k not in known]
-            if bad:
-                raise ScheduleError(
-                    f"{where}: unknown plateau option {bad[0]!r}; expected some of {sorted(known)}"
-                )
-            return on_plateau(**value)
-    raise ScheduleError(
-        f"{where}: {data!r} is not a trigger; expected an epoch number, or one of "
-        "{'epoch': N}, {'step': N}, {'fraction': F}, {'plateau': {...}}"
-    )
-
-
-# --------------------------------------------------------------------------- stages
+__all__ = ["Schedule", "Stage"]
 
 
 def _positive_finite(what: str, value: object, *, allow_zero: bool = False) -> float:
@@ -242,7 +76,7 @@ class Stage:
         name: a label for tables and history (default ``stage<k>``).
     """
 
-    trainable: Policy
+    trainable: FreezePolicy
     lr: float
     weight_decay: float | None = None
     start: Trigger = field(default_factory=lambda: AtEpoch(0))
@@ -273,7 +107,7 @@ class Stage:
             if weight_decay is None
             else _positive_finite("Stage(weight_decay)", weight_decay, allow_zero=True),
         )
-        set_(self, "start", _trigger_from_data(start, "Stage(start)"))
+        set_(self, "start", trigger_from_data(start, "Stage(start)"))
         if lr_decay is not None:
             lr_decay = _positive_finite("Stage(lr_decay)", lr_decay)
             if lr_decay > 1:
@@ -481,198 +315,3 @@ def _yaml_loader(yaml: Any) -> Any:
         list("-+0123456789"),
     )
     return Loader
-
-
-# --------------------------------------------------------------------------- presets
-
-
-def seed_pytorch(
-    head: PolicyLike = "fc",
-    block: PolicyLike = "layer4",
-    *,
-    head_epochs: int = 5,
-    head_lr: float = 1e-3,
-    finetune_lr: float = 1e-5,
-) -> Schedule:
-    """The seed tutorial's PyTorch ResNet18 recipe, as it writes it.
-
-    Train the new head (Adam, 1e-3) for 5 epochs with everything else frozen, then unfreeze
-    ``layer4`` and train everything trainable at 1e-5. Source: the tutorial this project grew
-    from (a ResNet18-on-CIFAR-10 listing: ``for param in model.layer4.parameters():
-    param.requires_grad = True`` then ``optim.Adam(model.parameters(), lr=1e-5)``). That new
-    optimizer starts with empty state, so the second stage resets the optimizer state too.
-    """
-    return Schedule(
-        [
-            Stage(head, lr=head_lr, name="head"),
-            Stage(block, lr=finetune_lr, start=head_epochs, reset_state=True, name="finetune"),
-        ]
-    )
-
-
-def seed_keras(
-    head: PolicyLike = "fc",
-    *,
-    n_layers: int = 6,
-    head_epochs: int = 5,
-    head_lr: float = 1e-3,
-    finetune_lr: float = 1e-5,
-) -> Schedule:
-    """The seed tutorial's Keras ResNet50 recipe: head first, then the backbone's last
-    layers at 1e-5 with a fresh optimizer (Keras recompiles, so optimizer state is reset).
-
-    Source: the tutorial's Keras listing, ``for layer in base_model.layers[-10:]:
-    layer.trainable = True`` then ``model.compile(optimizer=Adam(1e-5))``. Keras counts layers
-    without weights too: the last 10 layers of Keras' ResNet50 are ``conv5_block3``'s
-    ``1_conv, 1_bn, 1_relu, 2_conv, 2_bn, 2_relu, 3_conv, 3_bn, add, out``, of which 6 have
-    weights. freezeflow counts only layers with parameters (:func:`~freezeflow.layers`), so
-    the faithful equivalent on torchvision's ResNet50 is ``n_layers=6``: ``layer4.2``'s
-    ``conv1, bn1, conv2, bn2, conv3, bn3``. With norm mode ``"eval"`` (the default), frozen
-    BatchNorm layers run in inference mode and the unfrozen ones train, as in Keras.
-    """
-    backbone = ~as_policy(head)
-    return Schedule(
-        [
-            Stage(head, lr=head_lr, name="head"),
-            Stage(
-                layers(-n_layers, among=backbone),
-                lr=finetune_lr,
-                start=head_epochs,
-                reset_state=True,
-                name="finetune",
-            ),
-        ]
-    )
-
-
-def two_stage(
-    head: PolicyLike = "fc",
-    body: PolicyLike | None = None,
-    *,
-    head_epochs: int = 1,
-    head_lr: float = 1e-3,
-    lr: float = 1e-4,
-    lr_decay: float | None = None,
-    weight_decay: float | None = None,
-) -> Schedule:
-    """Linear probe, then fine-tune: train the head, then ``body`` (default: everything) at
-    ``lr`` with optional discriminative decay. The common recipe of fastai's ``fine_tune``
-    (``freeze_epochs=1``, then unfreeze all) and of "LP-FT" (Kumar et al., 2022)."""
-    return Schedule(
-        [
-            Stage(head, lr=head_lr, weight_decay=weight_decay, name="head"),
-            Stage(
-                everything() if body is None else body,
-                lr=lr,
-                start=head_epochs,
-                lr_decay=lr_decay,
-                name="finetune",
-            ),
-        ]
-    )
-
-
-def ulmfit(
-    n_stages: int,
-    *,
-    lr: float = 1e-3,
-    lr_decay: float = 1 / 2.6,
-    epochs_per_stage: int = 1,
-    weight_decay: float | None = None,
-) -> Schedule:
-    """ULMFiT's gradual unfreezing (Howard & Ruder, 2018): unfreeze one more block from the
-    output each epoch, with discriminative LRs divided by 2.6 per block."""
-    _check_int("ulmfit(n_stages)", n_stages, 1)
-    return Schedule(
-        [
-            Stage(
-                last(k + 1),
-                lr=lr,
-                start=k * epochs_per_stage,
-                lr_decay=lr_decay,
-                weight_decay=weight_decay,
-                name=f"last{k + 1}",
-            )
-            for k in range(n_stages)
-        ]
-    )
-
-
-def chain_thaw(
-    head: PolicyLike,
-    parts: Sequence[PolicyLike],
-    *,
-    lr: float = 1e-3,
-    part_lr: float = 1e-4,
-    epochs_per_stage: int = 1,
-) -> Schedule:
-    """Chain-thaw (Felbo et al., 2017, DeepMoji): train the new head alone, then each part
-    alone from the first (input side) on, then everything together."""
-    stages = [Stage(head, lr=lr, exclusive=True, name="head")]
-    for k, part in enumerate(parts):
-        stages.append(
-            Stage(
-                part,
-                lr=part_lr,
-                start=(k + 1) * epochs_per_stage,
-                exclusive=True,
-                name=f"part{k}",
-            )
-        )
-    stages.append(
-        Stage(everything(), lr=part_lr, start=(len(parts) + 1) * epochs_per_stage, name="all")
-    )
-    return Schedule(stages)
-
-
-def layerwise_decay(
-    lr: float = 1e-3, decay: float = 0.75, *, weight_decay: float | None = 0.05
-) -> Schedule:
-    """One stage, everything trainable, layer-wise LR decay (BEiT, Bao et al., 2021; timm's
-    ``param_groups_layer_decay``): each block from the output runs at ``decay`` times the LR
-    of the next."""
-    return Schedule(
-        [Stage(everything(), lr=lr, lr_decay=decay, weight_decay=weight_decay, name="llrd")]
-    )
-
-
-def progressive_freezing(
-    n_blocks: int,
-    *,
-    lr: float = 1e-3,
-    start: float = 0.5,
-    end: float = 0.9,
-    cubic: bool = True,
-    lr_decay: float | None = None,
-    weight_decay: float | None = None,
-) -> Schedule:
-    """Freeze the first blocks progressively during training, FreezeOut-style (Brock et al.,
-    2017), to save time: a frozen prefix is not back-propagated through, and once it is
-    frozen and deterministic, :func:`freezeflow.fit` can cache its output.
-
-    Everything trains at first; then block 0 freezes at fraction ``start`` of training, block
-    1 later, ... block ``n_blocks - 1`` at ``end``. With ``cubic`` the freezing times follow
-    FreezeOut's cubic spacing (``t_i = start + (end - start) * (i / (n - 1)) ** 3``: early
-    blocks freeze sooner), else they are evenly spaced. Needs the run's length (``fit()``
-    passes it).
-    """
-    _check_int("progressive_freezing(n_blocks)", n_blocks, 1)
-    if not (0.0 < start < end < 1.0 or (n_blocks == 1 and 0.0 < start < 1.0)):
-        raise ScheduleError(
-            f"progressive_freezing(start={start!r}, end={end!r}): expected 0 < start < end < 1"
-        )
-    stages = [Stage(everything(), lr=lr, lr_decay=lr_decay, weight_decay=weight_decay, name="all")]
-    for i in range(n_blocks):
-        x = i / (n_blocks - 1) if n_blocks > 1 else 0.0
-        at = start + (end - start) * (x**3 if cubic else x)
-        stages.append(
-            Stage(
-                blocks(i + 1, None),
-                lr=lr,
-                start=at_fraction(at),
-                lr_decay=lr_decay,
-                exclusive=True,
-                name=f"freeze{i}",
-            )
-        )
-    return Schedule(stages)

@@ -1,7 +1,8 @@
 """Callbacks: what :func:`freezeflow.fit` does besides training lives here.
 
 A callback is an object with any of the hooks of :class:`Callback`; each hook gets the
-:class:`~freezeflow.training.loop.Run` (model, optimizer, unfreezer, history, epoch, batch, logs...).
+:class:`~freezeflow.training.Run` (model, optimizer, unfreezer, history, epoch, batch,
+logs...).
 Set ``run.stop`` to a reason to end training after the current epoch. Callbacks that hold
 state implement ``state_dict``/``load_state_dict`` so checkpoints resume them too.
 

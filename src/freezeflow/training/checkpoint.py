@@ -48,7 +48,7 @@ __all__ = [
     "set_rng_state",
 ]
 
-FORMAT = "freezeflow.training.checkpoint/1"
+FORMAT = "freezeflow.checkpoint/1"
 MANIFEST = "latest.json"
 _MANIFEST_FORMAT = "freezeflow.checkpoints/1"
 _NAME = re.compile(r"epoch-(\d+)(?:-batch-(\d+))?\.pt")

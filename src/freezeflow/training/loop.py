@@ -2,8 +2,8 @@
 
 Read :func:`fit` top to bottom: set up, then for each epoch: stage change, train, evaluate,
 record. Everything else (progress output, early stopping, checkpoints) is a callback
-(:mod:`freezeflow.training.callbacks`, :mod:`freezeflow.training.checkpoint`); the :class:`Run` they receive
-holds the whole state of training.
+(:mod:`freezeflow.callbacks`); the :class:`Run` they receive holds the whole state of
+training.
 """
 
 from __future__ import annotations
@@ -37,7 +37,8 @@ from freezeflow.errors import (
     ScheduleError,
     TrainingError,
 )
-from freezeflow.schedules.schedule import OnPlateau, Schedule, Stage
+from freezeflow.schedules.schedule import Schedule, Stage
+from freezeflow.schedules.triggers import OnPlateau
 from freezeflow.training.cache import CachedEpoch, FeatureCache, frozen_prefix
 from freezeflow.training.callbacks import Callback, ProgressBar, lookup
 from freezeflow.training.checkpoint import (
@@ -324,7 +325,7 @@ def fit(
             ``train_loss``).
         callbacks: :class:`~freezeflow.training.callbacks.Callback` objects, called in order.
         checkpoint_dir: where to save checkpoints (adds a
-            :class:`~freezeflow.training.checkpoint.Checkpoint` callback): every ``checkpoint_every``
+            :class:`~freezeflow.Checkpoint` callback): every ``checkpoint_every``
             epochs, at the end and on Ctrl-C, keeping the last ``keep_last`` and the best by
             ``keep_best`` (a metric name, mode ``"min"`` for names ending in ``loss`` and
             ``"max"`` otherwise, or a ``(name, mode)`` pair).
@@ -336,7 +337,8 @@ def fit(
             and fully frozen modules (see :func:`freezeflow.freeze`).
         cache: your training inputs are deterministic (no random augmentation): compute the
             frozen prefix of the model once per stage and train the rest on the cached
-            features (:mod:`freezeflow.training.cache`); validation data is cached the same way. Needs
+            features (:class:`~freezeflow.FeatureCache`); validation data is cached the same
+            way. Needs
             ``DataLoader`` objects over map-style datasets and a deterministic frozen prefix
             (norm layers in eval mode; ``eval_frozen=True`` for dropout or stochastic depth
             in frozen blocks). When a stage cannot be cached, ``fit`` says why in one line

@@ -34,7 +34,8 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
 
 from freezeflow.core.freezing import NormMode, _check_mode, freeze, norm_mode, unfreeze
-from freezeflow.core.policy import PolicyLike, where
+from freezeflow.core.policy import PolicyLike
+from freezeflow.core.selectors import where
 from freezeflow.errors import (
     FreezeflowWarning,
     OptimizerError,
@@ -42,7 +43,8 @@ from freezeflow.errors import (
     ScheduleError,
     StateError,
 )
-from freezeflow.schedules.schedule import AtEpoch, AtFraction, AtStep, OnPlateau, Schedule, Stage
+from freezeflow.schedules.schedule import Schedule, Stage
+from freezeflow.schedules.triggers import AtEpoch, AtFraction, AtStep, OnPlateau
 from freezeflow.unfreezer.layout import Layout, layout
 
 __all__ = ["GradualUnfreezer", "OptimizerFactory", "Transition"]
@@ -120,7 +122,7 @@ class GradualUnfreezer:
         >>> import torch, torchvision, freezeflow as ff
         >>> model = torchvision.models.resnet18()
         >>> opt = torch.optim.AdamW(model.parameters())
-        >>> uf = ff.GradualUnfreezer(model, ff.ulmfit(3, lr=1e-3), opt)
+        >>> uf = ff.GradualUnfreezer(model, ff.presets.ulmfit(3, lr=1e-3), opt)
         >>> [g["name"] for g in opt.param_groups][:2]
         ['last1/fc/no_decay', 'last1/fc/decay']
         >>> uf.on_epoch_start(1)[0].name
@@ -528,7 +530,7 @@ class GradualUnfreezer:
         return {g["name"]: float(g["lr"]) for g in self.optimizer.param_groups}
 
     def plan(self) -> Any:
-        """The per-stage plan of this unfreezer (see :func:`freezeflow.unfreezer.plan`)."""
+        """The per-stage plan of this unfreezer (see :func:`freezeflow.plan`)."""
         from freezeflow.unfreezer.plan import Plan
 
         return Plan.build(self.model, self.schedule, self.layout)

@@ -2,7 +2,7 @@
 
 :func:`param_groups` is the standalone helper (give its result to any ``torch.optim``
 optimizer). :func:`layout` is what :class:`~freezeflow.GradualUnfreezer` and
-:func:`~freezeflow.unfreezer.plan` use: every parameter that any stage of a schedule makes trainable
+:func:`~freezeflow.plan` use: every parameter that any stage of a schedule makes trainable
 gets exactly one group, up front, so the optimizer never gains or loses a group later and an
 LR scheduler built over it keeps driving every group.
 """
@@ -15,7 +15,8 @@ from typing import Any
 from torch import nn
 
 from freezeflow.core.blocks import ModelIndex
-from freezeflow.core.policy import Policy, PolicyLike, as_policy, everything, norm_layers, where
+from freezeflow.core.policy import FreezePolicy, PolicyLike, as_policy, everything
+from freezeflow.core.selectors import norm_layers, where
 from freezeflow.errors import ScheduleError
 from freezeflow.schedules.schedule import Schedule, Stage
 
@@ -26,10 +27,10 @@ def _is_vector(name: str, param: nn.Parameter, module: nn.Module) -> bool:
     return param.ndim <= 1
 
 
-_NO_DECAY: Policy = where(_is_vector, label="ndim<=1") | norm_layers()
+_NO_DECAY: FreezePolicy = where(_is_vector, label="ndim<=1") | norm_layers()
 
 
-def default_no_decay() -> Policy:
+def default_no_decay() -> FreezePolicy:
     """Parameters that get no weight decay by default: every parameter with ``ndim <= 1``
     (biases, norm scales, ViT class tokens and the like) and every norm-layer parameter."""
     return _NO_DECAY

@@ -10,15 +10,8 @@ from torch import nn
 
 from freezeflow.core.blocks import ModelIndex
 from freezeflow.core.policy import PolicyLike
-from freezeflow.schedules.schedule import (
-    AtEpoch,
-    AtFraction,
-    AtStep,
-    OnPlateau,
-    Schedule,
-    Stage,
-    Trigger,
-)
+from freezeflow.schedules.schedule import Schedule, Stage
+from freezeflow.schedules.triggers import AtEpoch, AtFraction, AtStep, OnPlateau, Trigger
 from freezeflow.unfreezer.layout import Layout, layout
 
 __all__ = ["Plan", "StagePlan", "plan"]
@@ -228,7 +221,8 @@ def plan(
 
     Example:
         >>> import torchvision, freezeflow as ff
-        >>> p = ff.plan(torchvision.models.resnet18(), ff.seed_pytorch())
+        >>> two = ff.presets.two_stage("fc", "layer4", head_epochs=5, lr=1e-5)
+        >>> p = ff.plan(torchvision.models.resnet18(), two)
         >>> print(str(p).splitlines()[2])
         [0] head: starts at epoch 0
     """
