@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Literal, TextIO
 
 from freezeflow.distributed.process_group import world_size
 from freezeflow.errors import TrainingError
+from freezeflow.schedules.triggers import PlateauTracker
 from freezeflow.unfreezer.gradual import Transition
 
 if TYPE_CHECKING:
@@ -106,28 +107,21 @@ class EarlyStopping(Callback):
             raise TrainingError(f"EarlyStopping(min_delta={min_delta!r}): expected >= 0")
         if mode not in ("min", "max"):
             raise TrainingError(f"EarlyStopping(mode={mode!r}): expected 'min' or 'max'")
-        self.metric, self.patience, self.min_delta, self.mode = metric, patience, min_delta, mode
-        self.best: float | None = None
-        self.bad = 0
+        self.metric = metric
+        self.tracker = PlateauTracker(patience, min_delta, mode)
 
     def on_epoch_end(self, run: Run) -> None:
-        value = lookup(run.logs, self.metric, "EarlyStopping")
-        sign = 1.0 if self.mode == "min" else -1.0
-        if self.best is None or sign * (self.best - value) > self.min_delta:
-            self.best, self.bad = value, 0
-            return
-        self.bad += 1
-        if self.bad >= self.patience:
+        t = self.tracker
+        if t.update(lookup(run.logs, self.metric, "EarlyStopping")):
             run.stop = (
-                f"early stopping: {self.metric} did not improve on {self.best:.4g} for "
-                f"{self.bad} epochs"
+                f"early stopping: {self.metric} did not improve on {t.best:.4g} for {t.bad} epochs"
             )
 
     def state_dict(self) -> dict[str, Any]:
-        return {"best": self.best, "bad": self.bad}
+        return {"best": self.tracker.best, "bad": self.tracker.bad}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.best, self.bad = state["best"], int(state["bad"])
+        self.tracker.best, self.tracker.bad = state["best"], int(state["bad"])
 
 
 def _si(n: float) -> str:

@@ -38,7 +38,6 @@ from freezeflow.errors import (
     TrainingError,
 )
 from freezeflow.schedules.schedule import Schedule, Stage
-from freezeflow.schedules.triggers import OnPlateau
 from freezeflow.training.cache import CachedEpoch, FeatureCache, frozen_prefix
 from freezeflow.training.callbacks import Callback, ProgressBar, lookup
 from freezeflow.training.checkpoint import (
@@ -563,10 +562,8 @@ def _end_epoch(run: Run) -> None:
         }
     )
     u = run.unfreezer
-    if u is not None and u.stage + 1 < len(u.schedule):
-        trigger = u.schedule.stages[u.stage + 1].start
-        if isinstance(trigger, OnPlateau):
-            u.observe(lookup(logs, trigger.metric, "the on_plateau trigger"))
+    if u is not None and u.waiting_for is not None:
+        u.observe(lookup(logs, u.waiting_for, "the on_plateau trigger"))
     if isinstance(run.scheduler, ReduceLROnPlateau):
         run.scheduler.step(logs.get("val_loss", logs["train_loss"]))
     elif run.scheduler is not None and run.scheduler_interval == "epoch":

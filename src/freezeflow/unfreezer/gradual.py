@@ -44,7 +44,7 @@ from freezeflow.errors import (
     StateError,
 )
 from freezeflow.schedules.schedule import Schedule, Stage
-from freezeflow.schedules.triggers import AtEpoch, AtFraction, AtStep, OnPlateau
+from freezeflow.schedules.triggers import AtEpoch, AtFraction, AtStep, OnPlateau, PlateauTracker
 from freezeflow.unfreezer.layout import Layout, layout
 
 __all__ = ["GradualUnfreezer", "OptimizerFactory", "Transition"]
@@ -173,8 +173,7 @@ class GradualUnfreezer:
         self.epoch = 0
         self.global_step = 0
         self.history: list[Transition] = []
-        self._best: float | None = None
-        self._bad = 0
+        self._plateau = PlateauTracker(1)
         self._plateau_ready = False
         self._schedulers: list[Any] = []
         self._template: dict[str, Any] | None = None
@@ -404,7 +403,8 @@ class GradualUnfreezer:
             group["weight_decay"] = lay.weight_decay(self.schedule, k, spec)
             lrs[spec.name] = float(group["lr"])
         self.stage = k
-        self._best, self._bad, self._plateau_ready = None, 0, False
+        self._plateau.reset()
+        self._plateau_ready = False
         t = Transition(
             stage=k,
             name=self.schedule.names[k],
@@ -491,20 +491,23 @@ class GradualUnfreezer:
         value = float(value)
         if not math.isfinite(value):
             raise ScheduleError(f"observe({value!r}): the metric must be finite")
-        better = (
-            self._best is None
-            or (trig.mode == "min" and value < self._best - trig.min_delta)
-            or (trig.mode == "max" and value > self._best + trig.min_delta)
-        )
-        if better:
-            self._best, self._bad = value, 0
-        else:
-            self._bad += 1
-        if self._bad >= trig.patience:
+        tracker = self._plateau
+        tracker.patience, tracker.min_delta, tracker.mode = trig.patience, trig.min_delta, trig.mode
+        if tracker.update(value):
             self._plateau_ready = True
         return self._plateau_ready
 
     # ------------------------------------------------------------------ views
+    @property
+    def waiting_for(self) -> str | None:
+        """The metric the next stage's plateau trigger waits for (feed it to
+        :meth:`observe` after each evaluation), or None when the next stage starts on an
+        epoch, a step or a fraction, or there is no next stage."""
+        if self.stage + 1 >= len(self.schedule):
+            return None
+        trigger = self.schedule.stages[self.stage + 1].start
+        return trigger.metric if isinstance(trigger, OnPlateau) else None
+
     @property
     def stage_name(self) -> str:
         return self.schedule.names[self.stage]
@@ -561,7 +564,11 @@ class GradualUnfreezer:
             "stage": self.stage,
             "epoch": self.epoch,
             "global_step": self.global_step,
-            "plateau": {"best": self._best, "bad": self._bad, "ready": self._plateau_ready},
+            "plateau": {
+                "best": self._plateau.best,
+                "bad": self._plateau.bad,
+                "ready": self._plateau_ready,
+            },
             "trainable": [
                 n for n, p in zip(self.layout.names, self.layout.params) if p.requires_grad
             ],
@@ -631,7 +638,7 @@ class GradualUnfreezer:
         self.epoch = int(state["epoch"])
         self.global_step = int(state["global_step"])
         plateau = state["plateau"]
-        self._best, self._bad = plateau["best"], int(plateau["bad"])
+        self._plateau.best, self._plateau.bad = plateau["best"], int(plateau["bad"])
         self._plateau_ready = bool(plateau["ready"])
         self.history = [Transition(**t) for t in state["history"]]
 
