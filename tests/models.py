@@ -1,12 +1,21 @@
-"""Small, seeded toy models for the freezeflow test suite, and helpers to snapshot model state.
+"""Small, seeded toy models for the freezeflow test suite, and the helpers every test shares.
 
-Every factory seeds torch itself, so two calls give bit-identical models.
+Every factory seeds torch itself, so two calls give bit-identical models. One place for:
+
+- the toy models (:class:`MLP`, :class:`SmallCNN`, :class:`TinyLM`, :class:`NestedLists`,
+  torchvision's ResNet18, and :class:`Net` for the unfreezer tests);
+- state helpers: :func:`snapshot`, :func:`flags`, :func:`training_flags`, :func:`norm_state`,
+  :func:`trainable_names`, :func:`names_of`, :func:`group_view`;
+- :func:`one_thread` (the ``single_thread`` fixture of ``conftest.py`` wraps it);
+- data and recipes: :func:`batch`, :func:`train_step`, :func:`three_stage`,
+  :func:`CLASSIC_PYTORCH`, :func:`classic_keras`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from typing import Any, Literal
 
 import torch
 import torchvision
@@ -15,22 +24,44 @@ from torch import nn
 import freezeflow as ff
 
 __all__ = [
+    "ALL_NAMES",
+    "BLOCKS",
+    "BODY1",
     "CLASSIC_PYTORCH",
+    "DECAY_SCALE",
     "FACTORIES",
+    "HEAD",
     "MLP",
     "RESNET18_BLOCKS",
+    "STAGE_SETS",
+    "Block",
     "NestedLists",
+    "Net",
     "SmallCNN",
     "TinyLM",
+    "batch",
+    "block_of",
     "classic_keras",
     "flags",
+    "group_view",
     "make_mlp",
     "make_nested",
+    "make_net",
     "make_resnet18",
     "make_small_cnn",
     "make_tiny_lm",
+    "names_of",
+    "norm_state",
+    "one_thread",
+    "snapshot",
+    "three_stage",
+    "train_step",
+    "trainable_names",
     "training_flags",
 ]
+
+
+# --------------------------------------------------------------------------- toy models
 
 
 class MLP(nn.Module):
@@ -48,19 +79,35 @@ class MLP(nn.Module):
 
 
 class SmallCNN(nn.Module):
-    """A stem (conv + BatchNorm + ReLU), a conv + BatchNorm pair, Dropout and a linear head."""
+    """A stem (conv + BatchNorm + ReLU), a conv + BatchNorm pair, Dropout and a linear head.
 
-    def __init__(self, classes: int = 5) -> None:
+    Args:
+        classes: outputs of the head.
+        stem_norm: whether the stem has its BatchNorm (``stem`` is then conv, BatchNorm, ReLU;
+            else conv, ReLU). BatchNorm draws nothing from the RNG, so both variants get the
+            same weights from the same seed.
+        pool: how the feature map is pooled before the head (``"mean"`` or ``"amax"``).
+
+    ``SmallCNN(3, stem_norm=False, pool="amax")`` is the training tests' CNN.
+    """
+
+    def __init__(
+        self, classes: int = 5, *, stem_norm: bool = True, pool: Literal["mean", "amax"] = "mean"
+    ) -> None:
         super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU())
+        stem: list[nn.Module] = [nn.Conv2d(3, 8, 3, padding=1)]
+        if stem_norm:
+            stem.append(nn.BatchNorm2d(8))
+        self.stem = nn.Sequential(*stem, nn.ReLU())
         self.conv = nn.Conv2d(8, 16, 3, padding=1)
         self.bn = nn.BatchNorm2d(16)
         self.drop = nn.Dropout(0.25)
         self.head = nn.Linear(16, classes)
+        self.pool = pool
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = torch.relu(self.bn(self.conv(self.stem(x))))
-        x = x.mean(dim=(2, 3))
+        x = x.mean(dim=(2, 3)) if self.pool == "mean" else x.amax(dim=(2, 3))
         return self.head(self.drop(x))
 
 
@@ -121,26 +168,37 @@ class NestedLists(nn.Module):
 
 
 def make_mlp() -> MLP:
+    """A :class:`MLP` from ``torch.manual_seed(0)``."""
     torch.manual_seed(0)
     return MLP()
 
 
-def make_small_cnn() -> SmallCNN:
-    torch.manual_seed(0)
-    return SmallCNN()
+def make_small_cnn(
+    classes: int = 5,
+    *,
+    seed: int = 0,
+    stem_norm: bool = True,
+    pool: Literal["mean", "amax"] = "mean",
+) -> SmallCNN:
+    """A :class:`SmallCNN` from ``torch.manual_seed(seed)`` (arguments as for the class)."""
+    torch.manual_seed(seed)
+    return SmallCNN(classes, stem_norm=stem_norm, pool=pool)
 
 
 def make_tiny_lm() -> TinyLM:
+    """A :class:`TinyLM` from ``torch.manual_seed(0)``."""
     torch.manual_seed(0)
     return TinyLM()
 
 
 def make_nested() -> NestedLists:
+    """A :class:`NestedLists` from ``torch.manual_seed(0)``."""
     torch.manual_seed(0)
     return NestedLists()
 
 
 def make_resnet18() -> nn.Module:
+    """torchvision's ResNet18 (no weights) from ``torch.manual_seed(0)``."""
     torch.manual_seed(0)
     return torchvision.models.resnet18(weights=None)
 
@@ -169,6 +227,122 @@ FACTORIES: dict[str, Callable[[], nn.Module]] = {
 """The toy models (resnet18 is kept apart: it is larger)."""
 
 
+# --------------------------------------------------------------------------- the unfreezer's Net
+
+BLOCKS = ("stem", "body.0", "body.1", "head")
+"""The blocks of :class:`Net`, input to output."""
+
+
+class Block(nn.Module):
+    """A residual conv + BatchNorm block of :class:`Net`."""
+
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(c, c, 3, padding=1, bias=False)  # BatchNorm follows
+        self.bn = nn.BatchNorm2d(c)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(x + self.bn(self.conv(x)))
+
+
+class Net(nn.Module):
+    """stem (conv + BatchNorm) -> body.0 -> body.1 (conv + BatchNorm each) -> head (linear)."""
+
+    def __init__(self, classes: int = 3, c: int = 4) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(
+            nn.Conv2d(3, c, 3, padding=1, bias=False), nn.BatchNorm2d(c), nn.ReLU()
+        )
+        self.body = nn.Sequential(Block(c), Block(c))
+        self.head = nn.Linear(c, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.body(self.stem(x))
+        return self.head(x.mean(dim=(2, 3)))
+
+
+def make_net(classes: int = 3, seed: int = 0) -> Net:
+    """A :class:`Net` from ``torch.manual_seed(seed)``."""
+    torch.manual_seed(seed)
+    return Net(classes)
+
+
+def block_of(param_name: str) -> str:
+    """The block of a parameter of :class:`Net` (independent of freezeflow's discovery)."""
+    for b in BLOCKS:
+        if param_name.startswith(b + "."):
+            return b
+    raise AssertionError(param_name)
+
+
+def three_stage(*, reset_state: bool = False, weight_decay: float = 0.1) -> ff.Schedule:
+    """head at 1e-2 (epoch 0), + body.1 at 3e-3 (epoch 2), + everything at 1e-3 with
+    lr_decay 0.5 (epoch 4)."""
+    return ff.Schedule(
+        [
+            ff.Stage("head", lr=1e-2, weight_decay=weight_decay),
+            ff.Stage("body.1", lr=3e-3, start=2, reset_state=reset_state),
+            ff.Stage(ff.everything(), lr=1e-3, start=4, lr_decay=0.5, reset_state=reset_state),
+        ]
+    )
+
+
+# trainable parameter names of Net per stage of three_stage()
+HEAD = frozenset({"head.weight", "head.bias"})
+BODY1 = frozenset({"body.1.conv.weight", "body.1.bn.weight", "body.1.bn.bias"})
+ALL_NAMES = frozenset(
+    {"stem.0.weight", "stem.1.weight", "stem.1.bias"}
+    | {f"body.{i}.{p}" for i in (0, 1) for p in ("conv.weight", "bn.weight", "bn.bias")}
+    | HEAD
+)
+"""Every parameter name of :class:`Net` (written out: building a Net here would draw from
+torch's global RNG at import)."""
+STAGE_SETS = (HEAD, HEAD | BODY1, ALL_NAMES)
+# lr_scale of each block under lr_decay=0.5 (head is the last of four blocks)
+DECAY_SCALE = {"head": 1.0, "body.1": 0.5, "body.0": 0.25, "stem": 0.125}
+
+
+def batch(step: int, n: int = 4, classes: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
+    """The same (inputs, labels) batch of :class:`Net` for the same step, in any process."""
+    g = torch.Generator().manual_seed(1000 + step)
+    return torch.randn(n, 3, 8, 8, generator=g), torch.randint(0, classes, (n,), generator=g)
+
+
+def train_step(
+    model: nn.Module, opt: torch.optim.Optimizer, step: int, *, set_to_none: bool = True
+) -> float:
+    """One cross-entropy step on :func:`batch` ``(step)``; returns the loss."""
+    x, y = batch(step)
+    opt.zero_grad(set_to_none=set_to_none)
+    loss = nn.functional.cross_entropy(model(x), y)
+    loss.backward()
+    opt.step()
+    return loss.item()
+
+
+# --------------------------------------------------------------------------- state helpers
+
+
+@contextmanager
+def one_thread() -> Iterator[None]:
+    """Run torch single-threaded: the toy models are tiny, and on a busy machine intra-op
+    threads cost far more than they give. Restores the previous setting."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def snapshot(model: nn.Module, *, buffers: bool = False) -> dict[str, torch.Tensor]:
+    """A detached copy of every parameter by name; with ``buffers=True``, of the whole
+    ``state_dict`` (parameters and persistent buffers)."""
+    if buffers:
+        return {n: t.detach().clone() for n, t in model.state_dict().items()}
+    return {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
 def flags(model: nn.Module) -> dict[str, bool]:
     """``requires_grad`` of every parameter name (tied names included)."""
     return {n: p.requires_grad for n, p in model.named_parameters(remove_duplicate=False)}
@@ -177,6 +351,37 @@ def flags(model: nn.Module) -> dict[str, bool]:
 def training_flags(model: nn.Module) -> dict[str, bool]:
     """``training`` of every module path."""
     return {n: m.training for n, m in model.named_modules(remove_duplicate=False)}
+
+
+def trainable_names(model: nn.Module) -> frozenset[str]:
+    """The names of the parameters that require grad."""
+    return frozenset(n for n, p in model.named_parameters() if p.requires_grad)
+
+
+def names_of(model: nn.Module, params: Iterable[torch.Tensor]) -> set[str]:
+    """The names in ``model`` of the given parameters."""
+    by_id = {id(p): n for n, p in model.named_parameters()}
+    return {by_id[id(p)] for p in params}
+
+
+def norm_state(model: nn.Module) -> dict[str, tuple[str | None, bool]]:
+    """(freezeflow norm mode, training flag) of every norm layer (``ff.core.is_norm_layer``)."""
+    return {
+        path: (ff.core.norm_mode(m), m.training)
+        for path, m in model.named_modules()
+        if ff.core.is_norm_layer(m)
+    }
+
+
+def group_view(opt: torch.optim.Optimizer) -> list[dict[str, Any]]:
+    """Every param group's hyper-parameters and parameter identities (for "nothing changed")."""
+    return [
+        {**{k: v for k, v in g.items() if k != "params"}, "params": [id(p) for p in g["params"]]}
+        for g in opt.param_groups
+    ]
+
+
+# --------------------------------------------------------------------------- recipes
 
 
 def CLASSIC_PYTORCH() -> ff.Schedule:  # noqa: N802 - a constant recipe, built fresh

@@ -9,25 +9,21 @@ from typing import Any
 import pytest
 import torch
 import torchvision
-from models import RESNET18_BLOCKS, classic_keras
-from torch import nn
-from unfreezer_models import (
+from models import (
     BLOCKS,
+    RESNET18_BLOCKS,
     block_of,
+    classic_keras,
     make_net,
     names_of,
-    one_thread,
     train_step,
     trainable_names,
 )
+from torch import nn
 
 import freezeflow as ff
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread() -> Any:
-    with one_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def _seed_head(in_features: int) -> nn.Module:
