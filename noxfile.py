@@ -1,8 +1,22 @@
 """Developer sessions. `nox -s tests` is the README's test command; CI runs every session
-listed in .ci/run. Torch is pinned to the release that lies on this project's build machines
-(pip takes it from local disk); users get the range declared in pyproject.toml."""
+listed in .ci/run.
+
+Every session that needs torch shares ONE environment, `.nox/_torch` (torch's build is ~5 GB:
+one copy per clone instead of one per session). Each session says which extras and
+dependency groups it needs; what is missing is installed into the shared environment, once
+(a stamp file per requirement set remembers it, keyed on pyproject.toml and the torch pins).
+Torch is pinned to the release that lies on this project's build machines (pip takes it from
+local disk); users get the range declared in pyproject.toml. `lint` needs no torch and keeps a
+small environment of its own.
+"""
 
 from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import sys
+from pathlib import Path
 
 import nox
 
@@ -11,32 +25,61 @@ nox.options.sessions = ["lint", "typecheck", "tests"]
 
 TORCH = ("torch==2.14.1", "torchvision==0.29.1")
 PYPROJECT = nox.project.load_toml("pyproject.toml")
+ROOT = Path(__file__).resolve().parent
+SHARED = ROOT / ".nox" / "_torch"
+ALL_EXTRAS = "examples,lightning,transformers,yaml,plot,progress"
 
 
 def group(name: str) -> list[str]:
     return list(nox.project.dependency_groups(PYPROJECT, name))
 
 
-def install_project(
-    session: nox.Session, extras: str = "examples,lightning,transformers,yaml,plot"
-) -> None:
-    session.install(*TORCH)
-    session.install("-e", f".[{extras}]", *group("test"))
+def torch_env(
+    session: nox.Session, extras: str = ALL_EXTRAS, groups: tuple[str, ...] = ("test",)
+) -> dict[str, str]:
+    """Make sure the shared environment holds torch, the project with ``extras`` and the
+    dependency ``groups``; return the environment variables that run its tools."""
+    bindir = SHARED / "bin"
+    python = bindir / "python"
+    if not python.exists():
+        base = shutil.which("python3.11") or sys.executable
+        session.run(base, "-m", "venv", str(SHARED), external=True)
+    key = hashlib.sha256(
+        (ROOT / "pyproject.toml").read_bytes() + repr((TORCH, extras, groups)).encode()
+    ).hexdigest()[:16]
+    stamp = SHARED / f".installed-{key}"
+    if not stamp.exists():
+        pip = (str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check")
+        session.run(*pip, *TORCH, external=True)
+        deps = [d for g in groups for d in group(g)]
+        session.run(*pip, "-e", f".[{extras}]", *deps, external=True)
+        stamp.touch()
+    return {
+        "PATH": f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}",
+        "VIRTUAL_ENV": str(SHARED),
+        "OMP_NUM_THREADS": "2",
+    }
 
 
-@nox.session(python="3.11")
+def tool(name: str) -> str:
+    """A program of the shared environment."""
+    return str(SHARED / "bin" / name)
+
+
+@nox.session(venv_backend="none")
 def tests(session: nox.Session) -> None:
     """Unit tests and doctests (everything not marked slow)."""
-    install_project(session)
+    env = torch_env(session)
     session.run(
-        "pytest",
+        tool("pytest"),
         "-m",
         "not slow",
         "--doctest-modules",
         "src/freezeflow",
         "tests",
         *session.posargs,
-        env={"OMP_NUM_THREADS": "2"},
+        env=env,
+        external=True,
     )
 
 
@@ -45,27 +88,26 @@ def tests(session: nox.Session) -> None:
 FAST_MALLOC = {"MALLOC_MMAP_THRESHOLD_": "4000000000", "MALLOC_TRIM_THRESHOLD_": "4000000000"}
 
 
-@nox.session(python="3.11")
+@nox.session(venv_backend="none")
 def demo(session: nox.Session) -> None:
-    """The main job: the offline fine-tuning demo (seed recipe vs freezeflow) on the shipped
-    CIFAR-10 subset. Extra arguments go to examples/offline_transfer.py."""
-    session.install(*TORCH)
-    session.install("-e", ".[examples]")
+    """The main job: the offline fine-tuning demo (the classic tutorial recipe vs freezeflow)
+    on the shipped CIFAR-10 subset. Extra arguments go to examples/offline_transfer.py."""
+    env = torch_env(session, "examples", ())
     session.run(
-        "python",
+        tool("python"),
         "examples/offline_transfer.py",
         *session.posargs,
-        env={"OMP_NUM_THREADS": "2", **FAST_MALLOC},
+        env={**env, **FAST_MALLOC},
+        external=True,
     )
 
 
-@nox.session(python="3.11")
+@nox.session(venv_backend="none")
 def examples(session: nox.Session) -> None:
     """Run the examples as users would: the notebook (offline mode) and the Keras recipe."""
-    install_project(session)
-    env = {"OMP_NUM_THREADS": "2"}
+    env = torch_env(session)
     session.run(
-        "jupytext",
+        tool("jupytext"),
         "--to",
         "ipynb",
         "--execute",
@@ -73,20 +115,22 @@ def examples(session: nox.Session) -> None:
         "build/resnet18_cifar10.ipynb",
         "examples/resnet18_cifar10.py",
         env=env,
+        external=True,
     )
-    session.run("python", "examples/keras_resnet50_recipe.py", env=env)
+    session.run(tool("python"), "examples/keras_resnet50_recipe.py", env=env, external=True)
 
 
-@nox.session(python="3.11")
+@nox.session(venv_backend="none")
 def slow(session: nox.Session) -> None:
     """Tests marked slow (subprocess resume, kill trials, the reduced demo...)."""
-    install_project(session)
-    session.run("pytest", "-m", "slow", "tests", *session.posargs, env={"OMP_NUM_THREADS": "2"})
+    env = torch_env(session)
+    session.run(tool("pytest"), "-m", "slow", "tests", *session.posargs, env=env, external=True)
 
 
 @nox.session(python="3.11")
 def lint(session: nox.Session) -> None:
-    """ruff check and ruff format --check."""
+    """ruff check, ruff format --check, and the import-linter contracts of the layers
+    (pyproject.toml; docs/design.md). Needs no torch: import-linter reads the source."""
     session.install(*group("lint"))
     paths = [
         "src",
@@ -99,45 +143,43 @@ def lint(session: nox.Session) -> None:
     ]
     session.run("ruff", "check", *paths)
     session.run("ruff", "format", "--check", *paths)
+    session.run("lint-imports", env={"PYTHONPATH": str(ROOT / "src")})
 
 
-@nox.session(python="3.11")
+@nox.session(venv_backend="none")
 def typecheck(session: nox.Session) -> None:
-    """mypy --strict on src/."""
-    session.install(*TORCH)
-    session.install("-e", ".[progress,plot,yaml,lightning,transformers]", *group("typecheck"))
-    session.run("mypy", "src")
+    """mypy --strict on src/ and tests/."""
+    env = torch_env(session, groups=("test", "typecheck"))
+    session.run(tool("mypy"), "src", "tests", env=env, external=True)
 
 
-@nox.session(python="3.11")
+@nox.session(venv_backend="none")
 def docs(session: nox.Session) -> None:
     """The documentation site (Sphinx + MyST), warnings as errors, into build/docs."""
-    session.install(*TORCH)
-    session.install("-e", ".[plot,yaml,vision]", *group("docs"))
-    session.run("python", "docs/gen_figures.py", env={"OMP_NUM_THREADS": "2"})
+    env = torch_env(session, groups=("test", "docs"))
+    session.run(tool("python"), "docs/gen_figures.py", env=env, external=True)
     session.run(
-        "sphinx-build",
+        tool("sphinx-build"),
         "-W",
         "--keep-going",
         "-b",
         "html",
         "docs",
         "build/docs",
-        env={"OMP_NUM_THREADS": "2"},
+        env=env,
+        external=True,
     )
 
 
-@nox.session(python="3.11")
+@nox.session(venv_backend="none")
 def bench(session: nox.Session) -> None:
     """Benchmarks (ratios against a baseline measured in the same run; see
     docs/benchmarks.md). Not part of CI: they take minutes and need a quiet machine."""
-    session.install(*TORCH)
-    session.install("-e", ".[examples]")
-    env = {"OMP_NUM_THREADS": "2", **FAST_MALLOC}
+    env = {**torch_env(session, "examples", ()), **FAST_MALLOC}
     scripts = session.posargs or [
         "benchmarks/bench_overhead.py",
         "benchmarks/bench_cache.py",
         "benchmarks/bench_progressive.py",
     ]
     for script in scripts:
-        session.run("python", script, env=env)
+        session.run(tool("python"), script, env=env, external=True)
