@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from typing import overload
+from typing import Any, overload
 
 import torch
 from torch import nn
@@ -16,7 +16,10 @@ class Selection(Mapping[str, nn.Parameter]):
 
     Keys are each parameter's primary name (the first name ``named_parameters`` gives it), in
     model order. A tied parameter appears once; :meth:`aliases` lists all its names.
-    Membership of a tensor (``param in selection``) is by identity, never by value.
+    Membership of a tensor (``param in selection``) is by identity, never by value, and so
+    is equality: two selections (or a selection and a mapping) are equal when they map the
+    same names to the same parameter objects. A copy (``copy.deepcopy``, pickling) holds
+    copies of the parameters, and only those.
 
     Example:
         >>> import torch.nn as nn, freezeflow as ff
@@ -62,6 +65,28 @@ class Selection(Mapping[str, nn.Parameter]):
             return id(key) in self._ids
         return isinstance(key, str) and any(key in names for names in self._aliases)
 
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Mapping):
+            return NotImplemented
+        return self.keys() == other.keys() and all(
+            other[n] is p for n, p in zip(self._names, self._params)
+        )
+
+    __hash__ = None  # type: ignore[assignment]  # a mutable model's view: not hashable
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # rebuilt through __init__, so that identity membership follows the copied tensors
+        return (
+            _rebuild,
+            (
+                list(self._names),
+                list(self._params),
+                list(self._aliases),
+                self._model_name,
+                self._total,
+            ),
+        )
+
     # -- views ---------------------------------------------------------------------------
     @property
     def names(self) -> tuple[str, ...]:
@@ -103,3 +128,13 @@ class Selection(Mapping[str, nn.Parameter]):
             f"Selection({len(self)} of {self._total} parameters of {self._model_name}, "
             f"{self.numel:,} values: [{shown}{more}])"
         )
+
+
+def _rebuild(
+    names: list[str],
+    params: list[nn.Parameter],
+    aliases: list[tuple[str, ...]],
+    model_name: str,
+    total: int,
+) -> Selection:
+    return Selection(names, params, aliases, model_name=model_name, total=total)

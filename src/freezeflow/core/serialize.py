@@ -90,6 +90,9 @@ def _import_type(path: str, where_: str) -> type[nn.Module]:
     return obj
 
 
+_KINDS = ("name", "regex", "type", "blocks", "layers", "first", "last", "or", "and", "minus", "not")
+
+
 def policy_from_data(data: Any, where_: str = "policy") -> FreezePolicy:
     """Read a policy written by :func:`policy_to_data` (see
     :meth:`freezeflow.Schedule.from_dict` for the format)."""
@@ -104,9 +107,19 @@ def policy_from_data(data: Any, where_: str = "policy") -> FreezePolicy:
     if isinstance(data, list) and data and all(isinstance(d, str) for d in data):
         return name(*data)
     if isinstance(data, dict) and data:
-        key = next(iter(data))
+        # the kind of policy is its first key that names one (YAML keeps any key order)
+        key = next((k for k in data if k in _KINDS), next(iter(data)))
         rest = {k: v for k, v in data.items() if k != key}
         sub = f"{where_}.{key}"
+
+        def strict() -> bool:
+            value = rest.get("strict", True)
+            if not isinstance(value, bool):
+                raise PolicyError(
+                    f"{where_}.strict: expected true or false, got {value!r}; hint: write "
+                    "strict: false (a YAML boolean, without quotes)"
+                )
+            return value
 
         def parts(value: Any) -> list[FreezePolicy]:
             if not isinstance(value, list) or not value:
@@ -121,10 +134,10 @@ def policy_from_data(data: Any, where_: str = "policy") -> FreezePolicy:
         if key == "name":
             extra({"strict"})
             pats = data[key] if isinstance(data[key], list) else [data[key]]
-            return name(*pats, strict=bool(rest.get("strict", True)))
+            return name(*pats, strict=strict())
         if key == "regex":
             extra({"strict"})
-            return regex(data[key], strict=bool(rest.get("strict", True)))
+            return regex(data[key], strict=strict())
         if key == "type":
             extra(set())
             paths = data[key] if isinstance(data[key], list) else [data[key]]
