@@ -1,0 +1,186 @@
+"""Triggers (freezeflow.schedules.triggers): the builders check their arguments, each
+trigger is written as data and read back, and PlateauTracker applies the plateau rule."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pytest
+
+import freezeflow as ff
+from freezeflow.schedules.triggers import (
+    AtEpoch,
+    AtFraction,
+    AtStep,
+    OnPlateau,
+    PlateauTracker,
+    Trigger,
+    trigger_from_data,
+)
+
+# --------------------------------------------------------------------------- builders
+
+
+def test_trigger_builders() -> None:
+    assert ff.at_epoch(3) == AtEpoch(3)
+    assert ff.at_step(0) == AtStep(0)
+    assert ff.at_fraction(0.25) == AtFraction(0.25)
+    assert ff.at_fraction(0) == AtFraction(0.0)
+    assert isinstance(ff.at_fraction(0).fraction, float)
+    p = ff.on_plateau(3, 0.01, mode="max", max_epoch=9, metric="acc")
+    assert p == OnPlateau(patience=3, min_delta=0.01, mode="max", max_epoch=9, metric="acc")
+    assert ff.on_plateau() == OnPlateau(2, 0.0, "min", None, "val_loss")
+    with pytest.raises(ff.ScheduleError, match=r"at_step: expected an integer >= 0, got 1\.5"):
+        ff.at_step(1.5)  # type: ignore[arg-type]
+    with pytest.raises(ff.ScheduleError, match=r"max_epoch.*got -2"):
+        ff.on_plateau(max_epoch=-2)
+
+
+def test_triggers_are_immutable_values() -> None:
+    t = ff.at_epoch(2)
+    assert t == ff.at_epoch(2) and hash(t) == hash(ff.at_epoch(2))
+    assert ff.at_epoch(2) != ff.at_step(2)
+    assert ff.on_plateau(2) != ff.on_plateau(3)
+    with pytest.raises(AttributeError):
+        t.epoch = 3  # type: ignore[misc]
+    assert all(isinstance(x, Trigger) for x in (t, ff.at_step(1), ff.at_fraction(0.5)))
+
+
+# (id, builder, regex the ScheduleError message must match: it names the offending value)
+BAD: list[tuple[str, Any, str]] = [
+    ("epoch-negative", lambda: ff.at_epoch(-1), r"at_epoch: expected an integer >= 0, got -1"),
+    ("epoch-bool", lambda: ff.at_epoch(True), r"at_epoch: expected an integer >= 0, got True"),
+    ("epoch-float", lambda: ff.at_epoch(2.0), r"at_epoch: expected an integer >= 0, got 2\.0"),
+    ("step-negative", lambda: ff.at_step(-3), r"at_step: expected an integer >= 0, got -3"),
+    ("fraction-one", lambda: ff.at_fraction(1.0), r"at_fraction\(1\.0\)"),
+    ("fraction-negative", lambda: ff.at_fraction(-0.1), r"at_fraction\(-0\.1\): expected a nu"),
+    ("fraction-nan", lambda: ff.at_fraction(math.nan), r"at_fraction\(nan\)"),
+    ("fraction-bool", lambda: ff.at_fraction(False), r"at_fraction\(False\)"),
+    ("fraction-string", lambda: ff.at_fraction("0.5"), r"at_fraction\('0\.5'\)"),
+    ("plateau-patience-zero", lambda: ff.on_plateau(0), r"patience.*got 0"),
+    ("plateau-patience-bool", lambda: ff.on_plateau(True), r"patience.*got True"),
+    ("plateau-mode", lambda: ff.on_plateau(mode="up"), r"mode='up'"),
+    ("plateau-min-delta", lambda: ff.on_plateau(min_delta=-1.0), r"min_delta=-1\.0"),
+    ("plateau-min-delta-inf", lambda: ff.on_plateau(min_delta=math.inf), r"min_delta=inf"),
+    ("plateau-min-delta-str", lambda: ff.on_plateau(min_delta="0"), r"min_delta='0'"),
+]
+
+
+@pytest.mark.parametrize(("build", "match"), [b[1:] for b in BAD], ids=[b[0] for b in BAD])
+def test_bad_trigger_arguments_are_refused(build: Any, match: str) -> None:
+    with pytest.raises(ff.ScheduleError, match=match) as info:
+        build()
+    assert isinstance(info.value, ValueError)
+    assert isinstance(info.value, ff.FreezeflowError)
+
+
+# --------------------------------------------------------------------------- as data
+
+
+TRIGGERS: list[tuple[Trigger, Any]] = [
+    (ff.at_epoch(4), {"epoch": 4}),
+    (ff.at_step(100), {"step": 100}),
+    (ff.at_fraction(0.8), {"fraction": 0.8}),
+    (
+        ff.on_plateau(3, 0.01, mode="max", max_epoch=7, metric="acc"),
+        {
+            "plateau": {
+                "patience": 3,
+                "min_delta": 0.01,
+                "mode": "max",
+                "max_epoch": 7,
+                "metric": "acc",
+            }
+        },
+    ),
+]
+
+
+@pytest.mark.parametrize(("trigger", "data"), TRIGGERS, ids=repr)
+def test_triggers_round_trip_as_data(trigger: Trigger, data: Any) -> None:
+    assert trigger.to_data() == data
+    assert trigger_from_data(data, "start") == trigger
+    assert trigger_from_data(trigger, "start") is trigger
+
+
+def test_hand_written_trigger_forms() -> None:
+    assert trigger_from_data(5, "start") == AtEpoch(5)
+    assert trigger_from_data({"plateau": {}}, "start") == ff.on_plateau()
+    assert trigger_from_data({"plateau": {"patience": 4}}, "start") == ff.on_plateau(4)
+
+
+@pytest.mark.parametrize(
+    ("data", "match"),
+    [
+        (True, r"^stage 1\.start: True is not a trigger; expected an epoch number"),
+        (1.5, r"^stage 1\.start: 1\.5 is not a trigger"),
+        ({"epochs": 3}, r"^stage 1\.start: \{'epochs': 3\} is not a trigger"),
+        ({"epoch": 1, "step": 2}, r"is not a trigger"),
+        ({"epoch": -1}, r"at_epoch: expected an integer >= 0, got -1"),
+        ({"fraction": 2}, r"at_fraction\(2\)"),
+        ({"plateau": 3}, r"^stage 1\.start: 'plateau' takes a mapping, got 3"),
+        ({"plateau": {"patiense": 2}}, r"^stage 1\.start: unknown plateau option 'patiense'"),
+    ],
+    ids=[
+        "bool",
+        "float",
+        "unknown-key",
+        "two-keys",
+        "bad-epoch",
+        "bad-fraction",
+        "plateau-3",
+        "plateau-typo",
+    ],
+)
+def test_bad_trigger_data_is_refused(data: Any, match: str) -> None:
+    with pytest.raises(ff.ScheduleError, match=match):
+        trigger_from_data(data, "stage 1.start")
+
+
+# --------------------------------------------------------------------------- PlateauTracker
+
+
+def test_tracker_counts_values_without_improvement_in_min_mode() -> None:
+    t = PlateauTracker(patience=2)
+    assert [t.update(v) for v in (1.0, 0.5, 0.6, 0.5)] == [False, False, False, True]
+    assert (t.best, t.bad) == (0.5, 2)
+    # an improvement starts the count again
+    assert t.update(0.4) is False
+    assert (t.best, t.bad) == (0.4, 0)
+
+
+def test_tracker_in_max_mode_waits_for_higher_values() -> None:
+    t = PlateauTracker(patience=1, mode="max")
+    assert t.update(0.5) is False
+    assert t.update(0.7) is False
+    assert t.update(0.6) is True
+    assert t.best == 0.7
+
+
+@pytest.mark.parametrize(
+    ("mode", "first", "value", "improves"),
+    [
+        ("min", 1.0, 0.9, False),  # better by exactly min_delta: not enough
+        ("min", 1.0, 0.89, True),
+        ("max", 1.0, 1.1, False),
+        ("max", 1.0, 1.11, True),
+    ],
+)
+def test_tracker_needs_more_than_min_delta(
+    mode: Any, first: float, value: float, improves: bool
+) -> None:
+    t = PlateauTracker(patience=1, min_delta=0.1, mode=mode)
+    t.update(first)
+    assert t.improves(value) is improves
+    assert t.update(value) is (not improves)
+
+
+def test_tracker_first_value_always_improves_and_reset_forgets() -> None:
+    t = PlateauTracker(patience=1)
+    assert t.improves(1e9) is True
+    assert t.update(3.0) is False
+    assert t.update(3.0) is True
+    t.reset()
+    assert (t.best, t.bad) == (None, 0)
+    assert t.update(100.0) is False
