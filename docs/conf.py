@@ -5,7 +5,15 @@ Build with ``nox -s docs`` or ``sphinx-build -W --keep-going -b html docs build/
 
 from __future__ import annotations
 
+import importlib
+import inspect
+from typing import TYPE_CHECKING, Any
+
 import freezeflow
+
+if TYPE_CHECKING:
+    from sphinx.application import Sphinx
+    from sphinx.environment import BuildEnvironment
 
 project = "freezeflow"
 author = "freezeflow developers"
@@ -42,3 +50,100 @@ default_role = "code"
 html_theme = "furo"
 html_title = f"freezeflow {release}"
 html_static_path: list[str] = []
+
+
+# --------------------------------------------------------------------------- links by identity
+# Each object is documented once, under its namespace (``freezeflow.core.freeze``), but
+# docstrings name it as users do (``freezeflow.freeze``) or by a module-relative short name
+# (``Run`` in a callback's docstring). When Sphinx finds no target, look the name up, and link
+# to wherever that same object is documented.
+
+_DOCUMENTED: dict[int, tuple[object, str]] = {}
+
+
+def _lookup(dotted: str) -> object:
+    """The object a dotted name means in Python: ``freezeflow.plan`` is the function, not the
+    module ``freezeflow.unfreezer.plan`` that defines it; failing that, the name inside the
+    longest module prefix (``freezeflow.core.blocks.is_norm_layer``, although
+    ``freezeflow.core.blocks`` is also a function)."""
+    parts = dotted.split(".")
+    try:
+        obj: object = importlib.import_module(parts[0])
+        for i, attr in enumerate(parts[1:], start=2):
+            try:
+                obj = getattr(obj, attr)
+            except AttributeError:
+                obj = importlib.import_module(".".join(parts[:i]))
+        return obj
+    except (AttributeError, ImportError):
+        pass
+    for cut in range(len(parts) - 1, 0, -1):
+        try:
+            obj = importlib.import_module(".".join(parts[:cut]))
+        except ImportError:
+            continue
+        for attr in parts[cut:]:
+            obj = getattr(obj, attr)
+        return obj
+    raise LookupError(dotted)
+
+
+def _key(obj: object) -> int:
+    return id(getattr(obj, "__func__", obj))  # a classmethod is a new bound method each time
+
+
+def _documented(env: BuildEnvironment) -> dict[int, tuple[object, str]]:
+    """id(object) -> (the object, kept alive; the full name it is documented under)."""
+    if not _DOCUMENTED:
+        for fullname, entry in env.get_domain("py").objects.items():  # type: ignore[attr-defined]
+            if entry.aliased:
+                continue
+            try:
+                obj = _lookup(fullname)
+            except Exception:  # a documented name that does not import: leave it out
+                continue
+            if inspect.ismodule(obj) or inspect.isclass(obj) or inspect.isroutine(obj):
+                _DOCUMENTED.setdefault(_key(obj), (obj, fullname))
+    return _DOCUMENTED
+
+
+def _candidates(node: Any, target: str) -> list[str]:
+    module, cls = node.get("py:module"), node.get("py:class")
+    found = [target]
+    if module and cls:
+        found.append(f"{module}.{cls}.{target}")
+    if module:
+        found.append(f"{module}.{target}")
+    return found
+
+
+def _resolve_by_identity(app: Sphinx, env: BuildEnvironment, node: Any, contnode: Any) -> Any:
+    if node.get("refdomain") != "py" or "refdoc" not in node:
+        return None
+    documented = _documented(env)
+    target = node.get("reftarget", "")
+    names = []
+    for dotted in _candidates(node, target):
+        try:
+            hit = documented.get(_key(_lookup(dotted)))
+        except Exception:
+            continue
+        if hit is not None:
+            names.append(hit[1])
+            break
+    if not names:  # a short name (``Run``): the one documented object whose name ends with it
+        names = [full for _, full in documented.values() if full.endswith(f".{target}")]
+    if len(names) != 1:
+        return None
+    domain = env.get_domain("py")
+    return domain.resolve_xref(env, node["refdoc"], app.builder, "obj", names[0], node, contnode)
+
+
+def _forget(app: Sphinx, env: BuildEnvironment) -> None:
+    _DOCUMENTED.clear()
+
+
+def setup(app: Sphinx) -> dict[str, object]:
+    app.connect("env-updated", _forget)
+    app.connect("missing-reference", _resolve_by_identity)
+    return {"parallel_read_safe": True}

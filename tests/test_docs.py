@@ -1,6 +1,14 @@
-"""The documentation keeps up with the code: every public name is documented and has a place
-in the API reference, and the figure script runs. (Docstring examples run as doctests in the
-test session; the site itself is built, warnings as errors, by `nox -s docs`.)"""
+"""The documentation keeps up with the code: every name in the ``__all__`` of a public
+namespace has a docstring and is documented, once, in the API reference; the pages' lists of
+top-level names match ``freezeflow.__all__``; and the figure script runs. (Docstring examples
+run as doctests in the test session; the site itself is built, warnings as errors, by
+`nox -s docs`.)
+
+"Documented" means: an autodoc directive in ``docs/api/*.md`` names the same object (by
+identity: ``.. autofunction:: freezeflow.core.freeze`` documents ``ff.freeze`` too), or an
+``.. automodule::`` with a bare ``:members:`` option covers it through that module's
+``__all__`` (less its ``:exclude-members:``), or a ``:members:`` list names it. Directives with
+``:no-index:`` only repeat a module's description and document nothing."""
 
 from __future__ import annotations
 
@@ -9,10 +17,11 @@ import importlib
 import importlib.util
 import inspect
 import itertools
-import pkgutil
 import re
 import runpy
+from dataclasses import dataclass, field, is_dataclass
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -21,101 +30,290 @@ import freezeflow
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 API = DOCS / "api"
 
-# Public data names (not classes or functions) whose attribute docstring is still missing in
-# the source; the API page documents them in prose. Remove a name once its module documents it
-# (test_known_undocumented_is_current fails as a reminder).
-KNOWN_UNDOCUMENTED: set[str] = set()
+# The public namespaces: `import freezeflow as ff` and what a user reaches through it or
+# imports by name. Their `__all__` is the public API. (The integrations need their framework;
+# see test_integration_is_documented.)
+NAMESPACES = (
+    "freezeflow",
+    "freezeflow.core",
+    "freezeflow.schedules",
+    "freezeflow.presets",
+    "freezeflow.unfreezer",
+    "freezeflow.training",
+    "freezeflow.callbacks",
+    "freezeflow.distributed",
+    "freezeflow.compile",
+    "freezeflow.errors",
+    "freezeflow.cli",
+)
+INTEGRATIONS = {
+    "freezeflow.integrations.lightning": "lightning",
+    "freezeflow.integrations.transformers": "transformers",
+}
+
+# "namespace.NAME" of public data (a type alias, a constant) whose module still lacks the
+# string literal after its assignment; its API page describes it in the directive's body.
+# Remove an entry once the module documents it (test_known_undocumented_is_current fails as a
+# reminder).
+KNOWN_UNDOCUMENTED: set[str] = {"freezeflow.core.PolicyLike"}
 
 
-def public_names() -> list[str]:
-    return [n for n in freezeflow.__all__ if not (n.startswith("__") and n.endswith("__"))]
+def public_names(namespace: str) -> list[str]:
+    module = importlib.import_module(namespace)
+    return [n for n in module.__all__ if not (n.startswith("__") and n.endswith("__"))]
 
 
-def attribute_docstrings() -> dict[str, str]:
-    """``NAME = value`` followed by a string literal, in every module of the package."""
-    found: dict[str, str] = {}
-    for info in pkgutil.walk_packages(freezeflow.__path__, "freezeflow."):
-        spec = importlib.util.find_spec(info.name)
-        if spec is None or spec.origin is None or not spec.origin.endswith(".py"):
+def every_public_name() -> list[tuple[str, str]]:
+    return [(ns, n) for ns in NAMESPACES for n in public_names(ns)]
+
+
+def lookup(dotted: str) -> object:
+    """The object a dotted name means in Python (``freezeflow.plan`` is the function, not the
+    module ``freezeflow.unfreezer.plan``); failing that, the name inside the longest module
+    prefix that imports."""
+    parts = dotted.split(".")
+    try:
+        obj: object = importlib.import_module(parts[0])
+        for i, attr in enumerate(parts[1:], start=2):
+            try:
+                obj = getattr(obj, attr)
+            except AttributeError:
+                obj = importlib.import_module(".".join(parts[:i]))
+        return obj
+    except (AttributeError, ImportError):
+        pass
+    for cut in range(len(parts) - 1, 0, -1):
+        try:
+            obj = importlib.import_module(".".join(parts[:cut]))
+        except ImportError:
             continue
-        tree = ast.parse(Path(spec.origin).read_text(encoding="utf-8"))
-        body = tree.body
-        for stmt, after in itertools.pairwise(body):
-            targets: list[ast.expr] = []
-            if isinstance(stmt, ast.Assign):
-                targets = list(stmt.targets)
-            elif isinstance(stmt, ast.AnnAssign):
-                targets = [stmt.target]
-            doc = (
-                after.value.value
-                if isinstance(after, ast.Expr)
+        for attr in parts[cut:]:
+            obj = getattr(obj, attr)  # AttributeError: the page names something that is not
+        return obj
+    raise LookupError(f"docs/api names {dotted}, which does not import")
+
+
+# --------------------------------------------------------------------------- docstrings
+
+
+def module_source(module: str) -> ast.Module:
+    spec = importlib.util.find_spec(module)
+    assert spec is not None and spec.origin is not None, module
+    return ast.parse(Path(spec.origin).read_text(encoding="utf-8"))
+
+
+def attribute_docstring(module: str, name: str) -> str | None:
+    """The string literal after ``NAME = value`` in the module that defines ``name``, following
+    ``from X import NAME`` re-exports from ``module`` on."""
+    body = module_source(module).body
+    for stmt, after in itertools.pairwise([*body, ast.Pass()]):
+        targets: list[ast.expr] = []
+        if isinstance(stmt, ast.Assign):
+            targets = list(stmt.targets)
+        elif isinstance(stmt, ast.AnnAssign):
+            targets = [stmt.target]
+        if any(isinstance(t, ast.Name) and t.id == name for t in targets):
+            if (
+                isinstance(after, ast.Expr)
                 and isinstance(after.value, ast.Constant)
                 and isinstance(after.value.value, str)
-                else None
-            )
-            for target in targets:
-                if isinstance(target, ast.Name) and doc and doc.strip():
-                    found.setdefault(target.id, doc)
-    return found
+                and after.value.value.strip()
+            ):
+                return after.value.value
+            return None
+        if (
+            isinstance(stmt, ast.ImportFrom)
+            and stmt.module
+            and stmt.level == 0
+            and any((a.asname or a.name) == name for a in stmt.names)
+        ):
+            return attribute_docstring(stmt.module, name)
+    return None
 
 
-def docstring(name: str) -> str | None:
-    obj = getattr(freezeflow, name)
-    if inspect.ismodule(obj):
-        return obj.__doc__ if obj.__doc__ and obj.__doc__.strip() else None
-    if inspect.isclass(obj) or inspect.isroutine(obj):
-        own = obj.__dict__.get("__doc__") if inspect.isclass(obj) else obj.__doc__
-        return own if isinstance(own, str) and own.strip() else None
-    return attribute_docstrings().get(name)
+def docstring(namespace: str, name: str) -> str | None:
+    obj = getattr(importlib.import_module(namespace), name)
+    if inspect.ismodule(obj) or inspect.isroutine(obj):
+        doc = obj.__doc__
+    elif inspect.isclass(obj):
+        doc = obj.__dict__.get("__doc__")
+        # a dataclass without a docstring gets its signature as __doc__
+        if is_dataclass(obj) and isinstance(doc, str) and doc.startswith(f"{obj.__name__}("):
+            doc = None
+    else:
+        doc = attribute_docstring(namespace, name)
+    return doc if isinstance(doc, str) and doc.strip() else None
 
 
-def api_text() -> str:
-    return "\n".join(p.read_text(encoding="utf-8") for p in sorted(API.glob("*.md")))
-
-
-@pytest.mark.parametrize("name", public_names())
-def test_public_name_has_a_docstring(name: str) -> None:
-    if name in KNOWN_UNDOCUMENTED:
-        pytest.skip(f"{name}: documented in docs/api prose; its module lacks a docstring")
-    assert docstring(name), (
-        f"freezeflow.{name} is in freezeflow.__all__ but has no docstring; write one (for a "
+@pytest.mark.parametrize(("namespace", "name"), every_public_name())
+def test_public_name_has_a_docstring(namespace: str, name: str) -> None:
+    if f"{namespace}.{name}" in KNOWN_UNDOCUMENTED:
+        pytest.skip(f"{namespace}.{name}: described on its API page; its module lacks a docstring")
+    assert docstring(namespace, name), (
+        f"{namespace}.{name} is in {namespace}.__all__ but has no docstring; write one (for a "
         "constant or type alias, a string literal on the line after the assignment)"
     )
 
 
 def test_known_undocumented_is_current() -> None:
-    stale = sorted(n for n in KNOWN_UNDOCUMENTED if n not in freezeflow.__all__ or docstring(n))
+    stale = sorted(
+        q
+        for q in KNOWN_UNDOCUMENTED
+        if q.rpartition(".")[2] not in public_names(q.rpartition(".")[0])
+        or docstring(*q.rsplit(".", 1))
+    )
     assert not stale, f"remove {stale} from KNOWN_UNDOCUMENTED in tests/test_docs.py"
 
 
-@pytest.mark.parametrize("name", freezeflow.__all__)
-def test_public_name_is_in_the_api_reference(name: str) -> None:
-    # an autodoc directive naming it: ".. autofunction:: freezeflow.freeze", or through its
-    # module: ".. autodata:: freezeflow.core.policy.ALL"
-    directive = re.compile(
-        r"^\.\. auto\w+:: freezeflow(\.\w+)*\." + re.escape(name) + r"\s*$", re.MULTILINE
+# --------------------------------------------------------------------------- the API pages
+
+
+@dataclass
+class Directive:
+    page: str
+    kind: str  # "automodule", "autoclass", ...
+    target: str
+    options: dict[str, str] = field(default_factory=dict)
+
+    def names(self, option: str) -> list[str]:
+        return [n for n in re.split(r"[\s,]+", self.options.get(option, "")) if n]
+
+
+def directives() -> list[Directive]:
+    """Every autodoc directive of docs/api, with its options (``:members: a, b`` may continue
+    on more indented lines)."""
+    found: list[Directive] = []
+    for page in sorted(API.glob("*.md")):
+        current: Directive | None = None
+        option = ""
+        for line in page.read_text(encoding="utf-8").splitlines():
+            head = re.match(r"^\.\. (auto\w+):: (\S+)\s*$", line)
+            if head:
+                current = Directive(page.name, head[1], head[2])
+                found.append(current)
+                option = ""
+                continue
+            opt = re.match(r"^\s+:([\w-]+):\s*(.*)$", line)
+            if current is not None and opt:
+                option = opt[1]
+                current.options[option] = opt[2].strip()
+            elif current is not None and option and re.match(r"^\s{4,}\S", line):
+                current.options[option] += " " + line.strip()
+            else:
+                current, option = None, ""
+    return found
+
+
+def documented_objects() -> list[tuple[object, str]]:
+    """(object, where) for everything the API pages document, once per directive or member."""
+    out: list[tuple[object, str]] = []
+    for d in directives():
+        if "no-index" in d.options:
+            continue
+        obj = lookup(d.target)
+        out.append((obj, f"{d.page}: {d.kind} {d.target}"))
+        if d.kind != "automodule" or "members" not in d.options:
+            continue
+        assert isinstance(obj, ModuleType)
+        listed = d.names("members") or list(getattr(obj, "__all__", []))
+        skipped = set(d.names("exclude-members"))
+        out.extend(
+            (getattr(obj, n), f"{d.page}: automodule {d.target} :members: {n}")
+            for n in listed
+            if n not in skipped
+        )
+    return out
+
+
+def is_documented(obj: object) -> bool:
+    return any(o is obj for o, _ in documented_objects())
+
+
+@pytest.mark.parametrize("namespace", NAMESPACES)
+def test_every_public_name_is_in_the_api_reference(namespace: str) -> None:
+    module = importlib.import_module(namespace)
+    documented = [o for o, _ in documented_objects()]
+    missing = [n for n in module.__all__ if not any(o is getattr(module, n) for o in documented)]
+    assert not missing, (
+        f"{missing} from {namespace}.__all__ are in no page of docs/api/; add an autodoc "
+        f"directive ('.. autofunction:: {namespace}.{missing[0]}', autoclass, autodata, "
+        "autoexception) to the page of its namespace, or let an automodule with :members: cover "
+        "it"
     )
-    assert directive.search(api_text()), (
-        f"freezeflow.{name} is in freezeflow.__all__ but no page in docs/api/ documents it; "
-        f"add '.. autofunction:: freezeflow.{name}' (or autoclass/autodata/autoexception) to "
-        "the page where it belongs"
+
+
+@pytest.mark.parametrize("module", sorted(INTEGRATIONS))
+def test_integration_is_documented(module: str) -> None:
+    pytest.importorskip(INTEGRATIONS[module])
+    mod = importlib.import_module(module)
+    assert mod.__all__
+    for name in mod.__all__:
+        obj = getattr(mod, name)
+        assert inspect.getdoc(obj), f"{module}.{name} has no docstring"
+        assert is_documented(obj), f"{module}.{name} is in no page of docs/api/"
+
+
+def test_each_object_is_documented_once() -> None:
+    seen: dict[int, str] = {}
+    twice = []
+    for obj, where in documented_objects():
+        if isinstance(obj, str):  # __version__
+            continue
+        if id(obj) in seen:
+            twice.append(f"{where} (also {seen[id(obj)]})")
+        seen.setdefault(id(obj), where)
+    assert not twice, (
+        f"documented twice: {twice}; document an object under one namespace and leave it out of "
+        "the others (:exclude-members:)"
     )
 
 
 def test_api_reference_names_only_real_objects() -> None:
-    names = re.findall(r"^\.\. auto\w+:: (freezeflow[\w.]*)", api_text(), re.MULTILINE)
-    assert names
-    for dotted in names:
-        parts = dotted.split(".")
-        for cut in range(len(parts), 0, -1):
-            try:
-                obj: object = importlib.import_module(".".join(parts[:cut]))
-            except ImportError:
-                continue
-            for attr in parts[cut:]:
-                assert hasattr(obj, attr), f"docs/api names {dotted}, which does not exist"
-                obj = getattr(obj, attr)
-            break
+    found = directives()
+    assert found
+    for d in found:
+        obj = lookup(d.target)  # raises for a name that does not exist
+        for name in d.names("members") + d.names("exclude-members"):
+            if d.kind == "automodule":
+                assert hasattr(obj, name), f"docs/api/{d.page} names {d.target}.{name}"
+
+
+def listed_top_level(text: str) -> set[str]:
+    return set(re.findall(r"`ff\.(\w+)`", text))
+
+
+def test_the_api_index_lists_exactly_the_top_level_names() -> None:
+    index = (API / "index.md").read_text(encoding="utf-8")
+    section = index.split("## Top-level names", 1)[1].split("```", 1)[0]
+    listed = listed_top_level(section)
+    expected = set(freezeflow.__all__)
+    assert listed == expected, (
+        f"docs/api/index.md, 'Top-level names': missing {sorted(expected - listed)}, not "
+        f"top-level {sorted(listed - expected)}"
+    )
+
+
+@pytest.mark.parametrize("namespace", [ns for ns in NAMESPACES if ns != "freezeflow"])
+def test_namespace_page_says_which_names_are_top_level(namespace: str) -> None:
+    page = API / f"{namespace.rsplit('.', 1)[1]}.md"
+    assert page.exists(), f"{namespace} has no page docs/api/{page.name}"
+    text = page.read_text(encoding="utf-8")
+    module = importlib.import_module(namespace)
+    expected = {
+        n
+        for n in module.__all__
+        if n in freezeflow.__all__ and getattr(freezeflow, n) is getattr(module, n)
+    }
+    said = re.search(r"^\*\*Also top-level:?\*\*.*?(?=\n\n|\Z)", text, re.M | re.S)
+    if not expected:
+        assert said is None or not listed_top_level(said[0]), f"{page.name}: none is top-level"
+        return
+    assert said, f"docs/api/{page.name} needs a '**Also top-level:** `ff.X`, ...' paragraph"
+    listed = listed_top_level(said[0])
+    assert listed == expected, (
+        f"docs/api/{page.name}, 'Also top-level': missing {sorted(expected - listed)}, not "
+        f"top-level here {sorted(listed - expected)}"
+    )
 
 
 def test_every_api_page_is_in_the_api_toctree() -> None:
@@ -124,6 +322,9 @@ def test_every_api_page_is_in_the_api_toctree() -> None:
     listed = {line.strip() for line in toctree.splitlines() if line.strip()}
     pages = {p.stem for p in API.glob("*.md")} - {"index"}
     assert pages <= listed, f"add {sorted(pages - listed)} to the toctree of docs/api/index.md"
+
+
+# --------------------------------------------------------------------------- figures
 
 
 def test_gen_figures_renders_a_real_plan(tmp_path: Path) -> None:
