@@ -1,4 +1,5 @@
-"""Block discovery (find_blocks), overrides (set_blocks / clear_blocks) and norm detection."""
+"""Block discovery (find_blocks, on toy, torchvision and timm models), overrides (set_blocks /
+clear_blocks) and norm detection (freezeflow.core.blocks)."""
 
 from __future__ import annotations
 
@@ -102,6 +103,32 @@ def test_vit_b_16_blocks() -> None:
     assert ff.last(2, among=~ff.name("heads")).select(model).names[-2:] == (
         "encoder.ln.weight",
         "encoder.ln.bias",
+    )
+
+
+@pytest.mark.parametrize(
+    ("arch", "expected"),
+    [
+        (
+            "vit_tiny_patch16_224",
+            ["patch_embed", *(f"blocks.{i}" for i in range(12)), "norm", "head"],
+        ),
+        ("resnet18", list(RESNET18_BLOCKS)),
+        ("convnext_atto", ["stem", *(f"stages.{i}" for i in range(4)), "head"]),
+    ],
+)
+def test_timm_blocks(arch: str, expected: list[str]) -> None:
+    # timm is in the test dependencies; the guard skips only where it is not installed
+    timm = pytest.importorskip("timm")
+    model = timm.create_model(arch, pretrained=False)
+    blocks = ff.find_blocks(model)
+    assert [b.name for b in blocks] == expected
+    if arch.startswith("vit"):
+        # the loose class token and position embedding go with the patch embedding
+        assert set(blocks[0].params) == {"cls_token", "pos_embed"}
+    assert (
+        ff.last(1).select(model).names[-2:]
+        == tuple(n for n, _ in model.named_parameters() if n.startswith(expected[-1] + "."))[-2:]
     )
 
 

@@ -10,6 +10,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from models import RESNET18_BLOCKS
 
 import freezeflow as ff
 from freezeflow import cli
@@ -170,10 +171,17 @@ def test_missing_timm_is_one_clear_line(
 
 
 def test_timm_model_when_installed(capsys: pytest.CaptureFixture[str]) -> None:
-    pytest.importorskip("timm")
-    code, out, _ = run(capsys, "inspect", "timm:resnet18")
-    assert code == 0
-    assert out.startswith("ResNet: ")
+    # timm is in the test dependencies; the guard skips only where it is not installed
+    timm = pytest.importorskip("timm")
+    code, out, err = run(capsys, "inspect", "timm:resnet18", "--num-classes", "10")
+    assert (code, err) == (0, "")
+    lines = out.splitlines()
+    assert lines[0] == "ResNet: 11,181,642 of 11,181,642 parameters trainable (0 frozen)"
+    assert tuple(line.split()[1] for line in lines[3:-2]) == RESNET18_BLOCKS
+    assert lines[-3].split()[1:3] == ["fc", "5,130"]
+    # the model is timm's, built without weights
+    model = timm.create_model("resnet18", pretrained=False, num_classes=10)
+    assert out.rstrip("\n") == str(ff.summary(model))
 
 
 def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:

@@ -1,4 +1,5 @@
-"""replace_head on real torchvision / efficientnet_lite_pytorch architectures (random weights)."""
+"""replace_head (freezeflow.core.heads) on real torchvision, timm and efficientnet_lite_pytorch
+architectures (random weights)."""
 
 from __future__ import annotations
 
@@ -7,15 +8,15 @@ from collections.abc import Callable
 
 import pytest
 import torch
+import torchvision as tv
 from torch import nn
 
-from freezeflow.core.heads import HeadError, HeadNotFoundError, replace_head
-from freezeflow.errors import FreezeflowError
-
-tv = pytest.importorskip("torchvision")
+from freezeflow.core.heads import replace_head
+from freezeflow.errors import FreezeflowError, HeadError, HeadNotFoundError
 
 
 def _lite0() -> nn.Module:
+    # an optional extra (examples): the guard skips only when it is not installed
     lite = pytest.importorskip("efficientnet_lite_pytorch")
     return lite.EfficientNet.from_name("efficientnet-lite0")  # type: ignore[no-any-return]
 
@@ -201,6 +202,33 @@ def test_explicit_attr_and_timm_head(
     assert isinstance(head, nn.Linear)
     assert head.out_features == 5
     assert model.get_submodule(path) is head
+
+
+@pytest.mark.parametrize(
+    ("arch", "path", "in_features"),
+    [
+        ("resnet18", "fc", 512),
+        ("vit_tiny_patch16_224", "head", 192),
+        ("convnext_atto", "head.fc", 320),  # NormMlpClassifierHead: norm, then fc
+        ("efficientnet_b0", "classifier", 1280),
+    ],
+)
+def test_real_timm_models(arch: str, path: str, in_features: int) -> None:
+    # timm is in the test dependencies; the guard skips only where it is not installed
+    timm = pytest.importorskip("timm")
+    model = timm.create_model(arch, pretrained=False)
+    before = dict(model.named_parameters())
+    head = replace_head(model, 7)
+    assert isinstance(head, nn.Linear)
+    assert (head.in_features, head.out_features) == (in_features, 7)
+    assert model.get_submodule(path) is head
+    assert model.get_classifier() is head
+    after = dict(model.named_parameters())
+    assert {n for n in after if n not in before or after[n] is not before[n]} == {
+        f"{path}.weight",
+        f"{path}.bias",
+    }
+    assert _forward(model, 224 if arch.startswith("vit") else 64, n=1).shape == (1, 7)
 
 
 @pytest.mark.parametrize(
