@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import torch
 import torchvision
@@ -75,7 +75,8 @@ class MLP(nn.Module):
         self.fc3 = nn.Linear(hidden, d_out)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc3(self.act(self.fc2(self.act(self.fc1(x)))))
+        y: torch.Tensor = self.fc3(self.act(self.fc2(self.act(self.fc1(x)))))
+        return y
 
 
 class SmallCNN(nn.Module):
@@ -108,7 +109,8 @@ class SmallCNN(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = torch.relu(self.bn(self.conv(self.stem(x))))
         x = x.mean(dim=(2, 3)) if self.pool == "mean" else x.amax(dim=(2, 3))
-        return self.head(self.drop(x))
+        y: torch.Tensor = self.head(self.drop(x))
+        return y
 
 
 class _Layer(nn.Module):
@@ -124,7 +126,8 @@ class _Layer(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.ln1(x)
         x = x + self.attn(h, h, h, need_weights=False)[0]
-        return x + self.mlp(self.ln2(x))
+        y: torch.Tensor = x + self.mlp(self.ln2(x))
+        return y
 
 
 class TinyLM(nn.Module):
@@ -144,7 +147,8 @@ class TinyLM(nn.Module):
         x = self.embed(tokens) + self.pos[: tokens.shape[1]]
         for block in self.blocks:
             x = block(x)
-        return self.lm_head(self.ln_f(x))
+        y: torch.Tensor = self.lm_head(self.ln_f(x))
+        return y
 
 
 class NestedLists(nn.Module):
@@ -162,9 +166,10 @@ class NestedLists(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = torch.relu(self.inp(x))
         for stage in self.stages:
-            for block in stage:
+            for block in cast(nn.ModuleList, stage):
                 x = x + block(x)
-        return self.out(x)
+        y: torch.Tensor = self.out(x)
+        return y
 
 
 def make_mlp() -> MLP:
@@ -200,7 +205,8 @@ def make_nested() -> NestedLists:
 def make_resnet18() -> nn.Module:
     """torchvision's ResNet18 (no weights) from ``torch.manual_seed(0)``."""
     torch.manual_seed(0)
-    return torchvision.models.resnet18(weights=None)
+    model: nn.Module = torchvision.models.resnet18(weights=None)
+    return model
 
 
 # the blocks find_blocks discovers in torchvision's ResNet18, input to output
@@ -258,7 +264,8 @@ class Net(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.body(self.stem(x))
-        return self.head(x.mean(dim=(2, 3)))
+        y: torch.Tensor = self.head(x.mean(dim=(2, 3)))
+        return y
 
 
 def make_net(classes: int = 3, seed: int = 0) -> Net:
@@ -315,7 +322,7 @@ def train_step(
     x, y = batch(step)
     opt.zero_grad(set_to_none=set_to_none)
     loss = nn.functional.cross_entropy(model(x), y)
-    loss.backward()
+    loss.backward()  # type: ignore[no-untyped-call]
     opt.step()
     return loss.item()
 

@@ -7,16 +7,15 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import pytest
-from models import flags, make_small_cnn, make_tiny_lm, training_flags
+from models import flags, make_small_cnn, make_tiny_lm, norm_state, training_flags
 from torch import nn
 
 import freezeflow as ff
 
 
 def state(model: nn.Module) -> tuple[object, ...]:
-    norms = {n: ff.core.norm_mode(m) for n, m in model.named_modules() if ff.core.is_norm_layer(m)}
     blocks = [b.name for b in ff.find_blocks(model)]
-    return flags(model), training_flags(model), norms, blocks
+    return flags(model), training_flags(model), norm_state(model), blocks
 
 
 @contextmanager
@@ -40,6 +39,13 @@ def prepared_lm() -> nn.Module:
     ff.freeze(lm, "blocks.0")
     lm.eval()
     return lm
+
+
+def applying(
+    action: Callable[[nn.Module, ff.FreezePolicy], object], policy: ff.FreezePolicy
+) -> Callable[[nn.Module], object]:
+    """``action(model, policy)`` as a function of the model."""
+    return lambda model: action(model, policy)
 
 
 def check(
@@ -171,7 +177,7 @@ def test_non_policy_in_an_expression() -> None:
         (lambda: ff.name(3), "3"),  # type: ignore[arg-type]
         (lambda: ff.name(""), "''"),
         (lambda: ff.regex(None), "None"),  # type: ignore[arg-type]
-        (lambda: ff.of_type(nn.Linear(2, 2)), "Linear(in_features=2"),
+        (lambda: ff.of_type(nn.Linear(2, 2)), "Linear(in_features=2"),  # type: ignore[arg-type]
         (lambda: ff.of_type(int), "int"),  # type: ignore[arg-type]
         (lambda: ff.where("head"), "'head'"),  # type: ignore[arg-type]
         (lambda: ff.blocks("1"), "'1'"),  # type: ignore[arg-type]
@@ -217,7 +223,7 @@ def test_contradictory_tied_selection(policy: ff.FreezePolicy) -> None:
     for action in (ff.freeze, ff.unfreeze):
         check(
             prepared_lm,
-            lambda m, action=action: action(m, policy),
+            applying(action, policy),
             ff.errors.TiedParameterError,
             ValueError,
             "'embed.weight'",

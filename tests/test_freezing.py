@@ -14,6 +14,9 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from models import (
+    MLP,
+    SmallCNN,
+    TinyLM,
     flags,
     make_mlp,
     make_small_cnn,
@@ -47,7 +50,7 @@ def train(model: nn.Module, opt: torch.optim.Optimizer, steps: int, set_to_none:
     model.train()
     for step in range(steps):
         opt.zero_grad(set_to_none=set_to_none)
-        loss_of(model, step).backward()
+        loss_of(model, step).backward()  # type: ignore[no-untyped-call]
         opt.step()
 
 
@@ -97,15 +100,15 @@ def test_frozen_parameters_are_bit_identical_and_trainable_ones_move(
             assert not torch.equal(p, before[n]), f"trainable {n} did not move"
 
 
-def test_freeze_drops_gradients_of_frozen_parameters_only(cnn: nn.Module) -> None:
-    loss_of(cnn, 0).backward()
+def test_freeze_drops_gradients_of_frozen_parameters_only(cnn: SmallCNN) -> None:
+    loss_of(cnn, 0).backward()  # type: ignore[no-untyped-call]
     sel = ff.freeze(cnn, "head")
     assert cnn.head.weight.grad is None
     assert cnn.head.bias.grad is None
     assert all(p.grad is not None for p in cnn.parameters() if p not in sel)
 
 
-def test_freeze_returns_the_selection_and_sets_requires_grad(tiny_lm: nn.Module) -> None:
+def test_freeze_returns_the_selection_and_sets_requires_grad(tiny_lm: TinyLM) -> None:
     sel = ff.freeze(tiny_lm, "lm_head")
     assert sel.names == ("embed.weight",)
     assert tiny_lm.embed.weight.requires_grad is False
@@ -119,7 +122,7 @@ def test_freeze_returns_the_selection_and_sets_requires_grad(tiny_lm: nn.Module)
     assert [n for n, p in tiny_lm.named_parameters() if p.requires_grad] == trainable
 
 
-def test_unfreeze_makes_parameters_trainable_again(mlp: nn.Module) -> None:
+def test_unfreeze_makes_parameters_trainable_again(mlp: MLP) -> None:
     ff.freeze(mlp, ff.everything())
     assert not any(p.requires_grad for p in mlp.parameters())
     sel = ff.unfreeze(mlp, ff.last(1))
@@ -133,6 +136,12 @@ def test_unfreeze_makes_parameters_trainable_again(mlp: nn.Module) -> None:
 BN_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
 
 
+def training(module: nn.Module) -> bool:
+    """``module.training``, read through a call so that mypy does not carry an earlier
+    assertion about it over a ``train()``/``eval()`` call."""
+    return module.training
+
+
 def bn_state(bn: nn.Module) -> dict[str, torch.Tensor]:
     return {b: getattr(bn, b).clone() for b in BN_BUFFERS}
 
@@ -142,7 +151,7 @@ def assert_bn_state_equal(bn: nn.Module, state: dict[str, torch.Tensor], equal: 
     assert all(same) if equal else not any(same), same
 
 
-def test_eval_mode_keeps_frozen_batchnorm_statistics_fixed(cnn: nn.Module) -> None:
+def test_eval_mode_keeps_frozen_batchnorm_statistics_fixed(cnn: SmallCNN) -> None:
     ff.freeze(cnn, "stem")
     assert ff.core.norm_mode(cnn.stem[1]) == "eval"
     assert ff.core.norm_mode(cnn.bn) is None
@@ -154,7 +163,9 @@ def test_eval_mode_keeps_frozen_batchnorm_statistics_fixed(cnn: nn.Module) -> No
     train(cnn, opt, STEPS, set_to_none=True)
     assert_bn_state_equal(cnn.stem[1], stem_bn, equal=True)
     assert_bn_state_equal(cnn.bn, other_bn, equal=False)
-    assert int(cnn.bn.num_batches_tracked) == STEPS
+    tracked = cnn.bn.num_batches_tracked
+    assert tracked is not None
+    assert int(tracked) == STEPS
     # it stays in eval mode through any number of train()/eval() calls
     cnn.eval()
     assert cnn.stem[1].training is False
@@ -164,7 +175,7 @@ def test_eval_mode_keeps_frozen_batchnorm_statistics_fixed(cnn: nn.Module) -> No
     assert cnn.bn.training is True
 
 
-def test_eval_mode_locks_only_norm_layers_whose_parameters_are_all_frozen(cnn: nn.Module) -> None:
+def test_eval_mode_locks_only_norm_layers_whose_parameters_are_all_frozen(cnn: SmallCNN) -> None:
     ff.freeze(cnn, "stem.1.weight")
     assert ff.core.norm_mode(cnn.stem[1]) is None
     assert cnn.train().stem[1].training is True
@@ -173,7 +184,7 @@ def test_eval_mode_locks_only_norm_layers_whose_parameters_are_all_frozen(cnn: n
     assert cnn.train().stem[1].training is False
 
 
-def test_train_mode_keeps_norm_layers_trainable(cnn: nn.Module) -> None:
+def test_train_mode_keeps_norm_layers_trainable(cnn: SmallCNN) -> None:
     sel = ff.freeze(cnn, ff.first(2), norm="train")
     assert sel.names == ("stem.0.weight", "stem.0.bias", "conv.weight", "conv.bias")
     assert all(p.requires_grad for p in (*cnn.stem[1].parameters(), *cnn.bn.parameters()))
@@ -192,7 +203,7 @@ def test_train_mode_keeps_norm_layers_trainable(cnn: nn.Module) -> None:
     assert not cnn.stem[1].training
 
 
-def test_frozen_mode_is_sticky_through_unfreeze(cnn: nn.Module) -> None:
+def test_frozen_mode_is_sticky_through_unfreeze(cnn: SmallCNN) -> None:
     ff.freeze(cnn, ff.everything(), norm="frozen")
     assert ff.core.norm_mode(cnn.stem[1]) == ff.core.norm_mode(cnn.bn) == "frozen"
     sel = ff.unfreeze(cnn, ff.everything())
@@ -249,9 +260,7 @@ def test_eval_mode_locks_norm_layers_without_parameters_with_their_holder() -> N
 
 
 @pytest.mark.parametrize("model_training", [True, False], ids=["model_train", "model_eval"])
-def test_unfreeze_restores_normal_train_eval_behaviour(
-    cnn: nn.Module, model_training: bool
-) -> None:
+def test_unfreeze_restores_normal_train_eval_behaviour(cnn: SmallCNN, model_training: bool) -> None:
     cnn.train(model_training)
     ff.freeze(cnn, ff.everything())
     assert ff.core.norm_mode(cnn.stem[1]) == ff.core.norm_mode(cnn.bn) == "eval"
@@ -263,9 +272,9 @@ def test_unfreeze_restores_normal_train_eval_behaviour(
     assert cnn.stem[1].training is model_training
     assert cnn.bn.training is model_training
     cnn.train()
-    assert cnn.stem[1].training and cnn.bn.training
+    assert training(cnn.stem[1]) and training(cnn.bn)
     cnn.eval()
-    assert not cnn.stem[1].training and not cnn.bn.training
+    assert not training(cnn.stem[1]) and not training(cnn.bn)
     stats = bn_state(cnn.bn)
     opt = torch.optim.SGD(cnn.parameters(), lr=0.1)
     train(cnn, opt, 1, set_to_none=True)
@@ -273,7 +282,7 @@ def test_unfreeze_restores_normal_train_eval_behaviour(
 
 
 def test_a_norm_layer_is_locked_exactly_while_all_its_parameters_are_frozen(
-    cnn: nn.Module,
+    cnn: SmallCNN,
 ) -> None:
     # partially frozen from scratch: not locked
     ff.freeze(cnn, "bn.bias")
@@ -317,7 +326,7 @@ def test_norm_lock_follows_frozen_state_through_any_freeze_unfreeze_sequence(
 # --------------------------------------------------------------------------- frozen()
 
 
-def prepare_mixed_state(cnn: nn.Module) -> None:
+def prepare_mixed_state(cnn: SmallCNN) -> None:
     """Some parameters frozen, one norm layer locked 'frozen', the model in train mode."""
     ff.freeze(cnn, "head")
     ff.freeze(cnn, "bn", norm="frozen")
@@ -328,7 +337,7 @@ def prepare_mixed_state(cnn: nn.Module) -> None:
 @pytest.mark.parametrize("norm", ["eval", "train", "frozen"])
 @pytest.mark.parametrize("model_training", [True, False], ids=["model_train", "model_eval"])
 def test_frozen_context_restores_flags_and_norm_modes_exactly(
-    cnn: nn.Module, norm: ff.core.NormMode, model_training: bool
+    cnn: SmallCNN, norm: ff.core.NormMode, model_training: bool
 ) -> None:
     prepare_mixed_state(cnn)
     cnn.train(model_training)
@@ -350,7 +359,7 @@ def test_frozen_context_restores_flags_and_norm_modes_exactly(
     assert ff.core.norm_mode(cnn.bn) == "frozen"
 
 
-def test_frozen_context_restores_on_error(cnn: nn.Module) -> None:
+def test_frozen_context_restores_on_error(cnn: SmallCNN) -> None:
     prepare_mixed_state(cnn)
     before = (flags(cnn), training_flags(cnn), norm_state(cnn))
     with pytest.raises(RuntimeError, match="boom"), ff.frozen(cnn, ff.everything()):
@@ -358,7 +367,7 @@ def test_frozen_context_restores_on_error(cnn: nn.Module) -> None:
     assert (flags(cnn), training_flags(cnn), norm_state(cnn)) == before
 
 
-def test_frozen_context_with_bad_policy_changes_nothing(cnn: nn.Module) -> None:
+def test_frozen_context_with_bad_policy_changes_nothing(cnn: SmallCNN) -> None:
     prepare_mixed_state(cnn)
     before = (flags(cnn), training_flags(cnn), norm_state(cnn))
     with pytest.raises(ff.PolicyError), ff.frozen(cnn, "no_such_layer"):
@@ -366,7 +375,7 @@ def test_frozen_context_with_bad_policy_changes_nothing(cnn: nn.Module) -> None:
     assert (flags(cnn), training_flags(cnn), norm_state(cnn)) == before
 
 
-def test_training_inside_frozen_moves_only_the_rest(cnn: nn.Module) -> None:
+def test_training_inside_frozen_moves_only_the_rest(cnn: SmallCNN) -> None:
     before = snapshot(cnn, buffers=True)
     opt = torch.optim.AdamW(cnn.parameters(), lr=1e-2, weight_decay=0.1)
     with ff.frozen(cnn, ~ff.name("head")):
@@ -388,14 +397,16 @@ def _deepcopy(model: nn.Module) -> nn.Module:
 
 
 def _pickle(model: nn.Module) -> nn.Module:
-    return pickle.loads(pickle.dumps(model))
+    twin: nn.Module = pickle.loads(pickle.dumps(model))
+    return twin
 
 
 def _torch_save(model: nn.Module) -> nn.Module:
     buf = io.BytesIO()
     torch.save(model, buf)
     buf.seek(0)
-    return torch.load(buf, weights_only=False)
+    twin: nn.Module = torch.load(buf, weights_only=False)
+    return twin
 
 
 @pytest.mark.parametrize(
@@ -411,6 +422,7 @@ def test_models_with_locked_norm_layers_copy_pickle_and_save(
     assert list(model.state_dict()) == keys
     model.train()
     twin = clone(model)
+    assert isinstance(twin, SmallCNN)
     assert twin is not model
     assert list(twin.state_dict()) == keys
     for (n, a), (_, b) in zip(model.state_dict().items(), twin.state_dict().items()):
@@ -432,9 +444,9 @@ def test_models_with_locked_norm_layers_copy_pickle_and_save(
     # and leave the original alone
     nn.Module.train(model.stem[1], True)
     twin.train()
-    assert model.stem[1].training is True
+    assert training(model.stem[1]) is True
     model.train()
-    assert model.stem[1].training is False
+    assert training(model.stem[1]) is False
     # unfreezing the copy does not touch the original
     ff.unfreeze(twin, ff.everything(), include_frozen_norm=True)
     assert ff.core.norm_mode(twin.bn) is None
@@ -448,12 +460,12 @@ def test_models_with_locked_norm_layers_copy_pickle_and_save(
     assert torch.equal(model(x), twin(x))
 
 
-def test_tied_model_with_frozen_norms_survives_deepcopy(tiny_lm: nn.Module) -> None:
+def test_tied_model_with_frozen_norms_survives_deepcopy(tiny_lm: TinyLM) -> None:
     ff.freeze(tiny_lm, ff.everything() - ff.name("ln_f"), norm="frozen")
     twin = copy.deepcopy(tiny_lm)
     assert twin.lm_head.weight is twin.embed.weight
     assert twin.embed.weight is not tiny_lm.embed.weight
     assert flags(twin) == flags(tiny_lm)
     assert norm_state(twin) == norm_state(tiny_lm)
-    assert ff.core.norm_mode(twin.blocks[0].ln1) == "frozen"
+    assert ff.core.norm_mode(twin.get_submodule("blocks.0.ln1")) == "frozen"
     assert ff.core.norm_mode(twin.ln_f) is None

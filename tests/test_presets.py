@@ -22,6 +22,7 @@ from models import (
 from torch import nn
 
 import freezeflow as ff
+from freezeflow.schedules.triggers import AtEpoch
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -35,7 +36,7 @@ def _seed_head(in_features: int) -> nn.Module:
 
 def _resnet18(seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
-    model = torchvision.models.resnet18(weights=None)
+    model: nn.Module = torchvision.models.resnet18(weights=None)
     model.fc = _seed_head(512)
     return model
 
@@ -56,6 +57,7 @@ def _drive_to(uf: ff.GradualUnfreezer, k: int) -> None:
     """Enter stage k through its epoch trigger."""
     while uf.stage < k:
         start = uf.schedule[uf.stage + 1].start
+        assert isinstance(start, AtEpoch)
         uf.on_epoch_start(start.epoch)
     assert uf.stage == k
 
@@ -64,9 +66,10 @@ def _drive_to(uf: ff.GradualUnfreezer, k: int) -> None:
 
 
 def _seed_loop(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, head_epochs: int, epochs: int
+    model: Any, x: torch.Tensor, y: torch.Tensor, head_epochs: int, epochs: int
 ) -> list[set[int]]:
-    """The seed tutorial's own PyTorch loop, as written (one step per epoch here)."""
+    """The seed tutorial's own PyTorch loop, as written (one step per epoch here); ``model``
+    is torchvision's (untyped) ResNet."""
     for p in model.parameters():
         p.requires_grad = False
     model.fc = _seed_head(512)  # new parameters: trainable
@@ -81,7 +84,7 @@ def _seed_loop(
         model.train()
         torch.manual_seed(100 + epoch)  # dropout
         optimizer.zero_grad()
-        nn.functional.cross_entropy(model(x), y).backward()
+        nn.functional.cross_entropy(model(x), y).backward()  # type: ignore[no-untyped-call]
         optimizer.step()
     return stages
 
@@ -120,7 +123,7 @@ def test_classic_pytorch_recipe_matches_the_tutorial_loop_bit_for_bit() -> None:
         model.train()
         torch.manual_seed(100 + epoch)
         opt.zero_grad()
-        nn.functional.cross_entropy(model(x), y).backward()
+        nn.functional.cross_entropy(model(x), y).backward()  # type: ignore[no-untyped-call]
         opt.step()
         uf.step()
     assert [{to_ours[i] for i in s} for s in seed_sets] == ours

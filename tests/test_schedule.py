@@ -83,7 +83,11 @@ BAD_SCHEDULES: list[tuple[str, Any, str]] = [
     ("name-with-slash", lambda: _stage(name="a/b"), r"Stage\(name='a/b'\)"),
     ("reset-state-not-bool", lambda: _stage(reset_state=1), r"Stage\(reset_state=1\)"),
     ("empty", lambda: ff.Schedule([]), r"got \[\]"),
-    ("not-a-stage", lambda: ff.Schedule([{"lr": 1}]), r"stage 0 is \{'lr': 1\} of type dict"),
+    (
+        "not-a-stage",
+        lambda: ff.Schedule([{"lr": 1}]),  # type: ignore[list-item]
+        r"stage 0 is \{'lr': 1\} of type dict",
+    ),
     ("start-negative", lambda: _stage(start=-1), r"at_epoch: expected an integer >= 0, got -1"),
     ("start-float-epoch", lambda: _stage(start=1.5), r"1\.5 is not a trigger"),
 ]
@@ -191,7 +195,7 @@ def test_valid_schedule_fields_and_defaults() -> None:
     assert ff.Schedule(s) == s
     # different kinds of trigger need not be ordered against each other
     mixed = ff.Schedule([_stage(), _stage(start=ff.at_step(5)), _stage(start=1)])
-    assert [type(st.start) for st in mixed] == [AtEpoch, AtStep, AtEpoch]
+    assert [type(st.start) for st in mixed.stages] == [AtEpoch, AtStep, AtEpoch]
 
 
 def test_first_stage_may_start_at_step_zero_or_fraction_zero() -> None:
@@ -274,7 +278,7 @@ def _plain(x: Any) -> bool:
 def test_round_trip_preserves_every_field() -> None:
     sched = _policy_schedule(ff.last(2))
     back = ff.Schedule.from_yaml(sched.to_yaml())
-    for a, b in zip(sched, back):
+    for a, b in zip(sched.stages, back.stages):
         for field in dataclasses.fields(ff.Stage):
             assert getattr(a, field.name) == getattr(b, field.name), field.name
     assert back[2].lr == 1 / 2.6  # exact, not approximately

@@ -6,6 +6,7 @@ import re
 
 import pytest
 import torchvision
+from models import SmallCNN, TinyLM
 from torch import nn
 
 import freezeflow as ff
@@ -19,7 +20,7 @@ def row_tuples(s: ff.core.Summary) -> list[tuple[int, str, int, int, str, str]]:
     return [(r.index, r.name, r.params, r.trainable, r.status, r.norm) for r in s.rows]
 
 
-def test_cnn_rows_and_totals(cnn: nn.Module) -> None:
+def test_cnn_rows_and_totals(cnn: SmallCNN) -> None:
     ff.freeze(cnn, "stem")
     ff.freeze(cnn, "conv.bias")
     s = ff.summary(cnn)
@@ -38,7 +39,7 @@ def test_cnn_rows_and_totals(cnn: nn.Module) -> None:
     assert s.frozen == stem + 16
 
 
-def test_norm_column_shows_modes(cnn: nn.Module) -> None:
+def test_norm_column_shows_modes(cnn: SmallCNN) -> None:
     ff.freeze(cnn, "conv", norm="eval")
     ff.freeze(cnn, "bn", norm="frozen")
     cnn.eval()
@@ -60,7 +61,7 @@ def test_resnet18_totals_and_rows(resnet18: nn.Module) -> None:
     ff.freeze(resnet18, ~ff.name("fc"))
     s = ff.summary(resnet18)
     assert s.total == 11_689_512 == numel(resnet18)
-    assert s.trainable == 513_000 == numel(resnet18.fc)
+    assert s.trainable == 513_000 == numel(resnet18.get_submodule("fc"))
     assert [r.name for r in s.rows] == [b.name for b in ff.find_blocks(resnet18)]
     assert sum(r.params for r in s.rows) == s.total
     for r in s.rows:
@@ -73,7 +74,7 @@ def test_resnet18_totals_and_rows(resnet18: nn.Module) -> None:
     )
 
 
-def test_tied_weight_is_counted_once(tiny_lm: nn.Module) -> None:
+def test_tied_weight_is_counted_once(tiny_lm: TinyLM) -> None:
     s = ff.summary(tiny_lm)
     unique = numel(tiny_lm)
     assert s.total == unique
@@ -89,7 +90,7 @@ def test_tied_weight_is_counted_once(tiny_lm: nn.Module) -> None:
     assert {r.name: r for r in s.rows}["embed"].status == "partial"
 
 
-def test_summary_by_layers(cnn: nn.Module) -> None:
+def test_summary_by_layers(cnn: SmallCNN) -> None:
     ff.freeze(cnn, "stem.1")
     cnn.train()
     s = ff.summary(cnn, by="layers")
@@ -107,7 +108,7 @@ def test_summary_by_layers(cnn: nn.Module) -> None:
     assert " layer " in str(s).splitlines()[1] + " "
 
 
-def test_str_is_a_text_table(cnn: nn.Module) -> None:
+def test_str_is_a_text_table(cnn: SmallCNN) -> None:
     ff.freeze(cnn, "stem")
     s = ff.summary(cnn)
     lines = str(s).splitlines()
@@ -130,7 +131,7 @@ def test_str_is_a_text_table(cnn: nn.Module) -> None:
     assert len(starts) == 1
 
 
-def test_html_is_a_table(cnn: nn.Module) -> None:
+def test_html_is_a_table(cnn: SmallCNN) -> None:
     s = ff.summary(cnn)
     html = s._repr_html_()
     assert html.startswith("<p><b>SmallCNN</b></p><table>")
@@ -164,6 +165,6 @@ def test_summary_of_vit_counts_loose_parameters_in_the_first_block() -> None:
     assert sum(r.params for r in s.rows) == s.total == numel(model)
 
 
-def test_bad_unit_is_rejected(cnn: nn.Module) -> None:
+def test_bad_unit_is_rejected(cnn: SmallCNN) -> None:
     with pytest.raises(ff.PolicyError, match="'modules'"):
         ff.summary(cnn, by="modules")  # type: ignore[arg-type]
