@@ -130,15 +130,17 @@ def test_character_classes_stay_within_one_component(mlp: MLP) -> None:
 
 
 def test_selection_is_in_model_order_whatever_the_policy_order(mlp: MLP) -> None:
-    order = tuple(n for n, _ in mlp.named_parameters())
-    for policy in (
-        ff.name("fc3", "fc1"),
-        ff.name("fc3") | ff.name("fc2") | ff.name("fc1"),
-        ff.last(1) | ff.first(1),
-        ff.where(is_bias) | ff.name("fc1"),
+    fc1, fc3 = ("fc1.weight", "fc1.bias"), ("fc3.weight", "fc3.bias")
+    for policy, expected in (
+        (ff.name("fc3", "fc1"), fc1 + fc3),
+        (
+            ff.name("fc3") | ff.name("fc2") | ff.name("fc1"),
+            tuple(n for n, _ in mlp.named_parameters()),
+        ),
+        (ff.last(1) | ff.first(1), fc1 + fc3),
+        (ff.where(is_bias) | ff.name("fc1"), (*fc1, "fc2.bias", "fc3.bias")),
     ):
-        names = policy.select(mlp).names
-        assert names == tuple(n for n in order if n in names), policy
+        assert policy.select(mlp).names == expected, policy
 
 
 def test_everything_lists_every_unique_parameter_once(toy: nn.Module) -> None:
