@@ -45,7 +45,8 @@ class Net(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = torch.relu(self.bn(self.conv(self.stem(x))))
-        return self.head(x.mean(dim=(2, 3)))
+        out: torch.Tensor = self.head(x.mean(dim=(2, 3)))
+        return out
 
 
 def make_net() -> Net:
@@ -91,10 +92,10 @@ def reference(world: int = 2) -> dict[int, dict[str, torch.Tensor]]:
         x = torch.cat([d[step][0] for d in data])
         y = torch.cat([d[step][1] for d in data])
         uf.optimizer.zero_grad()
-        nn.functional.cross_entropy(model(x), y).backward()
+        nn.functional.cross_entropy(model(x), y).backward()  # type: ignore[no-untyped-call]
         uf.optimizer.step()
         if (step + 1) % STEPS_PER_STAGE == 0:
-            snaps[uf.stage] = snapshot(model)
+            snaps[uf.stage_index] = snapshot(model)
         uf.step()
     return snaps
 
@@ -116,9 +117,9 @@ def train(
     for step, (x, y) in enumerate(batches(ffd.rank())):
         uf.optimizer.zero_grad()
         loss = nn.functional.cross_entropy(net(x), y)
-        loss.backward()
+        loss.backward()  # type: ignore[no-untyped-call]
         uf.optimizer.step()
-        stage = uf.stage
+        stage = uf.stage_index
         if (step + 1) % STEPS_PER_STAGE == 0:
             out["stages"][stage] = snapshot(model)
             out["trainable"][stage] = sorted(
@@ -176,12 +177,15 @@ def scenario_fsdp() -> dict[str, Any]:
     snaps: dict[int, dict[str, torch.Tensor]] = {}
     for _step, (x, y) in enumerate(batches(ffd.rank())):
         uf.optimizer.zero_grad()
-        nn.functional.cross_entropy(model(x), y).backward()
+        nn.functional.cross_entropy(model(x), y).backward()  # type: ignore[no-untyped-call]
         uf.optimizer.step()
         if (_step + 1) % STEPS_PER_STAGE == 0:
-            snaps[uf.stage] = {n: p.full_tensor().clone() for n, p in model.named_parameters()}  # type: ignore[attr-defined]
+            snaps[uf.stage_index] = {
+                n: p.full_tensor().clone()  # type: ignore[attr-defined]
+                for n, p in model.named_parameters()
+            }
         uf.step()
-    return {"initial": before, "stages": snaps, "stage": uf.stage}
+    return {"initial": before, "stages": snaps, "stage": uf.stage_index}
 
 
 def main() -> None:

@@ -47,7 +47,7 @@ def _train(
     x = torch.randn(8, 4, generator=torch.Generator().manual_seed(0))
     for _ in range(steps):
         uf.optimizer.zero_grad()
-        net(x).pow(2).mean().backward()
+        net(x).pow(2).mean().backward()  # type: ignore[no-untyped-call]
         uf.optimizer.step()
         uf.step()
 
@@ -83,7 +83,7 @@ def test_layer_unfrozen_at_stage_2_trains_under_compile() -> None:
     uf = _gradual(model, 3, every=3)
     net = ffc.compile_for_unfreezing(model, uf, backend="aot_eager")
     _train(net, uf, 6)  # stages 0 and 1
-    assert uf.stage == 2 and ffd.unwrap(net) is model
+    assert uf.stage_index == 2 and ffd.unwrap(net) is model
     before = _snapshot(model)
     _train(net, uf, 3)  # stage 2: block 0 trains for the first time
     assert net.resets == 2
@@ -129,7 +129,7 @@ def test_layer_unfrozen_at_stage_2_trains_under_inductor() -> None:
     before = _snapshot(model)
     _train(net, uf, 2)
     after = _snapshot(model)
-    assert uf.stage == 2
+    assert uf.stage_index == 2
     assert not torch.equal(before["0.0.weight"], after["0.0.weight"])
 
 

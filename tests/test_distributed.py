@@ -177,7 +177,7 @@ def test_wrapper_without_a_process_group_calls_the_model_and_follows_transitions
     torch.testing.assert_close(net(x), model(x))
     uf.step()
     uf.step()
-    assert net.rebuilds == 3 and net.stage == 2
+    assert net.rebuilds == 3 and net.stage_index == 2
     assert net.state_dict().keys() == model.state_dict().keys()
     assert ffd.unwrap(net) is model
     assert "stage 2" in repr(net)
@@ -204,10 +204,10 @@ def test_wrap_rejects_ddp_modules_and_foreign_unfreezers() -> None:
 def test_fingerprint_follows_the_trainable_set_and_stage() -> None:
     model = _mlp()
     uf = _unfreezer(model)
-    a = ffd.trainable_fingerprint(model, uf.stage)
+    a = ffd.trainable_fingerprint(model, uf.stage_index)
     assert a == ffd.trainable_fingerprint(_mlp_frozen_like(model), 0)
     uf.step()
-    b = ffd.trainable_fingerprint(model, uf.stage)
+    b = ffd.trainable_fingerprint(model, uf.stage_index)
     assert a[0] == 0 and b[0] == 1 and a[1] != b[1] and (a[2], b[2]) == (2, 4)
     assert ffd.trainable_fingerprint(model, 0)[1:] == b[1:]
 

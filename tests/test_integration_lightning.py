@@ -12,11 +12,13 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-pl = pytest.importorskip("lightning.pytorch")
+pytest.importorskip("lightning.pytorch")
 
-import freezeflow as ff  # noqa: E402
-from freezeflow.errors import OptimizerError, TrainingError  # noqa: E402
-from freezeflow.integrations.lightning import FreezeflowCallback  # noqa: E402
+import lightning.pytorch as pl
+
+import freezeflow as ff
+from freezeflow.errors import OptimizerError, TrainingError
+from freezeflow.integrations.lightning import FreezeflowCallback
 
 EPOCH_BATCHES = 3
 
@@ -39,7 +41,8 @@ class Net(nn.Module):
         self.head = nn.Linear(12, 3)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.backbone(x))
+        out: torch.Tensor = self.head(self.backbone(x))
+        return out
 
 
 class Lit(pl.LightningModule):
@@ -180,7 +183,7 @@ def test_lr_scheduler_keeps_driving_every_group(tmp_path: Path) -> None:
     uf = cb.unfreezer
     assert uf is not None
     names = uf.group_names
-    stage_of = {g.name: g.stage for g in uf.layout.groups}
+    stage_of = {g.name: g.stage_index for g in uf.layout.groups}
     assert len(rec.lrs) == 3 * EPOCH_BATCHES
     for epoch, step, lrs in rec.lrs:
         assert len(lrs) == len(names)
@@ -223,7 +226,7 @@ def test_resume_keeps_trainable_and_groups_and_matches_uninterrupted(tmp_path: P
     ckpt = tmp_path / "full" / "epoch=2.ckpt"
     saved = torch.load(ckpt, weights_only=False)
     (state,) = [v for k, v in saved["callbacks"].items() if "FreezeflowCallback" in k]
-    assert state["unfreezer"]["stage"] == 1
+    assert state["unfreezer"]["stage_index"] == 1
 
     res_lit, res_cb, res_rec = run(tmp_path / "resumed", ckpt)
     assert res_cb.unfreezer is not None
@@ -290,8 +293,9 @@ def test_step_trigger_and_module_selection(tmp_path: Path) -> None:
     picked: list[nn.Module] = []
 
     def pick(m: Any) -> nn.Module:
-        picked.append(m.net)
-        return m.net
+        net: nn.Module = m.net
+        picked.append(net)
+        return net
 
     stages = [ff.Stage("head", lr=0.05), ff.Stage("backbone.3", lr=0.01, start=ff.at_step(4))]
     cb = FreezeflowCallback(stages, module_attr=pick)

@@ -12,12 +12,14 @@ from typing import Any
 import pytest
 import torch
 
-transformers = pytest.importorskip("transformers")
+pytest.importorskip("transformers")
 pytest.importorskip("accelerate")
 
-import freezeflow as ff  # noqa: E402
-from freezeflow.errors import TrainingError  # noqa: E402
-from freezeflow.integrations.transformers import (  # noqa: E402
+import transformers
+
+import freezeflow as ff
+from freezeflow.errors import TrainingError
+from freezeflow.integrations.transformers import (
     STATE_NAME,
     FreezeflowTrainer,
     FreezeflowTrainerCallback,
@@ -36,7 +38,7 @@ def bert() -> Any:
         num_attention_heads=2,
         intermediate_size=64,
         max_position_embeddings=16,
-        num_labels=2,
+        num_labels=2,  # type: ignore[call-arg]  # a PretrainedConfig keyword
         hidden_dropout_prob=0.0,
         attention_probs_dropout_prob=0.0,
     )
@@ -146,7 +148,7 @@ def test_encoder_unfrozen_at_epoch_2_and_linear_schedule_drives_every_group(
     ]
     # the optimizer held the encoder from the start: one group per stage, none added later
     assert rec.groups == uf.group_names
-    assert {g.stage for g in uf.layout.groups} == {0, 1}
+    assert {g.stage_index for g in uf.layout.groups} == {0, 1}
     head_only = {n for n, _ in model.named_parameters() if n.startswith(tuple(HEAD))}
     assert rec.trainable[0] == rec.trainable[1] == head_only
     assert any(n.startswith("bert.encoder.layer.") for n in rec.trainable[2])
@@ -161,7 +163,7 @@ def test_encoder_unfrozen_at_epoch_2_and_linear_schedule_drives_every_group(
     assert not changed(initial, rec.at_epoch_end[3], "bert.embeddings.")
     # every step, every trainable group runs at stage LR x the linear warmup/decay factor
     total = epochs * STEPS_PER_EPOCH
-    stage_of = {g.name: g.stage for g in uf.layout.groups}
+    stage_of = {g.name: g.stage_index for g in uf.layout.groups}
     assert [s for s, _, _ in rec.lrs] == list(range(total))
     for step, _, lrs in rec.lrs:
         stage = 1 if step >= 2 * STEPS_PER_EPOCH else 0
@@ -170,6 +172,7 @@ def test_encoder_unfrozen_at_epoch_2_and_linear_schedule_drives_every_group(
                 expected = stages[stage].lr * linear(step, total)
                 assert math.isclose(lr, expected, rel_tol=1e-9, abs_tol=1e-15), (step, name)
     # TrainingArguments.weight_decay applies to the decay groups only
+    assert trainer.optimizer is not None
     decays = {g["name"]: g["weight_decay"] for g in trainer.optimizer.param_groups}
     assert all(v == (0.01 if n.endswith("/decay") else 0.0) for n, v in decays.items())
 
@@ -202,8 +205,8 @@ def test_resume_restores_trainable_layers_and_matches_uninterrupted(tmp_path: Pa
     full_model, full_rec, full_cb = run(tmp_path / "full", None, plain=False)
     ckpt = tmp_path / "full" / f"checkpoint-{2 * STEPS_PER_EPOCH}"
     saved = json.loads((ckpt / STATE_NAME).read_text())
-    assert saved["stage"] == 1
-    assert any(n.startswith("bert.encoder.layer.") for n in saved["trainable"])
+    assert saved["stage_index"] == 1
+    assert any(n.startswith("bert.encoder.layer.") for n in saved["trainable_names"])
 
     for plain in (False, True):
         out = tmp_path / f"resumed-{plain}"

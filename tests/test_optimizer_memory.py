@@ -45,7 +45,7 @@ def test_frozen_parameters_hold_no_optimizer_state() -> None:
     assert state_bytes(opt, middle) > 0
     kept = {k: v.clone() for k, v in opt.state[last[0]].items()}
     step(model, opt, uf)  # step 3: the exclusive stage begins
-    assert uf.stage == 1
+    assert uf.stage_index == 1
     assert state_bytes(opt, middle) == 0  # given back
     assert all(not p.requires_grad and p.grad is None for p in middle)
     # the parameter that stays trainable kept its state through the transition
@@ -66,4 +66,4 @@ def test_transition_counts_what_is_really_trainable_with_sticky_frozen_norms() -
     (t,) = uf.on_epoch_start(1)
     really = sum(p.numel() for p in model.parameters() if p.requires_grad)
     assert not model[1].weight.requires_grad
-    assert t.trainable == really == 20 + 10
+    assert t.n_trainable == really == 20 + 10

@@ -14,7 +14,8 @@ import torch
 from torch import nn
 
 from freezeflow.errors import DistributedError, FreezeflowWarning
-from freezeflow.unfreezer.gradual import GradualUnfreezer, Transition
+from freezeflow.unfreezer.gradual import GradualUnfreezer
+from freezeflow.unfreezer.transition import Transition
 
 __all__ = [
     "CompiledForUnfreezing",
@@ -38,7 +39,7 @@ def recompile_limit() -> int:
 
 def distinct_trainable_sets(unfreezer: GradualUnfreezer) -> int:
     """How many different trainable sets the unfreezer's schedule goes through."""
-    return len(set(unfreezer.layout.trainable))
+    return len(set(unfreezer.layout.trainable_ids))
 
 
 def check_recompile_limit(

@@ -17,14 +17,20 @@ parameters all end up frozen follow a *norm mode*:
 
 ``unfreeze`` makes parameters trainable again and returns their norm layers to normal
 behaviour (following the mode of the module that holds them).
+
+``freeze``/``unfreeze`` resolve a policy, then call :func:`freeze_params` /
+:func:`unfreeze_params`: the same change for parameters already in hand (what the
+:class:`~freezeflow.GradualUnfreezer` does at each stage change); :func:`restore_norm_modes`
+puts back the modes :func:`norm_mode` read (checkpoints).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Literal, get_args
 
+import torch
 from torch import nn
 
 from freezeflow.core.blocks import is_norm_layer
@@ -32,7 +38,17 @@ from freezeflow.core.policy import PolicyLike, as_policy
 from freezeflow.core.selection import Selection
 from freezeflow.errors import PolicyError
 
-__all__ = ["NormMode", "freeze", "frozen", "norm_mode", "unfreeze"]
+__all__ = [
+    "NormMode",
+    "check_norm_mode",
+    "freeze",
+    "freeze_params",
+    "frozen",
+    "norm_mode",
+    "restore_norm_modes",
+    "unfreeze",
+    "unfreeze_params",
+]
 
 NormMode = Literal["eval", "train", "frozen", "ignore"]
 """What happens to norm layers whose parameters are frozen: ``"eval"`` (default: fixed
@@ -82,7 +98,8 @@ def _unlock(module: nn.Module, training: bool) -> None:
     nn.Module.train(module, training)
 
 
-def _check_mode(norm: object) -> None:
+def check_norm_mode(norm: object) -> None:
+    """Raise :class:`~freezeflow.errors.PolicyError` unless ``norm`` is a :data:`NormMode`."""
     if norm not in _MODES:
         raise PolicyError(
             f"norm={norm!r} is not a norm mode; expected one of {', '.join(map(repr, _MODES))}; "
@@ -112,6 +129,7 @@ def _governed(module: nn.Module, holder: nn.Module, want_frozen: bool) -> bool:
 
 
 _BLOCK = "block"  # lock mode of modules frozen whole with eval_frozen=True
+_LOCK_MODES = ("eval", "frozen", _BLOCK)
 
 
 def _refresh_block_locks(model: nn.Module, enable: bool) -> None:
@@ -137,6 +155,147 @@ def _refresh_block_locks(model: nn.Module, enable: bool) -> None:
                 _lock(m, _BLOCK)
         else:
             stack.extend(m.children())
+
+
+def _model_params(
+    model: nn.Module, params: Iterable[torch.Tensor], caller: str
+) -> list[torch.Tensor]:
+    """``params`` without repeats, after checking each is a parameter of ``model``."""
+    known = {id(p) for p in model.parameters()}
+    given: list[torch.Tensor] = [params] if isinstance(params, torch.Tensor) else list(params)
+    foreign = [p for p in given if id(p) not in known]
+    if foreign:
+        shown = [tuple(p.shape) if isinstance(p, torch.Tensor) else p for p in foreign[:3]]
+        raise PolicyError(
+            f"{caller}: {len(foreign)} item(s) are not parameters of {type(model).__name__} "
+            f"({shown}); hint: pass parameters of this model, or a policy to freeze()/unfreeze()"
+        )
+    return list({id(p): p for p in given}.values())
+
+
+def _touched(module: nn.Module, holder: nn.Module, ids: set[int]) -> bool:
+    """Whether a change of the parameters ``ids`` concerns norm layer ``module`` (its own
+    parameters, or its holder's when it has none)."""
+    return any(id(p) in ids for p in module.parameters()) or (
+        next(module.parameters(), None) is None and any(id(p) in ids for p in holder.parameters())
+    )
+
+
+def freeze_params(
+    model: nn.Module,
+    params: Iterable[torch.Tensor],
+    *,
+    norm: NormMode = "eval",
+    eval_frozen: bool = False,
+) -> list[torch.Tensor]:
+    """Freeze the given parameters of ``model``: what :func:`freeze` does once its policy is
+    resolved, for parameters already in hand.
+
+    Args:
+        model: the model that holds ``params`` (its norm layers follow ``norm``).
+        params: parameters of ``model`` (repeats are ignored).
+        norm: what happens to norm layers left with only frozen parameters (module docstring).
+        eval_frozen: see :func:`freeze`.
+
+    Returns:
+        The parameters frozen, in the order given (with ``norm="train"``, minus norm-layer
+        ones, which stay trainable).
+
+    Raises:
+        PolicyError: bad norm mode, or something in ``params`` is not a parameter of
+            ``model``; nothing has changed then.
+
+    Example:
+        >>> import torch.nn as nn, freezeflow as ff
+        >>> from freezeflow.core.freezing import freeze_params
+        >>> net = nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2), nn.Linear(2, 1))
+        >>> len(freeze_params(net, [*net[0].parameters(), *net[1].parameters()]))
+        4
+        >>> net.train()[1].training  # a norm layer with only frozen parameters stays in eval
+        False
+    """
+    check_norm_mode(norm)
+    chosen = _model_params(model, params, "freeze_params")
+    if norm == "train":
+        norm_params = {
+            id(p) for m in model.modules() if is_norm_layer(m) for p in m.parameters(recurse=False)
+        }
+        chosen = [p for p in chosen if id(p) not in norm_params]
+    ids = {id(p) for p in chosen}
+    for p in chosen:
+        p.requires_grad_(False)
+        p.grad = None
+    if norm in ("eval", "frozen"):
+        for _, module, holder in _norm_layers(model):
+            # a "frozen" layer stays frozen (sticky) whatever mode a later freeze asks for
+            if (
+                _touched(module, holder, ids)
+                and _governed(module, holder, want_frozen=True)
+                and (norm_mode(module) != "frozen")
+            ):
+                _lock(module, norm)
+    _refresh_block_locks(model, eval_frozen)
+    return chosen
+
+
+def unfreeze_params(
+    model: nn.Module, params: Iterable[torch.Tensor], *, include_frozen_norm: bool = False
+) -> list[torch.Tensor]:
+    """Make the given parameters of ``model`` trainable again: what :func:`unfreeze` does once
+    its policy is resolved, for parameters already in hand.
+
+    Returns:
+        The parameters made trainable, in the order given: all of them, except those of norm
+        layers frozen with ``norm="frozen"`` unless ``include_frozen_norm`` is true.
+
+    Raises:
+        PolicyError: something in ``params`` is not a parameter of ``model``; nothing has
+            changed then.
+
+    Example:
+        >>> import torch.nn as nn, freezeflow as ff
+        >>> from freezeflow.core.freezing import unfreeze_params
+        >>> net = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 1))
+        >>> _ = ff.freeze(net, ff.everything())
+        >>> len(unfreeze_params(net, net[1].parameters()))
+        2
+        >>> [p.requires_grad for p in net.parameters()]
+        [False, False, True, True]
+    """
+    given = _model_params(model, params, "unfreeze_params")
+    sticky = set()
+    if not include_frozen_norm:
+        for _, module, _holder in _norm_layers(model):
+            if norm_mode(module) == "frozen":
+                sticky |= {id(p) for p in module.parameters()}
+    chosen = [p for p in given if id(p) not in sticky]
+    ids = {id(p) for p in chosen}
+    for p in chosen:
+        p.requires_grad_(True)
+    for _, module, holder in _norm_layers(model):
+        mode = norm_mode(module)
+        if mode is None or (mode == "frozen" and not include_frozen_norm):
+            continue
+        # locked exactly while all its parameters are frozen, as freeze() decides
+        if _touched(module, holder, ids) and not _governed(module, holder, want_frozen=True):
+            _unlock(module, holder.training)
+    _refresh_block_locks(model, enable=False)
+    return chosen
+
+
+def _subset(model: nn.Module, selection: Selection, kept: list[torch.Tensor]) -> Selection:
+    """``selection`` narrowed to the parameters ``kept``."""
+    if len(kept) == len(selection):
+        return selection
+    ids = {id(p) for p in kept}
+    pairs = [(n, p) for n, p in zip(selection.names, selection.params) if id(p) in ids]
+    return Selection(
+        [n for n, _ in pairs],
+        [p for _, p in pairs],
+        [selection.aliases(n) for n, _ in pairs],
+        model_name=type(model).__name__,
+        total=selection.total,
+    )
 
 
 def freeze(
@@ -174,44 +333,10 @@ def freeze(
         >>> [n for n, p in model.named_parameters() if p.requires_grad]
         ['fc.weight', 'fc.bias']
     """
-    _check_mode(norm)
-    pol = as_policy(policy)
-    selection = pol.select(model, allow_empty=allow_empty)
-    if norm == "train":
-        norm_params = {
-            id(p) for m in model.modules() if is_norm_layer(m) for p in m.parameters(recurse=False)
-        }
-        params = [p for p in selection.params if id(p) not in norm_params]
-    else:
-        params = list(selection.params)
-    chosen = {id(p) for p in params}
-    for p in params:
-        p.requires_grad_(False)
-        p.grad = None
-    if norm in ("eval", "frozen"):
-        for _, module, holder in _norm_layers(model):
-            touched = any(id(p) in chosen for p in module.parameters()) or (
-                next(module.parameters(), None) is None
-                and any(id(p) in chosen for p in holder.parameters())
-            )
-            # a "frozen" layer stays frozen (sticky) whatever mode a later freeze asks for
-            if (
-                touched
-                and _governed(module, holder, want_frozen=True)
-                and (norm_mode(module) != "frozen")
-            ):
-                _lock(module, norm)
-    _refresh_block_locks(model, eval_frozen)
-    if norm == "train":
-        names = [n for n, p in selection.items() if id(p) in chosen]
-        return Selection(
-            names,
-            params,
-            [selection.aliases(n) for n in names],
-            model_name=type(model).__name__,
-            total=selection.total,
-        )
-    return selection
+    check_norm_mode(norm)
+    selection = as_policy(policy).select(model, allow_empty=allow_empty)
+    done = freeze_params(model, selection.params, norm=norm, eval_frozen=eval_frozen)
+    return _subset(model, selection, done)
 
 
 def unfreeze(
@@ -237,38 +362,40 @@ def unfreeze(
         >>> ff.unfreeze(model, "layer4").numel
         8393728
     """
-    pol = as_policy(policy)
-    selection = pol.select(model, allow_empty=allow_empty)
-    sticky = set()
-    if not include_frozen_norm:
-        for _, module, _holder in _norm_layers(model):
-            if norm_mode(module) == "frozen":
-                sticky |= {id(p) for p in module.parameters()}
-    chosen = [(n, p) for n, p in selection.items() if id(p) not in sticky]
-    ids = {id(p) for _, p in chosen}
-    for _, p in chosen:
-        p.requires_grad_(True)
-    for _, module, holder in _norm_layers(model):
-        mode = norm_mode(module)
-        if mode is None or (mode == "frozen" and not include_frozen_norm):
-            continue
-        touched = any(id(p) in ids for p in module.parameters()) or (
-            next(module.parameters(), None) is None
-            and any(id(p) in ids for p in holder.parameters())
+    selection = as_policy(policy).select(model, allow_empty=allow_empty)
+    done = unfreeze_params(model, selection.params, include_frozen_norm=include_frozen_norm)
+    return _subset(model, selection, done)
+
+
+def restore_norm_modes(model: nn.Module, modes: Mapping[str, str]) -> None:
+    """Give ``model``'s modules exactly the norm modes ``modes`` lists (module path ->
+    :func:`norm_mode`, read from this model or a copy of it): listed modules are locked in
+    that mode, any other locked module is released into the training mode of its parent.
+
+    Raises:
+        PolicyError: ``modes`` names a module ``model`` does not have, or an unknown mode;
+            nothing has changed then.
+    """
+    modules = dict(model.named_modules())
+    missing = [path for path in modes if path not in modules]
+    bad = {path: mode for path, mode in modes.items() if mode not in _LOCK_MODES}
+    if missing:
+        raise PolicyError(
+            f"restore_norm_modes: {type(model).__name__} has no module {missing[0]!r} "
+            f"({len(missing)} unknown path(s)); hint: restore modes saved from this model"
         )
-        # locked exactly while all its parameters are frozen, as freeze() decides
-        if touched and not _governed(module, holder, want_frozen=True):
-            _unlock(module, holder.training)
-    _refresh_block_locks(model, enable=False)
-    if len(chosen) == len(selection):
-        return selection
-    return Selection(
-        [n for n, _ in chosen],
-        [p for _, p in chosen],
-        [selection.aliases(n) for n, _ in chosen],
-        model_name=type(model).__name__,
-        total=selection.total,
-    )
+    if bad:
+        raise PolicyError(
+            f"restore_norm_modes: unknown norm mode(s) {bad}; expected one of "
+            f"{list(_LOCK_MODES)} (what norm_mode() returns)"
+        )
+    for path, m in modules.items():
+        mode = modes.get(path)
+        if mode is not None:
+            _lock(m, mode)
+        elif norm_mode(m) is not None:
+            parent = modules[path.rpartition(".")[0]] if path else model
+            _unlock(m, parent.training)
 
 
 @contextmanager
@@ -287,7 +414,7 @@ def frozen(model: nn.Module, policy: PolicyLike, *, norm: NormMode = "eval") -> 
         >>> [p.requires_grad for p in net.parameters()]
         [True, True, True, True]
     """
-    _check_mode(norm)
+    check_norm_mode(norm)
     flags = [(p, p.requires_grad) for p in model.parameters()]
     norms = [(m, m.__dict__.get("train"), m.training) for m in model.modules()]
     selection = freeze(model, policy, norm=norm)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -16,6 +17,15 @@ from freezeflow.errors import PolicyError
 __all__ = ["Summary", "SummaryRow", "summary"]
 
 
+def _deprecated(owner: str, value: int) -> int:
+    warnings.warn(
+        f"{owner}.trainable is deprecated; use {owner}.n_trainable",
+        DeprecationWarning,
+        stacklevel=3,
+    )
+    return value
+
+
 @dataclass(frozen=True)
 class SummaryRow:
     """One row of a :class:`Summary`."""
@@ -23,16 +33,22 @@ class SummaryRow:
     index: int
     name: str
     params: int
-    trainable: int
+    n_trainable: int
+    """Trainable parameter values in this block or layer."""
     norm: str
 
     @property
     def status(self) -> str:
         if self.params == 0:
             return "-"
-        if self.trainable == self.params:
+        if self.n_trainable == self.params:
             return "trainable"
-        return "frozen" if self.trainable == 0 else "partial"
+        return "frozen" if self.n_trainable == 0 else "partial"
+
+    @property
+    def trainable(self) -> int:
+        """Deprecated: use :attr:`n_trainable`."""
+        return _deprecated("SummaryRow", self.n_trainable)
 
 
 @dataclass(frozen=True)
@@ -44,20 +60,26 @@ class Summary:
     unit: str
     rows: tuple[SummaryRow, ...]
     total: int
-    trainable: int
+    n_trainable: int
+    """Trainable parameter values in the model."""
 
     @property
     def frozen(self) -> int:
-        return self.total - self.trainable
+        return self.total - self.n_trainable
+
+    @property
+    def trainable(self) -> int:
+        """Deprecated: use :attr:`n_trainable`."""
+        return _deprecated("Summary", self.n_trainable)
 
     def _table(self) -> tuple[list[str], list[list[str]], list[str]]:
         head = ["#", self.unit[:-1], "params", "trainable", "status", "norm"]
         body = [
-            [str(r.index), r.name, f"{r.params:,}", f"{r.trainable:,}", r.status, r.norm]
+            [str(r.index), r.name, f"{r.params:,}", f"{r.n_trainable:,}", r.status, r.norm]
             for r in self.rows
         ]
-        pct = 100.0 * self.trainable / self.total if self.total else 0.0
-        foot = ["", "total", f"{self.total:,}", f"{self.trainable:,}", f"{pct:.1f}%", ""]
+        pct = 100.0 * self.n_trainable / self.total if self.total else 0.0
+        foot = ["", "total", f"{self.total:,}", f"{self.n_trainable:,}", f"{pct:.1f}%", ""]
         return head, body, foot
 
     def __str__(self) -> str:
@@ -74,7 +96,7 @@ class Summary:
 
         rule = "  ".join("-" * w for w in widths)
         title = (
-            f"{self.model_name}: {self.trainable:,} of {self.total:,} parameters "
+            f"{self.model_name}: {self.n_trainable:,} of {self.total:,} parameters "
             f"trainable ({self.frozen:,} frozen)"
         )
         return "\n".join([title, fmt(head), rule, *map(fmt, body), rule, fmt(foot)])

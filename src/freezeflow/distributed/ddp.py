@@ -29,7 +29,8 @@ from torch.nn.parallel import DistributedDataParallel
 from freezeflow.compile import CompiledForUnfreezing
 from freezeflow.distributed.process_group import collective_device, is_distributed
 from freezeflow.errors import DistributedError
-from freezeflow.unfreezer.gradual import GradualUnfreezer, Transition
+from freezeflow.unfreezer.gradual import GradualUnfreezer
+from freezeflow.unfreezer.transition import Transition
 
 __all__ = [
     "DDPWrapper",
@@ -63,20 +64,20 @@ def _trainable_names(model: nn.Module) -> list[str]:
     return sorted(n for n, p in model.named_parameters() if p.requires_grad)
 
 
-def trainable_fingerprint(model: nn.Module, stage: int = -1) -> tuple[int, int, int]:
-    """``(stage, hash, count)``: a cheap fingerprint of the trainable set.
+def trainable_fingerprint(model: nn.Module, stage_index: int = -1) -> tuple[int, int, int]:
+    """``(stage_index, hash, count)``: a cheap fingerprint of the trainable set.
 
     ``hash`` is the first 62 bits of SHA-256 over the sorted names of the parameters that
     require grad; ``count`` is how many there are.
     """
     names = _trainable_names(model)
     digest = hashlib.sha256("\n".join(names).encode()).digest()
-    return int(stage), int.from_bytes(digest[:8], "big") >> 2, len(names)
+    return int(stage_index), int.from_bytes(digest[:8], "big") >> 2, len(names)
 
 
 def verify_trainable(
     model: nn.Module,
-    stage: int = -1,
+    stage_index: int = -1,
     *,
     stage_names: Sequence[str] | None = None,
     group: Any = None,
@@ -93,7 +94,7 @@ def verify_trainable(
     if not is_distributed():
         return
     mine = torch.tensor(
-        trainable_fingerprint(unwrap(model), stage),
+        trainable_fingerprint(unwrap(model), stage_index),
         dtype=torch.int64,
         device=collective_device(group),
     )
@@ -212,8 +213,9 @@ class DDPWrapper:
         return self._ddp
 
     @property
-    def stage(self) -> int:
-        return self.unfreezer.stage if self.unfreezer is not None else -1
+    def stage_index(self) -> int:
+        """The unfreezer's stage index (-1 without an unfreezer)."""
+        return self.unfreezer.stage_index if self.unfreezer is not None else -1
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         if self._closed:
@@ -267,7 +269,7 @@ class DDPWrapper:
         start = time.perf_counter()
         self._flags = self._current_flags()
         names = self.unfreezer.schedule.names if self.unfreezer is not None else None
-        verify_trainable(self.model, self.stage, stage_names=names)
+        verify_trainable(self.model, self.stage_index, stage_names=names)
         old, self._ddp, self._module = self._ddp, None, self.model
         # drop the old DDP module now: refcounting frees its reducer, which removes its
         # autograd hooks (an old reducer whose forward is not called is inert anyway)
@@ -282,7 +284,7 @@ class DDPWrapper:
                 ddp = DistributedDataParallel(self.model, **kwargs)
             except (RuntimeError, ValueError, TypeError) as exc:
                 raise DistributedError(
-                    f"building DistributedDataParallel at stage {self.stage} failed: {exc}"
+                    f"building DistributedDataParallel at stage {self.stage_index} failed: {exc}"
                 ) from exc
             if self.on_wrap is not None:
                 self.on_wrap(ddp)
@@ -304,7 +306,7 @@ class DDPWrapper:
         what = "DDP" if self._ddp is not None else "unwrapped"
         n = sum(self._flags)
         return (
-            f"DDPWrapper({type(self.model).__name__}, {what}, stage {self.stage}, "
+            f"DDPWrapper({type(self.model).__name__}, {what}, stage {self.stage_index}, "
             f"{n}/{len(self._params)} trainable tensors, {self.rebuilds} builds)"
         )
 

@@ -1,32 +1,40 @@
-"""What the framework integrations share: feeding a logged metric to a plateau trigger."""
+"""What the framework integrations share: what to do when a plateau metric is not logged."""
 
 from __future__ import annotations
 
 import warnings
-from typing import Protocol
 
 from freezeflow.errors import FreezeflowWarning, TrainingError
-from freezeflow.schedules.triggers import OnPlateau
-from freezeflow.unfreezer.gradual import GradualUnfreezer
+
+__all__ = ["MissingMetric"]
 
 
-class _Reporter(Protocol):
-    strict: bool
-    _warned_missing: bool
+class MissingMetric:
+    """What a callback does when the metric the next stage's plateau trigger waits for
+    (:attr:`GradualUnfreezer.waiting_for <freezeflow.GradualUnfreezer.waiting_for>`) is not
+    among the logged metrics: raise with ``strict``, else warn once and keep waiting (the
+    stage then starts at its ``max_epoch`` cap, if it has one).
 
+    Example:
+        >>> import warnings
+        >>> missing = MissingMetric(strict=False)
+        >>> with warnings.catch_warnings(record=True) as seen:
+        ...     warnings.simplefilter("always")
+        ...     missing.report("no val_loss")
+        ...     missing.report("no val_loss")
+        >>> len(seen)
+        1
+    """
 
-def next_plateau(uf: GradualUnfreezer) -> OnPlateau | None:
-    """The plateau trigger the next stage waits for, if it waits for one."""
-    if uf.stage + 1 >= len(uf.schedule):
-        return None
-    trigger = uf.schedule.stages[uf.stage + 1].start
-    return trigger if isinstance(trigger, OnPlateau) else None
+    def __init__(self, strict: bool) -> None:
+        self.strict = strict
+        self.warned = False
 
-
-def missing_metric(owner: _Reporter, message: str) -> None:
-    """A plateau metric is not logged: raise with ``owner.strict``, else warn once."""
-    if owner.strict:
-        raise TrainingError(message)
-    if not owner._warned_missing:
-        warnings.warn(message, FreezeflowWarning, stacklevel=3)
-        owner._warned_missing = True
+    def report(self, message: str) -> None:
+        """Raise :class:`~freezeflow.errors.TrainingError` with ``message`` when strict, else
+        warn (:class:`~freezeflow.errors.FreezeflowWarning`) the first time only."""
+        if self.strict:
+            raise TrainingError(message)
+        if not self.warned:
+            warnings.warn(message, FreezeflowWarning, stacklevel=3)
+            self.warned = True

@@ -43,10 +43,10 @@ from torch import nn
 from freezeflow.core.freezing import NormMode
 from freezeflow.core.policy import PolicyLike
 from freezeflow.errors import OptimizerError, StateError, TrainingError
-from freezeflow.integrations._common import missing_metric, next_plateau
+from freezeflow.integrations._common import MissingMetric
 from freezeflow.schedules.schedule import Schedule, Stage
-from freezeflow.schedules.triggers import AtFraction
-from freezeflow.unfreezer.gradual import GradualUnfreezer, Transition
+from freezeflow.unfreezer.gradual import GradualUnfreezer
+from freezeflow.unfreezer.transition import Transition
 
 try:
     import lightning.pytorch as pl
@@ -122,11 +122,19 @@ class FreezeflowCallback(Callback):
         self.module_attr = module_attr
         self.norm: NormMode = norm
         self.no_decay = no_decay
-        self.strict = strict
+        self.missing_metric = MissingMetric(strict)
         self.verbose = verbose
         self.unfreezer: GradualUnfreezer | None = None
         self._pending: dict[str, Any] | None = None
-        self._warned_missing = False
+
+    @property
+    def strict(self) -> bool:
+        """Raise when a plateau metric is missing (else warn once); see ``strict=``."""
+        return self.missing_metric.strict
+
+    @strict.setter
+    def strict(self, value: bool) -> None:
+        self.missing_metric.strict = value
 
     # ------------------------------------------------------------------ helpers
     def module(self, pl_module: pl.LightningModule) -> nn.Module:
@@ -151,7 +159,7 @@ class FreezeflowCallback(Callback):
         return module
 
     def _run_length(self, trainer: pl.Trainer) -> tuple[int | None, int | None]:
-        if not any(isinstance(s.start, AtFraction) for s in self.schedule.stages):
+        if not self.schedule.needs_run_length:
             return None, None
         steps: int | None = None
         epochs: int | None = None
@@ -166,8 +174,8 @@ class FreezeflowCallback(Callback):
         if self.verbose:
             for t in transitions:
                 rank_zero_info(
-                    f"freezeflow: stage {t.stage} ({t.name!r}) starts at epoch {t.epoch}, "
-                    f"step {t.step} ({t.reason}); {t.trainable:,} trainable values"
+                    f"freezeflow: stage {t.stage_index} ({t.name!r}) starts at epoch "
+                    f"{t.epoch}, step {t.step} ({t.reason}); {t.n_trainable:,} trainable values"
                 )
 
     # ------------------------------------------------------------------ hooks
@@ -225,25 +233,21 @@ class FreezeflowCallback(Callback):
         batch: Any,
         batch_idx: int,
     ) -> None:
-        uf = self.unfreezer
-        if uf is None:
-            return
-        # trainer.global_step counts optimizer steps (not batches under gradient accumulation)
-        while uf.global_step < trainer.global_step:
-            self._report(uf.step())
+        if self.unfreezer is not None:
+            # trainer.global_step counts optimizer steps (not batches under accumulation)
+            self._report(self.unfreezer.catch_up(trainer.global_step))
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         uf = self.unfreezer
-        trigger = None if uf is None or trainer.sanity_checking else next_plateau(uf)
-        if uf is None or trigger is None:
+        metric = None if uf is None or trainer.sanity_checking else uf.waiting_for
+        if uf is None or metric is None:
             return
-        value = trainer.callback_metrics.get(trigger.metric)
+        value = trainer.callback_metrics.get(metric)
         if value is None:
             known = sorted(trainer.callback_metrics)
-            missing_metric(
-                self,
-                f"the next stage waits for a plateau of {trigger.metric!r}, but it is not among "
-                f"the logged metrics {known}; hint: self.log({trigger.metric!r}, ...) in "
+            self.missing_metric.report(
+                f"the next stage waits for a plateau of {metric!r}, but it is not among "
+                f"the logged metrics {known}; hint: self.log({metric!r}, ...) in "
                 "validation_step, or name a logged metric in on_plateau(metric=...)",
             )
             return

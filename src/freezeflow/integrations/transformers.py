@@ -50,9 +50,8 @@ from freezeflow.errors import (
     StateError,
     TrainingError,
 )
-from freezeflow.integrations._common import missing_metric, next_plateau
+from freezeflow.integrations._common import MissingMetric
 from freezeflow.schedules.schedule import Schedule, Stage
-from freezeflow.schedules.triggers import AtFraction
 from freezeflow.unfreezer.gradual import GradualUnfreezer
 
 try:
@@ -125,12 +124,20 @@ class FreezeflowTrainerCallback(TrainerCallback):
         self.schedule = schedule if isinstance(schedule, Schedule) else Schedule(schedule)
         self.norm: NormMode = norm
         self.no_decay = no_decay
-        self.strict = strict
+        self.missing_metric = MissingMetric(strict)
         self.unfreezer: GradualUnfreezer | None = None
         self._pending: dict[str, Any] | None = None
         self._resumed = False
         self._training = False
-        self._warned_missing = False
+
+    @property
+    def strict(self) -> bool:
+        """Raise when a plateau metric is missing (else warn once); see ``strict=``."""
+        return self.missing_metric.strict
+
+    @strict.setter
+    def strict(self, value: bool) -> None:
+        self.missing_metric.strict = value
 
     # ------------------------------------------------------------------ optimizer
     def create_optimizer(
@@ -174,7 +181,7 @@ class FreezeflowTrainerCallback(TrainerCallback):
             schedule = Schedule(
                 [replace(first, weight_decay=float(args.weight_decay)), *schedule.stages[1:]]
             )
-        needs_length = any(isinstance(s.start, AtFraction) for s in schedule.stages)
+        needs_length = schedule.needs_run_length
         epochs = args.num_train_epochs
         self.unfreezer = GradualUnfreezer(
             model,
@@ -255,27 +262,23 @@ class FreezeflowTrainerCallback(TrainerCallback):
     def on_step_end(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> None:
-        uf = self.unfreezer
-        if uf is not None:
-            while uf.global_step < state.global_step:
-                uf.step()
+        if self.unfreezer is not None:
+            self.unfreezer.catch_up(state.global_step)
 
     def on_evaluate(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> None:
         uf = self.unfreezer
-        trigger = None if uf is None or not self._training else next_plateau(uf)
-        if uf is None or trigger is None:
+        name = None if uf is None or not self._training else uf.waiting_for
+        if uf is None or name is None:
             return
         metrics: dict[str, Any] = kwargs.get("metrics") or {}
-        name = trigger.metric
         keys = [name, f"eval_{name}"]
         if name.startswith("val_"):
             keys.append(f"eval_{name[4:]}")
         value = next((metrics[k] for k in keys if k in metrics), None)
         if value is None:
-            missing_metric(
-                self,
+            self.missing_metric.report(
                 f"the next stage waits for a plateau of {name!r}, but the evaluation metrics "
                 f"are {sorted(metrics)}; hint: name one of them in on_plateau(metric=...)",
             )

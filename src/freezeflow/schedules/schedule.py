@@ -240,6 +240,22 @@ class Schedule:
         """Stage labels (``name`` or ``stage<k>``)."""
         return [s.name or f"stage{k}" for k, s in enumerate(self.stages)]
 
+    @property
+    def needs_run_length(self) -> bool:
+        """Whether a stage after the first starts at a fraction of the run
+        (:func:`~freezeflow.at_fraction`), so that applying the schedule needs the run's
+        length (``total_steps`` or ``total_epochs`` of the unfreezer).
+
+        Example:
+            >>> import freezeflow as ff
+            >>> two = [ff.Stage("fc", lr=1), ff.Stage("layer4", lr=1, start=2)]
+            >>> ff.Schedule(two).needs_run_length
+            False
+            >>> ff.presets.progressive_freezing(4).needs_run_length
+            True
+        """
+        return any(isinstance(s.start, AtFraction) for s in self.stages[1:])
+
     def to_dict(self) -> dict[str, Any]:
         """``{"stages": [...]}`` of plain values (JSON/YAML-ready)."""
         return {"stages": [s.to_dict() for s in self.stages]}

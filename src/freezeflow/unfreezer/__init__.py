@@ -1,13 +1,22 @@
-"""The one place where the model meets the optimizer: :class:`GradualUnfreezer`, the
-param-group layout of a schedule, LR-scheduler adoption, and the plan of a schedule.
+"""The one place where the model meets the optimizer.
+
+- :mod:`~freezeflow.unfreezer.gradual`: :class:`GradualUnfreezer`, which applies a schedule.
+- :mod:`~freezeflow.unfreezer.layout`: the param groups of a schedule on a model.
+- :mod:`~freezeflow.unfreezer.optimizer`: the optimizer the unfreezer manages.
+- :mod:`~freezeflow.unfreezer.lr_schedulers`: LR schedulers adopted and rescaled (the only
+  module that touches torch's scheduler internals).
+- :mod:`~freezeflow.unfreezer.transition`: :class:`Transition`, a recorded stage change.
+- :mod:`~freezeflow.unfreezer.state`: the saved state, to resume mid-schedule.
+- :mod:`~freezeflow.unfreezer.plan`: what a schedule will do, before training.
 
 Builds on :mod:`freezeflow.core` and :mod:`freezeflow.schedules`; never imports the training
 loop or the integrations.
 """
 
-from freezeflow.unfreezer.gradual import GradualUnfreezer, Transition
+from freezeflow.unfreezer.gradual import GradualUnfreezer
 from freezeflow.unfreezer.layout import GroupSpec, Layout, default_no_decay, param_groups
 from freezeflow.unfreezer.plan import Plan, StagePlan, plan
+from freezeflow.unfreezer.transition import Transition
 
 __all__ = [
     "GradualUnfreezer",

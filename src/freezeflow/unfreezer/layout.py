@@ -43,8 +43,8 @@ class GroupSpec:
     name: str
     params: tuple[int, ...]
     """Indices into :attr:`Layout.params`."""
-    stage: int
-    """The stage that first makes these parameters trainable."""
+    stage_index: int
+    """Index of the stage that first makes these parameters trainable."""
     block: int | None
     """Block index when any stage uses per-depth LR decay, else None."""
     decay: bool
@@ -58,10 +58,10 @@ class Layout:
     names: tuple[str, ...]
     """Primary name of every parameter of the model, in model order."""
     params: tuple[nn.Parameter, ...]
-    selected: tuple[frozenset[int], ...]
-    """Per stage: the parameters its policy selects."""
-    trainable: tuple[frozenset[int], ...]
-    """Per stage: the parameters trainable while it runs."""
+    selected_ids: tuple[frozenset[int], ...]
+    """Per stage: the parameters its policy selects (indices into :attr:`params`)."""
+    trainable_ids: tuple[frozenset[int], ...]
+    """Per stage: the parameters trainable while it runs (indices into :attr:`params`)."""
     groups: tuple[GroupSpec, ...]
     n_blocks: int
     overlaps: tuple[tuple[int, tuple[str, ...]], ...]
@@ -79,12 +79,34 @@ class Layout:
         return stage.lr * self.scale(stage, group)
 
     def weight_decay(self, schedule: Schedule, k: int, group: GroupSpec) -> float:
+        """Weight decay of ``group`` while stage ``k`` runs (the latest stage up to ``k``
+        that sets one; 0 for no-decay groups)."""
         if not group.decay:
             return 0.0
         for stage in reversed(schedule.stages[: k + 1]):
             if stage.weight_decay is not None:
                 return stage.weight_decay
         return 0.0
+
+    def optimizer_groups(self, schedule: Schedule) -> list[dict[str, Any]]:
+        """The param groups, each with the hyper-parameters of the stage that first trains
+        it: ``params``, ``name``, ``lr`` (= ``base_lr``), ``lr_scale`` and
+        ``weight_decay``."""
+        out = []
+        for g in self.groups:
+            stage = schedule.stages[g.stage_index]
+            base = self.lr(stage, g)
+            out.append(
+                {
+                    "params": [self.params[i] for i in g.params],
+                    "name": g.name,
+                    "lr": base,
+                    "base_lr": base,
+                    "lr_scale": self.scale(stage, g),
+                    "weight_decay": self.weight_decay(schedule, g.stage_index, g),
+                }
+            )
+        return out
 
 
 def layout(model: nn.Module, schedule: Schedule, no_decay: PolicyLike | None = None) -> Layout:
@@ -147,8 +169,8 @@ def layout(model: nn.Module, schedule: Schedule, no_decay: PolicyLike | None = N
     return Layout(
         names=tuple(idx.names),
         params=tuple(idx.params),
-        selected=tuple(selected),
-        trainable=tuple(trainable),
+        selected_ids=tuple(selected),
+        trainable_ids=tuple(trainable),
         groups=tuple(groups),
         n_blocks=len(idx.blocks),
         overlaps=tuple(overlaps),
@@ -185,18 +207,8 @@ def param_groups(
         name="all",
     )
     schedule = Schedule([stage])
-    lay = layout(model, schedule, no_decay)
-    out = []
-    for g in lay.groups:
-        out.append(
-            {
-                "params": [lay.params[i] for i in g.params],
-                "name": g.name.removeprefix("all/"),
-                "lr": lay.lr(stage, g),
-                "lr_scale": lay.scale(stage, g),
-                "weight_decay": lay.weight_decay(schedule, 0, g),
-            }
-        )
-    if not out:  # pragma: no cover - layout raises first
-        raise ScheduleError("no parameter selected")
+    out = layout(model, schedule, no_decay).optimizer_groups(schedule)
+    for g in out:
+        g["name"] = g["name"].removeprefix("all/")
+        del g["base_lr"]
     return out

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,7 +41,8 @@ class StagePlan:
     policy: str
     new_blocks: tuple[str, ...]
     """Blocks with parameters that become trainable at this stage."""
-    trainable: int
+    n_trainable: int
+    """Parameter values trainable while the stage runs."""
     total: int
     groups: tuple[tuple[str, float, float, int], ...]
     """(group name, base LR, weight decay, parameter values) of each active group."""
@@ -48,7 +50,17 @@ class StagePlan:
 
     @property
     def percent(self) -> float:
-        return 100.0 * self.trainable / self.total if self.total else 0.0
+        return 100.0 * self.n_trainable / self.total if self.total else 0.0
+
+    @property
+    def trainable(self) -> int:
+        """Deprecated: use :attr:`n_trainable`."""
+        warnings.warn(
+            "StagePlan.trainable is deprecated; use StagePlan.n_trainable",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return self.n_trainable
 
 
 @dataclass(frozen=True)
@@ -72,7 +84,7 @@ class Plan:
         out = []
         prev: frozenset[int] = frozenset()
         for k, stage in enumerate(schedule.stages):
-            now = lay.trainable[k]
+            now = lay.trainable_ids[k]
             new = now - prev
             blocks = sorted({param_block.get(i, -1) for i in new} - {-1})
             groups = []
@@ -93,7 +105,7 @@ class Plan:
                     start=_describe(stage.start),
                     policy=repr(stage.trainable) + (" (exclusive)" if stage.exclusive else ""),
                     new_blocks=tuple(idx.blocks[b].name for b in blocks),
-                    trainable=sum(lay.params[i].numel() for i in now),
+                    n_trainable=sum(lay.params[i].numel() for i in now),
                     total=total,
                     groups=tuple(groups),
                     reset_state=stage.reset_state,
@@ -114,7 +126,7 @@ class Plan:
                 more = f" (+{len(s.new_blocks) - 6} more)" if len(s.new_blocks) > 6 else ""
                 lines.append(f"    new blocks: {shown}{more}")
             lines.append(
-                f"    trainable parameters: {s.trainable:,} of {s.total:,} ({s.percent:.1f}%)"
+                f"    trainable parameters: {s.n_trainable:,} of {s.total:,} ({s.percent:.1f}%)"
             )
             width = max(len(g[0]) for g in s.groups) if s.groups else 5
             lines.append(f"    {'group'.ljust(width)}  {'lr':>9}  {'wd':>7}  {'params':>11}")
@@ -138,7 +150,7 @@ class Plan:
             for j, (gname, lr, wd, n) in enumerate(s.groups):
                 head = (
                     f"<td>{s.index}</td><td>{html.escape(s.name)}</td>"
-                    f"<td>{html.escape(s.start)}</td><td>{s.trainable:,} ({s.percent:.1f}%)</td>"
+                    f"<td>{html.escape(s.start)}</td><td>{s.n_trainable:,} ({s.percent:.1f}%)</td>"
                     if j == 0
                     else "<td></td>" * 4
                 )
@@ -202,7 +214,7 @@ class Plan:
         ax.set_ylabel("base LR")
         twin = ax.twinx()
         xs2 = [x for a, b in zip(starts, ends) for x in (a, b)]
-        ys2 = [s.trainable for s in self.stages for _ in (0, 1)]
+        ys2 = [s.n_trainable for s in self.stages for _ in (0, 1)]
         twin.plot(xs2, ys2, color="black", linestyle="--", label="trainable params")
         twin.set_ylabel("trainable parameters")
         for a in starts[1:]:

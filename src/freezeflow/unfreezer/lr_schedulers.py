@@ -1,0 +1,224 @@
+"""LR schedulers over the unfreezer's param groups: adopting one, and rescaling at stage changes.
+
+A scheduler built after the :class:`~freezeflow.GradualUnfreezer` already drives every group.
+One built before it, over the optimizer's original single group, is *extended*: its
+per-group lists and the LR keys it wrote into that group are copied to every group, scaled to
+each group's base LR. At a stage change the unfreezer *rescales* every LR-valued quantity of a
+group (in the group and in each attached scheduler) by ``new base LR / old base LR``, so a
+group keeps training at ``stage.lr * lr_scale * f(t)``. Floors (``eta_min``, ``min_lr``,
+``min_lrs``) are absolute and never rescaled.
+
+torch offers no public API for either, so this module reads and writes scheduler internals.
+It is the only module of freezeflow that does; each one is named below with what it is and
+why it is needed, and ``tests/test_lr_schedulers.py`` checks every one against the installed
+torch (a failure there names the attribute and the torch version).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any, TypeAlias
+
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
+
+from freezeflow.errors import OptimizerError
+
+__all__ = [
+    "CHILDREN",
+    "EXTENDED_LISTS",
+    "LAST_LR",
+    "LR_KEYS",
+    "MOMENTUM_KEYS",
+    "SCALED_LISTS",
+    "STEP_WRAPPED",
+    "Scheduler",
+    "Schedulers",
+    "check_group_lists",
+    "check_scheduler",
+    "has_scheduler",
+    "schedulers_in",
+]
+
+Scheduler: TypeAlias = "LRScheduler | ReduceLROnPlateau"
+
+# --------------------------------------------------------------------------- torch internals
+
+CHILDREN = "_schedulers"
+"""Private. ``SequentialLR`` and ``ChainedScheduler`` keep the schedulers they drive in
+``_schedulers`` (no public accessor). The children hold the per-group lists that compute the
+LRs, so extending or rescaling only the parent would change nothing."""
+
+LAST_LR = "_last_lr"
+"""Private. Every scheduler's last LR per group, which ``get_last_lr()`` returns (and which
+Lightning's and the Hugging Face Trainer's LR logging read). Extended and rescaled with the
+groups so that it has one entry per group and reports each group's real LR."""
+
+STEP_WRAPPED = "_wrapped_by_lr_sched"
+"""Private. ``LRScheduler.__init__`` wraps ``optimizer.step`` (to count steps) and marks the
+wrapper with this attribute: the only trace on an optimizer that a scheduler was built over
+it. Read to warn when such a scheduler is not handed to the unfreezer, which would otherwise
+keep driving the optimizer's original single group only."""
+
+SCALED_LISTS = ("base_lrs", "_last_lr", "max_lrs")
+"""Per-group lists holding LRs, scaled with a group's base LR: ``base_lrs`` (every
+``LRScheduler``: the LR each group started from, from which most schedulers compute the next
+LR), ``_last_lr`` (above) and ``max_lrs`` (``CyclicLR``: each group's peak LR). Public
+attributes, but not documented API."""
+
+EXTENDED_LISTS = (*SCALED_LISTS, "min_lrs", "lr_lambdas", "base_momentums", "max_momentums")
+"""Every per-group list of a scheduler: the scaled ones plus ``min_lrs``
+(``ReduceLROnPlateau``: each group's absolute floor), ``lr_lambdas`` (``LambdaLR``,
+``MultiplicativeLR``: each group's factor function) and ``base_momentums``/``max_momentums``
+(``CyclicLR`` with ``cycle_momentum``: each group's momentum bounds), copied unchanged to new
+groups. Schedulers zip these with the optimizer's groups (strictly, in recent torch), so all
+must be extended."""
+
+LR_KEYS = ("lr", "initial_lr", "max_lr", "min_lr")
+"""LR keys of a param group: ``lr`` (the optimizer's), ``initial_lr`` (written by every
+``LRScheduler``; read back by schedulers resumed with ``last_epoch``), ``max_lr`` and
+``min_lr`` (written by ``OneCycleLR``, which computes each step's LR from them)."""
+
+MOMENTUM_KEYS = ("max_momentum", "base_momentum")
+"""Momentum bounds ``OneCycleLR`` and ``CyclicLR`` write into each group (with
+``cycle_momentum``); copied to new groups as they are."""
+
+# --------------------------------------------------------------------------- checks
+
+
+def schedulers_in(scheduler: Any) -> list[Any]:
+    """A scheduler and, recursively, the schedulers it drives (``SequentialLR``,
+    ``ChainedScheduler``)."""
+    out = [scheduler]
+    for child in getattr(scheduler, CHILDREN, ()):
+        out.extend(schedulers_in(child))
+    return out
+
+
+def _group_lists(scheduler: Any) -> Iterator[tuple[Any, str, list[Any]]]:
+    """(scheduler, name, list) of every per-group list in ``scheduler`` and its children."""
+    for s in schedulers_in(scheduler):
+        for key, values in vars(s).items():
+            if key in EXTENDED_LISTS and isinstance(values, list):
+                yield s, key, values
+
+
+def has_scheduler(optimizer: Optimizer) -> bool:
+    """Whether an LR scheduler was built over ``optimizer``."""
+    return bool(getattr(optimizer.step, STEP_WRAPPED, False))
+
+
+def check_scheduler(scheduler: object, optimizer: Optimizer) -> None:
+    """Raise :class:`~freezeflow.errors.OptimizerError` unless ``scheduler`` is a torch LR
+    scheduler bound to ``optimizer`` (or to a wrapper around it)."""
+    if not isinstance(scheduler, (LRScheduler, ReduceLROnPlateau)):
+        raise OptimizerError(
+            f"scheduler must be a torch.optim.lr_scheduler scheduler, got {scheduler!r}"
+        )
+    bound: Any = scheduler.optimizer
+    # a wrapper sharing our param groups (accelerate's AcceleratedOptimizer, which the
+    # Hugging Face Trainer builds its LR scheduler over) holds the optimizer as .optimizer
+    while bound is not optimizer and isinstance(getattr(bound, "optimizer", None), Optimizer):
+        bound = bound.optimizer
+    if bound is not optimizer:
+        raise OptimizerError(
+            f"the LR scheduler {type(scheduler).__name__} is bound to another optimizer "
+            f"({type(scheduler.optimizer).__name__} at {id(scheduler.optimizer):#x}), not "
+            f"the one this unfreezer manages; hint: build it over unfreezer.optimizer"
+        )
+
+
+def check_group_lists(scheduler: object, n: int, *, extendable: bool) -> None:
+    """Raise :class:`~freezeflow.errors.OptimizerError` unless every per-group list of
+    ``scheduler`` has ``n`` entries, or one when it can be extended from the optimizer's
+    original single group (``extendable``)."""
+    for s, key, values in _group_lists(scheduler):
+        if len(values) != n and (len(values) != 1 or not extendable):
+            raise OptimizerError(
+                f"{type(s).__name__}.{key} has {len(values)} entries but the optimizer "
+                f"now has {n} param groups; hint: build the LR scheduler after the "
+                "GradualUnfreezer"
+            )
+
+
+# --------------------------------------------------------------------------- adoption
+
+
+class Schedulers:
+    """The LR schedulers attached to one unfreezer's optimizer.
+
+    Args:
+        optimizer: the optimizer whose groups the unfreezer built (each with a ``base_lr``).
+        template: the hyper-parameters of the optimizer's original single group (everything
+            but ``params``), when it had one group before the unfreezer rebuilt them: what a
+            scheduler built before the unfreezer was set up over. None otherwise.
+    """
+
+    def __init__(self, optimizer: Optimizer, template: dict[str, Any] | None) -> None:
+        self.optimizer = optimizer
+        self.template = template
+        self.attached: list[Any] = []
+
+    def _ratio(self, group: dict[str, Any]) -> float:
+        """``group``'s base LR over the template's reference LR (the peak LR of OneCycle,
+        else the scheduler's starting LR)."""
+        t = self.template or {}
+        ref = float(t.get("max_lr", t.get("initial_lr", t.get("lr", 1.0))))
+        return float(group["base_lr"]) / ref
+
+    def attach(self, scheduler: Scheduler) -> None:
+        """Let ``scheduler`` keep driving every group through every transition (see
+        :meth:`freezeflow.GradualUnfreezer.attach`); attaching twice is harmless.
+
+        Raises:
+            OptimizerError: the scheduler is bound to another optimizer, or was built over
+                several groups that cannot be mapped to the new ones; nothing has changed.
+        """
+        check_scheduler(scheduler, self.optimizer)
+        groups = self.optimizer.param_groups
+        n = len(groups)
+        check_group_lists(scheduler, n, extendable=self.template is not None)
+        extended = False
+        for s, key, values in list(_group_lists(scheduler)):
+            if len(values) == n:
+                continue
+            extended = True
+            if key in SCALED_LISTS:
+                setattr(s, key, [values[0] * self._ratio(g) for g in groups])
+            else:
+                setattr(s, key, [values[0]] * n)
+        # The template only describes a scheduler built before the unfreezer: one whose lists
+        # had to be extended, or whose LR keys (initial_lr, max_lr...) the new groups lack. A
+        # scheduler built after it has already set every group's LRs; copying the template
+        # would undo its first step.
+        template = self.template
+        if template is not None and (
+            extended or any(k in LR_KEYS and k not in g for g in groups for k in template)
+        ):
+            for g in groups:
+                ratio = self._ratio(g)
+                for key, value in template.items():
+                    if key in LR_KEYS:
+                        g[key] = value * ratio
+                    elif key not in g or key in MOMENTUM_KEYS:
+                        g[key] = value
+            self.template = None
+        if scheduler not in self.attached:
+            self.attached.append(scheduler)
+
+    def rescale(self, index: int, ratio: float) -> None:
+        """Multiply every LR-valued quantity of group ``index`` by ``ratio``: its LR keys and
+        the matching entry of every attached scheduler's LR lists (floors excluded)."""
+        group = self.optimizer.param_groups[index]
+        for key in LR_KEYS:
+            if key in group:
+                group[key] = group[key] * ratio
+        seen: set[int] = set()
+        for top in self.attached:
+            for s in schedulers_in(top):
+                for key in SCALED_LISTS:
+                    values = getattr(s, key, None)
+                    # a list shared by a parent and a child (SequentialLR) is scaled once
+                    if isinstance(values, list) and id(values) not in seen and index < len(values):
+                        seen.add(id(values))
+                        values[index] = values[index] * ratio

@@ -1,0 +1,116 @@
+"""The optimizer a :class:`~freezeflow.GradualUnfreezer` manages: the user's own, with its
+param groups rebuilt in place, or one built over the groups by a class or a factory.
+
+Everything is checked before the user's optimizer changes.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Sequence
+from typing import Any, TypeAlias
+
+import torch
+from torch import nn
+from torch.optim import Optimizer
+
+from freezeflow.errors import FreezeflowWarning, OptimizerError
+from freezeflow.unfreezer.lr_schedulers import (
+    Scheduler,
+    check_group_lists,
+    check_scheduler,
+    has_scheduler,
+)
+
+__all__ = ["OptimizerFactory", "adopt_optimizer"]
+
+OptimizerFactory: TypeAlias = Callable[[list[dict[str, Any]]], Optimizer]
+"""A function building an optimizer from a list of param groups (an optimizer class is one)."""
+
+
+def _check_params(optimizer: Optimizer, params: Sequence[nn.Parameter], model_name: str) -> None:
+    known = {id(p) for p in params}
+    foreign = [
+        tuple(p.shape) for g in optimizer.param_groups for p in g["params"] if id(p) not in known
+    ]
+    if foreign:
+        raise OptimizerError(
+            f"the optimizer holds {len(foreign)} parameter(s) that are not in "
+            f"{model_name} (shapes {foreign[:3]}); hint: build it over "
+            "this model's parameters, e.g. AdamW(model.parameters()), after replacing the "
+            "head"
+        )
+
+
+def _build(
+    optimizer: OptimizerFactory | type[Optimizer] | None, groups: list[dict[str, Any]]
+) -> Optimizer:
+    factory: Callable[[list[dict[str, Any]]], Any] = (
+        torch.optim.AdamW if optimizer is None else optimizer
+    )
+    if not callable(factory):
+        raise OptimizerError(
+            f"optimizer must be a torch.optim.Optimizer, an optimizer class or a "
+            f"factory taking param groups, got {optimizer!r}"
+        )
+    built = factory(groups)
+    if not isinstance(built, Optimizer):
+        raise OptimizerError(
+            f"the optimizer factory returned {built!r}, not a torch.optim.Optimizer"
+        )
+    return built
+
+
+def adopt_optimizer(
+    optimizer: Optimizer | OptimizerFactory | type[Optimizer] | None,
+    groups: list[dict[str, Any]],
+    *,
+    params: Sequence[nn.Parameter],
+    model_name: str,
+    scheduler: Scheduler | None,
+) -> tuple[Optimizer, dict[str, Any] | None]:
+    """The optimizer over ``groups``: ``optimizer`` itself with its groups replaced, or the one
+    ``optimizer`` (a class or factory, default ``AdamW``) builds.
+
+    Args:
+        optimizer: an optimizer over (some of) ``params``, a class, a factory, or None.
+        groups: the param groups to give it.
+        params: every parameter of the model (an optimizer holding others is refused).
+        model_name: for messages.
+        scheduler: an LR scheduler the user hands over with the optimizer, checked here.
+
+    Returns:
+        The optimizer and the template for :class:`~freezeflow.unfreezer.lr_schedulers.Schedulers`:
+        the hyper-parameters of the user's optimizer's single group before it was replaced
+        (None when it had several, or when the optimizer was built here).
+
+    Raises:
+        OptimizerError: foreign parameters, a scheduler bound elsewhere or over groups that
+            cannot be mapped, or a factory that does not build an optimizer; the user's
+            optimizer has not changed then.
+    """
+    if not isinstance(optimizer, Optimizer):
+        built = _build(optimizer, groups)
+        if scheduler is not None:
+            check_scheduler(scheduler, built)
+        return built, None
+    _check_params(optimizer, params, model_name)
+    if scheduler is not None:
+        check_scheduler(scheduler, optimizer)
+    elif has_scheduler(optimizer):
+        warnings.warn(
+            "this optimizer already has an LR scheduler; pass it as scheduler= (or "
+            "build the scheduler after the GradualUnfreezer) so that it drives every "
+            "param group the unfreezer creates",
+            FreezeflowWarning,
+            stacklevel=3,
+        )
+    template = None
+    if len(optimizer.param_groups) == 1:
+        template = {k: v for k, v in optimizer.param_groups[0].items() if k != "params"}
+    if scheduler is not None:
+        check_group_lists(scheduler, len(groups), extendable=template is not None)
+    optimizer.param_groups.clear()
+    for g in groups:
+        optimizer.add_param_group(g)
+    return optimizer, template
