@@ -10,7 +10,9 @@ import pytest
 import torch
 import torchvision
 from models import (
+    ALL_NAMES,
     BLOCKS,
+    HEAD,
     RESNET18_BLOCKS,
     block_of,
     classic_keras,
@@ -22,7 +24,7 @@ from models import (
 from torch import nn
 
 import freezeflow as ff
-from freezeflow.schedules.triggers import AtEpoch
+from freezeflow.schedules.triggers import AtEpoch, AtFraction
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -341,3 +343,92 @@ def test_presets_bind_to_the_toy_model() -> None:
     # the toy backbone has exactly six layers with parameters, so Keras' last-6 is all of it
     assert last["layerwise_decay"] == last["classic_keras"] == total
     assert last["classic_pytorch"] == total - sum(q.numel() for q in make_net().stem.parameters())
+
+
+# --------------------------------------------------------------------------- progressive_freezing
+
+
+@pytest.mark.parametrize(
+    ("cubic", "fractions"),
+    [(True, [0.5, 0.55, 0.9]), (False, [0.5, 0.7, 0.9])],
+    ids=["cubic", "even"],
+)
+def test_progressive_freezing_stages(cubic: bool, fractions: list[float]) -> None:
+    sched = ff.presets.progressive_freezing(3, lr=2e-3, start=0.5, end=0.9, cubic=cubic)
+    assert sched.names == ["all", "freeze0", "freeze1", "freeze2"]
+    assert sched[0].trainable == ff.everything()
+    assert sched[0].start == AtEpoch(0)
+    for i, stage in enumerate(sched.stages[1:]):
+        assert stage.trainable == ff.blocks(i + 1, None)
+        assert isinstance(stage.start, AtFraction)
+        assert stage.start.fraction == pytest.approx(fractions[i], abs=1e-12)
+        assert stage.exclusive
+        assert stage.lr == 2e-3
+    assert ff.presets.progressive_freezing(1, start=0.3).stages[1].start == AtFraction(0.3)
+
+
+def test_progressive_freezing_freezes_the_first_blocks_in_turn() -> None:
+    model = make_net()
+    uf = ff.GradualUnfreezer(
+        model, ff.presets.progressive_freezing(3, start=0.5, end=0.9, cubic=False), total_steps=100
+    )
+    assert trainable_names(model) == ALL_NAMES
+    seen = {0: trainable_names(model)}
+    for step in range(1, 101):
+        if uf.step():
+            seen[step] = trainable_names(model)
+    frozen_first = [
+        {n for n in ALL_NAMES if block_of(n) in BLOCKS[:k]} for k in (1, 2, 3)
+    ]  # stem; stem and body.0; stem, body.0 and body.1
+    assert list(seen) == [0, 50, 70, 90]
+    assert list(seen.values())[1:] == [ALL_NAMES - f for f in frozen_first]
+    assert trainable_names(model) == HEAD
+
+
+@pytest.mark.parametrize(
+    ("build", "match"),
+    [
+        (lambda: ff.presets.progressive_freezing(0), r"progressive_freezing\(n_blocks\).*got 0"),
+        (
+            lambda: ff.presets.progressive_freezing(3, start=0.9, end=0.5),
+            r"progressive_freezing\(start=0\.9, end=0\.5\): expected 0 < start < end < 1",
+        ),
+        (lambda: ff.presets.progressive_freezing(2, end=1.0), r"end=1\.0"),
+        (lambda: ff.presets.progressive_freezing(2, start=0.0), r"start=0\.0"),
+        (
+            lambda: ff.presets.progressive_freezing(2, start="0.5"),  # type: ignore[arg-type]
+            r"progressive_freezing\(start='0\.5', end=0\.9\): expected 0 < start < end < 1",
+        ),
+        (lambda: ff.presets.ulmfit(2, epochs_per_stage=0), r"ulmfit\(epochs_per_stage\).*got 0"),
+        (lambda: ff.presets.two_stage(head_epochs=0), r"two_stage\(head_epochs\).*got 0"),
+        (lambda: ff.presets.chain_thaw("fc", ["a"], head_epochs=0), r"chain_thaw\(head_epochs\)"),
+        (
+            lambda: ff.presets.chain_thaw("fc", ["a"], epochs_per_stage=True),
+            r"chain_thaw\(epochs_per_stage\).*got True",
+        ),
+        (
+            lambda: ff.presets.chain_thaw("fc", "layer4"),
+            r"chain_thaw\(parts='layer4'\): expected a list of policies.*\['layer4'\]",
+        ),
+        (lambda: ff.presets.layerwise_decay(lr_decay=1.5), r"lr_decay"),
+        (lambda: ff.presets.two_stage(lr=-1.0), r"Stage\(lr\)=-1\.0"),
+    ],
+    ids=[
+        "pf-no-blocks",
+        "pf-start-after-end",
+        "pf-end-one",
+        "pf-start-zero",
+        "pf-start-str",
+        "ulmfit-epochs",
+        "two-stage-epochs",
+        "chain-head-epochs",
+        "chain-epochs-bool",
+        "chain-parts-str",
+        "llrd-decay",
+        "two-stage-lr",
+    ],
+)
+def test_presets_check_their_arguments(build: Callable[[], ff.Schedule], match: str) -> None:
+    with pytest.raises(ff.ScheduleError, match=match) as info:
+        build()
+    assert isinstance(info.value, ValueError)

@@ -80,6 +80,7 @@ def ulmfit(
     """ULMFiT's gradual unfreezing (Howard & Ruder, 2018): unfreeze one more block from the
     output each epoch, with discriminative LRs divided by 2.6 per block."""
     check_int("ulmfit(n_stages)", n_stages, 1)
+    check_int("ulmfit(epochs_per_stage)", epochs_per_stage, 1)
     return Schedule(
         [
             Stage(
@@ -110,6 +111,11 @@ def chain_thaw(
     on, then everything together, each for ``epochs_per_stage`` epochs at ``lr``."""
     check_int("chain_thaw(head_epochs)", head_epochs, 1)
     check_int("chain_thaw(epochs_per_stage)", epochs_per_stage, 1)
+    if isinstance(parts, str) or not isinstance(parts, Sequence):
+        raise ScheduleError(
+            f"chain_thaw(parts={parts!r}): expected a list of policies, one per stage; hint: "
+            f"chain_thaw(head, [{parts!r}]) for a single part"
+        )
     stages = [Stage(head, lr=head_lr, weight_decay=weight_decay, exclusive=True, name="head")]
     for k, part in enumerate(parts):
         stages.append(
@@ -159,7 +165,8 @@ def progressive_freezing(
     passes it).
     """
     check_int("progressive_freezing(n_blocks)", n_blocks, 1)
-    if not (0.0 < start < end < 1.0 or (n_blocks == 1 and 0.0 < start < 1.0)):
+    numbers = all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in (start, end))
+    if not numbers or not (0.0 < start < end < 1.0 or (n_blocks == 1 and 0.0 < start < 1.0)):
         raise ScheduleError(
             f"progressive_freezing(start={start!r}, end={end!r}): expected 0 < start < end < 1"
         )
