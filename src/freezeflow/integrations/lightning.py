@@ -87,6 +87,8 @@ class FreezeflowCallback(Callback):
 
     Attributes:
         unfreezer: the :class:`~freezeflow.GradualUnfreezer`, from ``on_fit_start`` on.
+        missing_metric: what happens when the metric a plateau trigger waits for is not
+            logged (raise with ``strict``, else warn once); ``strict`` reads and sets it.
 
     The LR schedulers returned by ``configure_optimizers`` keep working: they are handed to
     the unfreezer (:meth:`~freezeflow.GradualUnfreezer.attach`), which extends them from the

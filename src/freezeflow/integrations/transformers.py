@@ -107,6 +107,8 @@ class FreezeflowTrainerCallback(TrainerCallback):
 
     Attributes:
         unfreezer: the :class:`~freezeflow.GradualUnfreezer`, once the optimizer is built.
+        missing_metric: what happens when the metric a plateau trigger waits for is not
+            logged (raise with ``strict``, else warn once); ``strict`` reads and sets it.
 
     Plateau triggers read the metric ``on_plateau(metric=...)`` names from the evaluation
     metrics; the Trainer prefixes them with ``eval_``, so ``"eval_loss"``, ``"loss"`` and the
