@@ -75,7 +75,8 @@ class GradualUnfreezer:
 
     Attributes:
         stage_index: index of the stage running now (:attr:`stage_name` is its name).
-        epoch, global_step: the epoch and the optimizer steps counted so far.
+        epoch: the epoch running now (0-based).
+        global_step: the optimizer steps counted so far.
         history: every :class:`~freezeflow.unfreezer.Transition`, the start included.
         layout: the :class:`~freezeflow.unfreezer.Layout` (trainable sets and groups).
 
