@@ -57,11 +57,11 @@ def _prefixed(model: nn.Module, *prefixes: str) -> set[str]:
 
 def _drive_to(uf: ff.GradualUnfreezer, k: int) -> None:
     """Enter stage k through its epoch trigger."""
-    while uf.stage < k:
-        start = uf.schedule[uf.stage + 1].start
+    while uf.stage_index < k:
+        start = uf.schedule[uf.stage_index + 1].start
         assert isinstance(start, AtEpoch)
         uf.on_epoch_start(start.epoch)
-    assert uf.stage == k
+    assert uf.stage_index == k
 
 
 # ------------------------------------------------------------ the classic PyTorch recipe
@@ -337,7 +337,7 @@ def test_presets_bind_to_the_toy_model() -> None:
     last = {}
     for key, sched in presets.items():
         p = ff.plan(make_net(), sched)
-        last[key] = p.stages[-1].trainable
+        last[key] = p.stages[-1].n_trainable
     total = sum(q.numel() for q in make_net().parameters())
     assert last["two_stage"] == last["ulmfit"] == last["chain_thaw"] == total
     # the toy backbone has exactly six layers with parameters, so Keras' last-6 is all of it

@@ -17,7 +17,7 @@ def numel(*modules: nn.Module) -> int:
 
 
 def row_tuples(s: ff.core.Summary) -> list[tuple[int, str, int, int, str, str]]:
-    return [(r.index, r.name, r.params, r.trainable, r.status, r.norm) for r in s.rows]
+    return [(r.index, r.name, r.params, r.n_trainable, r.status, r.norm) for r in s.rows]
 
 
 def test_cnn_rows_and_totals(cnn: SmallCNN) -> None:
@@ -34,8 +34,8 @@ def test_cnn_rows_and_totals(cnn: SmallCNN) -> None:
     assert s.model_name == "SmallCNN"
     assert s.unit == "blocks"
     assert s.total == stem + conv_bn + head == numel(cnn)
-    assert s.trainable == sum(p.numel() for p in cnn.parameters() if p.requires_grad)
-    assert s.trainable == conv_bn - 16 + head
+    assert s.n_trainable == sum(p.numel() for p in cnn.parameters() if p.requires_grad)
+    assert s.n_trainable == conv_bn - 16 + head
     assert s.frozen == stem + 16
 
 
@@ -61,13 +61,13 @@ def test_resnet18_totals_and_rows(resnet18: nn.Module) -> None:
     ff.freeze(resnet18, ~ff.name("fc"))
     s = ff.summary(resnet18)
     assert s.total == 11_689_512 == numel(resnet18)
-    assert s.trainable == 513_000 == numel(resnet18.get_submodule("fc"))
+    assert s.n_trainable == 513_000 == numel(resnet18.get_submodule("fc"))
     assert [r.name for r in s.rows] == [b.name for b in ff.find_blocks(resnet18)]
     assert sum(r.params for r in s.rows) == s.total
     for r in s.rows:
         modules = [resnet18.get_submodule(path) for path in r.name.split("+")]
         assert r.params == numel(*modules), r.name
-        assert r.trainable == (r.params if r.name == "fc" else 0)
+        assert r.n_trainable == (r.params if r.name == "fc" else 0)
         assert r.status == ("trainable" if r.name == "fc" else "frozen")
     assert str(s).splitlines()[0] == (
         "ResNet: 513,000 of 11,689,512 parameters trainable (11,176,512 frozen)"
@@ -86,7 +86,7 @@ def test_tied_weight_is_counted_once(tiny_lm: TinyLM) -> None:
     assert rows["lm_head"].status == "-"
     ff.freeze(tiny_lm, "lm_head")
     s = ff.summary(tiny_lm)
-    assert s.trainable == unique - 32 * 16
+    assert s.n_trainable == unique - 32 * 16
     assert {r.name: r for r in s.rows}["embed"].status == "partial"
 
 
@@ -114,7 +114,7 @@ def test_str_is_a_text_table(cnn: SmallCNN) -> None:
     lines = str(s).splitlines()
     assert repr(s) == str(s)
     assert len(lines) == len(s.rows) + 5  # title, header, rule, rows, rule, totals
-    assert lines[0] == f"SmallCNN: {s.trainable:,} of {s.total:,} parameters trainable " + (
+    assert lines[0] == f"SmallCNN: {s.n_trainable:,} of {s.total:,} parameters trainable " + (
         f"({s.frozen:,} frozen)"
     )
     assert lines[1].split() == ["#", "block", "params", "trainable", "status", "norm"]
@@ -122,10 +122,10 @@ def test_str_is_a_text_table(cnn: SmallCNN) -> None:
     assert lines[2] == lines[-2]
     for line, row in zip(lines[3:-2], s.rows):
         cells = line.split()
-        expected = [str(row.index), row.name, f"{row.params:,}", f"{row.trainable:,}"]
+        expected = [str(row.index), row.name, f"{row.params:,}", f"{row.n_trainable:,}"]
         assert cells[:5] == [*expected, row.status]
-    pct = f"{100 * s.trainable / s.total:.1f}%"
-    assert lines[-1].split() == ["total", f"{s.total:,}", f"{s.trainable:,}", pct]
+    pct = f"{100 * s.n_trainable / s.total:.1f}%"
+    assert lines[-1].split() == ["total", f"{s.total:,}", f"{s.n_trainable:,}", pct]
     # columns line up: every row has the same width up to the status column
     starts = {line.index(row.status) for line, row in zip(lines[3:-2], s.rows)}
     assert len(starts) == 1
