@@ -1,5 +1,6 @@
 """Bad input: the right error type (a FreezeflowError and the fitting builtin), a message that
-names the offending value, and a model left exactly as it was."""
+names the offending value, and a model left exactly as it was; and freezeflow.errors itself
+(the exception hierarchy, check_int, nearest, quote_list)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from models import flags, make_small_cnn, make_tiny_lm, norm_state, training_fla
 from torch import nn
 
 import freezeflow as ff
+from freezeflow.errors import check_int, nearest, quote_list
 
 
 def state(model: nn.Module) -> tuple[object, ...]:
@@ -285,3 +287,81 @@ def test_summary_with_a_bad_unit() -> None:
         ValueError,
         "'rows'",
     )
+
+
+# --------------------------------------------------------------------------- errors.py itself
+
+
+@pytest.mark.parametrize(
+    ("error", "builtin"),
+    [
+        (ff.errors.PolicyError, ValueError),
+        (ff.errors.EmptySelectionError, ff.errors.PolicyError),
+        (ff.errors.TiedParameterError, ff.errors.PolicyError),
+        (ff.errors.PolicyTypeError, TypeError),
+        (ff.errors.ScheduleError, ValueError),
+        (ff.errors.OptimizerError, ValueError),
+        (ff.errors.StateError, ValueError),
+        (ff.errors.CheckpointError, RuntimeError),
+        (ff.errors.TrainingError, RuntimeError),
+        (ff.errors.DistributedError, ff.errors.TrainingError),
+        (ff.errors.HeadError, ValueError),
+        (ff.errors.HeadNotFoundError, ff.errors.HeadError),
+        (ff.errors.CliError, ValueError),
+    ],
+    ids=lambda v: v.__name__,
+)
+def test_every_error_is_a_freezeflow_error_and_the_fitting_builtin(
+    error: type[Exception], builtin: type[Exception]
+) -> None:
+    assert issubclass(error, ff.FreezeflowError)
+    assert issubclass(error, builtin)
+    assert error.__name__ in ff.errors.__all__
+
+
+def test_every_public_exception_class_is_listed() -> None:
+    # every exception and warning class lives in errors.py, and every one of them is public
+    classes = {
+        n
+        for n, v in vars(ff.errors).items()
+        if isinstance(v, type) and issubclass(v, (Exception, Warning)) and not n.startswith("_")
+    }
+    assert classes == set(ff.errors.__all__)
+    assert issubclass(ff.errors.FreezeflowWarning, UserWarning)
+    # a cache refusal is caught inside fit(), never a user-facing error
+    assert not issubclass(ff.errors.CacheRefused, ff.FreezeflowError)
+
+
+def test_check_int_accepts_integers_from_low_up() -> None:
+    assert check_int("n", 0, 0) == 0
+    assert check_int("n", 5, 1) == 5
+
+
+@pytest.mark.parametrize(
+    ("value", "shown"),
+    [(0, "0"), (-2, "-2"), (True, "True"), (1.0, "1.0"), ("3", "'3'"), (None, "None")],
+)
+def test_check_int_names_what_the_value_and_the_hint(value: object, shown: str) -> None:
+    with pytest.raises(ff.errors.OptimizerError) as info:
+        check_int("f(n)", value, 1, ff.errors.OptimizerError, "pass a count")
+    assert str(info.value) == f"f(n): expected an integer >= 1, got {shown}; hint: pass a count"
+    with pytest.raises(ff.ScheduleError, match=rf"^f\(n\): expected an integer >= 1, got {shown}$"):
+        check_int("f(n)", value, 1)
+
+
+def test_nearest_suggests_close_names_then_containing_ones() -> None:
+    names = ["layer1", "layer2", "layer3", "fc", "conv1"]
+    close = nearest("layr2", names)
+    assert close[0] == "layer2"  # the closest first
+    assert sorted(close) == ["layer1", "layer2", "layer3"]
+    assert nearest("fc", ["fc", "fc"], n=3) == ["fc"]  # each candidate once
+    # nothing close: the names that contain the pattern's letters, else the first ones
+    assert nearest("**conv1**", ["a.conv1.weight", "b"]) == ["a.conv1.weight"]
+    assert nearest("zzzzzz", names, n=2) == ["layer1", "layer2"]
+
+
+def test_quote_list_shows_a_few_and_counts_the_rest() -> None:
+    assert quote_list([]) == ""
+    assert quote_list(["a"]) == "'a'"
+    assert quote_list(["a", "b"]) == "'a', 'b'"
+    assert quote_list([str(i) for i in range(7)], limit=3) == "'0', '1', '2' (+4 more)"
