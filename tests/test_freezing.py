@@ -193,7 +193,7 @@ def test_train_mode_keeps_norm_layers_trainable(cnn: SmallCNN) -> None:
     cnn.train()
     assert cnn.stem[1].training and cnn.bn.training
     stats = bn_state(cnn.stem[1])
-    norm_params = {n: p.detach().clone() for n, p in cnn.named_parameters() if ".1." in n}
+    norm_params = {n: t for n, t in snapshot(cnn).items() if ".1." in n}
     opt = torch.optim.Adam([p for p in cnn.parameters() if p.requires_grad], lr=1e-2)
     train(cnn, opt, STEPS, set_to_none=True)
     assert_bn_state_equal(cnn.stem[1], stats, equal=False)
