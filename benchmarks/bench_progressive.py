@@ -36,17 +36,23 @@ def run(args: argparse.Namespace, schedule: ff.Schedule, cache: bool) -> tuple[f
     torch.manual_seed(0)
     model = load_efficientnet_lite0(10)
     t = time.perf_counter()
+    ff.training.seed_everything(0)
+    unfreezer = ff.GradualUnfreezer(
+        model,
+        schedule,
+        torch.optim.Adam,
+        eval_frozen=True,
+        total_epochs=args.epochs,
+        total_steps=args.epochs * len(train),
+    )
     history = ff.fit(
         model,
         train,
         val_data=test,
-        schedule=schedule,
-        optimizer=torch.optim.Adam,
+        schedule=unfreezer,
         epochs=args.epochs,
-        eval_frozen=True,
         cache=cache,
-        quiet=True,
-        seed=0,
+        progress=False,
     )
     return time.perf_counter() - t, history.epochs[-1]["metrics"]["val_accuracy"]
 

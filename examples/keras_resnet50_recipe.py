@@ -26,8 +26,8 @@ What maps to what:
   add, out``, of which 6 have weights. ``ff.layers(-6, among=~ff.name("fc"))`` selects those
   6: ``layer4.2``'s ``conv1, bn1, conv2, bn2, conv3, bn3``.
 - Keras' ``trainable = False`` on a BatchNormalization layer also makes it run in inference
-  mode; ``fit(norm="eval")`` (the default) does the same: frozen BatchNorm layers keep their
-  statistics, and the three unfrozen ones in ``layer4.2`` train.
+  mode; the unfreezer's ``norm="eval"`` (the default) does the same: frozen BatchNorm layers
+  keep their statistics, and the three unfrozen ones in ``layer4.2`` train.
 - ``compile`` again builds a fresh optimizer: the schedule's second stage resets the
   optimizer state (``reset_state=True``), and trains everything trainable at 1e-5.
 - ``"adam"``: ``torch.optim.Adam`` at 1e-3 with Keras' default epsilon (1e-7), no weight decay.
@@ -145,6 +145,7 @@ def main(argv: Sequence[str] | None = None) -> ff.History:
     print(ff.plan(model, schedule))
     before = bn_running_stats(model)
 
+    ff.training.seed_everything(0)
     history = ff.fit(
         model,
         train,
@@ -152,9 +153,7 @@ def main(argv: Sequence[str] | None = None) -> ff.History:
         schedule=schedule,
         optimizer=keras_adam,
         epochs=args.head_epochs + args.finetune_epochs,
-        seed=0,
-        quiet=True,
-        callbacks=[ff.callbacks.ProgressBar(tqdm=False)],
+        progress=ff.callbacks.ProgressBar(tqdm=False),
     )
 
     print(ff.summary(model))

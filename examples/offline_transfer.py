@@ -202,21 +202,26 @@ def run_recipe(
     if not seed_style and args.anneal:  # the unfreezer rescales it at every stage change
         factor = stage_cosine(schedule, len(loader), args.epochs)
         scheduler = lambda opt: LambdaLR(opt, factor)  # noqa: E731
+    ff.training.seed_everything(args.seed)
+    unfreezer = ff.GradualUnfreezer(
+        model,
+        schedule,
+        torch.optim.Adam,
+        norm="ignore" if seed_style else "eval",  # the seed never puts frozen BN in eval
+        eval_frozen=not seed_style,
+        total_epochs=args.epochs,
+        total_steps=args.epochs * len(loader),
+    )
     history = ff.fit(
         model,
         loader,
         val_data=val,
-        schedule=schedule,
-        optimizer=torch.optim.Adam,
+        schedule=unfreezer,
         epochs=args.epochs,
-        scheduler=scheduler,  # the seed uses none
-        scheduler_interval="batch",
+        scheduler=(scheduler, "batch") if scheduler is not None else None,  # the seed: none
         loss_fn=nn.CrossEntropyLoss(label_smoothing=0.0 if seed_style else args.label_smoothing),
-        norm="ignore" if seed_style else "eval",  # the seed never puts frozen BN in eval
-        eval_frozen=not seed_style,
         cache=not seed_style and not args.no_cache,
-        quiet=args.quiet,
-        seed=args.seed,
+        progress=not args.quiet,
     )
     seconds = time.perf_counter() - start
     stages = []
@@ -227,7 +232,7 @@ def run_recipe(
             {
                 "stage": t["name"],
                 "epochs": f"{t['epoch']}-{end}",
-                "trainable": t["trainable"],
+                "trainable": t["n_trainable"],
                 "test_accuracy": rec["metrics"]["val_accuracy"],
             }
         )

@@ -319,6 +319,7 @@ class DriftProbe(ff.callbacks.Callback):
 
 
 probe = DriftProbe(bn_stats(model))
+ff.training.seed_everything(0)
 history = ff.fit(
     model,
     train_loader,
@@ -326,9 +327,8 @@ history = ff.fit(
     schedule=schedule,
     epochs=EPOCHS,
     device=DEVICE,
-    seed=0,
-    quiet=True,
-    callbacks=[probe, ff.callbacks.ProgressBar(tqdm=False)],
+    callbacks=[probe],
+    progress=ff.callbacks.ProgressBar(tqdm=False),
 )
 
 # %% [markdown]

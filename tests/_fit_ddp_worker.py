@@ -6,13 +6,13 @@ set. Runs every scenario below in one process group and writes OUT_DIR/rank<r>.p
 
 Scenarios:
 - staged: fit() with a 3-stage schedule (a mid-epoch step trigger, an epoch trigger),
-  ReduceLROnPlateau, EarlyStopping, a checkpoint_dir and the ProgressBar, over DataLoaders
+  ReduceLROnPlateau, EarlyStopping, a checkpoint directory and the ProgressBar, over DataLoaders
   that fit shards itself (75 training samples: DistributedSampler pads; 37 validation
   samples: split without padding).
 - resume: the same run stopped after 2 epochs, then resumed from its checkpoint directory
   by a new fit() on every rank up to 3 epochs (must equal staged bit for bit).
 - plain: no schedule (plain DDP), a user-given DistributedSampler (set_epoch recorded),
-  fit(cache=True) (turned off with a note), quiet.
+  fit(cache=True) (turned off with a note), progress=False.
 - uneven: a list of batches per rank, 3 on rank 0 and 4 on rank 1; fit must raise on both.
 """
 
@@ -32,10 +32,11 @@ from torch.optim.lr_scheduler import ReduceLROnPlateau
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 import freezeflow as ff
+import freezeflow.training.checkpoint_files as files
 from freezeflow.distributed import DistributedError
-from freezeflow.training import checkpoint as ckpt_module
-from freezeflow.training.callbacks import Callback
-from freezeflow.training.loop import Run, fit
+from freezeflow.training.loop import fit
+from freezeflow.training.run import Callback, Run
+from freezeflow.training.setup import seed_everything
 
 N_TRAIN, N_VAL, BATCH = 75, 37, 8
 
@@ -88,7 +89,8 @@ class Recorder(Callback):
 
     def on_batch_end(self, run: Run) -> None:
         s, n = self.local[-1]
-        self.local[-1] = (s + run.loss * run.batch_size, n + run.batch_size)
+        p = run.progress
+        self.local[-1] = (s + p.loss * p.batch_size, n + p.batch_size)
 
     def on_evaluate(self, run: Run, logs: dict[str, float]) -> None:
         self.logs.append(dict(logs))
@@ -101,14 +103,14 @@ WRITES = {"files": 0}
 
 
 def _count_writes() -> None:
-    """Count every file the checkpoint module writes on this rank (checkpoints + manifest)."""
-    original = ckpt_module._atomic_write
+    """Count every file the checkpoint modules write on this rank (checkpoints + manifest)."""
+    original = files.atomic_write
 
     def counting(path: Path, write: Any) -> None:
         WRITES["files"] += 1
         original(path, write)
 
-    ckpt_module._atomic_write = counting
+    files.atomic_write = counting  # type: ignore[assignment]
 
 
 def state(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -122,6 +124,7 @@ def staged_fit(out: Path, directory: str, epochs: int, resume: bool = False) -> 
     val = DataLoader(dataset(N_VAL, 2), batch_size=BATCH)
     rec = Recorder()
     before = WRITES["files"]
+    seed_everything(0)
     history = fit(
         model,
         train,
@@ -130,10 +133,8 @@ def staged_fit(out: Path, directory: str, epochs: int, resume: bool = False) -> 
         schedule=schedule(),
         scheduler=lambda opt: ReduceLROnPlateau(opt, patience=0, factor=0.5),
         callbacks=[rec, ff.callbacks.EarlyStopping("val_loss", patience=5)],
-        checkpoint_dir=out / directory,
-        keep_best="val_accuracy",
+        checkpoint=ff.Checkpoint(out / directory, keep_best="val_accuracy"),
         resume=resume,
-        seed=0,
         device="cpu",
     )
     return {
@@ -169,7 +170,7 @@ def scenario_plain() -> dict[str, Any]:
         optimizer=lambda params: torch.optim.SGD(params, lr=0.1),
         callbacks=[rec],
         cache=True,
-        quiet=True,
+        progress=False,
         device="cpu",
     )
     return {
@@ -184,7 +185,7 @@ def scenario_uneven() -> str:
     x, y = dataset(32, 4).tensors
     batches = [(x[i : i + 8], y[i : i + 8]) for i in range(0, 8 * (3 + dist.get_rank()), 8)]
     try:
-        fit(make_net(), batches, epochs=1, quiet=True, device="cpu")
+        fit(make_net(), batches, epochs=1, progress=False, device="cpu")
     except DistributedError as exc:
         return str(exc)
     return "no error"

@@ -1,8 +1,12 @@
-"""A toy fine-tuning task and a subprocess entry point for the resume and kill tests.
+"""Toy training tasks for the fit() tests, and a subprocess entry point for the resume and
+kill tests.
 
 Task: 3x8x8 noisy images with a bright 3x3 patch at a random place in one channel; the class
-is the channel. A small CNN (conv stem, conv + BatchNorm, Dropout, linear head) learns it in a
-few epochs on CPU. The schedule trains the head for 2 epochs, then everything.
+is the channel. A small CNN (conv stem, conv + BatchNorm, Dropout, linear head:
+``models.SmallCNN(3, stem_norm=False, pool="amax")``) learns it in a few epochs on CPU. The
+schedule trains the head for 2 epochs, then everything. A tinier task (:func:`tiny_data`,
+:func:`tiny_model`, :func:`tiny_schedule`: a 4-8-2 MLP on 64 points) serves the tests that
+only need *a* run.
 
 Run as a script::
 
@@ -21,31 +25,37 @@ import time
 from typing import Any
 
 import torch
+from models import SmallCNN, make_small_cnn
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import freezeflow as ff
-from freezeflow.training.callbacks import Callback
-from freezeflow.training.loop import Run, fit
+from freezeflow.training.loop import fit
+from freezeflow.training.run import Callback, Run
+from freezeflow.training.setup import seed_everything
 
 
-class ToyCNN(nn.Module):
-    def __init__(self, classes: int = 3) -> None:
-        super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU())
-        self.conv = nn.Conv2d(8, 16, 3, padding=1)
-        self.bn = nn.BatchNorm2d(16)
-        self.drop = nn.Dropout(0.25)
-        self.head = nn.Linear(16, classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = torch.relu(self.bn(self.conv(self.stem(x))))
-        return self.head(self.drop(x.amax(dim=(2, 3))))
+def make_model(seed: int = 0) -> SmallCNN:
+    return make_small_cnn(3, seed=seed, stem_norm=False, pool="amax")
 
 
-def make_model(seed: int = 0) -> ToyCNN:
-    torch.manual_seed(seed)
-    return ToyCNN()
+def tiny_data(n: int = 64, batch: int = 16) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """``n`` points of 4 features in batches of ``batch``; the class is the first one's sign."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(n, 4, generator=g)
+    y = (x[:, 0] > 0).long()
+    return [(x[i : i + batch], y[i : i + batch]) for i in range(0, n, batch)]
+
+
+def tiny_model() -> nn.Sequential:
+    """A seeded 4-8-2 MLP (``nn.Sequential``: blocks "0", "1", "2")."""
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+
+
+def tiny_schedule() -> ff.Schedule:
+    """The last layer for an epoch, then the first one too."""
+    return ff.Schedule([ff.Stage("2", lr=1e-2), ff.Stage("0", lr=1e-2, start=1)])
 
 
 def make_tensors(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -87,8 +97,8 @@ class StopAfter(Callback):
         self.epochs = epochs
 
     def on_epoch_end(self, run: Run) -> None:
-        if run.epoch >= self.epochs:
-            run.stop = f"stopped after {self.epochs} epochs"
+        if run.progress.epoch >= self.epochs:
+            run.progress.stop = f"stopped after {self.epochs} epochs"
 
 
 class Announce(Callback):
@@ -126,6 +136,7 @@ def main(argv: list[str]) -> int:
     callbacks: list[Callback] = [Announce()]
     if args.stop_after is not None:
         callbacks.append(StopAfter(args.stop_after))
+    seed_everything(0)
     history = fit(
         model,
         train,
@@ -133,11 +144,9 @@ def main(argv: list[str]) -> int:
         val_data=val,
         epochs=args.epochs,
         callbacks=callbacks,
-        checkpoint_dir=args.dir,
-        keep_last=2,
+        checkpoint=ff.Checkpoint(args.dir, keep_last=2),
         resume=args.resume,
-        quiet=True,
-        seed=0,
+        progress=False,
     )
     if args.out:
         torch.save({"model": model.state_dict(), "history": history.to_json()}, args.out)

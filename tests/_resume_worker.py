@@ -17,7 +17,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from unfreezer_models import (
+from models import (
     flags,
     make_net,
     norm_state,

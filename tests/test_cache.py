@@ -8,7 +8,8 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import freezeflow as ff
-from freezeflow.training.cache import CacheRefused, FeatureCache, frozen_prefix
+from freezeflow.errors import CacheRefused
+from freezeflow.training.cache import FeatureCache
 
 
 class Net(nn.Module):
@@ -101,15 +102,6 @@ def test_cached_training_equals_uncached(disk: bool, tmp_path) -> None:  # type:
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
     if disk:
         assert not list(tmp_path.iterdir()), "close() must delete the memory-mapped file"
-
-
-def test_frozen_prefix_counts_leading_frozen_blocks() -> None:
-    model = Net()
-    assert frozen_prefix(model) == 0
-    ff.freeze(model, ff.first(2))
-    assert frozen_prefix(model) == 2
-    ff.freeze(model, ff.everything())
-    assert frozen_prefix(model) == len(ff.find_blocks(model)) - 1  # never the whole model
 
 
 def test_refuses_without_frozen_prefix() -> None:
@@ -225,44 +217,11 @@ def test_a_source_cache_must_cover_the_same_data_and_a_shorter_prefix() -> None:
         chained.build()
 
 
-def test_frozen_prefix_with_parameters_a_later_stage_trains() -> None:
-    model = Net()
-    ff.freeze(model, ff.first(3))
-    assert frozen_prefix(model) == 3
-    later = list(model.blocks[1].parameters())  # blocks.1 is block 2
-    assert frozen_prefix(model, will_train=later) == 2
-    assert frozen_prefix(model, will_train=model.stem.parameters()) == 0
-
-
 # --------------------------------------------------------------------------- Views
 
 
 def hflip(x: torch.Tensor) -> torch.Tensor:
     return x.flip(-1)
-
-
-def test_views_draw_one_view_per_read_from_their_generator() -> None:
-    base = data(6)
-    flips = ff.Views(base, [lambda x: x, hflip], generator=torch.Generator().manual_seed(5))
-    assert len(flips) == 6
-    x, y = base[2]
-    assert torch.equal(flips.view(2, 0)[0], x) and torch.equal(flips.view(2, 1)[0], hflip(x))
-    assert flips.view(2, 1)[1] == y
-    g = torch.Generator().manual_seed(5)
-    expected = [int(torch.randint(2, (), generator=g)) for _ in range(20)]
-    state = torch.get_rng_state()
-    got = [int(torch.equal(flips[2][0], hflip(x))) for _ in range(20)]
-    assert got == expected and set(got) == {0, 1}
-    assert torch.equal(state, torch.get_rng_state()), "a generator leaves the global RNG alone"
-
-
-def test_views_reject_bad_arguments() -> None:
-    with pytest.raises(TypeError, match="map-style dataset"):
-        ff.Views([1, 2, 3].__iter__(), [hflip])  # type: ignore[arg-type]
-    with pytest.raises(TypeError, match="non-empty sequence of functions"):
-        ff.Views(data(4), [])
-    with pytest.raises(TypeError, match="non-empty sequence of functions"):
-        ff.Views(data(4), [hflip, "flip"])  # type: ignore[list-item]
 
 
 def test_a_views_cache_holds_every_view_and_replays_the_drawn_one() -> None:
@@ -339,22 +298,3 @@ def test_a_dataset_that_draws_random_numbers_is_refused_and_its_rng_left_alone()
     nested = torch.utils.data.Subset(ff.Views(data(8), [lambda x: x, hflip]), range(8))
     with pytest.raises(CacheRefused, match="draws random numbers"):
         FeatureCache(model, DataLoader(nested, batch_size=4)).check()
-
-
-def test_views_with_worker_processes_are_not_cached_and_draw_anew_each_epoch() -> None:
-    model = Net()
-    ff.freeze(model, ff.first(3))
-    flips = ff.Views(data(8), [lambda x: x, hflip], generator=torch.Generator().manual_seed(0))
-    loader = DataLoader(flips, batch_size=4, num_workers=2)
-    with pytest.raises(CacheRefused, match="worker process"):
-        FeatureCache(model, loader)
-    epochs = []
-    for _ in range(3):  # a copied generator would give every worker the same draws each epoch
-        epochs.append(
-            tuple(
-                int(not torch.equal(x, data(8)[4 * b + j][0]))
-                for b, (xs, _) in enumerate(loader)
-                for j, x in enumerate(xs)
-            )
-        )
-    assert len(set(epochs)) > 1

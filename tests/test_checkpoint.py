@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,31 +19,37 @@ from torch import nn
 
 import freezeflow as ff
 from freezeflow.errors import CheckpointError
-from freezeflow.training.callbacks import Callback
-from freezeflow.training.checkpoint import (
+from freezeflow.training.checkpoint import Checkpoint
+from freezeflow.training.checkpoint_files import (
     MANIFEST,
     atomic_save,
+    checkpoint_name,
     find_checkpoint,
     load_checkpoint,
 )
-from freezeflow.training.loop import History, Run, fit
+from freezeflow.training.history import History
+from freezeflow.training.loop import fit
+from freezeflow.training.run import Callback, Run
+from freezeflow.training.setup import seed_everything
 
 WORKER = Path(__file__).with_name("_fit_worker.py")
 
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def train(
-    directory: Path, epochs: int = 2, callbacks: tuple[Callback, ...] = (), **kw: Any
+    directory: Path,
+    epochs: int = 2,
+    callbacks: tuple[Callback, ...] = (),
+    *,
+    every: int = 1,
+    keep_last: int | None = 3,
+    keep_best: str | tuple[str, Any] | None = None,
+    **kw: Any,
 ) -> tuple[nn.Module, History]:
     train_data, val = make_loaders(n_train=64)
     model = kw.pop("model", None) or make_model()
+    seed_everything(0)
     history = fit(
         model,
         train_data,
@@ -52,9 +57,8 @@ def train(
         val_data=val,
         epochs=epochs,
         callbacks=callbacks,
-        checkpoint_dir=directory,
-        quiet=True,
-        seed=0,
+        checkpoint=Checkpoint(directory, every=every, keep_last=keep_last, keep_best=keep_best),
+        progress=False,
         **kw,
     )
     return model, history
@@ -113,12 +117,40 @@ def test_keeps_last_k_and_the_best(tmp_path: Path) -> None:
 
 
 def test_checkpoint_every_and_at_the_end(tmp_path: Path) -> None:
-    train(tmp_path, epochs=5, checkpoint_every=2, keep_last=None)
+    train(tmp_path, epochs=5, every=2, keep_last=None)
     assert sorted(p.name for p in tmp_path.glob("*.pt")) == [
         "epoch-0002.pt",
         "epoch-0004.pt",
         "epoch-0005.pt",
     ]
+
+
+def test_a_directory_path_is_a_checkpoint_with_the_defaults(tmp_path: Path) -> None:
+    train_data, _ = make_loaders(n_train=64)
+    fit(make_model(), train_data, epochs=5, checkpoint=str(tmp_path / "run"), progress=False)
+    assert sorted(p.name for p in (tmp_path / "run").glob("*.pt")) == [
+        checkpoint_name(e)
+        for e in (3, 4, 5)  # every epoch, the last 3 kept
+    ]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"every": 0}, r"Checkpoint\(every=\).*got 0"),
+        ({"every": True}, r"Checkpoint\(every=\).*got True"),
+        ({"keep_last": 0}, r"Checkpoint\(keep_last=\).*got 0.*None to keep every file"),
+        ({"keep_last": True}, r"Checkpoint\(keep_last=\).*got True"),
+        ({"keep_last": 2.0}, r"Checkpoint\(keep_last=\).*got 2.0"),
+        ({"keep_best": ("score", "up")}, r"keep_best=\('score', 'up'\).*min or max"),
+    ],
+)
+def test_checkpoint_refuses_bad_arguments(
+    tmp_path: Path, kwargs: dict[str, Any], match: str
+) -> None:
+    with pytest.raises(CheckpointError, match=match):
+        Checkpoint(tmp_path, **kwargs)
+    assert not list(tmp_path.iterdir())
 
 
 def test_fresh_run_refuses_a_directory_with_checkpoints(tmp_path: Path) -> None:
@@ -139,7 +171,7 @@ def test_resume_finds_latest_by_scanning_without_manifest(tmp_path: Path) -> Non
     (tmp_path / MANIFEST).unlink()
     assert find_checkpoint(True, tmp_path) == tmp_path / "epoch-0003.pt"
     assert find_checkpoint(tmp_path / "epoch-0001.pt", None) == tmp_path / "epoch-0001.pt"
-    with pytest.raises(CheckpointError, match="needs checkpoint_dir"):
+    with pytest.raises(CheckpointError, match=r"needs checkpoint="):
         find_checkpoint(True, None)
     with pytest.raises(CheckpointError, match="does not exist"):
         find_checkpoint(tmp_path / "nope.pt", None)

@@ -12,7 +12,9 @@ from test_cache import Net, Skip, data
 from torch.utils.data import DataLoader, Dataset
 
 import freezeflow as ff
+from freezeflow.training.caching import FeatureCaching
 from freezeflow.training.loop import fit
+from freezeflow.training.setup import seed_everything
 
 
 def schedule() -> ff.Schedule:
@@ -43,17 +45,15 @@ def run(
         generator=torch.Generator().manual_seed(3),
     )
     val = DataLoader(data(16), batch_size=8)
-    history = fit(
+    seed_everything(0)
+    unfreezer = ff.GradualUnfreezer(
         model,
-        train,
-        val_data=val,
-        schedule=sched if sched is not None else schedule(),
-        optimizer=torch.optim.SGD,
-        epochs=4,
+        sched if sched is not None else schedule(),
+        torch.optim.SGD,
         eval_frozen=True,  # dropout in frozen blocks off: the prefix is deterministic
-        cache=cached,
-        quiet=True,
-        seed=0,
+    )
+    history = fit(
+        model, train, val_data=val, schedule=unfreezer, epochs=4, cache=cached, progress=False
     )
     return history, model
 
@@ -102,7 +102,7 @@ def test_uncacheable_model_trains_normally_with_a_reason(
     assert notes
     assert all("without the feature cache" in n and "cannot be cut" in n for n in notes)
     assert len(history.epochs) == 4
-    assert capsys.readouterr().out == ""  # quiet=True: recorded, not printed
+    assert capsys.readouterr().out == ""  # progress=False: recorded, not printed
 
 
 def test_cached_fit_with_random_views_matches_uncached_fit() -> None:
@@ -159,18 +159,16 @@ def test_no_cache_file_outlives_a_failed_fit(interrupt: bool, tmp_path) -> None:
     torch.manual_seed(0)
     error: BaseException = KeyboardInterrupt() if interrupt else OSError("read error")
     val = DataLoader(Flaky(16, 11, error), batch_size=8)  # fails while the base is built
-    kwargs: dict[str, Any] = {"cache_dir": tmp_path, "cache_max_bytes": 0}
+    model = Net(block_dropout=0.3)
+    unfreezer = ff.GradualUnfreezer(model, schedule(), torch.optim.SGD, eval_frozen=True)
     call = lambda: fit(  # noqa: E731
-        Net(block_dropout=0.3),
+        model,
         DataLoader(data(48), batch_size=8, shuffle=True),
         val_data=val,
-        schedule=schedule(),
-        optimizer=torch.optim.SGD,
+        schedule=unfreezer,
         epochs=4,
-        eval_frozen=True,
-        cache=True,
-        quiet=True,
-        **kwargs,
+        cache=FeatureCaching(tmp_path, max_bytes=0),
+        progress=False,
     )
     if interrupt:
         assert call().interrupted

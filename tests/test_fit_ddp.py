@@ -192,6 +192,7 @@ def test_fit_without_a_process_group_is_unchanged() -> None:
     torch.manual_seed(0)
     model = worker.Net()
     train = DataLoader(worker.dataset(40, 1), batch_size=8, shuffle=True)
-    history = ff.fit(model, train, epochs=1, quiet=True, seed=0, device="cpu")
+    ff.training.seed_everything(0)
+    history = ff.fit(model, train, epochs=1, progress=False, device="cpu")
     assert [r["steps"] for r in history.epochs] == [5]  # the whole dataset, not a shard
     assert math.isfinite(history.epochs[0]["train_loss"])

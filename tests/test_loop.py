@@ -1,4 +1,4 @@
-"""fit(): learning, stage changes, frozen parameters, faults, callbacks, history, output."""
+"""fit(): learning, stage changes, frozen parameters, its arguments, faults, Ctrl-C."""
 
 from __future__ import annotations
 
@@ -9,39 +9,25 @@ from typing import Any
 
 import pytest
 import torch
-from _fit_worker import make_loaders, make_model, make_schedule
+from _fit_worker import (
+    make_loaders,
+    make_model,
+    make_schedule,
+    tiny_data,
+    tiny_model,
+    tiny_schedule,
+)
 from torch import nn
 
 import freezeflow as ff
-from freezeflow.errors import ScheduleError, TrainingError
-from freezeflow.training.callbacks import Callback, EarlyStopping, ProgressBar
-from freezeflow.training.checkpoint import find_checkpoint, load_checkpoint
-from freezeflow.training.loop import History, Run, fit
+from freezeflow.errors import CheckpointError, OptimizerError, ScheduleError, TrainingError
+from freezeflow.training.checkpoint_files import find_checkpoint, load_checkpoint
+from freezeflow.training.history import History
+from freezeflow.training.loop import fit
+from freezeflow.training.run import Callback, Run
+from freezeflow.training.setup import seed_everything
 
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """Tiny models train faster (and less noisily on a busy machine) on one thread."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def tiny_data(n: int = 64, batch: int = 16) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(n, 4, generator=g)
-    y = (x[:, 0] > 0).long()
-    return [(x[i : i + batch], y[i : i + batch]) for i in range(0, n, batch)]
-
-
-def tiny_model() -> nn.Sequential:
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
-
-
-def tiny_schedule() -> ff.Schedule:
-    return ff.Schedule([ff.Stage("2", lr=1e-2), ff.Stage("0", lr=1e-2, start=1)])
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def params(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -62,7 +48,7 @@ class FrozenWatch(Callback):
         self.start = params(run.model)
 
     def on_epoch_end(self, run: Run) -> None:
-        if run.history.epochs[-1]["stage"] != "head":
+        if run.progress.history.epochs[-1]["stage"] != "head":
             return
         now = params(run.model)
         for k, v in now.items():
@@ -77,6 +63,7 @@ def test_learns_and_records_stage_changes_and_keeps_frozen_params_exact() -> Non
     train, val = make_loaders()
     model = make_model()
     watch = FrozenWatch()
+    seed_everything(0)
     history = fit(
         model,
         train,
@@ -84,8 +71,7 @@ def test_learns_and_records_stage_changes_and_keeps_frozen_params_exact() -> Non
         val_data=val,
         epochs=5,
         callbacks=[watch],
-        quiet=True,
-        seed=0,
+        progress=False,
     )
     assert watch.checked == 2  # epochs 0 and 1 train the head alone
     assert [r["stage"] for r in history.epochs] == ["head", "head", "all", "all", "all"]
@@ -96,7 +82,7 @@ def test_learns_and_records_stage_changes_and_keeps_frozen_params_exact() -> Non
     assert history.transitions[1]["step"] == 2 * len(train)
     assert history.epochs[-1]["metrics"]["val_accuracy"] > 0.7  # chance is 1/3
     assert history.epochs[-1]["train_loss"] < history.epochs[0]["train_loss"]
-    trainable = [r["trainable"] for r in history.epochs]
+    trainable = [r["n_trainable"] for r in history.epochs]
     assert trainable[0] == sum(p.numel() for p in model.head.parameters())
     assert trainable[-1] == sum(p.numel() for p in model.parameters())
     assert [r["steps"] for r in history.epochs] == [len(train) * (k + 1) for k in range(5)]
@@ -108,9 +94,10 @@ def test_train_loss_is_the_mean_over_samples() -> None:
 
     class Losses(Callback):
         def on_batch_end(self, run: Run) -> None:
-            seen.append(run.loss)
+            seen.append(run.progress.loss)
 
-    history = fit(tiny_model(), data, epochs=1, callbacks=[Losses()], quiet=True, seed=0)
+    seed_everything(0)
+    history = fit(tiny_model(), data, epochs=1, callbacks=[Losses()], progress=False)
     assert history.epochs[0]["train_loss"] == pytest.approx(sum(seen) / len(seen))
     assert history.epochs[0]["val_loss"] is None
 
@@ -129,10 +116,12 @@ def test_accumulate_and_batch_scheduler() -> None:
         epochs=2,
         accumulate=2,
         optimizer=lambda ps: torch.optim.SGD(ps, lr=0.1),
-        scheduler=lambda opt: torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5),
-        scheduler_interval="batch",
+        scheduler=(
+            lambda opt: torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5),
+            "batch",
+        ),
         callbacks=[Lr()],
-        quiet=True,
+        progress=False,
     )
     assert [r["steps"] for r in history.epochs] == [3, 6]
     assert lrs[:5] == pytest.approx([0.1, 0.05, 0.05, 0.025, 0.025])
@@ -145,7 +134,7 @@ def test_epoch_scheduler_is_stepped_after_recording() -> None:
         schedule=tiny_schedule(),
         epochs=3,
         scheduler=lambda opt: torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.1),
-        quiet=True,
+        progress=False,
     )
     lr = [r["lrs"]["stage0/decay"] for r in history.epochs]
     assert lr == pytest.approx([1e-2, 1e-3, 1e-4])
@@ -165,7 +154,7 @@ def test_reduce_on_plateau_gets_the_val_loss() -> None:
         val_data=tiny_data(32),
         epochs=2,
         scheduler=lambda opt: Spy(opt),
-        quiet=True,
+        progress=False,
     )
     assert got == [r["val_loss"] for r in history.epochs]
 
@@ -183,7 +172,7 @@ def test_plateau_trigger_observes_the_named_metric() -> None:
             logs["train_loss"] = 1.0
 
     history = fit(
-        tiny_model(), tiny_data(), schedule=sched, epochs=4, callbacks=[Flat()], quiet=True
+        tiny_model(), tiny_data(), schedule=sched, epochs=4, callbacks=[Flat()], progress=False
     )
     assert [(t["name"], t["epoch"]) for t in history.transitions] == [("stage0", 0), ("stage1", 2)]
     assert history.transitions[1]["reason"] == "plateau of train_loss"
@@ -202,7 +191,7 @@ def test_nan_loss_names_epoch_and_batch_and_saves_nothing(tmp_path: Path) -> Non
         return loss * math.nan if calls == 3 else loss  # epoch 1 (resumed), batch 2
 
     model = tiny_model()
-    fit(model, tiny_data(), epochs=1, checkpoint_dir=tmp_path, quiet=True)
+    fit(model, tiny_data(), epochs=1, checkpoint=tmp_path, progress=False)
     before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
     with pytest.raises(TrainingError, match=r"loss is nan at epoch 1, batch 2") as info:
         fit(
@@ -210,9 +199,9 @@ def test_nan_loss_names_epoch_and_batch_and_saves_nothing(tmp_path: Path) -> Non
             tiny_data(),
             epochs=3,
             loss_fn=flaky,
-            checkpoint_dir=tmp_path,
+            checkpoint=tmp_path,
             resume=True,
-            quiet=True,
+            progress=False,
         )
     assert "lower the learning rate" in str(info.value)
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
@@ -229,7 +218,7 @@ def test_nan_loss_names_epoch_and_batch_and_saves_nothing(tmp_path: Path) -> Non
 )
 def test_bad_training_data(data: Any, match: str) -> None:
     with pytest.raises(TrainingError, match=match):
-        fit(tiny_model(), data, epochs=1, quiet=True)
+        fit(tiny_model(), data, epochs=1, progress=False)
 
 
 def test_iterable_without_len_that_yields_nothing() -> None:
@@ -238,12 +227,12 @@ def test_iterable_without_len_that_yields_nothing() -> None:
             return iter(())
 
     with pytest.raises(TrainingError, match="yielded no batches in epoch 0"):
-        fit(tiny_model(), Nothing(), epochs=1, quiet=True)
+        fit(tiny_model(), Nothing(), epochs=1, progress=False)
 
 
 def test_batch_that_is_not_a_pair() -> None:
     with pytest.raises(TrainingError, match=r"\(inputs, targets\) pair, got a tuple of length 3"):
-        fit(tiny_model(), [(torch.zeros(2, 4),) * 3], epochs=1, quiet=True)
+        fit(tiny_model(), [(torch.zeros(2, 4),) * 3], epochs=1, progress=False)
 
 
 def test_non_scalar_loss() -> None:
@@ -251,7 +240,7 @@ def test_non_scalar_loss() -> None:
         return nn.functional.cross_entropy(out, y, reduction="none")
 
     with pytest.raises(TrainingError, match=r"shape \(16,\), expected a scalar.*reduction"):
-        fit(tiny_model(), tiny_data(), epochs=1, loss_fn=per_sample, quiet=True)
+        fit(tiny_model(), tiny_data(), epochs=1, loss_fn=per_sample, progress=False)
 
 
 def test_device_mismatch() -> None:
@@ -265,21 +254,128 @@ def test_device_mismatch() -> None:
             return self.fc(x) + self.offset
 
     with pytest.raises(TrainingError, match=r"different devices.*registered buffer"):
-        fit(Stray(), tiny_data(), epochs=1, device="cpu", quiet=True)
+        fit(Stray(), tiny_data(), epochs=1, device="cpu", progress=False)
 
 
 def test_bad_arguments() -> None:
     model = tiny_model()
     uf = ff.GradualUnfreezer(model, tiny_schedule())
     with pytest.raises(ScheduleError, match="pass it alone"):
-        fit(model, tiny_data(), epochs=1, unfreezer=uf, schedule=tiny_schedule())
-    with pytest.raises(TrainingError, match="epochs=0"):
+        fit(model, tiny_data(), epochs=1, schedule=uf, optimizer=torch.optim.SGD)
+    with pytest.raises(ScheduleError, match="another model"):
+        fit(tiny_model(), tiny_data(), epochs=1, schedule=uf)
+    with pytest.raises(TrainingError, match=r"fit\(epochs=\).*got 0"):
         fit(model, tiny_data(), epochs=0)
+    with pytest.raises(TrainingError, match=r"fit\(accumulate=\).*got True"):
+        fit(model, tiny_data(), epochs=1, accumulate=True)
     with pytest.raises(TrainingError, match="amp='fp8'"):
         fit(model, tiny_data(), epochs=1, amp="fp8")  # type: ignore[arg-type]
+    step_lr = lambda opt: torch.optim.lr_scheduler.StepLR(opt, 1)  # noqa: E731
+    with pytest.raises(TrainingError, match=r"fit\(scheduler=.*'batch' or 'epoch'"):
+        fit(model, tiny_data(), epochs=1, scheduler=(step_lr, "step"))  # type: ignore[arg-type]
+    plateau = lambda opt: torch.optim.lr_scheduler.ReduceLROnPlateau(opt)  # noqa: E731
+    with pytest.raises(OptimizerError, match="ReduceLROnPlateau steps once per epoch"):
+        fit(model, tiny_data(), epochs=1, scheduler=(plateau, "batch"))
+    with pytest.raises(TrainingError, match=r"fit\(cache='yes'\).*FeatureCaching"):
+        fit(model, tiny_data(), epochs=1, cache="yes")  # type: ignore[arg-type]
+    with pytest.raises(TrainingError, match=r"fit\(progress=1\).*ProgressBar"):
+        fit(model, tiny_data(), epochs=1, progress=1)  # type: ignore[arg-type]
+    with pytest.raises(CheckpointError, match=r"fit\(checkpoint=3\).*Checkpoint"):
+        fit(model, tiny_data(), epochs=1, checkpoint=3)  # type: ignore[arg-type]
 
 
-# --------------------------------------------------------------------------- Ctrl-C, early stop
+def test_no_random_number_is_drawn_before_the_first_epoch(tmp_path: Path) -> None:
+    """A run seeded just before fit() draws its shuffle as a hand-written loop seeded there
+    would (setting up, checking the data and building the unfreezer draw nothing)."""
+    seen: list[torch.Tensor] = []
+
+    class Spy(Callback):
+        def on_epoch_start(self, run: Run) -> None:
+            if not seen:
+                seen.append(torch.get_rng_state())
+
+    train, val = make_loaders(n_train=64)
+    model = make_model()
+    seed_everything(0)
+    before = torch.get_rng_state()
+    fit(
+        model,
+        train,
+        val_data=val,
+        schedule=make_schedule(),
+        epochs=1,
+        callbacks=[Spy()],
+        checkpoint=tmp_path,
+        cache=True,
+        progress=False,
+    )
+    assert torch.equal(seen[0], before)
+
+
+@pytest.mark.parametrize(
+    "old",
+    [
+        "unfreezer",
+        "norm",
+        "eval_frozen",
+        "scheduler_interval",
+        "checkpoint_dir",
+        "checkpoint_every",
+        "keep_last",
+        "keep_best",
+        "cache_dir",
+        "cache_max_bytes",
+        "quiet",
+        "seed",
+    ],
+)
+def test_a_removed_argument_is_named(old: str) -> None:
+    with pytest.raises(TypeError, match=f"unexpected keyword argument '{old}'"):
+        fit(tiny_model(), tiny_data(), epochs=1, progress=False, **{old: None})
+
+
+@pytest.mark.parametrize("eval_frozen", [False, True])
+def test_a_gradual_unfreezer_as_schedule_is_used_as_built(eval_frozen: bool) -> None:
+    model = tiny_model()
+    uf = ff.GradualUnfreezer(
+        model, tiny_schedule(), torch.optim.SGD, eval_frozen=eval_frozen, total_epochs=2
+    )
+    history = fit(model, tiny_data(), schedule=uf, epochs=1, progress=False)
+    assert history.transitions == [{"kind": "transition", **t.to_dict()} for t in uf.history]
+    assert isinstance(uf.optimizer, torch.optim.SGD)
+    assert uf.optimizer.state_dict()["state"] == {}  # SGD without momentum keeps no state
+    assert not model[0].weight.requires_grad
+    assert model.training and model[0].training is not eval_frozen  # frozen Linear locked
+
+
+def test_scheduler_pair_steps_each_batch_and_a_bare_one_each_epoch() -> None:
+    def lrs(scheduler: Any) -> list[float]:
+        seen: list[float] = []
+
+        class Lr(Callback):
+            def on_batch_end(self, run: Run) -> None:
+                seen.append(run.optimizer.param_groups[0]["lr"])
+
+        opt = lambda ps: torch.optim.SGD(ps, lr=1.0)  # noqa: E731
+        fit(
+            tiny_model(),
+            tiny_data(),
+            epochs=2,
+            optimizer=opt,
+            scheduler=scheduler,
+            callbacks=[Lr()],
+            progress=False,
+        )
+        return seen
+
+    halve = lambda opt: torch.optim.lr_scheduler.StepLR(opt, 1, gamma=0.5)  # noqa: E731
+    per_batch, per_epoch = lrs((halve, "batch")), lrs(halve)
+    assert per_batch == pytest.approx([0.5**k for k in range(1, 9)])
+    assert per_epoch == [1.0] * 4 + [0.5] * 4
+    assert lrs((halve, "epoch")) == per_epoch
+
+
+# --------------------------------------------------------------------------- Ctrl-C, output
 
 
 class InterruptAt(Callback):
@@ -287,7 +383,7 @@ class InterruptAt(Callback):
         self.at = (epoch, batch)
 
     def on_batch_end(self, run: Run) -> None:
-        if (run.epoch, run.batch) == self.at:
+        if (run.progress.epoch, run.progress.batch) == self.at:
             raise KeyboardInterrupt
 
 
@@ -295,6 +391,7 @@ def test_ctrl_c_saves_and_resume_is_bit_exact(tmp_path: Path) -> None:
     def run(callbacks: list[Callback], resume: bool) -> tuple[nn.Module, History]:
         train, val = make_loaders(n_train=128)
         model = make_model()
+        seed_everything(0)
         h = fit(
             model,
             train,
@@ -302,10 +399,9 @@ def test_ctrl_c_saves_and_resume_is_bit_exact(tmp_path: Path) -> None:
             val_data=val,
             epochs=3,
             callbacks=callbacks,
-            checkpoint_dir=tmp_path / "ckpt",
+            checkpoint=tmp_path / "ckpt",
             resume=resume,
-            quiet=True,
-            seed=0,
+            progress=False,
         )
         return model, h
 
@@ -327,90 +423,14 @@ def test_ctrl_c_saves_and_resume_is_bit_exact(tmp_path: Path) -> None:
 
 
 def test_ctrl_c_without_checkpoint_dir_returns_history() -> None:
-    history = fit(tiny_model(), tiny_data(), epochs=3, callbacks=[InterruptAt(1, 1)], quiet=True)
+    history = fit(
+        tiny_model(), tiny_data(), epochs=3, callbacks=[InterruptAt(1, 1)], progress=False
+    )
     assert history.interrupted
     assert len(history) == 1
 
 
-def test_early_stopping() -> None:
-    stop = EarlyStopping("train_loss", patience=2, mode="max")  # loss falls: never "improves"
-    history = fit(tiny_model(), tiny_data(), epochs=10, callbacks=[stop], quiet=True, seed=0)
-    assert len(history) == 3
-    assert history.stop_reason is not None and "early stopping: train_loss" in history.stop_reason
-    assert stop.state_dict() == {"best": history.epochs[0]["train_loss"], "bad": 2}
-
-
-def test_early_stopping_names_missing_metric() -> None:
-    with pytest.raises(TrainingError, match=r"'val_loss', which is not logged.*val_data"):
-        fit(tiny_model(), tiny_data(), epochs=2, callbacks=[EarlyStopping()], quiet=True)
-
-
-# --------------------------------------------------------------------------- history
-
-
-def test_history_round_trip_dataframe_and_plot() -> None:
-    history = fit(
-        tiny_model(),
-        tiny_data(),
-        schedule=tiny_schedule(),
-        val_data=tiny_data(32),
-        epochs=3,
-        quiet=True,
-        seed=0,
-    )
-    assert History.from_json(history.to_json()) == history
-    kinds = [r["kind"] for r in history.to_dicts()]
-    assert kinds == ["transition", "epoch", "transition", "epoch", "epoch"]
-    df = history.to_dataframe()
-    assert list(df["epoch"]) == [0, 1, 2]
-    assert {"train_loss", "val_loss", "val_accuracy", "lr/stage0/decay", "images_per_s"} <= set(
-        df.columns
-    )
-    fig = history.plot()
-    loss_ax, metric_ax = fig.axes
-    assert [t.get_text().strip() for t in loss_ax.texts] == ["stage1"]
-    assert {line.get_label() for line in loss_ax.lines} >= {"train_loss", "val_loss"}
-    assert metric_ax.lines[0].get_label() == "val_accuracy"
-
-
-def test_history_to_dataframe_without_pandas(monkeypatch: pytest.MonkeyPatch) -> None:
-    import sys
-
-    monkeypatch.setitem(sys.modules, "pandas", None)
-    with pytest.raises(TrainingError, match="needs pandas"):
-        History().to_dataframe()
-
-
-# --------------------------------------------------------------------------- output
-
-
-def test_quiet_prints_nothing(capsys: pytest.CaptureFixture[str]) -> None:
-    fit(tiny_model(), tiny_data(), schedule=tiny_schedule(), epochs=2, quiet=True)
+def test_progress_false_prints_nothing(capsys: pytest.CaptureFixture[str]) -> None:
+    fit(tiny_model(), tiny_data(), schedule=tiny_schedule(), epochs=2, progress=False)
     out, err = capsys.readouterr()
     assert (out, err) == ("", "")
-
-
-def test_plain_progress_lines_without_tqdm(capsys: pytest.CaptureFixture[str]) -> None:
-    bar = ProgressBar(tqdm=False, every=2)
-    fit(
-        tiny_model(),
-        tiny_data(),
-        schedule=tiny_schedule(),
-        val_data=tiny_data(32),
-        epochs=2,
-        callbacks=[bar],
-        quiet=True,
-    )
-    out = capsys.readouterr().out.splitlines()
-    assert out[0].startswith("fit: Sequential (58 parameters) on cpu, 2 epochs")
-    assert "  epoch 0 batch 2/4 [stage0] loss " in out[1]
-    assert "img/s" in out[1]
-    summary = [line for line in out if line.startswith("epoch ")]
-    assert len(summary) == 2
-    assert summary[0].startswith("epoch 0 (1/2) [stage0] train_loss ")
-    assert (
-        "val_loss" in summary[0] and "val_accuracy" in summary[0] and "trainable 18" in summary[0]
-    )
-    change = [line for line in out if line.startswith("stage ")]
-    assert len(change) == 1 and change[0].startswith("stage 'stage1' begins at epoch 1, step 4")
-    assert out.index(change[0]) < out.index(summary[1])

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import torch
 from _resume_worker import TOTAL, build, checkpoint, restore, result, train
-from unfreezer_models import flags, group_view, make_net, norm_state, one_thread, three_stage
+from models import flags, group_view, make_net, norm_state, one_thread, three_stage
 
 import freezeflow as ff
 
@@ -95,7 +95,7 @@ def test_restored_unfreezer_state() -> None:
     state = _through_disk(checkpoint(first))
     model, _, uf, _ = restore(state)
     model.train()
-    assert (uf.stage, uf.epoch, uf.global_step) == (1, 2, 7)
+    assert (uf.stage_index, uf.epoch, uf.global_step) == (1, 2, 7)
     assert flags(model) == flags(model0)
     assert norm_state(model) == norm_state(model0)
     assert norm_state(model)["body.0.bn"] == ("eval", False)
@@ -169,13 +169,13 @@ def test_state_from_elsewhere_raises_and_changes_nothing(build_other: Any, match
     uf = build_other()
     model, opt = uf.model, uf.optimizer
     model.train()
-    before = (flags(model), group_view(opt), norm_state(model), uf.stage, uf.lrs())
+    before = (flags(model), group_view(opt), norm_state(model), uf.stage_index, uf.lrs())
     with pytest.raises(ff.errors.StateError, match=match) as info:
         uf.load_state_dict(state)
     assert isinstance(info.value, ValueError)
     assert "fingerprint" in str(info.value)
     model.train()
-    assert (flags(model), group_view(opt), norm_state(model), uf.stage, uf.lrs()) == before
+    assert (flags(model), group_view(opt), norm_state(model), uf.stage_index, uf.lrs()) == before
     assert len(uf.history) == 1
 
 

@@ -8,11 +8,12 @@ replaced, for the duration of a ``with cache.replaying():`` block, by stubs that
 input through, and the module that finishes the prefix returns the cached batch. Everything
 after the cut runs as usual, in train mode, with its own dropout and norm layers.
 
-A model can be cut at a block boundary when the prefix hands exactly one tensor to the rest
-of the network. Rather than trusting a trace, :meth:`FeatureCache.check` runs the model both
-ways on a few real samples and compares the outputs; models that cannot be cut this way
-(skip connections across the cut, glue code that reshapes the input, stochastic frozen
-blocks) are refused with a one-line reason, and training goes on without the cache.
+A model can be cut at a block boundary (:mod:`freezeflow.training.prefix`) when the prefix
+hands exactly one tensor to the rest of the network. Rather than trusting a trace,
+:meth:`FeatureCache.check` runs the model both ways on a few real samples and compares the
+outputs; models that cannot be cut this way (skip connections across the cut, glue code that
+reshapes the input, stochastic frozen blocks) are refused with a one-line reason, and
+training goes on without the cache.
 
 Batches are replayed in the order the original ``DataLoader`` would produce them (its sampler
 and generator are reused), so a cached run consumes random numbers exactly like an uncached
@@ -24,135 +25,24 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import random
 import tempfile
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, get_worker_info
+from torch.utils.data import DataLoader, Dataset
 
-from freezeflow.core.blocks import find_blocks, is_norm_layer
+from freezeflow.core.blocks import is_norm_layer
 from freezeflow.errors import CacheRefused
+from freezeflow.training.prefix import Cut, frozen_prefix
+from freezeflow.training.rng import rng_state, same_rng_state, set_rng_state
+from freezeflow.training.views import Views
 
-__all__ = ["CachedEpoch", "FeatureCache", "Views", "frozen_prefix"]
-
-
-class Views(Dataset[Any]):
-    """A dataset whose samples come in a few deterministic variants ("views"), one of them
-    drawn at random each time a sample is read: random augmentation that
-    ``fit(cache=True)`` can still cache.
-
-    Random augmentation normally rules the feature cache out, since the frozen prefix then
-    sees different inputs every epoch. With a small, fixed set of views (the image and its
-    mirror image, a few crops) the cache computes the prefix once per view and replays, for
-    each sample of each batch, the view drawn for it, so a cached run draws the same random
-    numbers and trains on the same views as an uncached one.
-
-    Args:
-        dataset: a map-style dataset of ``(inputs, target, ...)`` samples.
-        views: functions applied to a sample's inputs, e.g. ``[lambda x: x, hflip]``; each
-            must be deterministic.
-        generator: the random generator of the draws (the global one by default).
-
-    Example:
-        >>> import torch
-        >>> from torch.utils.data import TensorDataset
-        >>> data = TensorDataset(torch.arange(6.0).reshape(1, 1, 2, 3), torch.tensor([0]))
-        >>> flips = Views(data, [lambda x: x, lambda x: x.flip(-1)])
-        >>> flips.view(0, 1)[0].tolist()
-        [[[2.0, 1.0, 0.0], [5.0, 4.0, 3.0]]]
-    """
-
-    def __init__(
-        self,
-        dataset: Dataset[Any],
-        views: Sequence[Callable[[Any], Any]],
-        *,
-        generator: torch.Generator | None = None,
-    ) -> None:
-        if not (hasattr(dataset, "__getitem__") and hasattr(dataset, "__len__")):
-            raise TypeError(
-                f"Views(dataset={type(dataset).__name__}): expected a map-style dataset "
-                "(with __getitem__ and __len__)"
-            )
-        views = list(views)
-        if not views or not all(callable(v) for v in views):
-            raise TypeError(
-                f"Views(views={views!r}): expected a non-empty sequence of functions of a "
-                "sample's inputs; hint: include the identity, lambda x: x, for the sample itself"
-            )
-        self.dataset = dataset
-        self.views = views
-        self.generator = generator
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def draw(self) -> int:
-        """A random view index (one draw from the generator). In a ``DataLoader`` worker
-        process the draw comes from the worker's own seeded RNG instead: a generator copied
-        into every worker would repeat the same draws in each of them, every epoch."""
-        generator = self.generator if get_worker_info() is None else None
-        return int(torch.randint(len(self.views), (), generator=generator))
-
-    def view(self, index: int, v: int) -> Any:
-        """Sample ``index`` as seen through view ``v``."""
-        item = self.dataset[index]
-        if isinstance(item, tuple):
-            return (self.views[v](item[0]), *item[1:])
-        if isinstance(item, list):
-            return [self.views[v](item[0]), *item[1:]]
-        return self.views[v](item)
-
-    def __getitem__(self, index: int) -> Any:
-        return self.view(index, self.draw())
-
-
-class _OneView(Dataset[Any]):
-    def __init__(self, views: Views, v: int) -> None:
-        self.views, self.v = views, v
-
-    def __len__(self) -> int:
-        return len(self.views)
-
-    def __getitem__(self, index: int) -> Any:
-        return self.views.view(index, self.v)
-
-
-class _Stop(Exception):  # noqa: N818 - control flow
-    pass
-
-
-def frozen_prefix(model: nn.Module, *, will_train: Iterable[torch.Tensor] = ()) -> int:
-    """How many leading blocks of ``model`` have only frozen parameters (at most all but the
-    last block).
-
-    ``will_train``: parameters that count as trainable although frozen now (those a later
-    stage of a schedule unfreezes), to find the prefix that stays frozen for the rest of it.
-    """
-    later = {id(p) for p in will_train}
-    blocks = find_blocks(model)
-    modules = dict(model.named_modules(remove_duplicate=False))
-    params = dict(model.named_parameters(remove_duplicate=False))
-    k = 0
-    for block in blocks[:-1]:
-        owned = [p for path in block.modules for p in modules[path].parameters()]
-        owned += [params[n] for n in block.params]
-        if not owned or any(p.requires_grad or id(p) in later for p in owned):
-            break
-        k += 1
-    return k
-
-
-@dataclass
-class _Plan:
-    boundary: int
-    modules: list[nn.Module]
-    replay: nn.Module
+# Views: re-exported for freezeflow/__init__.py (which imports it from here)
+__all__ = ["CachedEpoch", "FeatureCache", "Views"]
 
 
 def _first_tensor(batch: Any) -> torch.Tensor:
@@ -232,113 +122,36 @@ class FeatureCache:
         self.targets: torch.Tensor | None = None
         self._memmap_path: str | None = None
         self._dataset_draws = False
-        self._plan = self._find_replay(k)
-        self.signature = self._signature()
+        self.cut = Cut(model, k, lambda: self._sample(2))
+        """Where the model is cut (:class:`~freezeflow.training.prefix.Cut`)."""
 
-    # ------------------------------------------------------------------ structure
-    def _prefix_modules(self, k: int) -> list[nn.Module]:
-        modules = dict(self.model.named_modules(remove_duplicate=False))
-        blocks = find_blocks(self.model)
-        out: list[nn.Module] = []
-        for block in blocks[:k]:
-            if block.params:
-                raise CacheRefused(
-                    f"block {block.name!r} owns loose parameters ({block.params[0]!r}) that "
-                    "the forward uses directly; the model cannot be cut there"
-                )
-            out += [modules[path] for path in block.modules if path]
-        if not out:
-            raise CacheRefused("the frozen prefix has no module to cut at")
-        return out
-
+    # ------------------------------------------------------------------ the cut
     def _sample(self, n: int = 4) -> torch.Tensor:
         # a Views is read through view 0, without drawing from its generator
-        dataset: Any = _OneView(self.views, 0) if self.views is not None else self.loader.dataset
-        before = _global_rng()
+        dataset: Any = self.views.only(0) if self.views is not None else self.loader.dataset
+        before = rng_state()
         try:
             items = [dataset[i] for i in range(min(n, len(dataset)))]
         finally:  # reading samples here must not shift the training's random numbers
-            self._dataset_draws = self._dataset_draws or not _same_rng(before, _global_rng())
-            _set_global_rng(before)
+            self._dataset_draws = self._dataset_draws or not same_rng_state(before, rng_state())
+            set_rng_state(before)
         if not items:
             raise CacheRefused("the dataset is empty")
         collate: Any = self.loader.collate_fn
         return _first_tensor(collate(items)).to(self.device)
 
-    def _find_replay(self, k: int) -> _Plan:
-        prefix = self._prefix_modules(k)
-        order: list[nn.Module] = []
-        hooks = [m.register_forward_hook(lambda m, i, o: order.append(m)) for m in prefix]
-        was_training = self.model.training
-        try:
-            self.model.eval()
-            with torch.no_grad():
-                self.model(self._sample(2))
-        except Exception as exc:
-            raise CacheRefused(f"a trial forward pass failed: {exc}") from exc
-        finally:
-            for h in hooks:
-                h.remove()
-            self.model.train(was_training)
-        ran = [m for m in order if any(m is p for p in prefix)]
-        if not ran:
-            raise CacheRefused("the prefix modules are never called in forward")
-        return _Plan(k, prefix, ran[-1])
-
-    def _signature(self) -> tuple[int, tuple[int, ...]]:
-        """Changes when the prefix changes (a parameter in it becomes trainable)."""
-        flags = tuple(int(p.requires_grad) for m in self._plan.modules for p in m.parameters())
-        return self.boundary, flags
-
     def still_valid(self) -> bool:
         """Whether the prefix is unchanged (same boundary, all still frozen)."""
-        return frozen_prefix(self.model) >= self.boundary and not any(
-            p.requires_grad for m in self._plan.modules for p in m.parameters()
-        )
+        return self.cut.still_valid()
 
-    # ------------------------------------------------------------------ running the prefix
     def prefix(self, inputs: torch.Tensor) -> torch.Tensor:
         """Output of the frozen prefix for ``inputs`` (no gradient)."""
-        captured: list[torch.Tensor] = []
+        return self.cut.prefix(inputs)
 
-        def stop(module: nn.Module, args: Any, output: Any) -> None:
-            if not isinstance(output, torch.Tensor):
-                raise CacheRefused("the prefix's last module does not return one tensor")
-            captured.append(output)
-            raise _Stop
-
-        handle = self._plan.replay.register_forward_hook(stop)
-        try:
-            with torch.no_grad():
-                self.model(inputs)
-        except _Stop:
-            pass
-        finally:
-            handle.remove()
-        if not captured:
-            raise CacheRefused("the forward pass ended without reaching the cut")
-        return captured[0].detach()
-
-    @contextlib.contextmanager
-    def replaying(self, features: torch.Tensor | None = None) -> Iterator[_Replay]:
+    def replaying(self, features: torch.Tensor | None = None) -> AbstractContextManager[Any]:
         """Within the block, the prefix modules pass their input through and the cut returns
         the features set on the yielded handle (``handle.features = batch``)."""
-        handle = _Replay(features)
-        saved: list[tuple[nn.Module, Any]] = []
-        for m in self._plan.modules:
-            saved.append((m, m.__dict__.get("forward")))
-            if m is self._plan.replay:
-                m.__dict__["forward"] = handle
-            else:
-                m.__dict__["forward"] = _passthrough
-        try:
-            yield handle
-        finally:
-            for m, fwd in saved:
-                if fwd is None:
-                    m.__dict__.pop("forward", None)
-                else:
-                    m.__dict__["forward"] = fwd
+        return self.cut.replaying(features)
 
     # ------------------------------------------------------------------ checks
     def check(self, atol: float = 1e-4, rtol: float = 1e-3) -> None:
@@ -374,7 +187,7 @@ class FeatureCache:
                 "network uses more than the prefix's last output (e.g. a skip connection)"
             )
         # batch statistics: a norm layer in train mode makes each output depend on its batch
-        for m in self._plan.modules:
+        for m in self.cut.modules:
             for sub in m.modules():
                 if (
                     is_norm_layer(sub)
@@ -387,18 +200,12 @@ class FeatureCache:
                         "'train'); hint: freeze with norm='eval'"
                     )
         # determinism in the current (training) mode: same output, no random number drawn
-        cpu = torch.get_rng_state()
-        cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+        cuda = torch.cuda.is_available()
+        before = rng_state(cuda=cuda)
         a = self.prefix(x)
         b = self.prefix(x)
-        drew = not torch.equal(cpu, torch.get_rng_state()) or (
-            cuda is not None
-            and any(not torch.equal(u, v) for u, v in zip(cuda, torch.cuda.get_rng_state_all()))
-        )
-        if drew:
-            torch.set_rng_state(cpu)
-            if cuda is not None:
-                torch.cuda.set_rng_state_all(cuda)
+        if not same_rng_state(before, rng_state(cuda=cuda)):
+            set_rng_state(before)
             raise CacheRefused(
                 "the frozen prefix draws random numbers in train mode (dropout or stochastic "
                 "depth in frozen blocks); hint: freeze with eval_frozen=True"
@@ -422,7 +229,7 @@ class FeatureCache:
     def _build_from_inputs(self) -> FeatureCache:
         views = self.views
         parts: list[Any] = (
-            [_OneView(views, v) for v in range(len(views.views))]
+            [views.only(v) for v in range(len(views.views))]
             if views is not None
             else [self.loader.dataset]
         )
@@ -561,22 +368,6 @@ class CachedEpoch(Iterator[tuple[torch.Tensor, torch.Tensor]]):
             yield collate([dataset[int(i)] for i in idx])
 
 
-class _Replay:
-    """Stands in for the module that ends the prefix: returns the cached batch."""
-
-    def __init__(self, features: torch.Tensor | None) -> None:
-        self.features = features
-
-    def __call__(self, *args: Any, **kwargs: Any) -> torch.Tensor:
-        if self.features is None:
-            raise RuntimeError("no cached features set for this forward pass")
-        return self.features
-
-
-def _passthrough(x: Any, *args: Any, **kwargs: Any) -> Any:
-    return x
-
-
 class _Indices(Dataset[int]):
     def __init__(self, n: int) -> None:
         self.n = n
@@ -595,27 +386,3 @@ def _as_index_tensor(batch: Sequence[int]) -> torch.Tensor:
 def _model_device(model: nn.Module) -> torch.device:
     p = next(model.parameters(), None)
     return p.device if p is not None else torch.device("cpu")
-
-
-_RngState = tuple[torch.Tensor, Any, Any]
-
-
-def _global_rng() -> _RngState:
-    """The global random states a dataset may draw from: torch (CPU), Python, NumPy."""
-    return torch.get_rng_state(), random.getstate(), np.random.get_state()
-
-
-def _same_rng(a: _RngState, b: _RngState) -> bool:
-    return (
-        torch.equal(a[0], b[0])
-        and a[1] == b[1]
-        and a[2][0] == b[2][0]
-        and bool(np.array_equal(a[2][1], b[2][1]))
-        and tuple(a[2][2:]) == tuple(b[2][2:])
-    )
-
-
-def _set_global_rng(state: _RngState) -> None:
-    torch.set_rng_state(state[0])
-    random.setstate(state[1])
-    np.random.set_state(state[2])

@@ -1,18 +1,9 @@
-"""Callbacks: what :func:`freezeflow.fit` does besides training lives here.
+"""The callbacks that come with :func:`~freezeflow.fit`: :class:`EarlyStopping` and
+:class:`ProgressBar` (checkpoints: :class:`~freezeflow.training.checkpoint.Checkpoint`; the
+feature cache: :class:`~freezeflow.training.caching.FeatureCaching`).
 
-A callback is an object with any of the hooks of :class:`Callback`; each hook gets the
-:class:`~freezeflow.training.Run` (model, optimizer, unfreezer, history, epoch, batch,
-logs...).
-Set ``run.stop`` to a reason to end training after the current epoch. Callbacks that hold
-state implement ``state_dict``/``load_state_dict`` so checkpoints resume them too.
-
-Order of calls for one epoch::
-
-    on_epoch_start
-      on_batch_start, on_batch_end        (each batch; on_stage_change inside when a step
-                                           trigger fires)
-    on_evaluate                           (after validation, with the logs so far)
-    on_epoch_end                          (history record written, scheduler stepped)
+A callback is a :class:`Callback` (defined with the run in :mod:`freezeflow.training.run`,
+where the order of the hooks is documented) that overrides the hooks it needs.
 """
 
 from __future__ import annotations
@@ -20,66 +11,15 @@ from __future__ import annotations
 import math
 import sys
 import time
-from typing import TYPE_CHECKING, Any, Literal, TextIO
+from typing import Any, Literal, TextIO
 
 from freezeflow.distributed.process_group import world_size
-from freezeflow.errors import TrainingError
+from freezeflow.errors import TrainingError, check_int
 from freezeflow.schedules.triggers import PlateauTracker
+from freezeflow.training.run import Callback, Run
 from freezeflow.unfreezer.gradual import Transition
 
-if TYPE_CHECKING:
-    from freezeflow.training.loop import Run
-
-__all__ = ["Callback", "EarlyStopping", "ProgressBar", "lookup"]
-
-
-class Callback:
-    """Base class: every hook does nothing. Override the ones you need."""
-
-    def on_train_start(self, run: Run) -> None:
-        """Before the first epoch (after a resume, if any)."""
-
-    def on_train_end(self, run: Run) -> None:
-        """After the last epoch, after early stopping, or after Ctrl-C
-        (``run.history.interrupted`` is then true). Not called when training fails."""
-
-    def on_epoch_start(self, run: Run) -> None:
-        """At the start of epoch ``run.epoch`` (after the unfreezer's stage change, if any)."""
-
-    def on_epoch_end(self, run: Run) -> None:
-        """After the epoch's record is in ``run.history`` (``run.logs`` holds it flat)."""
-
-    def on_batch_start(self, run: Run) -> None:
-        """Before batch ``run.batch`` of the epoch (0-based)."""
-
-    def on_batch_end(self, run: Run) -> None:
-        """After a batch; ``run.batch`` counts the batches done, ``run.loss`` is its loss."""
-
-    def on_stage_change(self, run: Run, transition: Transition) -> None:
-        """After the unfreezer enters a new stage (model and optimizer already updated)."""
-
-    def on_evaluate(self, run: Run, logs: dict[str, float]) -> None:
-        """After validation; ``logs`` holds ``train_loss``, ``val_loss`` and ``val_<metric>``."""
-
-    def on_note(self, run: Run, message: str) -> None:
-        """A one-line message from the loop (e.g. whether the feature cache is used)."""
-
-    def state_dict(self) -> dict[str, Any]:
-        """What to save in a checkpoint (plain values only)."""
-        return {}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore what :meth:`state_dict` returned."""
-
-
-def lookup(logs: dict[str, float], metric: str, who: str) -> float:
-    """``logs[metric]``, or a :class:`TrainingError` that names what is there."""
-    if metric not in logs:
-        hint = " (val_* metrics need val_data=)" if metric.startswith("val_") else ""
-        raise TrainingError(
-            f"{who} watches {metric!r}, which is not logged; logged: {sorted(logs)}{hint}"
-        )
-    return logs[metric]
+__all__ = ["Callback", "EarlyStopping", "ProgressBar"]
 
 
 class EarlyStopping(Callback):
@@ -101,8 +41,7 @@ class EarlyStopping(Callback):
         min_delta: float = 0.0,
         mode: Literal["min", "max"] = "min",
     ) -> None:
-        if isinstance(patience, bool) or not isinstance(patience, int) or patience < 1:
-            raise TrainingError(f"EarlyStopping(patience={patience!r}): expected an int >= 1")
+        check_int("EarlyStopping(patience=)", patience, 1, TrainingError)
         if not math.isfinite(min_delta) or min_delta < 0:
             raise TrainingError(f"EarlyStopping(min_delta={min_delta!r}): expected >= 0")
         if mode not in ("min", "max"):
@@ -112,8 +51,8 @@ class EarlyStopping(Callback):
 
     def on_epoch_end(self, run: Run) -> None:
         t = self.tracker
-        if t.update(lookup(run.logs, self.metric, "EarlyStopping")):
-            run.stop = (
+        if t.update(run.progress.metric(self.metric, "EarlyStopping")):
+            run.progress.stop = (
                 f"early stopping: {self.metric} did not improve on {t.best:.4g} for {t.bad} epochs"
             )
 
@@ -133,7 +72,9 @@ def _si(n: float) -> str:
 
 class ProgressBar(Callback):
     """Console output: a tqdm bar per epoch (stage, loss, LR, images/s), a line per stage
-    change and a one-line summary per epoch. ``fit(quiet=True)`` leaves it out.
+    change, a line per note and a one-line summary per epoch. ``fit()`` adds one
+    (``progress=True``, the default); pass ``progress=ProgressBar(...)`` to set it up,
+    ``progress=False`` for none. Under ``torchrun`` only rank 0 prints.
 
     Without tqdm (an optional dependency: ``pip install 'freezeflow[progress]'``), or with
     ``tqdm=False``, it prints a plain line every ``every`` batches instead (default: about
@@ -143,6 +84,15 @@ class ProgressBar(Callback):
         tqdm: use tqdm (``None``: when installed).
         every: batches between plain progress lines.
         file: where to write (default ``sys.stdout`` for lines; tqdm writes to stderr).
+
+    Example:
+        >>> import io, torch, freezeflow as ff
+        >>> out = io.StringIO()
+        >>> data = [(torch.randn(4, 3), torch.tensor([0, 1, 0, 1]))] * 2
+        >>> bar = ff.callbacks.ProgressBar(tqdm=False, every=1, file=out)
+        >>> _ = ff.fit(torch.nn.Linear(3, 2), data, epochs=1, progress=bar, device="cpu")
+        >>> print(out.getvalue().splitlines()[0])
+        fit: Linear (8 parameters) on cpu, 1 epochs
     """
 
     def __init__(
@@ -160,7 +110,9 @@ class ProgressBar(Callback):
                     ) from None
             else:
                 self._tqdm = tqdm_cls
-        self.every = every
+        self.every = (
+            None if every is None else check_int("ProgressBar(every=)", every, 1, TrainingError)
+        )
         self.file = file
         self._bar: Any = None
         self._start = 0.0
@@ -172,42 +124,50 @@ class ProgressBar(Callback):
         else:
             print(line, file=self.file or sys.stdout, flush=True)
 
+    def _close_bar(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
     def on_train_start(self, run: Run) -> None:
-        params = sum(p.numel() for p in run.model.parameters())
-        where = f", resuming at epoch {run.epoch} batch {run.batch}" if run.resumed else ""
-        ranks = f" x {world_size()} processes (DDP)" if run.ddp is not None else ""
+        p = run.progress
+        params = sum(t.numel() for t in run.model.parameters())
+        where = f", resuming at epoch {p.epoch} batch {p.batch}" if p.resumed else ""
+        ranks = f" x {world_size()} processes (DDP)" if world_size() > 1 else ""
         self._write(
             f"fit: {type(run.model).__name__} ({_si(params)} parameters) on {run.device}"
             f"{ranks}, {run.epochs} epochs{where}"
         )
 
     def on_epoch_start(self, run: Run) -> None:
+        p = run.progress
         self._start, self._seen = time.perf_counter(), 0
         if self._tqdm is not None:
             self._bar = self._tqdm(
                 total=run.batches_per_epoch,
-                initial=run.batch,
-                desc=f"epoch {run.epoch} ({run.epoch + 1}/{run.epochs})",
+                initial=p.batch,
+                desc=f"epoch {p.epoch} ({p.epoch + 1}/{run.epochs})",
                 leave=False,
                 dynamic_ncols=True,
             )
 
     def on_batch_end(self, run: Run) -> None:
-        self._seen += run.batch_size
+        p = run.progress
+        self._seen += p.batch_size
         rate = self._seen / max(time.perf_counter() - self._start, 1e-9)
         lr = max(g["lr"] for g in run.optimizer.param_groups)
         if self._bar is not None:
             self._bar.set_postfix_str(
-                f"{run.stage} loss {run.loss:.4f} lr {lr:.2e} {_si(rate)} img/s", refresh=False
+                f"{run.stage_name} loss {p.loss:.4f} lr {lr:.2e} {_si(rate)} img/s", refresh=False
             )
             self._bar.update(1)
             return
         every = self.every or max(1, (run.batches_per_epoch or 100) // 10)
-        if run.batch % every == 0:
+        if p.batch % every == 0:
             total = f"/{run.batches_per_epoch}" if run.batches_per_epoch else ""
             self._write(
-                f"  epoch {run.epoch} batch {run.batch}{total} [{run.stage}] "
-                f"loss {run.loss:.4f} lr {lr:.2e} {_si(rate)} img/s"
+                f"  epoch {p.epoch} batch {p.batch}{total} [{run.stage_name}] "
+                f"loss {p.loss:.4f} lr {lr:.2e} {_si(rate)} img/s"
             )
 
     def on_note(self, run: Run, message: str) -> None:
@@ -218,15 +178,13 @@ class ProgressBar(Callback):
         lr = f"{lrs[0]:.2e}" if len(lrs) == 1 else f"{lrs[0]:.2e}..{lrs[-1]:.2e}"
         self._write(
             f"stage {transition.name!r} begins at epoch {transition.epoch}, step "
-            f"{transition.step} ({transition.reason}): {_si(transition.trainable)} trainable, "
-            f"lr {lr}"
+            f"{transition.step} ({transition.reason}): {_si(transition.n_trainable)} "
+            f"trainable, lr {lr}"
         )
 
     def on_epoch_end(self, run: Run) -> None:
-        if self._bar is not None:
-            self._bar.close()
-            self._bar = None
-        record = run.history.epochs[-1]
+        self._close_bar()
+        record = run.progress.history.epochs[-1]
         parts = [f"epoch {record['epoch']} ({record['epoch'] + 1}/{run.epochs})"]
         if record["stage"] is not None:
             parts.append(f"[{record['stage']}]")
@@ -234,15 +192,17 @@ class ProgressBar(Callback):
         if record["val_loss"] is not None:
             parts.append(f"val_loss {record['val_loss']:.4f}")
         parts += [f"{k} {v:.4f}" for k, v in record["metrics"].items()]
-        parts.append(f"trainable {_si(record['trainable'])}")
+        parts.append(f"trainable {_si(record['n_trainable'])}")
         parts.append(f"{record['seconds']:.1f}s ({_si(record['images_per_s'])} img/s)")
         self._write(" ".join(parts))
 
     def on_train_end(self, run: Run) -> None:
-        if self._bar is not None:
-            self._bar.close()
-            self._bar = None
-        if run.history.interrupted:
-            self._write(f"interrupted in epoch {run.epoch} after {run.batch} batches")
-        elif run.history.stop_reason:
-            self._write(run.history.stop_reason)
+        self._close_bar()
+        p = run.progress
+        if p.history.interrupted:
+            self._write(f"interrupted in epoch {p.epoch} after {p.batch} batches")
+        elif p.history.stop_reason:
+            self._write(p.history.stop_reason)
+
+    def on_teardown(self, run: Run) -> None:
+        self._close_bar()  # a failed run leaves no bar behind
