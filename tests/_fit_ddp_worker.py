@@ -110,7 +110,7 @@ def _count_writes() -> None:
         WRITES["files"] += 1
         original(path, write)
 
-    files.atomic_write = counting  # type: ignore[assignment]
+    files.atomic_write = counting
 
 
 def state(model: nn.Module) -> dict[str, torch.Tensor]:

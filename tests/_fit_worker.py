@@ -115,7 +115,7 @@ def _slow_saves() -> None:
         print("SAVING", flush=True)  # the temporary file is written, not yet renamed
         time.sleep(0.2)
 
-    torch.save = slow  # type: ignore[assignment]
+    torch.save = slow
 
 
 def main(argv: list[str]) -> int:

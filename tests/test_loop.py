@@ -251,7 +251,8 @@ def test_device_mismatch() -> None:
             self.offset = torch.zeros(2, device="meta")  # not a buffer: never moved
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return self.fc(x) + self.offset
+            y: torch.Tensor = self.fc(x) + self.offset
+            return y
 
     with pytest.raises(TrainingError, match=r"different devices.*registered buffer"):
         fit(Stray(), tiny_data(), epochs=1, device="cpu", progress=False)
@@ -330,8 +331,9 @@ def test_no_random_number_is_drawn_before_the_first_epoch(tmp_path: Path) -> Non
     ],
 )
 def test_a_removed_argument_is_named(old: str) -> None:
+    removed: dict[str, Any] = {old: None}
     with pytest.raises(TypeError, match=f"unexpected keyword argument '{old}'"):
-        fit(tiny_model(), tiny_data(), epochs=1, progress=False, **{old: None})
+        fit(tiny_model(), tiny_data(), epochs=1, progress=False, **removed)
 
 
 @pytest.mark.parametrize("eval_frozen", [False, True])

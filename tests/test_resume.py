@@ -56,7 +56,8 @@ def _through_disk(state: dict[str, Any]) -> dict[str, Any]:
     buf = io.BytesIO()
     torch.save(state, buf)
     buf.seek(0)
-    return torch.load(buf, weights_only=True)
+    loaded: dict[str, Any] = torch.load(buf, weights_only=True)
+    return loaded
 
 
 # interruption points: mid-epoch in stage 0; at the stage-0/1 boundary (the transition

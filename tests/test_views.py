@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import torch
 from test_cache import Net, data, hflip
@@ -59,7 +61,7 @@ def test_views_with_worker_processes_are_not_cached_and_draw_anew_each_epoch() -
 def test_only_one_view_reads_without_drawing() -> None:
     flips = ff.Views(data(4), [lambda x: x, hflip], generator=torch.Generator().manual_seed(1))
     before = flips.generator.get_state() if flips.generator is not None else None
-    mirrored = flips.only(1)
+    mirrored: Any = flips.only(1)
     assert len(mirrored) == 4
     for i in range(4):
         assert torch.equal(mirrored[i][0], hflip(data(4)[i][0]))
