@@ -209,3 +209,33 @@ def test_a_stage_that_unfreezes_cached_blocks_mid_epoch_finishes_the_epoch_uncac
         "a stage unfroze cached blocks mid-epoch: the rest of the epoch runs uncached",
     ) in notes
     assert any(e == 2 and m.startswith(("caching", "replaying")) for e, m in notes)
+
+
+def test_a_failed_cached_epoch_puts_the_model_back() -> None:
+    """The replay of cached features ends with the epoch, even when training fails in it."""
+    calls = 0
+
+    def flaky(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        nonlocal calls
+        calls += 1
+        if calls == 3:
+            raise OSError("broken loss")
+        return torch.nn.functional.cross_entropy(out, y)
+
+    torch.manual_seed(0)
+    model = Net(block_dropout=0.3)
+    unfreezer = ff.GradualUnfreezer(model, schedule(), torch.optim.SGD, eval_frozen=True)
+    with pytest.raises(OSError, match="broken loss") as info:
+        fit(
+            model,
+            DataLoader(data(48), batch_size=8),
+            schedule=unfreezer,
+            epochs=1,
+            loss_fn=flaky,
+            cache=True,
+            progress=False,
+        )
+    assert info.traceback  # the traceback (and the loop's frames) is still alive here
+    assert [n for n, m in model.named_modules() if "forward" in m.__dict__] == []
+    model.eval()
+    assert model(data(4).tensors[0]).shape == (4, 4)

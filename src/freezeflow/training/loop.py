@@ -217,13 +217,13 @@ def _set_rng(run: Run, state: dict[str, Any]) -> None:
 
 
 @contextlib.contextmanager
-def _closing(batches: Iterator[Any] | Iterable[Any]) -> Iterator[None]:
-    """Close ``batches`` afterwards when it can be closed (a generator that replays cached
-    features restores the model's modules on closing)."""
+def _closing(supplied: Iterator[Any] | None) -> Iterator[None]:
+    """Close the batches a callback supplied, when they can be closed (a generator that
+    replays cached features restores the model's modules on closing), even on an error."""
     try:
         yield
     finally:
-        close = getattr(batches, "close", None)
+        close = getattr(supplied, "close", None)
         if callable(close):
             close()
 
@@ -242,7 +242,7 @@ def _epoch_batches(run: Run) -> Iterator[Iterator[Any]]:
         p.epoch_rng = _rng(run)
     supplied = run.first("batches", True)
     batches: Iterator[Any] = supplied if supplied is not None else iter(run.train_data)
-    with _closing(batches):
+    with _closing(supplied):
         if resuming:
             for k in range(p.batch):
                 if next(batches, None) is None:
@@ -320,7 +320,7 @@ def _evaluate(run: Run) -> dict[str, float]:
         run.model.eval()
         supplied = run.first("batches", False)
         batches = supplied if supplied is not None else run.val_data
-        with torch.no_grad(), run.autocast(), _closing(batches):
+        with torch.no_grad(), run.autocast(), _closing(supplied):
             for batch in batches:
                 inputs, targets = to_device(split_batch(batch), run.device)
                 outputs = forward(run, run.model, inputs)  # no collective per batch
