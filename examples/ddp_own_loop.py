@@ -82,7 +82,7 @@ def main() -> None:
         if ffd.is_main_process():
             print(
                 f"epoch {epoch} stage {uf.stage_name!r}: loss {mean_loss:.4f}, "
-                f"{uf.trainable_count} trainable values, DDP builds {net.rebuilds}"
+                f"{uf.n_trainable} trainable values, DDP builds {net.rebuilds}"
             )
 
     if ffd.is_main_process():

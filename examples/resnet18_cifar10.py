@@ -314,7 +314,7 @@ class DriftProbe(ff.callbacks.Callback):
         self.drift: float | None = None
 
     def on_stage_change(self, run: ff.training.Run, transition: ff.unfreezer.Transition) -> None:
-        if transition.stage == 1:  # the head-only stage just ended
+        if transition.stage_index == 1:  # the head-only stage just ended
             self.drift = max_drift(self.before, run.model)
 
 

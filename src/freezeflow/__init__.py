@@ -38,9 +38,12 @@ from freezeflow.errors import (
 )
 from freezeflow.schedules.schedule import Schedule, Stage
 from freezeflow.schedules.triggers import at_epoch, at_fraction, at_step, on_plateau
-from freezeflow.training.cache import FeatureCache, Views
-from freezeflow.training.checkpoint import Checkpoint, load_checkpoint
-from freezeflow.training.loop import History, fit
+from freezeflow.training.cache import FeatureCache
+from freezeflow.training.checkpoint import Checkpoint
+from freezeflow.training.checkpoint_files import load_checkpoint
+from freezeflow.training.history import History
+from freezeflow.training.loop import fit
+from freezeflow.training.views import Views
 from freezeflow.unfreezer.gradual import GradualUnfreezer
 from freezeflow.unfreezer.layout import param_groups
 from freezeflow.unfreezer.plan import plan

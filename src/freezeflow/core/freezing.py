@@ -13,7 +13,7 @@ parameters all end up frozen follow a *norm mode*:
   convention of frozen BatchNorm).
 - ``"ignore"``: freezeflow leaves norm layers alone, as a hand-written ``requires_grad``
   loop does: frozen BatchNorm layers keep updating their running statistics in
-  ``model.train()`` (the statistics drift of the seed recipe; only for reproducing it).
+  ``model.train()`` (the statistics drift of the classic tutorial recipe; only for reproducing it).
 
 ``unfreeze`` makes parameters trainable again and returns their norm layers to normal
 behaviour (following the mode of the module that holds them).

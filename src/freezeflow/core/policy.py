@@ -153,6 +153,8 @@ class FreezePolicy:
 
 
 PolicyLike: TypeAlias = "FreezePolicy | str | Iterable[str]"
+"""What every function that takes a policy accepts: a :class:`FreezePolicy`, a name or glob,
+or a list of names (see :func:`as_policy`)."""
 
 
 def as_policy(value: object, what: str = "policy") -> FreezePolicy:

@@ -41,8 +41,7 @@ from freezeflow.training.prefix import Cut, frozen_prefix
 from freezeflow.training.rng import rng_state, same_rng_state, set_rng_state
 from freezeflow.training.views import Views
 
-# Views: re-exported for freezeflow/__init__.py (which imports it from here)
-__all__ = ["CachedEpoch", "FeatureCache", "Views"]
+__all__ = ["CachedEpoch", "FeatureCache"]
 
 
 def _first_tensor(batch: Any) -> torch.Tensor:

@@ -29,8 +29,7 @@ from freezeflow.training.checkpoint_files import FORMAT, load_checkpoint
 from freezeflow.training.rng import data_generators, rng_state, set_rng_state
 from freezeflow.training.run import Callback, Run
 
-# load_checkpoint: re-exported for freezeflow/__init__.py (which imports it from here)
-__all__ = ["Checkpoint", "checkpoint_state", "load_checkpoint", "restore"]
+__all__ = ["Checkpoint", "checkpoint_state", "restore"]
 
 
 def _model_shapes(model: torch.nn.Module) -> dict[str, list[int]]:

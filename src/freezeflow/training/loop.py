@@ -54,8 +54,7 @@ from freezeflow.training.setup import (
 from freezeflow.training.torchrun import rank_device, shard_data
 from freezeflow.unfreezer.gradual import GradualUnfreezer, OptimizerFactory
 
-# History: re-exported for freezeflow/__init__.py (which imports it from here)
-__all__ = ["History", "fit"]
+__all__ = ["fit"]
 
 
 def fit(

@@ -45,10 +45,7 @@ class Transition:
 
     def to_dict(self) -> dict[str, Any]:
         """The fields as a plain dict (what :class:`~freezeflow.History` records hold)."""
-        out = asdict(self)
-        # Deprecated record keys, kept until every reader uses stage_index / n_trainable.
-        out["stage"], out["trainable"] = self.stage_index, self.n_trainable
-        return out
+        return asdict(self)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Transition:
