@@ -135,6 +135,7 @@ def test_the_notebooks_head_is_the_seeds() -> None:
     """ff.replace_head(model, 10, hidden=128, dropout=0.5) builds the seed's nn.Sequential."""
     model = torchvision.models.resnet18(weights=None)
     head = ff.replace_head(model, 10, hidden=128, dropout=0.5)
+    assert isinstance(head, nn.Sequential)
     seed = _seed_head(512)
     assert [type(m) for m in head] == [type(m) for m in seed]
     assert [p.shape for p in head.parameters()] == [p.shape for p in seed.parameters()]
@@ -202,7 +203,7 @@ def test_keras_recipe_trains_keras_last_10_layers_with_keras_batchnorm(
 
     x, y = torch.randn(2, 3, 32, 32), torch.randint(0, 10, (2,))
     model.train()
-    nn.functional.cross_entropy(model(x), y).backward()
+    nn.functional.cross_entropy(model(x), y).backward()  # type: ignore[no-untyped-call]
     uf.optimizer.step()
     assert len(uf.optimizer.state) > 0
 
