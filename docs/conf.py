@@ -61,7 +61,7 @@ html_static_path: list[str] = []
 _DOCUMENTED: dict[int, tuple[object, str]] = {}
 
 
-def _lookup(dotted: str) -> object:
+def lookup(dotted: str) -> object:
     """The object a dotted name means in Python: ``freezeflow.plan`` is the function, not the
     module ``freezeflow.unfreezer.plan`` that defines it; failing that, the name inside the
     longest module prefix (``freezeflow.core.blocks.is_norm_layer``, although
@@ -85,7 +85,7 @@ def _lookup(dotted: str) -> object:
         for attr in parts[cut:]:
             obj = getattr(obj, attr)
         return obj
-    raise LookupError(dotted)
+    raise LookupError(f"{dotted} does not import")
 
 
 def _key(obj: object) -> int:
@@ -99,7 +99,7 @@ def _documented(env: BuildEnvironment) -> dict[int, tuple[object, str]]:
             if entry.aliased:
                 continue
             try:
-                obj = _lookup(fullname)
+                obj = lookup(fullname)
             except Exception:  # a documented name that does not import: leave it out
                 continue
             if inspect.ismodule(obj) or inspect.isclass(obj) or inspect.isroutine(obj):
@@ -125,7 +125,7 @@ def _resolve_by_identity(app: Sphinx, env: BuildEnvironment, node: Any, contnode
     names = []
     for dotted in _candidates(node, target):
         try:
-            hit = documented.get(_key(_lookup(dotted)))
+            hit = documented.get(_key(lookup(dotted)))
         except Exception:
             continue
         if hit is not None:

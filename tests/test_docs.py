@@ -13,6 +13,7 @@ identity: ``.. autofunction:: freezeflow.core.freeze`` documents ``ff.freeze`` t
 from __future__ import annotations
 
 import ast
+import functools
 import importlib
 import importlib.util
 import inspect
@@ -22,6 +23,7 @@ import runpy
 from dataclasses import dataclass, field, is_dataclass
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import pytest
 
@@ -68,29 +70,15 @@ def every_public_name() -> list[tuple[str, str]]:
 
 
 def lookup(dotted: str) -> object:
-    """The object a dotted name means in Python (``freezeflow.plan`` is the function, not the
-    module ``freezeflow.unfreezer.plan``); failing that, the name inside the longest module
-    prefix that imports."""
-    parts = dotted.split(".")
-    try:
-        obj: object = importlib.import_module(parts[0])
-        for i, attr in enumerate(parts[1:], start=2):
-            try:
-                obj = getattr(obj, attr)
-            except AttributeError:
-                obj = importlib.import_module(".".join(parts[:i]))
-        return obj
-    except (AttributeError, ImportError):
-        pass
-    for cut in range(len(parts) - 1, 0, -1):
-        try:
-            obj = importlib.import_module(".".join(parts[:cut]))
-        except ImportError:
-            continue
-        for attr in parts[cut:]:
-            obj = getattr(obj, attr)  # AttributeError: the page names something that is not
-        return obj
-    raise LookupError(f"docs/api names {dotted}, which does not import")
+    """The object a dotted name means in Python, resolved as the docs build resolves it
+    (``lookup`` in docs/conf.py): ``freezeflow.plan`` is the function, not the module."""
+    return _conf()["lookup"](dotted)
+
+
+@functools.cache
+def _conf() -> dict[str, Any]:
+    """The names docs/conf.py defines (read once)."""
+    return runpy.run_path(str(DOCS / "conf.py"))
 
 
 # --------------------------------------------------------------------------- docstrings
