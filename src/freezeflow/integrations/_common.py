@@ -6,7 +6,7 @@ import warnings
 
 from freezeflow.errors import FreezeflowWarning, TrainingError
 
-__all__ = ["MissingMetric"]
+__all__ = ["MissingMetric", "StrictMetric"]
 
 
 class MissingMetric:
@@ -38,3 +38,18 @@ class MissingMetric:
         if not self.warned:
             warnings.warn(message, FreezeflowWarning, stacklevel=3)
             self.warned = True
+
+
+class StrictMetric:
+    """The ``strict`` switch of an integration callback, stored in its ``missing_metric``."""
+
+    missing_metric: MissingMetric
+
+    @property
+    def strict(self) -> bool:
+        """Raise when a plateau metric is missing (else warn once); see ``strict=``."""
+        return self.missing_metric.strict
+
+    @strict.setter
+    def strict(self, value: bool) -> None:
+        self.missing_metric.strict = value

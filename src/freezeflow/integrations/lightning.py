@@ -43,7 +43,7 @@ from torch import nn
 from freezeflow.core.freezing import NormMode
 from freezeflow.core.policy import PolicyLike
 from freezeflow.errors import OptimizerError, StateError, TrainingError
-from freezeflow.integrations._common import MissingMetric
+from freezeflow.integrations._common import MissingMetric, StrictMetric
 from freezeflow.schedules.schedule import Schedule, Stage
 from freezeflow.unfreezer.gradual import GradualUnfreezer
 from freezeflow.unfreezer.transition import Transition
@@ -63,7 +63,7 @@ __all__ = ["FreezeflowCallback"]
 ModuleSelector = Callable[["pl.LightningModule"], nn.Module]
 
 
-class FreezeflowCallback(Callback):
+class FreezeflowCallback(StrictMetric, Callback):
     """Run a freezeflow schedule in a ``lightning.Trainer``.
 
     Args:
@@ -128,15 +128,6 @@ class FreezeflowCallback(Callback):
         self.verbose = verbose
         self.unfreezer: GradualUnfreezer | None = None
         self._pending: dict[str, Any] | None = None
-
-    @property
-    def strict(self) -> bool:
-        """Raise when a plateau metric is missing (else warn once); see ``strict=``."""
-        return self.missing_metric.strict
-
-    @strict.setter
-    def strict(self, value: bool) -> None:
-        self.missing_metric.strict = value
 
     # ------------------------------------------------------------------ helpers
     def module(self, pl_module: pl.LightningModule) -> nn.Module:

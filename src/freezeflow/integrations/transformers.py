@@ -50,7 +50,7 @@ from freezeflow.errors import (
     StateError,
     TrainingError,
 )
-from freezeflow.integrations._common import MissingMetric
+from freezeflow.integrations._common import MissingMetric, StrictMetric
 from freezeflow.schedules.schedule import Schedule, Stage
 from freezeflow.unfreezer.gradual import GradualUnfreezer
 
@@ -86,7 +86,7 @@ def _is_factory(cls: Any) -> bool:
     return bool(is_optimizer_factory(cls))
 
 
-class FreezeflowTrainerCallback(TrainerCallback):
+class FreezeflowTrainerCallback(StrictMetric, TrainerCallback):
     """Run a freezeflow schedule in a Hugging Face ``Trainer``.
 
     Use it with :class:`FreezeflowTrainer` (or pass
@@ -131,15 +131,6 @@ class FreezeflowTrainerCallback(TrainerCallback):
         self._pending: dict[str, Any] | None = None
         self._resumed = False
         self._training = False
-
-    @property
-    def strict(self) -> bool:
-        """Raise when a plateau metric is missing (else warn once); see ``strict=``."""
-        return self.missing_metric.strict
-
-    @strict.setter
-    def strict(self, value: bool) -> None:
-        self.missing_metric.strict = value
 
     # ------------------------------------------------------------------ optimizer
     def create_optimizer(
