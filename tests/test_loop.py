@@ -285,6 +285,37 @@ def test_bad_arguments() -> None:
         fit(model, tiny_data(), epochs=1, checkpoint=3)  # type: ignore[arg-type]
 
 
+def test_nothing_trainable_and_no_schedule_is_refused_before_anything_changes(
+    tmp_path: Path,
+) -> None:
+    model = tiny_model()
+    model.requires_grad_(False)
+    before = params(model)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    for optimizer in (None, torch.optim.SGD, opt):
+        with pytest.raises(TrainingError) as info:
+            fit(
+                model, tiny_data(), epochs=1, optimizer=optimizer, progress=False,
+                checkpoint=tmp_path / "ckpt",
+            )  # fmt: skip
+        msg = str(info.value)
+        assert "Sequential whose 4 parameter tensors are all frozen" in msg, msg
+        assert "schedule=None, so no stage unfreezes any" in msg
+        assert "hint: pass schedule=[ff.Stage('2', lr=1e-3)]" in msg
+        assert "ff.unfreeze(model, '2') before fit()" in msg
+        assert "empty parameter list" not in msg
+    # nothing changed: no checkpoint folder, weights, flags and optimizer as they were
+    assert not (tmp_path / "ckpt").exists()
+    assert all(torch.equal(v, before[k]) for k, v in params(model).items())
+    assert not any(p.requires_grad for p in model.parameters())
+    assert opt.state_dict()["state"] == {} and len(opt.param_groups) == 1
+    with pytest.raises(TrainingError, match="Identity with no parameters at all"):
+        fit(nn.Identity(), tiny_data(), epochs=1, progress=False)
+    # with a schedule the same frozen model trains (the schedule unfreezes its stages)
+    history = fit(model, tiny_data(), epochs=1, schedule=tiny_schedule(), progress=False)
+    assert len(history.epochs) == 1
+
+
 def test_no_random_number_is_drawn_before_the_first_epoch(tmp_path: Path) -> None:
     """A run seeded just before fit() draws its shuffle as a hand-written loop seeded there
     would (setting up, checking the data and building the unfreezer draw nothing)."""

@@ -148,6 +148,7 @@ def fit(
     check_int("fit(epochs=)", epochs, 1, TrainingError)
     check_int("fit(accumulate=)", accumulate, 1, TrainingError)
     check_data(train_data)
+    _check_something_trains(model, schedule)
     hooks, ckpt = feature_callbacks(callbacks, checkpoint, cache, progress)
     dev = rank_device(pick_device(device))
     model.to(dev)
@@ -191,6 +192,31 @@ def fit(
     finally:
         run.emit("on_teardown")
     return p.history
+
+
+def _check_something_trains(model: nn.Module, schedule: object) -> None:
+    """Refuse, before anything is moved or built, a model with no trainable parameter and
+    no schedule to unfreeze one (torch would fail later with "optimizer got an empty
+    parameter list", or train nothing with an optimizer passed in)."""
+    if schedule is not None:
+        return
+    named = list(model.named_parameters())
+    if any(p.requires_grad for _, p in named):
+        return
+    if not named:
+        raise TrainingError(
+            f"fit() got a {type(model).__name__} with no parameters at all, so there is "
+            "nothing to train; expected a model with at least one trainable parameter; "
+            "hint: check that the model was built as intended"
+        )
+    last = named[-1][0].rpartition(".")[0] or named[-1][0]
+    raise TrainingError(
+        f"fit() got a {type(model).__name__} whose {len(named)} parameter tensors are all "
+        "frozen (requires_grad=False) and schedule=None, so no stage unfreezes any and "
+        "there is nothing to train; expected at least one trainable parameter, or a "
+        f"schedule; hint: pass schedule=[ff.Stage({last!r}, lr=1e-3)] (or a preset such as "
+        f"ff.presets.two_stage), or call ff.unfreeze(model, {last!r}) before fit()"
+    )
 
 
 # --------------------------------------------------------------------------- one epoch
