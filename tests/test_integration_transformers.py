@@ -18,7 +18,7 @@ pytest.importorskip("accelerate")
 import transformers
 
 import freezeflow as ff
-from freezeflow.errors import TrainingError
+from freezeflow.errors import CheckpointError, TrainingError
 from freezeflow.integrations.transformers import (
     STATE_NAME,
     FreezeflowTrainer,
@@ -270,3 +270,52 @@ def test_plain_trainer_optimizer_is_refused(tmp_path: Path) -> None:
         trainer.train()
     with pytest.raises(TrainingError, match="exactly one FreezeflowTrainerCallback"):
         FreezeflowTrainer(model=bert(), args=arguments(tmp_path, 1), train_dataset=Data())
+
+
+def test_plain_trainer_resuming_a_checkpoint_outside_output_dir(tmp_path: Path) -> None:
+    """A plain Trainer does not tell callbacks where it resumes from: the callback finds the
+    folder through TrainingArguments(resume_from_checkpoint=...), and otherwise says where it
+    looked and how to point it at the right folder (it does not claim the checkpoint holds no
+    freezeflow state)."""
+    stages = [
+        ff.Stage(HEAD, lr=1e-2, name="head"),
+        ff.Stage("bert.encoder.layer", lr=2e-3, start=1, name="encoder"),
+    ]
+
+    def run(out: Path, resume: Path | None, **kw: Any) -> tuple[Any, FreezeflowTrainerCallback]:
+        model = bert()
+        cb = FreezeflowTrainerCallback(stages)
+        args = arguments(out, 3, save_strategy="epoch", **kw)
+        opt = cb.create_optimizer(model, args)
+        trainer = transformers.Trainer(
+            model=model, args=args, train_dataset=Data(), callbacks=[cb],
+            optimizers=(opt, None),
+        )  # fmt: skip
+        trainer.train(resume_from_checkpoint=None if resume is None else str(resume))
+        return model, cb
+
+    full_model, full_cb = run(tmp_path / "full", None)
+    ckpt = tmp_path / "full" / f"checkpoint-{2 * STEPS_PER_EPOCH}"
+    assert (ckpt / STATE_NAME).is_file()
+    # resuming /…/full/checkpoint-4 with output_dir elsewhere: the error names both places
+    # it looked and the three ways to point it at the folder
+    with pytest.raises(CheckpointError) as info:
+        run(tmp_path / "other", ckpt)
+    msg = str(info.value)
+    where = str(tmp_path / "other" / f"checkpoint-{2 * STEPS_PER_EPOCH}")
+    assert f"resumed at global step {2 * STEPS_PER_EPOCH}" in msg
+    assert f"no {STATE_NAME} of that step in {where!r}" in msg
+    assert "does not tell callbacks which folder" in msg
+    assert "use FreezeflowTrainer" in msg
+    assert "callback.resume_from(folder) before trainer.train(...)" in msg
+    assert "TrainingArguments(resume_from_checkpoint=folder)" in msg
+    assert "was not saved with FreezeflowTrainerCallback" not in msg
+    assert not (tmp_path / "other" / f"checkpoint-{3 * STEPS_PER_EPOCH}").exists()
+    # told through TrainingArguments, the same resume restores the stage and matches the
+    # uninterrupted run bit for bit
+    model, cb = run(tmp_path / "told", ckpt, resume_from_checkpoint=str(ckpt))
+    assert cb.unfreezer is not None and full_cb.unfreezer is not None
+    assert cb.unfreezer.history == full_cb.unfreezer.history
+    final, expected = snapshot(model), snapshot(full_model)
+    for k, v in expected.items():
+        assert torch.equal(v, final[k]), k

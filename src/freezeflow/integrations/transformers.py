@@ -86,6 +86,16 @@ def _is_factory(cls: Any) -> bool:
     return bool(is_optimizer_factory(cls))
 
 
+def _trainer_step(folder: Path) -> int | None:
+    """The ``global_step`` in ``folder``'s ``trainer_state.json``, or None without one."""
+    try:
+        step = json.loads((folder / "trainer_state.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    value = step.get("global_step") if isinstance(step, dict) else None
+    return value if isinstance(value, int) else None
+
+
 class FreezeflowTrainerCallback(StrictMetric, TrainerCallback):
     """Run a freezeflow schedule in a Hugging Face ``Trainer``.
 
@@ -212,6 +222,42 @@ class FreezeflowTrainerCallback(StrictMetric, TrainerCallback):
         self._pending = state
         self._resumed = True
 
+    @staticmethod
+    def _resumed_folder(args: TrainingArguments, step: int) -> Path:
+        """The checkpoint folder a plain ``Trainer`` resumed from at global step ``step``.
+
+        The Trainer does not tell callbacks which folder ``train(resume_from_checkpoint=...)``
+        named, so this looks where that folder can be known: ``args.resume_from_checkpoint``
+        (the field the Hugging Face example scripts pass on to ``train()``), then
+        ``output_dir/checkpoint-<step>`` (where ``on_save`` writes). A folder counts when it
+        holds the freezeflow state and its ``trainer_state.json`` (if any) is at ``step``.
+
+        Raises:
+            CheckpointError: neither holds the state; the message names both places.
+        """
+        looked: list[str] = []
+        candidates = [
+            args.resume_from_checkpoint,
+            Path(args.output_dir or ".") / f"checkpoint-{step}",
+        ]
+        for where in candidates:
+            if not isinstance(where, (str, os.PathLike)) or str(where) in looked:
+                continue
+            looked.append(str(where))
+            folder = Path(where)
+            if (folder / STATE_NAME).is_file() and _trainer_step(folder) in (None, step):
+                return folder
+        raise CheckpointError(
+            f"the Trainer resumed at global step {step}, but FreezeflowTrainerCallback found "
+            f"no {STATE_NAME} of that step in {' or '.join(repr(w) for w in looked)}: a plain "
+            "Trainer does not tell callbacks which folder train(resume_from_checkpoint=...) "
+            "names, so a checkpoint outside output_dir cannot be found; expected the "
+            f"checkpoint folder you resume from (it holds {STATE_NAME} when it was saved with "
+            "this callback); hint: use FreezeflowTrainer (its train() passes the folder on), "
+            "or call callback.resume_from(folder) before trainer.train(...), or set "
+            "TrainingArguments(resume_from_checkpoint=folder)"
+        )
+
     # ------------------------------------------------------------------ events
     def on_train_begin(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
@@ -230,9 +276,7 @@ class FreezeflowTrainerCallback(StrictMetric, TrainerCallback):
         if isinstance(scheduler, (LRScheduler, ReduceLROnPlateau)):
             uf.attach(scheduler)
         if self._pending is None and not self._resumed and state.global_step > 0:
-            # resumed through a plain Trainer: look for the state where on_save put it
-            folder = Path(args.output_dir or ".") / f"checkpoint-{state.global_step}"
-            self.resume_from(folder)
+            self.resume_from(self._resumed_folder(args, state.global_step))
         if self._pending is not None:
             uf.load_state_dict(self._pending)
         self._pending = None
