@@ -319,3 +319,75 @@ def test_optimizer_over_other_parameters_is_reported(tmp_path: Path) -> None:
         trainer(tmp_path, 1, [cb]).fit(Extra(), loader())
     with pytest.raises(TrainingError, match="no attribute"):
         FreezeflowCallback(TWO_STAGES, module_attr="nope").module(Lit())
+
+
+# --------------------------------------------------------------------------- DDP, 2 ranks
+
+WORKER = Path(__file__).with_name("_lightning_ddp_worker.py")
+
+
+def test_lightning_ddp_internals_freezeflow_relies_on() -> None:
+    """Fails loudly when Lightning changes what _rebuild_ddp (the one function that touches
+    DDPStrategy's internals) relies on."""
+    import inspect
+
+    from lightning.pytorch.strategies import DDPStrategy
+
+    model_attr = inspect.getattr_static(DDPStrategy, "model")
+    assert isinstance(model_attr, property) and model_attr.fset is not None
+    assert isinstance(inspect.getattr_static(DDPStrategy, "lightning_module"), property)
+    source = inspect.getsource(DDPStrategy.configure_ddp)
+    assert "self.model = self._setup_model(self.model)" in source
+    assert "self._register_ddp_hooks()" in source
+    assert "_pl_static_graph_delay_done" in vars(DDPStrategy(process_group_backend="gloo"))
+
+
+@pytest.mark.slow
+def test_plain_ddp_strategy_all_reduces_only_what_trains(tmp_path: Path) -> None:
+    """2 gloo ranks, different data per rank, strategy="ddp": the callback rebuilds the DDP
+    wrapper at each stage change, so every step all-reduces exactly the trainable
+    parameters, the ranks stay bit-identical after every step, and the run equals the
+    find-unused configuration (DDP built once over everything), which all-reduces every
+    parameter at every step. About 10 s (two Lightning imports, two fits)."""
+    from _two_ranks import run_two_ranks
+
+    run_two_ranks(WORKER, lambda _: [str(tmp_path), "ddp,find_unused"], "Lightning DDP", 240)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(2)]
+    for scenario in ("ddp", "find_unused"):
+        for r in ranks:
+            assert "crash" not in r[scenario], r[scenario].get("crash")
+    ddp, unused = ranks[0]["ddp"], ranks[0]["find_unused"]
+    assert ddp["history"] == [("head", 0, 0), ("mid", 1, 3), ("low", 2, 8)]
+    assert ddp["ddp_modules"] == 3 and unused["ddp_modules"] == 1
+    new = {0: ["head.bias", "head.weight"], 1: ["backbone.3.bias", "backbone.3.weight"]}
+    new[2] = ["backbone.0.bias", "backbone.0.weight"]
+    for stage in (0, 1, 2):
+        assert ddp["trainable"][stage] == sorted(n for k in range(stage + 1) for n in new[k])
+    # bit-identical ranks after every step, in both configurations, and the same run
+    steps = sorted(ddp["states"])
+    assert steps == list(range(12))
+    for scenario in ("ddp", "find_unused"):
+        a, b = ranks[0][scenario]["states"], ranks[1][scenario]["states"]
+        for step in steps:
+            assert [k for k in a[step] if not torch.equal(a[step][k], b[step][k])] == [], step
+    for step in steps:
+        for k, v in ddp["states"][step].items():
+            assert torch.equal(v, unused["states"][step][k]), (step, k)
+    # each stage trained its parameters (newly unfrozen ones included); frozen ones, BatchNorm
+    # statistics included, never moved
+    last = {s: max(t for t, st in ddp["stage"].items() if st == s) for s in (0, 1, 2)}
+    before = ddp["initial"]
+    for stage in (0, 1, 2):
+        after = ddp["states"][last[stage]]
+        moved = sorted(k for k in after if not torch.equal(after[k], before[k]))
+        assert moved == ddp["trainable"][stage], stage
+        before = after
+    # bytes all-reduced per step: the trainable parameters only, against all of them
+    numel = ddp["numel"]
+    everything = 4 * sum(numel.values())
+    for step in steps:
+        trainable = 4 * sum(numel[n] for n in ddp["trainable"][ddp["stage"][step]])
+        assert ddp["bytes"][step] == trainable, step
+        assert unused["bytes"][step] == everything > trainable, step
+    assert [ddp["bytes"][s] for s in (0, 3, 8)] == [156, 780, 1116]
+    assert everything == 1308

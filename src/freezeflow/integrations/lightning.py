@@ -25,10 +25,14 @@ and Lightning's own optimizer restore then fills in moments and LRs. Lightning's
 (Lightning issue #21901); this callback restores ``requires_grad`` and the norm-layer modes
 from the checkpoint.
 
-Freezing happens after the strategy has wrapped the model (DDP registers every parameter), so
-multi-process runs need ``strategy="ddp_find_unused_parameters_true"``: frozen parameters get no
-gradient. Freezing before wrapping would be worse: parameters unfrozen later would silently
-never be all-reduced.
+DDP (``strategy="ddp"`` and the other :class:`~lightning.pytorch.strategies.DDPStrategy`
+variants): Lightning wraps the model in ``DistributedDataParallel`` before ``on_fit_start``,
+over every parameter. After freezing in ``on_fit_start``, after a restore, and at every stage
+change, the callback checks that every rank agrees on what trains
+(:func:`~freezeflow.distributed.verify_trainable`) and has the strategy build a new DDP wrapper
+over the parameters that train now, as :func:`~freezeflow.distributed.wrap_ddp` does: frozen
+parameters are never all-reduced and plain ``strategy="ddp"`` works (no
+``find_unused_parameters``).
 """
 
 from __future__ import annotations
@@ -39,9 +43,11 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from freezeflow.core.freezing import NormMode
 from freezeflow.core.policy import PolicyLike
+from freezeflow.distributed.ddp import verify_trainable
 from freezeflow.errors import OptimizerError, StateError, TrainingError
 from freezeflow.integrations._common import MissingMetric, StrictMetric
 from freezeflow.schedules.schedule import Schedule, Stage
@@ -51,6 +57,7 @@ from freezeflow.unfreezer.transition import Transition
 try:
     import lightning.pytorch as pl
     from lightning.pytorch.callbacks import Callback
+    from lightning.pytorch.strategies import DDPStrategy
     from lightning.pytorch.utilities import rank_zero_info
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError(
@@ -61,6 +68,33 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 __all__ = ["FreezeflowCallback"]
 
 ModuleSelector = Callable[["pl.LightningModule"], nn.Module]
+
+
+def _rebuild_ddp(strategy: DDPStrategy) -> None:
+    """Drop ``strategy``'s DistributedDataParallel wrapper and have the strategy build a new
+    one over the LightningModule's parameters that require grad now (none when nothing
+    trains: the module is then left unwrapped, as DDP refuses such a module).
+
+    The one place that relies on how Lightning's ``DDPStrategy`` holds its wrapper, each
+    access checked by ``test_lightning_ddp_internals_freezeflow_relies_on``:
+
+    - ``strategy.model``: the wrapper (a property with a setter); set to the plain
+      ``strategy.lightning_module`` first, which is what ``configure_ddp`` wraps;
+    - ``strategy.configure_ddp()``: wraps ``strategy.model`` with the strategy's own
+      ``_setup_model`` (its DDP arguments and device ids) and registers its
+      ``ddp_comm_hook`` again (``_register_ddp_hooks``, CUDA only);
+    - ``strategy._pl_static_graph_delay_done`` (private): with manual optimization and
+      ``static_graph=True`` the strategy flushes the first backward of a DDP module once;
+      a new module needs that flush again.
+    """
+    module = strategy.lightning_module
+    if module is None:  # pragma: no cover - only after teardown
+        raise TrainingError("the DDP strategy holds no LightningModule to wrap")
+    strategy.model = module  # the old wrapper goes (its reducer with it)
+    if any(p.requires_grad for p in module.parameters()):
+        strategy.configure_ddp()
+    if hasattr(strategy, "_pl_static_graph_delay_done"):
+        strategy._pl_static_graph_delay_done = False
 
 
 class FreezeflowCallback(StrictMetric, Callback):
@@ -128,6 +162,7 @@ class FreezeflowCallback(StrictMetric, Callback):
         self.verbose = verbose
         self.unfreezer: GradualUnfreezer | None = None
         self._pending: dict[str, Any] | None = None
+        self._ddp: DDPStrategy | None = None
 
     # ------------------------------------------------------------------ helpers
     def module(self, pl_module: pl.LightningModule) -> nn.Module:
@@ -212,7 +247,29 @@ class FreezeflowCallback(StrictMetric, Callback):
             uf.load_state_dict(state)
         self._pending = None
         self.unfreezer = uf
+        strategy = trainer.strategy
+        if isinstance(strategy, DDPStrategy) and isinstance(
+            strategy.model, DistributedDataParallel
+        ):
+            # Lightning wrapped every parameter; wrap what trains now, and again at each stage
+            self._ddp = strategy
+            uf.add_listener(lambda t: self._rewrap(uf))
+            self._rewrap(uf)
         self._report(uf.history[-1:] if state is None else [])
+
+    def _rewrap(self, uf: GradualUnfreezer) -> None:
+        """Check that every rank trains the same parameters, then rebuild the DDP wrapper
+        over them (a collective: every rank gets here at the same stage change)."""
+        strategy = self._ddp
+        if strategy is None or uf is not self.unfreezer:
+            return
+        module = strategy.lightning_module
+        if module is not None:
+            verify_trainable(module, uf.stage_index, stage_names=uf.schedule.names)
+        _rebuild_ddp(strategy)
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._ddp = None  # Lightning unwraps the model; transitions after fit() do not re-wrap
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.unfreezer is not None:
