@@ -46,7 +46,8 @@ class GroupSpec:
     stage_index: int
     """Index of the stage that first makes these parameters trainable."""
     block: int | None
-    """Block index when any stage uses per-depth LR decay, else None."""
+    """Block index when any stage uses per-depth LR decay, else None. A tied parameter is in
+    the deepest (output-side) block of all its names."""
     decay: bool
     """Whether weight decay applies."""
 
@@ -143,18 +144,20 @@ def layout(model: nn.Module, schedule: Schedule, no_decay: PolicyLike | None = N
     by_depth = any(s.lr_decay is not None for s in schedule.stages)
     block_of: dict[int, int] = {}
     if by_depth:
+        # a tied parameter takes the deepest (output-side) block of all its names: GPT-2's
+        # shared embedding / output matrix trains at the output head's LR. A name outside
+        # every block (possible with set_blocks) counts as output side.
+        last = len(idx.blocks) - 1
         for a, b in enumerate(idx.block_of_alias()):
-            block_of.setdefault(idx.alias_param[a], b)
+            j = idx.alias_param[a]
+            block_of[j] = max(block_of.get(j, -1), b if b >= 0 else last)
     first_stage: dict[int, int] = {}
     for k, chosen in enumerate(selected):
         for j in chosen:
             first_stage.setdefault(j, k)
     keyed: dict[tuple[int, int | None, bool], list[int]] = {}
     for j in sorted(first_stage):
-        # a parameter outside every block (possible with set_blocks) counts as output side
-        block = block_of.get(j, -1) if by_depth else None
-        if block is not None and block < 0:
-            block = len(idx.blocks) - 1
+        block = block_of.get(j, len(idx.blocks) - 1) if by_depth else None
         keyed.setdefault((first_stage[j], block, j not in no_decay_ids), []).append(j)
     groups = []
     stage_names = schedule.names
