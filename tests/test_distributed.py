@@ -191,6 +191,19 @@ def test_wrapper_without_a_process_group_calls_the_model_and_follows_transitions
         pass
 
 
+def test_current_is_the_module_to_call_and_follows_manual_changes() -> None:
+    model = _mlp()
+    uf = _unfreezer(model)
+    net = ffd.wrap_ddp(model, uf)
+    assert net.current() is model and net.rebuilds == 1
+    assert net.current() is model and net.rebuilds == 1  # nothing changed: no re-wrap
+    ff.freeze(model, "4")
+    assert net.current() is model and net.rebuilds == 2  # changed behind its back
+    net.close()
+    with pytest.raises(ffd.DistributedError, match="closed"):
+        net.current()
+
+
 def test_wrap_rejects_ddp_modules_and_foreign_unfreezers() -> None:
     model = _mlp()
     uf = _unfreezer(model)

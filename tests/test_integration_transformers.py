@@ -319,3 +319,69 @@ def test_plain_trainer_resuming_a_checkpoint_outside_output_dir(tmp_path: Path) 
     final, expected = snapshot(model), snapshot(full_model)
     for k, v in expected.items():
         assert torch.equal(v, final[k]), k
+
+
+# --------------------------------------------------------------------------- DDP, 2 ranks
+
+WORKER = Path(__file__).with_name("_hf_ddp_worker.py")
+
+
+@pytest.mark.slow
+def test_ddp_under_torchrun_all_reduces_only_what_trains(tmp_path: Path) -> None:
+    """2 gloo ranks as torchrun starts them, different data per rank. FreezeflowTrainer
+    trains through a DDP module rebuilt at each stage change: ranks bit-identical after
+    every step, exactly the trainable parameters all-reduced, the same weights as DDP built
+    over every parameter with find_unused_parameters=True (which all-reduces them all at
+    every step). The Trainer's own DDP module, built once after the first stage froze the
+    model (what freezeflow did before), never all-reduces the later stages: the ranks drift
+    apart. A plain Trainer with the callback is refused. About 20 s (four Trainers)."""
+    from _two_ranks import run_two_ranks
+
+    scenarios = "ff,once,find_unused,plain"
+    run_two_ranks(WORKER, lambda _: [str(tmp_path), scenarios], "HF Trainer DDP", 300)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(2)]
+    for scenario in scenarios.split(","):
+        for r in ranks:
+            assert "crash" not in r[scenario], r[scenario].get("crash")
+    ff_, once, unused = (ranks[0][s] for s in ("ff", "once", "find_unused"))
+    assert ff_["history"] == [("head", 0, 0), ("top", 1, 2), ("low", 2, 5)]
+    steps = list(range(8))
+    assert sorted(ff_["states"]) == steps
+
+    def differ(scenario: str, step: int) -> list[str]:
+        a, b = (r[scenario]["states"][step] for r in ranks)
+        return sorted(k for k in a if not torch.equal(a[k], b[k]))
+
+    for step in steps:
+        assert differ("ff", step) == [] and differ("find_unused", step) == [], step
+        for k, v in ff_["states"][step].items():
+            assert torch.equal(v, unused["states"][step][k]), (step, k)
+    assert (ff_["ddp_modules"], once["ddp_modules"], unused["ddp_modules"]) == (3, 1, 1)
+    # each stage trained exactly its parameters (the newly unfrozen ones included)
+    last = {s: max(t for t, st in ff_["stage"].items() if st == s) for s in (0, 1, 2)}
+    before = ff_["initial"]
+    for stage in (0, 1, 2):
+        after = ff_["states"][last[stage]]
+        moved = sorted(k for k in after if not torch.equal(after[k], before[k]))
+        assert moved == ff_["trainable"][stage], stage
+        before = after
+    # bytes all-reduced per step: the trainable parameters only, against all of them
+    numel = ff_["numel"]
+    everything = 4 * sum(numel.values())
+    for step in steps:
+        trainable = 4 * sum(numel[n] for n in ff_["trainable"][ff_["stage"][step]])
+        assert ff_["bytes"][step] == trainable, step
+        assert unused["bytes"][step] == everything > trainable, step
+    assert [ff_["bytes"][s] for s in (0, 2, 5)] == [1224, 10120, 19016]
+    assert everything == 22984
+    # the DDP module built once: only the head is ever all-reduced, and the ranks drift apart
+    # from the first unfreeze on (the parameters unfrozen later first, then everything)
+    assert set(once["bytes"].values()) == {1224}
+    assert differ("once", 1) == []
+    top = [n for n in ff_["trainable"][1] if n.startswith("bert.encoder.layer.1.")]
+    assert differ("once", 2) == top
+    assert set(ff_["trainable"][2]) <= set(differ("once", 7))
+    for r in ranks:
+        msg = r["plain"]["error"]
+        assert msg.startswith("a plain Trainer under DDP (world size 2) wraps the model")
+        assert "hint: FreezeflowTrainer(..., schedule=...)" in msg

@@ -217,12 +217,19 @@ class DDPWrapper:
         """The unfreezer's stage index (-1 without an unfreezer)."""
         return self.unfreezer.stage_index if self.unfreezer is not None else -1
 
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+    def current(self) -> nn.Module:
+        """The module a forward runs now: :attr:`module`, re-wrapped first when
+        ``auto_rebuild`` is on and the trainable set changed without a transition (a
+        collective then: every rank must call it). For code that calls the DDP module itself
+        instead of the wrapper (the Hugging Face integration's ``training_step``)."""
         if self._closed:
-            raise DistributedError("this DDPWrapper was closed")
+            raise DistributedError("this DDPWrapper was closed; hint: build a new one")
         if self.auto_rebuild and self._current_flags() != self._flags:
             self.rebuild()
-        return self._module(*args, **kwargs)
+        return self._module
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.current()(*args, **kwargs)
 
     forward = __call__
 

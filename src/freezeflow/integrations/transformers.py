@@ -22,6 +22,11 @@ With a Trainer subclass of your own, put :class:`FreezeflowTrainer` first in its
 build the optimizer yourself and pass it in:
 ``Trainer(..., optimizers=(callback.create_optimizer(model, args), None))``.
 
+Under DDP (torchrun), the Trainer wraps the model in ``DistributedDataParallel`` once, after
+the first stage froze it, so later stages would never be all-reduced; ``FreezeflowTrainer``
+trains through a DDP module rebuilt at every stage change instead (see its docstring), and a
+plain Trainer with the callback is refused.
+
 Not supported: DeepSpeed and FSDP (they build or shard the optimizer themselves) and optimizer
 factories (``optim`` values such as Muon or LOMO that do not take param groups).
 """
@@ -33,16 +38,21 @@ import math
 import os
 import warnings
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, cast
 
+import torch
+import torch.distributed as dist
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
 
 from freezeflow.core.freezing import NormMode
 from freezeflow.core.policy import PolicyLike
+from freezeflow.distributed.ddp import DDPWrapper, wrap_ddp
 from freezeflow.errors import (
     CheckpointError,
     FreezeflowWarning,
@@ -141,6 +151,7 @@ class FreezeflowTrainerCallback(StrictMetric, TrainerCallback):
         self._pending: dict[str, Any] | None = None
         self._resumed = False
         self._training = False
+        self._rewraps_ddp = False  # set by FreezeflowTrainer, which rebuilds DDP per stage
 
     # ------------------------------------------------------------------ optimizer
     def create_optimizer(
@@ -272,6 +283,16 @@ class FreezeflowTrainerCallback(StrictMetric, TrainerCallback):
                 "hint: use freezeflow.integrations.transformers.FreezeflowTrainer, or pass "
                 "optimizers=(callback.create_optimizer(model, args), None) to Trainer"
             )
+        world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+        if world > 1 and not self._rewraps_ddp:
+            raise TrainingError(
+                f"a plain Trainer under DDP (world size {world}) wraps the model in "
+                "DistributedDataParallel once, after freezeflow froze it for the first stage: "
+                "parameters unfrozen later would never be all-reduced and the ranks would "
+                "drift apart without an error; expected FreezeflowTrainer, which rebuilds "
+                "DDP over what trains at every stage change; hint: "
+                "FreezeflowTrainer(..., schedule=...) instead of Trainer(..., callbacks=[...])"
+            )
         scheduler = kwargs.get("lr_scheduler")
         if isinstance(scheduler, (LRScheduler, ReduceLROnPlateau)):
             uf.attach(scheduler)
@@ -345,8 +366,24 @@ class FreezeflowTrainer(Trainer):
 
     Pass the schedule with ``schedule=`` (a :class:`FreezeflowTrainerCallback` is added), or
     add a :class:`FreezeflowTrainerCallback` to ``callbacks`` yourself; everything else is
-    the Trainer's. It overrides ``create_optimizer`` (see the module docstring for why) and
-    ``train`` (to restore the schedule state on ``resume_from_checkpoint``).
+    the Trainer's. It overrides ``create_optimizer`` (see the module docstring for why),
+    ``train`` (to restore the schedule state on ``resume_from_checkpoint``) and, for DDP,
+    ``training_step``.
+
+    Under DDP (``torchrun``) the Trainer wraps the model in ``DistributedDataParallel`` once,
+    after the optimizer is built (so after the first stage froze the model), and keeps that
+    module in a local variable of its loop. ``training_step`` therefore runs the forward and
+    backward through a module of freezeflow's instead (:attr:`freezeflow_ddp`, a
+    :class:`~freezeflow.distributed.DDPWrapper` built with the Trainer's DDP arguments):
+    rebuilt at every stage change after checking that all ranks agree on what trains, it
+    all-reduces exactly the parameters that train, and never the frozen ones. The Trainer's
+    own DDP module never runs a forward, so its reducer stays idle.
+
+    Args:
+        schedule: the schedule (a :class:`FreezeflowTrainerCallback` is added for it).
+        norm: norm mode for frozen norm layers.
+        on_ddp_wrap: called with every DDP module freezeflow builds (e.g. to register a
+            comm hook on each: hooks on the Trainer's own DDP module are never used).
     """
 
     def __init__(
@@ -354,6 +391,7 @@ class FreezeflowTrainer(Trainer):
         *args: Any,
         schedule: Schedule | Sequence[Stage] | None = None,
         norm: NormMode = "eval",
+        on_ddp_wrap: Callable[[DistributedDataParallel], None] | None = None,
         **kwargs: Any,
     ) -> None:
         if schedule is not None:
@@ -361,8 +399,11 @@ class FreezeflowTrainer(Trainer):
                 *(kwargs.get("callbacks") or []),
                 FreezeflowTrainerCallback(schedule, norm=norm),
             ]
+        self.on_ddp_wrap = on_ddp_wrap
+        self.freezeflow_ddp: DDPWrapper | None = None
+        """Under DDP, the wrapper training runs through (rebuilt at every stage change)."""
         super().__init__(*args, **kwargs)
-        self.freezeflow_callback()  # fail early when there is none
+        self.freezeflow_callback()._rewraps_ddp = True  # fails early when there is none
 
     def freezeflow_callback(self) -> FreezeflowTrainerCallback:
         """The :class:`FreezeflowTrainerCallback` of this Trainer."""
@@ -407,3 +448,57 @@ class FreezeflowTrainer(Trainer):
         if checkpoint is not None:
             self.freezeflow_callback().resume_from(checkpoint)
         return super().train(resume_from_checkpoint, *args, **kwargs)
+
+    def training_step(
+        self,
+        model: nn.Module,
+        inputs: dict[str, torch.Tensor | Any],
+        num_items_in_batch: torch.Tensor | int | None = None,
+    ) -> torch.Tensor:
+        net = self._ddp_module(model)
+        if net is model:
+            return super().training_step(model, inputs, num_items_in_batch)
+        # the Trainer's no_sync() (gradient accumulation) was entered on its own DDP module
+        accumulating = not getattr(model, "require_backward_grad_sync", True)
+        with (
+            net.no_sync()
+            if accumulating and isinstance(net, DistributedDataParallel)
+            else (nullcontext())
+        ):
+            return super().training_step(net, inputs, num_items_in_batch)
+
+    def _ddp_module(self, model: nn.Module) -> nn.Module:
+        """``model``, or under DDP the module of :attr:`freezeflow_ddp` (built at the first
+        training step, after a resume has restored what trains)."""
+        uf = self.freezeflow_callback().unfreezer
+        if uf is None or not (dist.is_available() and dist.is_initialized()):
+            return model
+        if dist.get_world_size() == 1:
+            return model
+        if not (isinstance(model, DistributedDataParallel) and model.module is uf.model):
+            raise TrainingError(
+                f"FreezeflowTrainer trains under DDP by rebuilding DistributedDataParallel "
+                f"over the model at each stage change, but the Trainer wrapped the model in "
+                f"{type(model).__name__}, not DistributedDataParallel over the model the "
+                "schedule applies to; expected plain DDP (torchrun, no DeepSpeed, FSDP or "
+                "torch_compile); hint: drop those options, or train without a stage change"
+            )
+        wrapper = self.freezeflow_ddp
+        if wrapper is None or wrapper.unfreezer is not uf:
+            if wrapper is not None:
+                wrapper.close()
+            handler = self.accelerator.ddp_handler
+            kwargs: dict[str, Any] = handler.to_kwargs() if handler is not None else {}
+            if model.device_ids is not None:
+                kwargs["device_ids"] = model.device_ids
+                kwargs["output_device"] = model.output_device
+            on_wrap = self.on_ddp_wrap
+
+            def wrapped(ddp: DistributedDataParallel) -> None:
+                if handler is not None:
+                    handler.register_comm_hook(ddp)  # DistributedDataParallelKwargs(comm_hook=)
+                if on_wrap is not None:
+                    on_wrap(ddp)
+
+            wrapper = self.freezeflow_ddp = wrap_ddp(uf.model, uf, on_wrap=wrapped, **kwargs)
+        return wrapper.current()
