@@ -47,7 +47,7 @@ def block_names(model: nn.Module) -> list[str]:
     [
         (make_mlp, ["fc1", "fc2", "fc3"]),
         (make_small_cnn, ["stem", "conv+bn", "head"]),
-        (make_tiny_lm, ["embed", "blocks.0", "blocks.1", "ln_f", "lm_head"]),
+        (make_tiny_lm, ["embed", "blocks.0", "blocks.1+ln_f", "lm_head"]),
         (
             make_nested,
             ["inp", "stages.0.0", "stages.0.1", "stages.1.0", "stages.1.1", "out"],
@@ -59,8 +59,7 @@ def block_names(model: nn.Module) -> list[str]:
                 "backbone.embed",
                 "backbone.encoder.layer.0",
                 "backbone.encoder.layer.1",
-                "backbone.encoder.layer.2",
-                "backbone.norm",
+                "backbone.encoder.layer.2+backbone.norm",
                 "head",
             ],
         ),
@@ -85,8 +84,8 @@ def test_vit_b_16_blocks() -> None:
     blocks = ff.find_blocks(model)
     expected = [
         "conv_proj",
-        *(f"encoder.layers.encoder_layer_{i}" for i in range(12)),
-        "encoder.ln",
+        *(f"encoder.layers.encoder_layer_{i}" for i in range(11)),
+        "encoder.layers.encoder_layer_11+encoder.ln",
         "heads",
     ]
     assert [b.name for b in blocks] == expected
@@ -100,10 +99,14 @@ def test_vit_b_16_blocks() -> None:
         "conv_proj.bias",
         "encoder.pos_embedding",
     )
-    assert ff.last(2, among=~ff.name("heads")).select(model).names[-2:] == (
-        "encoder.ln.weight",
-        "encoder.ln.bias",
-    )
+    # the final norm goes with the last layer: the backbone's last two blocks are its last
+    # two layers
+    last2 = ff.last(2, among=~ff.name("heads")).select(model).names
+    assert {n.split(".")[2] for n in last2 if n.startswith("encoder.layers.")} == {
+        "encoder_layer_10",
+        "encoder_layer_11",
+    }
+    assert last2[-2:] == ("encoder.ln.weight", "encoder.ln.bias")
 
 
 @pytest.mark.parametrize(
@@ -111,10 +114,9 @@ def test_vit_b_16_blocks() -> None:
     [
         (
             "vit_tiny_patch16_224",
-            ["patch_embed", *(f"blocks.{i}" for i in range(12)), "norm", "head"],
+            ["patch_embed", *(f"blocks.{i}" for i in range(11)), "blocks.11+norm", "head"],
         ),
         ("resnet18", list(RESNET18_BLOCKS)),
-        ("convnext_atto", ["stem", *(f"stages.{i}" for i in range(4)), "head"]),
     ],
 )
 def test_timm_blocks(arch: str, expected: list[str]) -> None:

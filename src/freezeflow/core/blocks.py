@@ -11,6 +11,7 @@ Blocks are found generically (see :func:`find_blocks`) and can be overridden per
 
 from __future__ import annotations
 
+import functools
 import weakref
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -42,6 +43,8 @@ NORM_TYPES: tuple[type[nn.Module], ...] = (
 LayerNorm, RMSNorm, LocalResponseNorm)."""
 
 _CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
+_UNIT_OWNERS = 3
+"""A repeated unit owns parameters in at least this many layers (a conv-norm pair has two)."""
 
 
 def is_norm_layer(module: nn.Module) -> bool:
@@ -92,26 +95,62 @@ def _param_children(module: nn.Module) -> list[tuple[str, nn.Module]]:
     return [(n, c) for n, c in module.named_children() if _has_params(c)]
 
 
+def _owners(module: nn.Module) -> int:
+    """How many modules under ``module`` (itself included) own parameters directly."""
+    return sum(1 for m in module.modules() if next(m.parameters(recurse=False), None) is not None)
+
+
 def _is_composite(module: nn.Module) -> bool:
     """Two or more modules under it (itself included) own parameters."""
-    owners = 0
-    for m in module.modules():
-        if next(m.parameters(recurse=False), None) is not None:
-            owners += 1
-            if owners >= 2:
-                return True
-    return False
+    return _owners(module) >= 2
 
 
-def _is_repeated(container: nn.Module) -> bool:
-    """A container of repeated blocks: >= 2 composite children of one type, or >= 4 leaf
-    layers of one type (VGG's ``features``)."""
-    if not isinstance(container, _CONTAINERS):
-        return False
-    children = [c for _, c in _param_children(container)]
-    composite = Counter(type(c) for c in children if _is_composite(c))
+def _numbered(names: list[str]) -> bool:
+    """``b1``, ``b2``, ...: one stem, different trailing numbers."""
+    stems = {n.rstrip("0123456789") for n in names}
+    return len(stems) == 1 and all(n[len(n.rstrip("0123456789")) :] for n in names)
+
+
+def _is_repeated(module: nn.Module) -> bool:
+    """A container of repeated blocks.
+
+    A ``Sequential``/``ModuleList``/``ModuleDict`` with >= 2 composite children of one type
+    or >= 4 leaf layers of one type (VGG's ``features``); a *subclass* of ``Sequential`` (a
+    conv-norm-activation, a stem) needs its composite children to be units (>= 3
+    parameter-owning layers each). Any other module counts when its children are numbered
+    units of one type (timm's ``RegStage`` holding ``b1``, ``b2``, ...).
+    """
+    named = _param_children(module)
+    children = [c for _, c in named]
+    if not isinstance(module, _CONTAINERS):
+        return (
+            len(children) >= 2
+            and len({type(c) for c in children}) == 1
+            and not isinstance(children[0], _CONTAINERS)
+            and _numbered([n for n, _ in named])
+            and next(module.parameters(recurse=False), None) is None
+            and all(_owners(c) >= _UNIT_OWNERS for c in children)
+        )
+    exact = type(module) in _CONTAINERS
+    composite = Counter(
+        type(c) for c in children if _is_composite(c) and (exact or _owners(c) >= _UNIT_OWNERS)
+    )
     leaves = Counter(type(c) for c in children if not _is_composite(c))
     return any(v >= 2 for v in composite.values()) or any(v >= 4 for v in leaves.values())
+
+
+def _holds_units(module: nn.Module) -> bool:
+    """Whether a container of *units* lies inside ``module``: a repeated container whose
+    children all have at least three parameter-owning layers (a ConvNeXt stage's ``blocks``),
+    not the conv-norm pairs inside one unit (an MBConv's ``block``)."""
+    for m in module.modules():
+        if m is module or not _is_repeated(m):
+            continue
+        children = [c for _, c in _param_children(m)]
+        kinds = Counter(type(c) for c in children)
+        if max(kinds.values()) >= 2 and all(_owners(c) >= _UNIT_OWNERS for c in children):
+            return True
+    return False
 
 
 def _has_trunk(module: nn.Module) -> bool:
@@ -122,71 +161,123 @@ def _join(prefix: str, name: str) -> str:
     return f"{prefix}.{name}" if prefix else name
 
 
-def _discover(model: nn.Module) -> list[Block]:
-    entries: list[list[str]] = []  # module paths per block
-    loose: list[list[str]] = []  # loose parameter names per block
-    pending: list[str] = []  # loose parameters seen before the first block
+@dataclass
+class _Entry:
+    modules: list[str]
+    params: list[str] = field(default_factory=list)
+    unit: bool = False
+    """Emitted as one of the repeated units of a container (a ResNet basic block, a
+    transformer layer), not a stem, a downsampling layer, a final norm or a head."""
+
+
+def _walk(model: nn.Module) -> tuple[list[_Entry], list[str]]:
+    """Blocks in registration order, and the loose parameters seen before the first one."""
+    entries: list[_Entry] = []
+    pending: list[str] = []
 
     def attach(module: nn.Module, prefix: str) -> None:
         names = [_join(prefix, n) for n, _ in module.named_parameters(recurse=False)]
-        if not names:
-            return
-        if loose:
-            loose[-1].extend(names)
-        else:
-            pending.extend(names)
-
-    def emit(path: str) -> None:
-        entries.append([path])
-        loose.append([])
+        (entries[-1].params if entries else pending).extend(names)
 
     def expand(container: nn.Module, prefix: str) -> None:
         attach(container, prefix)
-        for name, child in _param_children(container):
+        children = _param_children(container)
+        counts = Counter(type(c) for _, c in children)
+        top = max(counts.values())
+        for name, child in children:
             path = _join(prefix, name)
             if _is_repeated(child):
                 expand(child, path)
+            elif _holds_units(child):  # a stage: its downsampling layer, then its units
+                walk(child, path)
             else:
-                emit(path)
+                entries.append(_Entry([path], unit=counts[type(child)] == top))
 
     def walk(module: nn.Module, prefix: str) -> None:
         attach(module, prefix)
-        for name, child in _param_children(module):
+        children = _param_children(module)
+        # a sibling of the same type as a repeated one is a unit too (timm RegNet's ``s1``
+        # holds one block, ``s3`` several)
+        stages = {
+            type(c) for _, c in children if _is_repeated(c) and not isinstance(c, _CONTAINERS)
+        }
+        kinds = Counter(type(c) for _, c in children)
+        for name, child in children:
             path = _join(prefix, name)
             if _is_repeated(child):
                 expand(child, path)
-            elif _has_trunk(child) and len(_param_children(child)) >= 1:
+            elif _holds_units(child):
+                walk(child, path)
+            elif kinds[type(child)] >= 2 and _owners(child) >= _UNIT_OWNERS:
+                # a unit among siblings of its type (GoogLeNet's inception3a, inception3b...)
+                entries.append(_Entry([path], unit=True))
+            elif _has_trunk(child):
                 walk(child, path)
             else:
-                emit(path)
+                entries.append(_Entry([path], unit=type(child) in stages))
 
     walk(model, "")
+    return entries, pending
+
+
+def _merge(a: _Entry, b: _Entry) -> _Entry:
+    return _Entry(a.modules + b.modules, a.params + b.params, a.unit or b.unit)
+
+
+def _discover(model: nn.Module) -> list[Block]:
+    entries, pending = _walk(model)
     if not entries:  # a model that owns its parameters directly (e.g. a bare nn.Linear)
         return [Block(name="<root>", modules=("",))]
-    if pending:
-        loose[0] = pending + loose[0]
-
-    # merge a norm layer into the single leaf layer just before it (conv1 + bn1 = the stem)
+    entries[0].params[:0] = pending
     modules = dict(model.named_modules(remove_duplicate=False))
-    merged_m: list[list[str]] = []
-    merged_p: list[list[str]] = []
-    for mods, params in zip(entries, loose):
-        prev = merged_m[-1] if merged_m else None
+
+    # a norm layer right after a single leaf layer joins it (conv1 + bn1 = the stem)
+    merged: list[_Entry] = []
+    for e in entries:
+        prev = merged[-1] if merged else None
         if (
             prev is not None
-            and len(mods) == 1
-            and is_norm_layer(modules[mods[0]])
-            and not _is_composite(modules[prev[-1]])
-            and not is_norm_layer(modules[prev[-1]])
+            and len(e.modules) == 1
+            and is_norm_layer(modules[e.modules[0]])
+            and not _is_composite(modules[prev.modules[-1]])
+            and not is_norm_layer(modules[prev.modules[-1]])
         ):
-            prev.extend(mods)
-            merged_p[-1].extend(params)
+            merged[-1] = _merge(prev, e)
         else:
-            merged_m.append(list(mods))
-            merged_p.append(list(params))
+            merged.append(e)
+
+    units = [i for i, e in enumerate(merged) if e.unit]
+    if units:
+        first, last = units[0], units[-1]
+        # a module whose parameters all belong to earlier blocks (T5's encoder.embed_tokens,
+        # tied to ``shared``) is no depth of its own, except after the last unit (a tied head)
+        seen: set[int] = set()
+        kept: list[_Entry] = []
+        for i, e in enumerate(merged):
+            owned = {id(p) for m in e.modules for p in modules[m].parameters()}
+            if i <= last and owned and owned <= seen and not e.params:
+                continue
+            seen |= owned
+            kept.append(e)
+        last = max(i for i, e in enumerate(kept) if e.unit)
+        first = min(i for i, e in enumerate(kept) if e.unit)
+        # what comes before the first unit is one block (the stem, the embeddings); after the
+        # last unit, the last module (and any sibling of its type: LeViT's two heads) is the
+        # head, and what lies between (a final norm, a conv head, BERT's pooler) joins the
+        # last unit, as timm's own grouping does
+        stem, tail = kept[:first], kept[last + 1 :]
+        merged = kept[first : last + 1]
+        if stem:
+            merged.insert(0, functools.reduce(_merge, stem))
+        if tail:
+            kind = type(modules[tail[-1].modules[0]])
+            cut = next(i for i, e in enumerate(tail) if type(modules[e.modules[0]]) is kind)
+            if cut:
+                merged[-1] = functools.reduce(_merge, tail[:cut], merged[-1])
+            merged.append(functools.reduce(_merge, tail[cut:]))
     return [
-        Block(name="+".join(m), modules=tuple(m), params=tuple(p))
-        for m, p in zip(merged_m, merged_p)
+        Block(name="+".join(e.modules), modules=tuple(e.modules), params=tuple(e.params))
+        for e in merged
     ]
 
 
@@ -240,15 +331,26 @@ def clear_blocks(model: nn.Module) -> None:
 
 
 def find_blocks(model: nn.Module) -> list[Block]:
-    """The blocks of ``model`` from input to output.
+    """The blocks of ``model`` from input to output, at the level of its repeated units.
 
-    Containers of repeated blocks (``Sequential``/``ModuleList``/``ModuleDict`` holding two
-    or more sub-networks of one type, or four or more layers of one type) are expanded; a module
-    that holds such a container deep inside (a trunk: ``BertModel``, a ViT ``encoder``) is
-    walked into; everything else is one block. A norm layer right after a single layer joins
-    it (``conv1+bn1``). Loose parameters (a ViT's ``class_token``) go with the block before
-    them, or the first block. Modules without parameters are skipped. Order is registration
-    order; override it with :func:`set_blocks`.
+    A *unit* is one of the repeated sub-networks a model is made of: a ResNet basic block, a
+    ConvNeXt or Swin block, an MBConv, a transformer layer. Discovery walks into every module
+    that holds units, however deep (a ConvNeXt stage is walked into: its downsampling layer is
+    a block, then each of its units). Then:
+
+    - what comes before the first unit is one block (the stem, the embeddings, loose
+      parameters such as a ViT's ``cls_token``);
+    - the last module is the head block (with any sibling of its type: LeViT's two heads);
+    - what lies between the last unit and the head (a final norm, a conv head, BERT's
+      pooler) joins the last unit, as timm's own grouping does;
+    - a module whose parameters all belong to earlier blocks (T5's ``encoder.embed_tokens``)
+      adds no depth, except a tied output head;
+    - a norm layer right after a single layer joins it (``conv1+bn1``); modules without
+      parameters are skipped.
+
+    Order is registration order. Depth is counted in units, not in parameters: the last two
+    blocks of a ConvNeXt backbone are its last two blocks, about half of its parameters
+    because the last stage is the widest. Override the blocks with :func:`set_blocks`.
 
     Example:
         >>> import torchvision, freezeflow as ff
