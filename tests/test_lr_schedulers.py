@@ -15,6 +15,7 @@ version when torch changes one of them.
 
 from __future__ import annotations
 
+import inspect
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -490,3 +491,48 @@ def test_check_group_lists_names_the_list() -> None:
 def test_check_scheduler_refuses_what_is_not_a_scheduler() -> None:
     with pytest.raises(ff.OptimizerError, match=r"got 'cosine'"):
         ffl.check_scheduler("cosine", _optimizer())
+
+
+def test_reduce_lr_method() -> None:
+    """``_reduce_lr(epoch)``: what ReduceLROnPlateau.step calls to lower each group's LR by
+    ``factor``, skipping drops not larger than ``eps``; PlateauByLargestDrop overrides it."""
+    method = getattr(lrs.ReduceLROnPlateau, ffl.REDUCE_LR, None)
+    assert callable(method), _changed(ffl.REDUCE_LR, "ReduceLROnPlateau has no such method")
+    assert list(inspect.signature(method).parameters) == ["self", "epoch"], _changed(
+        ffl.REDUCE_LR, f"its signature is {inspect.signature(method)}"
+    )
+    # torch's own: per group, skipping the drop below eps (what freezeflow works around)
+    opt = _optimizer(2)
+    opt.param_groups[1]["lr"] = 1e-9
+    sched = lrs.ReduceLROnPlateau(opt, factor=0.5, patience=0)
+    for metric in (1.0, 1.0):
+        sched.step(metric)
+    assert [g["lr"] for g in opt.param_groups] == [0.05, 1e-9], _changed(
+        ffl.REDUCE_LR, "ReduceLROnPlateau.step no longer reduces through it per group with eps"
+    )
+    # the subclass freezeflow gives an attached one: every group goes down
+    sched.__class__ = ffl.PlateauByLargestDrop
+    sched.step(1.0)
+    assert [g["lr"] for g in opt.param_groups] == [0.025, 5e-10], _changed(
+        ffl.REDUCE_LR, "ReduceLROnPlateau.step no longer calls it"
+    )
+    assert isinstance(sched, lrs.ReduceLROnPlateau)
+    assert set(sched.state_dict()) == set(lrs.ReduceLROnPlateau(_optimizer(2)).state_dict())
+
+
+def test_attach_adapts_reduce_lr_on_plateau_and_its_subclasses_only_when_safe() -> None:
+    class Mine(lrs.ReduceLROnPlateau):
+        pass
+
+    class OwnReductions(lrs.ReduceLROnPlateau):
+        def _reduce_lr(self, epoch: Any) -> None:
+            pass
+
+    for cls, adapted in ((lrs.ReduceLROnPlateau, True), (Mine, True), (OwnReductions, False)):
+        model = make_net()
+        uf = ff.GradualUnfreezer(model, three_stage(), torch.optim.SGD(model.parameters(), 0.1))
+        sched = cls(uf.optimizer)
+        uf.attach(sched)
+        uf.attach(sched)  # twice is harmless
+        assert isinstance(sched, cls)
+        assert isinstance(sched, ffl.PlateauByLargestDrop) == adapted, cls

@@ -30,8 +30,10 @@ __all__ = [
     "LAST_LR",
     "LR_KEYS",
     "MOMENTUM_KEYS",
+    "REDUCE_LR",
     "SCALED_LISTS",
     "STEP_WRAPPED",
+    "PlateauByLargestDrop",
     "Scheduler",
     "Schedulers",
     "check_group_lists",
@@ -82,6 +84,15 @@ LR_KEYS = ("lr", "initial_lr", "max_lr", "min_lr")
 MOMENTUM_KEYS = ("max_momentum", "base_momentum")
 """Momentum bounds ``OneCycleLR`` and ``CyclicLR`` write into each group (with
 ``cycle_momentum``); copied to new groups as they are."""
+
+REDUCE_LR = "_reduce_lr"
+"""Private. ``ReduceLROnPlateau.step`` calls ``_reduce_lr(epoch)`` to lower every group's LR
+by ``factor``, skipping a group whose drop is not larger than ``eps`` (1e-8 by default). Under
+``lr_decay`` the deep blocks' LRs fall below that, so they would stop following
+``stage.lr * lr_scale * f(t)``. An attached ``ReduceLROnPlateau`` is given a subclass
+(:class:`PlateauByLargestDrop`) whose ``_reduce_lr`` decides once, on the largest drop of any
+group, and then lowers every group (floors ``min_lrs`` kept), delegating the update itself to
+torch's."""
 
 # --------------------------------------------------------------------------- checks
 
@@ -139,6 +150,52 @@ def check_group_lists(scheduler: object, n: int, *, extendable: bool) -> None:
                 f"now has {n} param groups; hint: build the LR scheduler after the "
                 "GradualUnfreezer"
             )
+
+
+# --------------------------------------------------------------------------- ReduceLROnPlateau
+
+
+class PlateauByLargestDrop(ReduceLROnPlateau):
+    """A ``ReduceLROnPlateau`` whose reductions are decided once for all groups: when the
+    largest drop of any group (``lr - max(lr * factor, min_lr)``) exceeds ``eps``, every
+    group is lowered, however small its own drop; else none is. torch decides per group,
+    so groups whose LR is below ``eps / (1 - factor)`` (deep blocks under ``lr_decay``)
+    would stop following the others. :meth:`Schedulers.attach` gives an attached
+    ``ReduceLROnPlateau`` this class; its state dict is unchanged."""
+
+    def _reduce_lr(self, epoch: Any) -> None:
+        groups = self.optimizer.param_groups
+        if len(groups) != len(self.min_lrs):  # torch's own message (or extension)
+            super()._reduce_lr(epoch)
+            return
+        drops = [
+            float(g["lr"]) - max(float(g["lr"]) * self.factor, floor)
+            for g, floor in zip(groups, self.min_lrs)
+        ]
+        if max(drops, default=0.0) <= self.eps:
+            return
+        eps, self.eps = self.eps, 0.0  # every group that can still go down does
+        try:
+            super()._reduce_lr(epoch)
+        finally:
+            self.eps = eps
+
+
+_BY_LARGEST_DROP: dict[type, type] = {ReduceLROnPlateau: PlateauByLargestDrop}
+
+
+def _decide_by_largest_drop(scheduler: object) -> None:
+    """Give a ``ReduceLROnPlateau`` (or a subclass of it that keeps torch's ``_reduce_lr``)
+    the reductions of :class:`PlateauByLargestDrop`, in place."""
+    cls = type(scheduler)
+    if not isinstance(scheduler, ReduceLROnPlateau) or isinstance(scheduler, PlateauByLargestDrop):
+        return
+    if getattr(cls, REDUCE_LR) is not getattr(ReduceLROnPlateau, REDUCE_LR):
+        return  # a subclass with its own reductions: left as it is
+    sub = _BY_LARGEST_DROP.get(cls)
+    if sub is None:
+        sub = _BY_LARGEST_DROP[cls] = type(cls.__name__, (PlateauByLargestDrop, cls), {})
+    scheduler.__class__ = sub
 
 
 # --------------------------------------------------------------------------- adoption
@@ -203,6 +260,8 @@ class Schedulers:
                     elif key not in g or key in MOMENTUM_KEYS:
                         g[key] = value
             self.template = None
+        for s in schedulers_in(scheduler):
+            _decide_by_largest_drop(s)
         if scheduler not in self.attached:
             self.attached.append(scheduler)
 
