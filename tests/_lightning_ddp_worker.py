@@ -11,6 +11,7 @@ data on each rank through Lightning's DistributedSampler):
   trains at each stage change).
 - find_unused: ``strategy="ddp_find_unused_parameters_true"`` with the rebuild switched off:
   the configuration freezeflow needed before, DDP built once over every parameter.
+- resume: ``ddp`` resumed from its checkpoint at the end of epoch 1 (run after ``ddp``).
 
 Each result holds, per optimizer step, the bytes DDP all-reduced (counted by a comm hook
 registered on every DDP module the strategy holds) and the stage of that step; the model's
@@ -28,6 +29,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 import torch.distributed as dist
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.strategies import DDPStrategy
 from torch import nn
 from torch._C._distributed_c10d import GradBucket
@@ -141,13 +143,18 @@ def run(out_dir: str, scenario: str) -> dict[str, Any]:
     strategy: Any = DDPStrategy(process_group_backend="gloo")
     if scenario == "find_unused":
         strategy = DDPStrategy(process_group_backend="gloo", find_unused_parameters=True)
+    callbacks: list[Any] = [cb, rec]
+    if scenario == "ddp":  # a checkpoint at the end of every epoch, for "resume"
+        callbacks.append(ModelCheckpoint(dirpath=out_dir, filename="{epoch}", save_top_k=-1))
     trainer = pl.Trainer(
         accelerator="cpu", devices=2, strategy=strategy, max_epochs=EPOCHS,
-        callbacks=[cb, rec], enable_progress_bar=False, enable_model_summary=False,
-        logger=False, enable_checkpointing=False, default_root_dir=out_dir,
+        callbacks=callbacks, enable_progress_bar=False, enable_model_summary=False,
+        logger=False, enable_checkpointing=scenario == "ddp", default_root_dir=out_dir,
         num_sanity_val_steps=0, deterministic=True,
     )  # fmt: skip
-    trainer.fit(lit, loader())
+    # resume: from the end of epoch 1 (stage 1; stage 2 starts mid-epoch 2)
+    ckpt = os.path.join(out_dir, "epoch=1.ckpt") if scenario == "resume" else None
+    trainer.fit(lit, loader(), ckpt_path=ckpt)
     assert cb.unfreezer is not None
     return {
         "initial": initial,

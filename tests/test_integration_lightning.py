@@ -348,12 +348,14 @@ def test_plain_ddp_strategy_all_reduces_only_what_trains(tmp_path: Path) -> None
     wrapper at each stage change, so every step all-reduces exactly the trainable
     parameters, the ranks stay bit-identical after every step, and the run equals the
     find-unused configuration (DDP built once over everything), which all-reduces every
-    parameter at every step. About 10 s (two Lightning imports, two fits)."""
+    parameter at every step; a run resumed on both ranks from a checkpoint mid-schedule ends
+    as the uninterrupted one. About 12 s (two Lightning imports, three fits)."""
     from _two_ranks import run_two_ranks
 
-    run_two_ranks(WORKER, lambda _: [str(tmp_path), "ddp,find_unused"], "Lightning DDP", 240)
+    scenarios = "ddp,find_unused,resume"
+    run_two_ranks(WORKER, lambda _: [str(tmp_path), scenarios], "Lightning DDP", 240)
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(2)]
-    for scenario in ("ddp", "find_unused"):
+    for scenario in scenarios.split(","):
         for r in ranks:
             assert "crash" not in r[scenario], r[scenario].get("crash")
     ddp, unused = ranks[0]["ddp"], ranks[0]["find_unused"]
@@ -391,3 +393,13 @@ def test_plain_ddp_strategy_all_reduces_only_what_trains(tmp_path: Path) -> None
         assert unused["bytes"][step] == everything > trainable, step
     assert [ddp["bytes"][s] for s in (0, 3, 8)] == [156, 780, 1116]
     assert everything == 1308
+    # resumed on both ranks from the end of epoch 1: the restored stage is re-wrapped (and
+    # the next one mid-epoch), the rest of the run is the uninterrupted one, bit for bit
+    resumed = ranks[0]["resume"]
+    assert resumed["history"] == ddp["history"] and resumed["ddp_modules"] == 2
+    assert sorted(resumed["states"]) == list(range(6, 12))
+    for step in range(6, 12):
+        assert resumed["bytes"][step] == ddp["bytes"][step], step
+        for r in ranks:
+            for k, v in ddp["states"][step].items():
+                assert torch.equal(v, r["resume"]["states"][step][k]), (step, k)
