@@ -13,10 +13,11 @@ from __future__ import annotations
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import pytest
 import torch
-from models import flags, group_view, make_tiny_lm
+from models import flags, group_view, make_net, make_tiny_lm
 from torch import nn
 from torch.optim import lr_scheduler as lrs
 
@@ -48,6 +49,103 @@ def _wd(uf: ff.GradualUnfreezer) -> dict[str, float]:
 def _plain_two() -> list[ff.Stage]:
     """Two stages that set no weight decay."""
     return [ff.Stage("head", lr=1e-2), ff.Stage("body.1", lr=1e-3, start=1)]
+
+
+# --------------------------------------------------------------------------- 1. weight decay
+
+
+def test_the_optimizers_weight_decay_applies_when_no_stage_sets_one() -> None:
+    """The README quickstart's AdamW(model.parameters()) has weight decay 0.01: it stays."""
+    model = make_net()
+    uf = ff.GradualUnfreezer(model, _plain_two(), torch.optim.AdamW(model.parameters()))
+    expected = {"stage0/decay": 0.01, "stage0/no_decay": 0.0}
+    expected |= {"stage1/decay": 0.01, "stage1/no_decay": 0.0}
+    assert _wd(uf) == expected
+    uf.on_epoch_start(1)
+    assert _wd(uf) == expected
+    assert uf.default_weight_decay == 0.01
+
+
+def test_a_stage_weight_decay_still_wins_and_carries_on() -> None:
+    model = make_net()
+    opt = torch.optim.AdamW(model.parameters(), weight_decay=0.05)
+    sched = [
+        ff.Stage("head", lr=1e-2),
+        ff.Stage("body.1", lr=1e-3, start=1, weight_decay=0.2),
+        ff.Stage("body.0", lr=1e-3, start=2),
+    ]
+    uf = ff.GradualUnfreezer(model, sched, opt)
+    assert _wd(uf)["stage0/decay"] == 0.05
+    assert _wd(uf)["stage1/decay"] == 0.2  # its own stage's, set up front
+    uf.on_epoch_start(1)
+    assert _wd(uf)["stage0/decay"] == 0.2
+    uf.on_epoch_start(2)
+    assert {v for k, v in _wd(uf).items() if k.endswith("/decay")} == {0.2}
+    assert {v for k, v in _wd(uf).items() if k.endswith("/no_decay")} == {0.0}
+
+
+def _sgd_wd(groups: Any) -> torch.optim.Optimizer:
+    return torch.optim.SGD(groups, lr=0.1, weight_decay=1e-4)
+
+
+class _NoDecay(torch.optim.Optimizer):
+    """An optimizer with no weight decay at all."""
+
+    def __init__(self, params: Any, lr: float = 0.1) -> None:
+        super().__init__(params, {"lr": lr})
+
+    def step(self, closure: Any = None) -> None:  # type: ignore[override]
+        return None
+
+
+@pytest.mark.parametrize(
+    ("optimizer", "expected"),
+    [
+        (torch.optim.AdamW, 0.01),
+        (torch.optim.SGD, 0.0),
+        (_sgd_wd, 1e-4),
+        (None, 0.01),  # the default optimizer is AdamW
+        (_NoDecay, 0.0),
+    ],
+    ids=["AdamW-class", "SGD-class", "factory", "default", "no-weight-decay"],
+)
+def test_weight_decay_of_an_optimizer_built_by_the_unfreezer(
+    optimizer: Any, expected: float
+) -> None:
+    uf = ff.GradualUnfreezer(make_net(), _plain_two(), optimizer)
+    assert uf.default_weight_decay == expected
+    assert {v for k, v in _wd(uf).items() if k.endswith("/decay")} == {expected}
+
+
+def test_weight_decay_of_the_users_single_group() -> None:
+    model = make_net()
+    opt = torch.optim.AdamW([{"params": list(model.parameters()), "weight_decay": 0.3}])
+    uf = ff.GradualUnfreezer(model, _plain_two(), opt)
+    assert uf.default_weight_decay == 0.3
+
+
+def test_plan_shows_the_weight_decay_that_applies() -> None:
+    model = make_net()
+    uf = ff.GradualUnfreezer(model, _plain_two(), torch.optim.AdamW(model.parameters()))
+    for p in (uf.plan(), ff.plan(model, _plain_two())):
+        wds = {g[0]: g[2] for s in p.stages for g in s.groups}
+        assert wds["stage0/decay"] == wds["stage1/decay"] == 0.01
+        assert wds["stage0/no_decay"] == 0.0
+    sgd = ff.plan(model, _plain_two(), optimizer=torch.optim.SGD(model.parameters(), lr=0.1))
+    assert {g[2] for s in sgd.stages for g in s.groups} == {0.0}
+    assert {g[2] for s in ff.plan(model, _plain_two(), optimizer=_NoDecay).stages
+            for g in s.groups} == {0.0}  # fmt: skip
+
+
+def test_param_groups_leave_weight_decay_to_the_optimizer() -> None:
+    groups = ff.param_groups(make_net(), lr=1e-3)
+    assert all("weight_decay" not in g for g in groups if g["name"] == "decay")
+    assert all(g["weight_decay"] == 0.0 for g in groups if g["name"] == "no_decay")
+    opt = torch.optim.AdamW(groups)
+    assert {g["name"]: g["weight_decay"] for g in opt.param_groups} == {
+        "no_decay": 0.0,
+        "decay": 0.01,
+    }
 
 
 # --------------------------------------------------------------------------- 4. ReduceLROnPlateau

@@ -38,7 +38,7 @@ from freezeflow.schedules.schedule import Schedule, Stage
 from freezeflow.schedules.triggers import AtEpoch, AtFraction, AtStep, OnPlateau, PlateauTracker
 from freezeflow.unfreezer.layout import Layout, layout
 from freezeflow.unfreezer.lr_schedulers import Scheduler, Schedulers
-from freezeflow.unfreezer.optimizer import OptimizerFactory, adopt_optimizer
+from freezeflow.unfreezer.optimizer import OptimizerFactory, adopt_layout
 from freezeflow.unfreezer.state import STATE_FORMAT, apply_state, capture, fingerprint, read_state
 from freezeflow.unfreezer.transition import Transition
 
@@ -63,7 +63,7 @@ class GradualUnfreezer:
         schedule: a :class:`~freezeflow.Schedule` or a list of :class:`~freezeflow.Stage`.
         optimizer: an optimizer built over the model's parameters (its groups are rebuilt in
             place), or an optimizer class / factory called with the list of param groups.
-            Default: ``torch.optim.AdamW``.
+            Default: ``torch.optim.AdamW``. Its weight decay applies while no stage sets one.
         scheduler: an LR scheduler already built over ``optimizer``. Better: build it after
             the unfreezer and :meth:`attach` it.
         norm: norm mode for frozen norm layers (see :func:`freezeflow.freeze`).
@@ -79,6 +79,8 @@ class GradualUnfreezer:
         global_step: the optimizer steps counted so far.
         history: every :class:`~freezeflow.unfreezer.Transition`, the start included.
         layout: the :class:`~freezeflow.unfreezer.Layout` (trainable sets and groups).
+        default_weight_decay: the weight decay the optimizer was built with, which decay
+            groups get while no stage sets one.
 
     Example:
         >>> import torch, torchvision, freezeflow as ff
@@ -135,12 +137,8 @@ class GradualUnfreezer:
         self._plateau_ready = False
         self._listeners: list[Callable[[Transition], None]] = []
 
-        self.optimizer, template = adopt_optimizer(
-            optimizer,
-            lay.optimizer_groups(schedule),
-            params=lay.params,
-            model_name=type(model).__name__,
-            scheduler=scheduler,
+        self.optimizer, template, self.default_weight_decay = adopt_layout(
+            optimizer, lay, schedule, model_name=type(model).__name__, scheduler=scheduler
         )
         self._schedulers = Schedulers(self.optimizer, template)
         self._enter(0, "start")
@@ -188,7 +186,9 @@ class GradualUnfreezer:
                 self._schedulers.rescale(i, new_base / old_base)
             group["base_lr"] = new_base
             group["lr_scale"] = lay.scale(stage, spec)
-            group["weight_decay"] = lay.weight_decay(self.schedule, k, spec)
+            group["weight_decay"] = lay.weight_decay(
+                self.schedule, k, spec, self.default_weight_decay
+            )
             lrs[spec.name] = float(group["lr"])
         self.stage_index = k
         self._plateau.reset()
@@ -352,7 +352,7 @@ class GradualUnfreezer:
         """The per-stage plan of this unfreezer (see :func:`freezeflow.plan`)."""
         from freezeflow.unfreezer.plan import Plan
 
-        return Plan.build(self.model, self.schedule, self.layout)
+        return Plan.build(self.model, self.schedule, self.layout, self.default_weight_decay)
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:

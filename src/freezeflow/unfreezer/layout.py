@@ -79,34 +79,54 @@ class Layout:
         """Base LR (before any LR scheduler) of ``group`` while ``stage`` runs."""
         return stage.lr * self.scale(stage, group)
 
-    def weight_decay(self, schedule: Schedule, k: int, group: GroupSpec) -> float:
-        """Weight decay of ``group`` while stage ``k`` runs (the latest stage up to ``k``
-        that sets one; 0 for no-decay groups)."""
+    def weight_decay(
+        self, schedule: Schedule, k: int, group: GroupSpec, default: float = 0.0
+    ) -> float:
+        """Weight decay of ``group`` while stage ``k`` runs: that of the latest stage up to
+        ``k`` that sets one, else ``default`` (the weight decay the optimizer was built with);
+        0 for no-decay groups."""
+        found = self.stage_weight_decay(schedule, k, group)
+        return default if found is None else found
+
+    def stage_weight_decay(self, schedule: Schedule, k: int, group: GroupSpec) -> float | None:
+        """The weight decay the schedule gives ``group`` while stage ``k`` runs (0 for
+        no-decay groups), or None when no stage up to ``k`` sets one."""
         if not group.decay:
             return 0.0
         for stage in reversed(schedule.stages[: k + 1]):
             if stage.weight_decay is not None:
                 return stage.weight_decay
-        return 0.0
+        return None
 
-    def optimizer_groups(self, schedule: Schedule) -> list[dict[str, Any]]:
+    def optimizer_groups(
+        self, schedule: Schedule, weight_decay: float | None = 0.0
+    ) -> list[dict[str, Any]]:
         """The param groups, each with the hyper-parameters of the stage that first trains
-        it: ``params``, ``name``, ``lr`` (= ``base_lr``), ``lr_scale`` and
-        ``weight_decay``."""
+        it: ``params``, ``name``, ``lr`` (= ``base_lr``), ``lr_scale`` and ``weight_decay``.
+
+        Args:
+            schedule: the schedule this layout was resolved from.
+            weight_decay: the weight decay of decay groups no stage gives one (the
+                optimizer's own); None leaves ``weight_decay`` out of those groups, so that
+                the optimizer they are given to fills in its default.
+        """
         out = []
         for g in self.groups:
             stage = schedule.stages[g.stage_index]
             base = self.lr(stage, g)
-            out.append(
-                {
-                    "params": [self.params[i] for i in g.params],
-                    "name": g.name,
-                    "lr": base,
-                    "base_lr": base,
-                    "lr_scale": self.scale(stage, g),
-                    "weight_decay": self.weight_decay(schedule, g.stage_index, g),
-                }
-            )
+            group: dict[str, Any] = {
+                "params": [self.params[i] for i in g.params],
+                "name": g.name,
+                "lr": base,
+                "base_lr": base,
+                "lr_scale": self.scale(stage, g),
+            }
+            wd = self.stage_weight_decay(schedule, g.stage_index, g)
+            if wd is None:
+                wd = weight_decay
+            if wd is not None:
+                group["weight_decay"] = wd
+            out.append(group)
         return out
 
 
@@ -185,14 +205,16 @@ def param_groups(
     policy: PolicyLike | None = None,
     *,
     lr: float,
-    weight_decay: float = 0.0,
+    weight_decay: float | None = None,
     lr_decay: float | None = None,
     no_decay: PolicyLike | None = None,
 ) -> list[dict[str, Any]]:
     """Param groups for any ``torch.optim`` optimizer, without a schedule.
 
     Groups are named (``decay``/``no_decay``, with the block name when ``lr_decay`` is set)
-    and carry ``lr_scale``; ``lr`` is already multiplied by it.
+    and carry ``lr_scale``; ``lr`` is already multiplied by it. No-decay groups get
+    ``weight_decay`` 0; decay groups get ``weight_decay``, or, when it is None, no
+    ``weight_decay`` key, so the optimizer's own default applies (AdamW's 0.01).
 
     Example:
         >>> import torch, torchvision, freezeflow as ff
@@ -210,7 +232,7 @@ def param_groups(
         name="all",
     )
     schedule = Schedule([stage])
-    out = layout(model, schedule, no_decay).optimizer_groups(schedule)
+    out = layout(model, schedule, no_decay).optimizer_groups(schedule, weight_decay=None)
     for g in out:
         g["name"] = g["name"].removeprefix("all/")
         del g["base_lr"]

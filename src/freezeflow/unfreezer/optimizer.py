@@ -6,6 +6,8 @@ Everything is checked before the user's optimizer changes.
 
 from __future__ import annotations
 
+import inspect
+import math
 import warnings
 from collections.abc import Callable, Sequence
 from typing import Any, TypeAlias
@@ -15,6 +17,8 @@ from torch import nn
 from torch.optim import Optimizer
 
 from freezeflow.errors import FreezeflowWarning, OptimizerError
+from freezeflow.schedules.schedule import Schedule
+from freezeflow.unfreezer.layout import Layout
 from freezeflow.unfreezer.lr_schedulers import (
     Scheduler,
     check_group_lists,
@@ -22,7 +26,7 @@ from freezeflow.unfreezer.lr_schedulers import (
     has_scheduler,
 )
 
-__all__ = ["OptimizerFactory", "adopt_optimizer"]
+__all__ = ["OptimizerFactory", "adopt_layout", "adopt_optimizer", "weight_decay_of"]
 
 OptimizerFactory: TypeAlias = Callable[[list[dict[str, Any]]], Optimizer]
 """A function building an optimizer from a list of param groups (an optimizer class is one)."""
@@ -40,6 +44,46 @@ def _check_params(optimizer: Optimizer, params: Sequence[nn.Parameter], model_na
             "this model's parameters, e.g. AdamW(model.parameters()), after replacing the "
             "head"
         )
+
+
+def _number(value: object) -> float:
+    try:
+        out = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return 0.0
+    return out if math.isfinite(out) else 0.0
+
+
+def weight_decay_of(
+    optimizer: Optimizer | OptimizerFactory | type[Optimizer] | None, *, built_here: bool = False
+) -> float:
+    """The weight decay ``optimizer`` was built with: what every decay group gets while no
+    stage sets one.
+
+    For an optimizer object: the ``weight_decay`` of its single param group (the one it was
+    built with), else its ``defaults["weight_decay"]`` (always the defaults when
+    ``built_here``: an optimizer built over the unfreezer's groups); for an optimizer class:
+    the default of its ``weight_decay`` argument; None stands for the unfreezer's default,
+    ``torch.optim.AdamW`` (0.01). An optimizer without weight decay, or a factory (which can
+    only tell once it has built one), gives 0.
+
+    Example:
+        >>> import torch
+        >>> weight_decay_of(torch.optim.AdamW), weight_decay_of(torch.optim.SGD)
+        (0.01, 0.0)
+    """
+    if optimizer is None:
+        optimizer = torch.optim.AdamW
+    if isinstance(optimizer, Optimizer):
+        groups = optimizer.param_groups
+        value = groups[0].get("weight_decay") if len(groups) == 1 and not built_here else None
+        if value is None:
+            value = optimizer.defaults.get("weight_decay", 0.0)
+        return _number(value)
+    if isinstance(optimizer, type) and issubclass(optimizer, Optimizer):
+        arg = inspect.signature(optimizer).parameters.get("weight_decay")
+        return 0.0 if arg is None else _number(arg.default)
+    return 0.0
 
 
 def _build(
@@ -68,6 +112,7 @@ def adopt_optimizer(
     params: Sequence[nn.Parameter],
     model_name: str,
     scheduler: Scheduler | None,
+    stacklevel: int = 3,
 ) -> tuple[Optimizer, dict[str, Any] | None]:
     """The optimizer over ``groups``: ``optimizer`` itself with its groups replaced, or the one
     ``optimizer`` (a class or factory, default ``AdamW``) builds.
@@ -78,6 +123,8 @@ def adopt_optimizer(
         params: every parameter of the model (an optimizer holding others is refused).
         model_name: for messages.
         scheduler: an LR scheduler the user hands over with the optimizer, checked here.
+        stacklevel: of the warning about a scheduler not handed over (3: the caller's
+            caller).
 
     Returns:
         The optimizer and the template for :class:`~freezeflow.unfreezer.lr_schedulers.Schedulers`:
@@ -103,7 +150,7 @@ def adopt_optimizer(
             "build the scheduler after the GradualUnfreezer) so that it drives every "
             "param group the unfreezer creates",
             FreezeflowWarning,
-            stacklevel=3,
+            stacklevel=stacklevel,
         )
     template = None
     if len(optimizer.param_groups) == 1:
@@ -114,3 +161,34 @@ def adopt_optimizer(
     for g in groups:
         optimizer.add_param_group(g)
     return optimizer, template
+
+
+def adopt_layout(
+    optimizer: Optimizer | OptimizerFactory | type[Optimizer] | None,
+    layout: Layout,
+    schedule: Schedule,
+    *,
+    model_name: str,
+    scheduler: Scheduler | None,
+) -> tuple[Optimizer, dict[str, Any] | None, float]:
+    """:func:`adopt_optimizer` over the groups of ``layout``, with their weight decay: a
+    stage's where one sets it, else the weight decay the optimizer was built with
+    (:func:`weight_decay_of`; for one built here, its ``defaults``), 0 for no-decay groups.
+
+    Returns:
+        The optimizer, the template (see :func:`adopt_optimizer`) and that weight decay.
+    """
+    wd = weight_decay_of(optimizer) if isinstance(optimizer, Optimizer) else None
+    built, template = adopt_optimizer(
+        optimizer,
+        layout.optimizer_groups(schedule, wd),  # None: the optimizer fills in its default
+        params=layout.params,
+        model_name=model_name,
+        scheduler=scheduler,
+        stacklevel=4,
+    )
+    if wd is None:
+        wd = weight_decay_of(built, built_here=True)
+    for spec, group in zip(layout.groups, built.param_groups):
+        group["weight_decay"] = layout.weight_decay(schedule, spec.stage_index, spec, wd)
+    return built, template, wd

@@ -8,12 +8,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from torch import nn
+from torch.optim import Optimizer
 
 from freezeflow.core.blocks import ModelIndex
 from freezeflow.core.policy import PolicyLike
 from freezeflow.schedules.schedule import Schedule, Stage
 from freezeflow.schedules.triggers import AtEpoch, AtFraction, AtStep, OnPlateau, Trigger
 from freezeflow.unfreezer.layout import Layout, layout
+from freezeflow.unfreezer.optimizer import weight_decay_of
 
 __all__ = ["Plan", "StagePlan", "plan"]
 
@@ -74,7 +76,11 @@ class Plan:
     schedule: Schedule
 
     @classmethod
-    def build(cls, model: nn.Module, schedule: Schedule, lay: Layout) -> Plan:
+    def build(
+        cls, model: nn.Module, schedule: Schedule, lay: Layout, weight_decay: float = 0.0
+    ) -> Plan:
+        """The plan of ``schedule`` resolved as ``lay`` on ``model``; ``weight_decay`` is the
+        optimizer's, which decay groups get while no stage sets one."""
         idx = ModelIndex.build(model)
         block_of = idx.block_of_alias()
         param_block: dict[int, int] = {}
@@ -94,7 +100,7 @@ class Plan:
                         (
                             g.name,
                             lay.lr(stage, g),
-                            lay.weight_decay(schedule, k, g),
+                            lay.weight_decay(schedule, k, g, weight_decay),
                             sum(lay.params[i].numel() for i in g.params),
                         )
                     )
@@ -227,9 +233,17 @@ class Plan:
 
 
 def plan(
-    model: nn.Module, schedule: Schedule | list[Stage], *, no_decay: PolicyLike | None = None
+    model: nn.Module,
+    schedule: Schedule | list[Stage],
+    *,
+    no_decay: PolicyLike | None = None,
+    optimizer: Optimizer | type[Optimizer] | None = None,
 ) -> Plan:
     """What ``schedule`` will do to ``model``, without changing either.
+
+    Weight decay is the stages' where they set one, else that of ``optimizer`` (an
+    optimizer, or an optimizer class; default ``torch.optim.AdamW``, the unfreezer's and
+    ``fit()``'s default, with 0.01), as the unfreezer will set it.
 
     Example:
         >>> import torchvision, freezeflow as ff
@@ -239,4 +253,4 @@ def plan(
         [0] head: starts at epoch 0
     """
     sched = schedule if isinstance(schedule, Schedule) else Schedule(schedule)
-    return Plan.build(model, sched, layout(model, sched, no_decay))
+    return Plan.build(model, sched, layout(model, sched, no_decay), weight_decay_of(optimizer))
