@@ -14,6 +14,7 @@ trigger, different data on each rank through the Trainer's DistributedSampler):
   builds DDP (find_unused_parameters=True, the Trainer's default for a PreTrainedModel); the
   first stage freezes the model afterwards.
 - plain: a plain Trainer with FreezeflowTrainerCallback: refused under DDP.
+- resume: ff resumed on both ranks from its checkpoint at the end of epoch 1 (after ff).
 
 Each result holds, per optimizer step, the bytes DDP all-reduced (a comm hook on every DDP
 module that trains) and the stage of that step; the parameters after every step; the
@@ -79,12 +80,12 @@ def schedule() -> ff.Schedule:
     )
 
 
-def arguments(out_dir: str) -> Any:
+def arguments(out_dir: str, save: bool) -> Any:
     return transformers.TrainingArguments(
         output_dir=out_dir, num_train_epochs=EPOCHS, per_device_train_batch_size=BATCH,
         learning_rate=0.5, lr_scheduler_type="constant", report_to=[], use_cpu=True,
-        save_strategy="no", logging_strategy="no", disable_tqdm=True, seed=0,
-        dataloader_num_workers=0, ddp_backend="gloo",
+        save_strategy="epoch" if save else "no", logging_strategy="no", disable_tqdm=True,
+        seed=0, dataloader_num_workers=0, ddp_backend="gloo",
     )  # fmt: skip
 
 
@@ -158,7 +159,8 @@ def run(out_dir: str, scenario: str) -> dict[str, Any]:
     model = bert()
     rec = Recorder()
     common: dict[str, Any] = {
-        "model": model, "args": arguments(out_dir), "train_dataset": Data(),
+        "model": model, "args": arguments(os.path.join(out_dir, scenario), scenario == "ff"),
+        "train_dataset": Data(),
         "callbacks": [rec],
     }  # fmt: skip
     if scenario == "plain":
@@ -171,15 +173,20 @@ def run(out_dir: str, scenario: str) -> dict[str, Any]:
         except ff.errors.TrainingError as exc:
             return {"error": str(exc)}
         return {"error": None}
-    cls: Any = {"ff": FreezeflowTrainer, "once": Once, "find_unused": FindUnused}[scenario]
+    cls: Any = {"ff": FreezeflowTrainer, "resume": FreezeflowTrainer, "once": Once}.get(
+        scenario, FindUnused
+    )
     # before freezeflow rebuilt DDP, FreezeflowTrainer had no on_ddp_wrap
-    rec.rebuilds = "on_ddp_wrap" in inspect.signature(cls).parameters and scenario == "ff"
+    rebuilds = "on_ddp_wrap" in inspect.signature(cls).parameters
+    rec.rebuilds = rebuilds and scenario in ("ff", "resume")
     if rec.rebuilds:
         common["on_ddp_wrap"] = rec.hook
     trainer = cls(schedule=schedule(), **common)
     rec.trainer = trainer
     initial = {n: p.detach().clone() for n, p in model.named_parameters()}
-    trainer.train()
+    # resume: from ff's checkpoint at the end of epoch 1 (stage 1; stage 2 starts at step 5)
+    ckpt = f"checkpoint-{2 * STEPS_PER_EPOCH}"
+    trainer.train(os.path.join(out_dir, "ff", ckpt) if scenario == "resume" else None)
     uf = trainer.freezeflow_callback().unfreezer
     return {
         "initial": initial,

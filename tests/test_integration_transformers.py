@@ -334,10 +334,11 @@ def test_ddp_under_torchrun_all_reduces_only_what_trains(tmp_path: Path) -> None
     over every parameter with find_unused_parameters=True (which all-reduces them all at
     every step). The Trainer's own DDP module, built once after the first stage froze the
     model (what freezeflow did before), never all-reduces the later stages: the ranks drift
-    apart. A plain Trainer with the callback is refused. About 20 s (four Trainers)."""
+    apart. A plain Trainer with the callback is refused. A run resumed on both ranks
+    mid-schedule ends as the uninterrupted one. About 15 s (five Trainers)."""
     from _two_ranks import run_two_ranks
 
-    scenarios = "ff,once,find_unused,plain"
+    scenarios = "ff,once,find_unused,plain,resume"
     run_two_ranks(WORKER, lambda _: [str(tmp_path), scenarios], "HF Trainer DDP", 300)
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(2)]
     for scenario in scenarios.split(","):
@@ -381,6 +382,16 @@ def test_ddp_under_torchrun_all_reduces_only_what_trains(tmp_path: Path) -> None
     top = [n for n in ff_["trainable"][1] if n.startswith("bert.encoder.layer.1.")]
     assert differ("once", 2) == top
     assert set(ff_["trainable"][2]) <= set(differ("once", 7))
+    # resumed on both ranks from the end of epoch 1 (FreezeflowTrainer.train): the wrapper is
+    # built over the restored stage, the rest of the run is the uninterrupted one, bit for bit
+    resumed = ranks[0]["resume"]
+    assert resumed["history"] == ff_["history"] and resumed["ddp_modules"] == 2
+    assert sorted(resumed["states"]) == [4, 5, 6, 7]
+    for step in (4, 5, 6, 7):
+        assert resumed["bytes"][step] == ff_["bytes"][step], step
+        for r in ranks:
+            for k, v in ff_["states"][step].items():
+                assert torch.equal(v, r["resume"]["states"][step][k]), (step, k)
     for r in ranks:
         msg = r["plain"]["error"]
         assert msg.startswith("a plain Trainer under DDP (world size 2) wraps the model")
