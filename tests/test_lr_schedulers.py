@@ -271,6 +271,7 @@ def test_cyclic_lr_with_momentum_handed_over_steps_every_group() -> None:
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     sched = lrs.CyclicLR(opt, base_lr=0.01, max_lr=0.1, step_size_up=2)
     uf = ff.GradualUnfreezer(model, three_stage(), opt, scheduler=sched)
+    uf.on_epoch_start(0)
     for t in range(3):
         train_step(model, opt, t)
         sched.step()

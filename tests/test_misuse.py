@@ -17,11 +17,12 @@ from typing import Any
 
 import pytest
 import torch
-from models import flags, group_view, make_net, make_tiny_lm
+from models import flags, group_view, make_net, make_tiny_lm, three_stage, train_step
 from torch import nn
 from torch.optim import lr_scheduler as lrs
 
 import freezeflow as ff
+from freezeflow.errors import ModelChangedError
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -148,6 +149,109 @@ def test_param_groups_leave_weight_decay_to_the_optimizer() -> None:
     }
 
 
+# --------------------------------------------------------------------------- 2. model changed
+
+
+def test_head_replaced_after_the_unfreezer_is_refused() -> None:
+    model = make_net()
+    uf = ff.GradualUnfreezer(model, three_stage(), torch.optim.AdamW(model.parameters()))
+    model.head = nn.Linear(4, 3)
+    with unchanged(uf), pytest.raises(ModelChangedError) as info:
+        uf.on_epoch_start(0)
+    message = str(info.value)
+    assert "'head.weight', 'head.bias'" in message
+    assert "2 parameter(s)" in message
+    assert "hint:" in message
+    assert isinstance(info.value, RuntimeError)
+    with unchanged(uf), pytest.raises(ModelChangedError):
+        uf.step()
+
+
+def test_parameters_recreated_by_a_conversion_are_refused_at_the_transition() -> None:
+    model = make_net()
+    uf = ff.GradualUnfreezer(model, three_stage(), torch.optim.AdamW(model.parameters()))
+    uf.on_epoch_start(0)
+    before = torch.__future__.get_overwrite_module_params_on_conversion()
+    torch.__future__.set_overwrite_module_params_on_conversion(True)
+    try:
+        model.double()
+    finally:
+        torch.__future__.set_overwrite_module_params_on_conversion(before)
+    with unchanged(uf), pytest.raises(ModelChangedError, match=r"11 parameter\(s\).*'stem\.0"):
+        uf.on_epoch_start(2)
+
+
+def test_a_module_removed_from_the_model_is_refused() -> None:
+    model = make_net()
+    uf = ff.GradualUnfreezer(model, three_stage(), torch.optim.AdamW(model.parameters()))
+    model.head = nn.Identity()  # type: ignore[assignment]
+    with unchanged(uf), pytest.raises(ModelChangedError, match=r"'head\.weight'"):
+        uf.on_epoch_start(0)
+
+
+def test_in_place_conversions_and_moves_are_fine() -> None:
+    model = make_net()
+    uf = ff.GradualUnfreezer(model, three_stage(), torch.optim.AdamW(model.parameters()))
+    model.double()
+    model.float()
+    model.to("cpu")
+    model.head.reset_parameters()
+    with no_warnings():
+        for t in range(12):
+            if t % 2 == 0:
+                uf.on_epoch_start(t // 2)
+            train_step(model, uf.optimizer, t)
+            uf.step()
+    assert uf.stage_index == 2
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_moving_to_the_gpu_is_fine() -> None:
+    model = make_net()
+    uf = ff.GradualUnfreezer(model, three_stage(), torch.optim.AdamW(model.parameters()))
+    model.cuda()
+    for epoch in range(5):
+        uf.on_epoch_start(epoch)
+        uf.step()
+    assert uf.stage_index == 2
+
+
+# --------------------------------------------------------------------------- 3. LR schedulers
+
+
+def test_a_scheduler_built_after_and_not_attached_warns_once() -> None:
+    model = make_net()
+    opt = torch.optim.AdamW(model.parameters())
+    uf = ff.GradualUnfreezer(model, three_stage(), opt)
+    lrs.CosineAnnealingWarmRestarts(opt, T_0=4)
+    uf.on_epoch_start(0)
+    with pytest.warns(ff.FreezeflowWarning, match=r"unfreezer\.attach\(scheduler\)"):
+        uf.on_epoch_start(2)
+    with no_warnings():
+        uf.on_epoch_start(4)
+
+
+def test_a_scheduler_built_before_and_not_handed_over_warns_once_at_construction() -> None:
+    model = make_net()
+    opt = torch.optim.AdamW(model.parameters())
+    lrs.StepLR(opt, step_size=2)
+    with pytest.warns(ff.FreezeflowWarning, match="scheduler="):
+        uf = ff.GradualUnfreezer(model, three_stage(), opt)
+    with no_warnings():
+        for epoch in range(5):
+            uf.on_epoch_start(epoch)
+
+
+def test_an_attached_scheduler_does_not_warn() -> None:
+    model = make_net()
+    opt = torch.optim.AdamW(model.parameters())
+    uf = ff.GradualUnfreezer(model, three_stage(), opt)
+    uf.attach(lrs.CosineAnnealingWarmRestarts(opt, T_0=4))
+    with no_warnings():
+        for epoch in range(5):
+            uf.on_epoch_start(epoch)
+
+
 # --------------------------------------------------------------------------- 4. ReduceLROnPlateau
 
 
@@ -216,3 +320,146 @@ def test_the_tied_embedding_of_a_language_model_trains_at_the_head_lr() -> None:
     groups = ff.param_groups(model, lr=1e-3, lr_decay=0.5)
     (tied,) = [g for g in groups if any(p is model.lm_head.weight for p in g["params"])]
     assert tied["lr_scale"] == 1.0
+
+
+# --------------------------------------------------------------------------- 6. schedule misuse
+
+
+def test_epochs_going_backwards_are_refused() -> None:
+    model = make_net()
+    uf = ff.GradualUnfreezer(model, three_stage(), torch.optim.AdamW(model.parameters()))
+    uf.on_epoch_start(3)
+    with unchanged(uf), pytest.raises(ff.ScheduleError) as info:
+        uf.on_epoch_start(1)
+    message = str(info.value)
+    assert "on_epoch_start(1)" in message and "epoch 3" in message and "hint:" in message
+    uf.on_epoch_start(3)  # the same epoch again is fine (a resumed epoch)
+    uf.on_epoch_start(4)
+
+
+def test_epochs_may_start_anew_after_loading_a_state() -> None:
+    model = make_net()
+    uf = ff.GradualUnfreezer(model, three_stage(), torch.optim.AdamW(model.parameters()))
+    uf.on_epoch_start(2)
+    state = uf.state_dict()
+    uf.on_epoch_start(5)
+    uf.load_state_dict(state)
+    uf.on_epoch_start(2)  # the resumed epoch
+    assert uf.stage_index == 1
+
+
+def test_steps_without_epochs_warn_once() -> None:
+    model = make_net()
+    uf = ff.GradualUnfreezer(model, three_stage(), torch.optim.AdamW(model.parameters()))
+    with pytest.warns(ff.FreezeflowWarning, match=r"on_epoch_start\(epoch\)") as info:
+        uf.step()
+    assert "stage 1 ('stage1') starts at epoch 2" in str(info[0].message)
+    assert info[0].filename == __file__  # attributed to the caller, not to freezeflow
+    with no_warnings():
+        uf.step()
+
+
+def test_steps_with_epochs_or_step_triggers_do_not_warn() -> None:
+    model = make_net()
+    uf = ff.GradualUnfreezer(model, three_stage(), torch.optim.AdamW(model.parameters()))
+    with no_warnings():
+        uf.on_epoch_start(0)
+        uf.step()
+    steps = [ff.Stage("head", lr=1e-3), ff.Stage("body.1", lr=1e-3, start=ff.at_step(2))]
+    uf = ff.GradualUnfreezer(make_net(), steps)
+    with no_warnings():
+        uf.catch_up(3)
+    assert uf.stage_index == 1
+
+
+def test_a_later_stage_starting_at_the_beginning_is_refused() -> None:
+    for start in (ff.at_step(0), ff.at_fraction(0.0), ff.at_epoch(0)):
+        with pytest.raises(ff.ScheduleError, match=r"stage 1 .*beginning of training"):
+            ff.Schedule([ff.Stage("head", lr=1e-3), ff.Stage("body", lr=1e-3, start=start)])
+
+
+@pytest.mark.parametrize(
+    ("stages", "lengths", "match"),
+    [
+        (
+            [ff.at_step(30), ff.at_epoch(1)],
+            (60, 6),
+            r"stage 2 \('stage2'\) starts at epoch 1 \(step 10\).*stage 1 \('stage1'\) at step 30",
+        ),
+        (
+            [ff.at_epoch(3), ff.at_step(20)],
+            (60, 6),
+            r"stage 2 \('stage2'\) starts at step 20.*stage 1 \('stage1'\) at epoch 3 \(step 30\)",
+        ),
+        (
+            [ff.at_fraction(0.5), ff.at_epoch(3)],
+            (None, 10),
+            r"stage 2 \('stage2'\) starts at epoch 3.*stage 1 \('stage1'\) at 50% of training "
+            r"\(epoch 5\)",
+        ),
+        (
+            [ff.at_fraction(0.5), ff.at_step(10)],
+            (40, None),
+            r"stage 2 \('stage2'\) starts at step 10.*at 50% of training \(step 20\)",
+        ),
+    ],
+    ids=["step-then-epoch", "epoch-then-step", "fraction-then-epoch", "fraction-then-step"],
+)
+def test_stages_that_cannot_start_in_order_are_refused(
+    stages: list[Any], lengths: tuple[int | None, int | None], match: str
+) -> None:
+    model = make_net()
+    opt = torch.optim.AdamW(model.parameters())
+    before = (flags(model), group_view(opt))
+    sched = [
+        ff.Stage("head", lr=1e-3),
+        ff.Stage("body.1", lr=1e-3, start=stages[0]),
+        ff.Stage("body.0", lr=1e-3, start=stages[1]),
+    ]
+    with pytest.raises(ff.ScheduleError, match=match):
+        ff.GradualUnfreezer(model, sched, opt, total_steps=lengths[0], total_epochs=lengths[1])
+    assert (flags(model), group_view(opt)) == before
+
+
+def test_mixed_triggers_in_order_are_fine() -> None:
+    sched = [
+        ff.Stage("head", lr=1e-3),
+        ff.Stage("body.1", lr=1e-3, start=ff.at_step(5)),
+        ff.Stage("body.0", lr=1e-3, start=1),
+    ]
+    with no_warnings():
+        ff.GradualUnfreezer(make_net(), sched, total_steps=60, total_epochs=6)
+        ff.GradualUnfreezer(make_net(), sched)  # no length: nothing to compare
+
+
+def test_a_stage_reselecting_part_of_what_trains_warns_once() -> None:
+    sched = [
+        ff.Stage(["head", "body.1"], lr=1e-3),
+        ff.Stage(["body.1", "body.0"], lr=1e-4, start=1, name="deeper"),
+    ]
+    with pytest.warns(ff.FreezeflowWarning) as info:
+        uf = ff.GradualUnfreezer(make_net(), sched)
+    (w,) = [w for w in info if issubclass(w.category, ff.FreezeflowWarning)]
+    message = str(w.message)
+    assert "stage 1 ('deeper')" in message and "stage 0 ('stage0')" in message
+    assert "'body.1.conv.weight'" in message and "'head.weight'" in message
+    assert "exclusive=True" in message
+    with no_warnings():
+        uf.on_epoch_start(1)
+
+
+def test_cumulative_selections_and_presets_do_not_warn() -> None:
+    import torchvision
+
+    with no_warnings():
+        ff.GradualUnfreezer(make_net(), three_stage())  # everything() last: a superset
+        resnet = torchvision.models.resnet18()
+        for sched in (
+            ff.presets.ulmfit(3),
+            ff.presets.two_stage("fc"),
+            ff.presets.two_stage("fc", "layer4"),
+            ff.presets.chain_thaw("fc", ["layer3", "layer4"]),
+            ff.presets.layerwise_decay(),
+        ):
+            ff.GradualUnfreezer(resnet, sched)
+        ff.GradualUnfreezer(resnet, ff.presets.progressive_freezing(3), total_epochs=10)

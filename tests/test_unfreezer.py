@@ -250,6 +250,7 @@ def test_optimizer_state_continues_through_transitions(
     uf = _build(case, "instance", model, three_stage())
     opt = uf.optimizer
     step = 0
+    uf.on_epoch_start(0)
     for stage in range(3):
         if stage:
             before = _state_copy(opt)
@@ -281,6 +282,7 @@ def test_reset_state_clears_optimizer_state(case: OptCase) -> None:
     model = make_net()
     uf = _build(case, "instance", model, three_stage(reset_state=True))
     opt = uf.optimizer
+    uf.on_epoch_start(0)
     for step in range(2):
         train_step(model, opt, step)
         uf.step()

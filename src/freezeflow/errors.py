@@ -20,6 +20,7 @@ __all__ = [
     "FreezeflowWarning",
     "HeadError",
     "HeadNotFoundError",
+    "ModelChangedError",
     "OptimizerError",
     "PolicyError",
     "PolicyTypeError",
@@ -60,6 +61,12 @@ class ScheduleError(FreezeflowError, ValueError):
 
 class OptimizerError(FreezeflowError, ValueError):
     """An optimizer or LR scheduler does not fit the model or the unfreezer."""
+
+
+class ModelChangedError(FreezeflowError, RuntimeError):
+    """The model's parameters are no longer the ones a
+    :class:`~freezeflow.GradualUnfreezer` was built over (a module replaced, or parameters
+    re-created by a conversion, after the unfreezer was built)."""
 
 
 class StateError(FreezeflowError, ValueError):

@@ -175,14 +175,25 @@ def _stage_from_dict(data: Any, k: int) -> Stage:
 # --------------------------------------------------------------------------- schedule
 
 
+def _at_the_beginning(trigger: Trigger) -> bool:
+    """Whether ``trigger`` fires at the very start of training (epoch, step or fraction 0)."""
+    return (
+        (isinstance(trigger, AtEpoch) and trigger.epoch == 0)
+        or (isinstance(trigger, AtStep) and trigger.step == 0)
+        or (isinstance(trigger, AtFraction) and trigger.fraction == 0)
+    )
+
+
 @dataclass(frozen=True)
 class Schedule:
     """An ordered, validated tuple of stages.
 
-    Validation on construction: at least one stage; the first starts at epoch 0 (or step 0);
-    epoch starts strictly increase, and so do step starts and fraction starts; stage names are
-    unique. Binding to a model (:class:`~freezeflow.GradualUnfreezer`) checks the rest: every
-    stage selects something, and overlaps are reported.
+    Validation on construction: at least one stage; the first starts at epoch 0 (or step 0),
+    and no other does; epoch starts strictly increase, and so do step starts and fraction
+    starts; stage names are unique. Binding to a model (:class:`~freezeflow.GradualUnfreezer`)
+    checks the rest: every stage selects something; starts of different kinds follow each
+    other when the run's length allows comparing them; a stage that re-selects part of what
+    is already trainable is warned about.
     """
 
     stages: tuple[Stage, ...]
@@ -202,15 +213,19 @@ class Schedule:
                     "it as Stage(policy, lr=...)"
                 )
         first = stages[0].start
-        if not (
-            (isinstance(first, AtEpoch) and first.epoch == 0)
-            or (isinstance(first, AtStep) and first.step == 0)
-            or (isinstance(first, AtFraction) and first.fraction == 0)
-        ):
+        if not _at_the_beginning(first):
             raise ScheduleError(
                 f"the first stage must start at the beginning of training, but it starts at "
                 f"{first!r}; hint: leave start out on the first stage"
             )
+        for k, s in enumerate(stages[1:], 1):
+            if _at_the_beginning(s.start):
+                raise ScheduleError(
+                    f"stage {k} ({s.name or f'stage{k}'!r}) starts at {s.start.describe()}, "
+                    "the beginning of training, like stage 0, which would then run for no "
+                    "step; expected every stage after the first to start later; hint: merge "
+                    "it into stage 0 (policies combine: a | b), or give it a later start"
+                )
         for kind, attr in ((AtEpoch, "epoch"), (AtStep, "step"), (AtFraction, "fraction")):
             prev: tuple[int, float] | None = None
             for k, s in enumerate(stages):

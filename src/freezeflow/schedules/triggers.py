@@ -34,6 +34,10 @@ class Trigger:
     def to_data(self) -> Any:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def describe(self) -> str:  # pragma: no cover - abstract
+        """When the trigger fires, in words (``"epoch 5"``, ``"step 100"``...)."""
+        raise NotImplementedError
+
 
 @dataclass(frozen=True)
 class AtEpoch(Trigger):
@@ -43,6 +47,9 @@ class AtEpoch(Trigger):
 
     def to_data(self) -> Any:
         return {"epoch": self.epoch}
+
+    def describe(self) -> str:
+        return f"epoch {self.epoch}"
 
 
 @dataclass(frozen=True)
@@ -54,6 +61,9 @@ class AtStep(Trigger):
     def to_data(self) -> Any:
         return {"step": self.step}
 
+    def describe(self) -> str:
+        return f"step {self.step}"
+
 
 @dataclass(frozen=True)
 class AtFraction(Trigger):
@@ -63,6 +73,9 @@ class AtFraction(Trigger):
 
     def to_data(self) -> Any:
         return {"fraction": self.fraction}
+
+    def describe(self) -> str:
+        return f"{self.fraction:.0%} of training"
 
 
 @dataclass(frozen=True)
@@ -79,6 +92,10 @@ class OnPlateau(Trigger):
 
     def to_data(self) -> Any:
         return {"plateau": {f.name: getattr(self, f.name) for f in fields(self)}}
+
+    def describe(self) -> str:
+        cap = "" if self.max_epoch is None else f", at most epoch {self.max_epoch}"
+        return f"{self.metric} plateau ({self.patience} evals{cap})"
 
 
 def at_epoch(epoch: int) -> AtEpoch:

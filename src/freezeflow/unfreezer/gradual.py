@@ -33,11 +33,18 @@ from torch.optim import Optimizer
 
 from freezeflow.core.freezing import NormMode, check_norm_mode, freeze_params, unfreeze_params
 from freezeflow.core.policy import PolicyLike
-from freezeflow.errors import OptimizerError, PolicyError, ScheduleError, check_int
+from freezeflow.errors import (
+    ModelChangedError,
+    OptimizerError,
+    PolicyError,
+    ScheduleError,
+    check_int,
+)
 from freezeflow.schedules.schedule import Schedule, Stage
 from freezeflow.schedules.triggers import AtEpoch, AtFraction, AtStep, OnPlateau, PlateauTracker
+from freezeflow.unfreezer import checks
 from freezeflow.unfreezer.layout import Layout, layout
-from freezeflow.unfreezer.lr_schedulers import Scheduler, Schedulers
+from freezeflow.unfreezer.lr_schedulers import Scheduler, Schedulers, has_scheduler
 from freezeflow.unfreezer.optimizer import OptimizerFactory, adopt_layout
 from freezeflow.unfreezer.state import STATE_FORMAT, apply_state, capture, fingerprint, read_state
 from freezeflow.unfreezer.transition import Transition
@@ -82,6 +89,12 @@ class GradualUnfreezer:
         default_weight_decay: the weight decay the optimizer was built with, which decay
             groups get while no stage sets one.
 
+    Misuse is refused where it happens (:mod:`freezeflow.unfreezer.checks`): a model whose
+    parameters were replaced after the unfreezer was built, epochs going backwards, stages
+    that cannot start in order; and warned about once: a stage re-selecting part of what is
+    trainable, steps before any epoch while a stage waits for one, an LR scheduler of the
+    optimizer not attached at a stage change.
+
     Example:
         >>> import torch, torchvision, freezeflow as ff
         >>> model = torchvision.models.resnet18()
@@ -120,6 +133,7 @@ class GradualUnfreezer:
                 "a stage starts at a fraction of training, but the run's length is unknown; "
                 "hint: pass total_steps= or total_epochs= (fit() does)"
             )
+        checks.check_stage_order(schedule, total_steps, total_epochs)
         lay = layout(model, schedule, no_decay)  # raises before anything changes
 
         self.model = model
@@ -136,12 +150,21 @@ class GradualUnfreezer:
         self._plateau = PlateauTracker(1)
         self._plateau_ready = False
         self._listeners: list[Callable[[Transition], None]] = []
+        self._held = frozenset(id(p) for p in lay.params)
+        self._once = checks.Once()
+        self._epoch_seen = False  # on_epoch_start (or a loaded state) has counted an epoch
+        self._step_checked = False  # the first step() checks the model
+        self._resumed = False  # a state was loaded: the next epoch may be any
 
+        if isinstance(optimizer, Optimizer) and scheduler is None and has_scheduler(optimizer):
+            self._once.given.add("scheduler")  # adopt_layout warns about it now
         self.optimizer, template, self.default_weight_decay = adopt_layout(
             optimizer, lay, schedule, model_name=type(model).__name__, scheduler=scheduler
         )
         self._schedulers = Schedulers(self.optimizer, template)
         self._enter(0, "start")
+        if overlap := checks.overlap_warning(schedule, lay):
+            self._once.warn("overlap", overlap)
         if scheduler is not None:
             self.attach(scheduler)
 
@@ -203,6 +226,8 @@ class GradualUnfreezer:
             reason=reason,
         )
         self.history.append(t)
+        if k > 0 and (warning := checks.unattached_scheduler(t, self.optimizer, self._schedulers)):
+            self._once.warn("scheduler", warning)
         for listener in self._listeners:
             listener(t)
         return t
@@ -240,27 +265,70 @@ class GradualUnfreezer:
                 return f"epoch {trig.max_epoch} (plateau cap)"
         return None
 
-    def _advance(self, at_epoch_start: bool) -> list[Transition]:
-        out = []
+    def _advance(self, at_epoch_start: bool, checked: bool = False) -> list[Transition]:
+        out: list[Transition] = []
         while self.stage_index + 1 < len(self.schedule):
             reason = self._due(self.stage_index + 1, at_epoch_start)
             if reason is None:
                 break
+            if not out and not checked:
+                self.check_model()
             out.append(self._enter(self.stage_index + 1, reason))
         return out
+
+    def check_model(self) -> None:
+        """Check that the model's parameters are still the ones the unfreezer was built over
+        (cheap: by identity, no tensor work). Called at every epoch start, at the first
+        :meth:`step` and before every stage change.
+
+        Raises:
+            ModelChangedError: a module was replaced, or parameters re-created, after the
+                unfreezer was built; the message names them.
+        """
+        checks.check_model(self.model, self.layout, self._held)
 
     # ------------------------------------------------------------------ hooks
     def on_epoch_start(self, epoch: int) -> list[Transition]:
         """Tell the unfreezer epoch ``epoch`` (0-based) begins; returns the transitions it
-        made (empty when none)."""
-        self.epoch = check_int("on_epoch_start(epoch)", epoch, 0)
-        return self._advance(at_epoch_start=True)
+        made (empty when none).
+
+        Raises:
+            ScheduleError: ``epoch`` is before the last epoch started (the first epoch after
+                :meth:`load_state_dict` may be any); nothing has changed then.
+            ModelChangedError: see :meth:`check_model`.
+        """
+        check_int("on_epoch_start(epoch)", epoch, 0)
+        if not self._resumed:
+            checks.check_epoch(epoch, self.epoch)
+        self.check_model()
+        self.epoch, self._epoch_seen, self._resumed = epoch, True, False
+        return self._advance(at_epoch_start=True, checked=True)
 
     def step(self) -> list[Transition]:
         """Call after each optimizer step; returns the transitions it made (step and
-        fraction triggers start here, mid-epoch)."""
+        fraction triggers start here, mid-epoch).
+
+        Warns (once) when steps come before any :meth:`on_epoch_start` while a stage waits
+        for an epoch, which would then never start.
+
+        Raises:
+            ModelChangedError: see :meth:`check_model`; the step is not counted then.
+        """
+        if not self._step_checked:
+            self.check_model()
+            self._step_checked = True
+        if not self._epoch_seen and (
+            warning := checks.steps_without_epochs(
+                self.schedule, self.stage_index, self.total_steps
+            )
+        ):
+            self._once.warn("epochs", warning)
         self.global_step += 1
-        return self._advance(at_epoch_start=False)
+        try:
+            return self._advance(at_epoch_start=False)
+        except ModelChangedError:
+            self.global_step -= 1
+            raise
 
     def catch_up(self, step: int) -> list[Transition]:
         """Count optimizer steps up to ``step``, a training framework's own count of them
@@ -390,6 +458,7 @@ class GradualUnfreezer:
         plateau = state["plateau"]
         self._plateau.best, self._plateau.bad = plateau["best"], int(plateau["bad"])
         self._plateau_ready = bool(plateau["ready"])
+        self._epoch_seen = self._resumed = True
 
     def __repr__(self) -> str:
         return (

@@ -13,24 +13,11 @@ from torch.optim import Optimizer
 from freezeflow.core.blocks import ModelIndex
 from freezeflow.core.policy import PolicyLike
 from freezeflow.schedules.schedule import Schedule, Stage
-from freezeflow.schedules.triggers import AtEpoch, AtFraction, AtStep, OnPlateau, Trigger
+from freezeflow.schedules.triggers import AtEpoch, AtFraction, AtStep, OnPlateau
 from freezeflow.unfreezer.layout import Layout, layout
 from freezeflow.unfreezer.optimizer import weight_decay_of
 
 __all__ = ["Plan", "StagePlan", "plan"]
-
-
-def _describe(trigger: Trigger) -> str:
-    if isinstance(trigger, AtEpoch):
-        return f"epoch {trigger.epoch}"
-    if isinstance(trigger, AtStep):
-        return f"step {trigger.step}"
-    if isinstance(trigger, AtFraction):
-        return f"{trigger.fraction:.0%} of training"
-    if isinstance(trigger, OnPlateau):
-        cap = "" if trigger.max_epoch is None else f", at most epoch {trigger.max_epoch}"
-        return f"{trigger.metric} plateau ({trigger.patience} evals{cap})"
-    return repr(trigger)  # pragma: no cover
 
 
 @dataclass(frozen=True)
@@ -108,7 +95,7 @@ class Plan:
                 StagePlan(
                     index=k,
                     name=schedule.names[k],
-                    start=_describe(stage.start),
+                    start=stage.start.describe(),
                     policy=repr(stage.trainable) + (" (exclusive)" if stage.exclusive else ""),
                     new_blocks=tuple(idx.blocks[b].name for b in blocks),
                     n_trainable=sum(lay.params[i].numel() for i in now),
