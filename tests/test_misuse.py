@@ -181,6 +181,20 @@ def test_parameters_recreated_by_a_conversion_are_refused_at_the_transition() ->
         uf.on_epoch_start(2)
 
 
+def test_to_empty_from_meta_and_assigned_state_dicts_are_refused() -> None:
+    with torch.device("meta"):
+        meta = make_net()
+    uf = ff.GradualUnfreezer(meta, three_stage(), torch.optim.AdamW(meta.parameters()))
+    meta.to_empty(device="cpu")
+    with unchanged(uf), pytest.raises(ModelChangedError, match=r"to_empty\(\)"):
+        uf.on_epoch_start(0)
+    model = make_net()
+    uf = ff.GradualUnfreezer(model, three_stage(), torch.optim.AdamW(model.parameters()))
+    model.load_state_dict(make_net(seed=1).state_dict(), assign=True)
+    with unchanged(uf), pytest.raises(ModelChangedError, match=r"assign=True"):
+        uf.step()
+
+
 def test_a_module_removed_from_the_model_is_refused() -> None:
     model = make_net()
     uf = ff.GradualUnfreezer(model, three_stage(), torch.optim.AdamW(model.parameters()))
@@ -196,6 +210,7 @@ def test_in_place_conversions_and_moves_are_fine() -> None:
     model.float()
     model.to("cpu")
     model.head.reset_parameters()
+    model.load_state_dict(make_net(seed=2).state_dict())  # copied in place
     with no_warnings():
         for t in range(12):
             if t % 2 == 0:
