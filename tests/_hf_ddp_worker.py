@@ -15,6 +15,8 @@ trigger, different data on each rank through the Trainer's DistributedSampler):
   first stage freezes the model afterwards.
 - plain: a plain Trainer with FreezeflowTrainerCallback: refused under DDP.
 - resume: ff resumed on both ranks from its checkpoint at the end of epoch 1 (after ff).
+- accumulate: ff with 2 micro-batches of half the size per optimizer step (the Trainer's
+  no_sync() for the first one).
 
 Each result holds, per optimizer step, the bytes DDP all-reduced (a comm hook on every DDP
 module that trains) and the stage of that step; the parameters after every step; the
@@ -80,12 +82,15 @@ def schedule() -> ff.Schedule:
     )
 
 
-def arguments(out_dir: str, save: bool) -> Any:
+def arguments(out_dir: str, scenario: str) -> Any:
+    accumulate = 2 if scenario == "accumulate" else 1  # same batches per optimizer step
     return transformers.TrainingArguments(
-        output_dir=out_dir, num_train_epochs=EPOCHS, per_device_train_batch_size=BATCH,
+        output_dir=out_dir, num_train_epochs=EPOCHS,
+        per_device_train_batch_size=BATCH // accumulate,
+        gradient_accumulation_steps=accumulate,
         learning_rate=0.5, lr_scheduler_type="constant", report_to=[], use_cpu=True,
-        save_strategy="epoch" if save else "no", logging_strategy="no", disable_tqdm=True,
-        seed=0, dataloader_num_workers=0, ddp_backend="gloo",
+        save_strategy="epoch" if scenario == "ff" else "no", logging_strategy="no",
+        disable_tqdm=True, seed=0, dataloader_num_workers=0, ddp_backend="gloo",
     )  # fmt: skip
 
 
@@ -159,7 +164,7 @@ def run(out_dir: str, scenario: str) -> dict[str, Any]:
     model = bert()
     rec = Recorder()
     common: dict[str, Any] = {
-        "model": model, "args": arguments(os.path.join(out_dir, scenario), scenario == "ff"),
+        "model": model, "args": arguments(os.path.join(out_dir, scenario), scenario),
         "train_dataset": Data(),
         "callbacks": [rec],
     }  # fmt: skip
@@ -173,12 +178,10 @@ def run(out_dir: str, scenario: str) -> dict[str, Any]:
         except ff.errors.TrainingError as exc:
             return {"error": str(exc)}
         return {"error": None}
-    cls: Any = {"ff": FreezeflowTrainer, "resume": FreezeflowTrainer, "once": Once}.get(
-        scenario, FindUnused
-    )
+    cls: Any = {"once": Once, "find_unused": FindUnused}.get(scenario, FreezeflowTrainer)
     # before freezeflow rebuilt DDP, FreezeflowTrainer had no on_ddp_wrap
     rebuilds = "on_ddp_wrap" in inspect.signature(cls).parameters
-    rec.rebuilds = rebuilds and scenario in ("ff", "resume")
+    rec.rebuilds = rebuilds and cls is FreezeflowTrainer
     if rec.rebuilds:
         common["on_ddp_wrap"] = rec.hook
     trainer = cls(schedule=schedule(), **common)

@@ -335,10 +335,11 @@ def test_ddp_under_torchrun_all_reduces_only_what_trains(tmp_path: Path) -> None
     every step). The Trainer's own DDP module, built once after the first stage froze the
     model (what freezeflow did before), never all-reduces the later stages: the ranks drift
     apart. A plain Trainer with the callback is refused. A run resumed on both ranks
-    mid-schedule ends as the uninterrupted one. About 15 s (five Trainers)."""
+    mid-schedule ends as the uninterrupted one; gradient accumulation all-reduces once per
+    optimizer step. 10-20 s (six Trainers)."""
     from _two_ranks import run_two_ranks
 
-    scenarios = "ff,once,find_unused,plain,resume"
+    scenarios = "ff,once,find_unused,plain,resume,accumulate"
     run_two_ranks(WORKER, lambda _: [str(tmp_path), scenarios], "HF Trainer DDP", 300)
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(2)]
     for scenario in scenarios.split(","):
@@ -392,6 +393,11 @@ def test_ddp_under_torchrun_all_reduces_only_what_trains(tmp_path: Path) -> None
         for r in ranks:
             for k, v in ff_["states"][step].items():
                 assert torch.equal(v, r["resume"]["states"][step][k]), (step, k)
+    # 2 micro-batches per optimizer step: one all-reduce per step (the Trainer's no_sync()
+    # reaches freezeflow's DDP module), ranks bit-identical
+    accumulated = ranks[0]["accumulate"]
+    assert accumulated["bytes"] == ff_["bytes"]
+    assert all(differ("accumulate", step) == [] for step in steps)
     for r in ranks:
         msg = r["plain"]["error"]
         assert msg.startswith("a plain Trainer under DDP (world size 2) wraps the model")
