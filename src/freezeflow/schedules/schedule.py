@@ -62,10 +62,12 @@ class Stage:
             ``exclusive`` is true.
         lr: base learning rate of every trainable parameter from this stage on.
         weight_decay: weight decay from this stage on (never applied to biases and norm
-            parameters by default). ``None`` keeps the previous stage's (0 for the first).
+            parameters by default). ``None`` keeps the previous stage's; while no stage has
+            set one, the weight decay the optimizer was built with applies (AdamW's 0.01
+            for ``AdamW(model.parameters())``, 0 for an optimizer without weight decay).
         start: when the stage begins: an epoch number, or a trigger (:func:`at_epoch`,
             :func:`at_step`, :func:`at_fraction`, :func:`on_plateau`). The first stage
-            starts at epoch 0.
+            starts at epoch 0, and only the first.
         lr_decay: discriminative LRs: each block further from the output runs at
             ``lr_decay`` times the LR of the block after it (``1/2.6`` in ULMFiT, 0.65-0.75
             for layer-wise decay of transformers). ``None`` means one LR for all.
