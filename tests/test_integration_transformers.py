@@ -402,3 +402,35 @@ def test_ddp_under_torchrun_all_reduces_only_what_trains(tmp_path: Path) -> None
         msg = r["plain"]["error"]
         assert msg.startswith("a plain Trainer under DDP (world size 2) wraps the model")
         assert "hint: FreezeflowTrainer(..., schedule=...)" in msg
+
+
+def test_under_ddp_a_plain_trainer_and_other_wrappers_are_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The refusals of the 2-rank test, in one process made to look like rank 0 of 2."""
+    stages = [ff.Stage(HEAD, lr=1e-2), ff.Stage("bert.encoder.layer", lr=2e-3, start=1)]
+    model = bert()
+    args = arguments(tmp_path, 1)
+    cb = FreezeflowTrainerCallback(stages)
+    opt = cb.create_optimizer(model, args)
+    other = bert()
+    trainer = FreezeflowTrainer(model=other, args=args, train_dataset=Data(), schedule=stages)
+    trainer.create_optimizer()
+    before = snapshot(other)
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.distributed, "get_world_size", lambda group=None: 2)
+    state, control = transformers.TrainerState(), transformers.TrainerControl()
+    with pytest.raises(TrainingError) as info:
+        cb.on_train_begin(args, state, control, optimizer=opt)
+    assert str(info.value).startswith(
+        "a plain Trainer under DDP (world size 2) wraps the model in DistributedDataParallel "
+        "once, after freezeflow froze it for the first stage"
+    )
+    with pytest.raises(TrainingError) as info:
+        trainer.training_step(other, Data()[0])  # the model, not DDP over it
+    msg = str(info.value)
+    assert "the Trainer wrapped the model in BertForSequenceClassification, not " in msg
+    assert "hint: drop those options" in msg
+    after = snapshot(other)
+    assert all(torch.equal(v, after[k]) for k, v in before.items())
+    assert trainer.freezeflow_ddp is None
