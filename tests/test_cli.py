@@ -249,3 +249,34 @@ def test_python_dash_m(schedule_file: Path) -> None:
     assert (bad.returncode, bad.stdout) == (2, "")
     assert bad.stderr.startswith("freezeflow: error: unknown torchvision model 'resnet99'")
     assert bad.stderr.count("\n") == 1
+
+
+def test_transformers_model_type_when_installed(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    tr = pytest.importorskip("transformers")
+    # a local directory's config.json (here a tiny BERT) is built without weights
+    tr.BertConfig(hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                  intermediate_size=20, vocab_size=50).save_pretrained(tmp_path)  # fmt: skip
+    code, out, err = run(capsys, "inspect", f"transformers:{tmp_path}", "--num-classes", "3")
+    assert (code, err) == (0, "")
+    rows = [line.split()[1] for line in out.splitlines()[3:-2]]
+    assert rows == [
+        "bert.embeddings",
+        "bert.encoder.layer.0",
+        "bert.encoder.layer.1+bert.pooler",
+        "classifier",
+    ]
+    # a model type alone builds its default configuration
+    code, out, err = run(capsys, "inspect", "transformers:gpt2")
+    assert (code, err) == (0, "")
+    rows = [line.split()[1] for line in out.splitlines()[3:-2]]
+    assert rows == ["wte+wpe", *(f"h.{i}" for i in range(12)), "ln_f"]
+
+
+def test_transformers_unknown_type_is_one_clear_line(capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("transformers")
+    code, out, err = run(capsys, "inspect", "transformers:bertt")
+    assert (code, out) == (2, "")
+    assert err.startswith("freezeflow: error: unknown transformers model type 'bertt'; nearest: ")
+    assert "bert" in err and err.count("\n") == 1

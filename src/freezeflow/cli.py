@@ -4,12 +4,15 @@ Usage::
 
     freezeflow inspect torchvision:resnet50            # block table (freezeflow.summary)
     freezeflow inspect timm:vit_small_patch16_224 --by layers
+    freezeflow inspect transformers:bert                # a default BertConfig
     freezeflow plan torchvision:resnet18 schedule.yaml --num-classes 10
     freezeflow demo [ARGS...]                          # runs examples/offline_transfer.py
 
 Models are built without downloading weights (``weights=None`` for torchvision,
-``pretrained=False`` for timm): block tables and plans only need the architecture. User errors
-(an unknown model, a bad schedule file) print one line on stderr and exit with status 2.
+``pretrained=False`` for timm, a configuration for transformers: its model type's defaults,
+or a local directory's ``config.json``): block tables and plans only need the architecture.
+User errors (an unknown model, a bad schedule file) print one line on stderr and exit with
+status 2.
 ``python -m freezeflow`` is the same program.
 """
 
@@ -33,7 +36,7 @@ from freezeflow.errors import CliError, FreezeflowError
 
 __all__ = ["build_model", "demo_script", "main"]
 
-SOURCES = ("torchvision", "timm")
+SOURCES = ("torchvision", "timm", "transformers")
 """Model sources ``MODEL`` may name, as in ``torchvision:resnet50``."""
 
 DEMO = Path("examples") / "offline_transfer.py"
@@ -50,7 +53,8 @@ def _split(spec: str) -> tuple[str, str]:
     if source not in SOURCES or not arch:
         raise CliError(
             f"model {spec!r} is not of the form SOURCE:NAME with SOURCE one of "
-            f"{', '.join(SOURCES)}; hint: torchvision:resnet50 or timm:vit_small_patch16_224"
+            f"{', '.join(SOURCES)}; hint: torchvision:resnet50, timm:vit_small_patch16_224 "
+            "or transformers:bert"
         )
     return source, arch
 
@@ -107,9 +111,44 @@ def _timm(arch: str, num_classes: int | None) -> nn.Module:
     return model
 
 
+def _transformers(arch: str, num_classes: int | None) -> nn.Module:
+    try:
+        tr: Any = importlib.import_module("transformers")
+    except ImportError as exc:
+        raise CliError(
+            f"transformers is not installed, so transformers:{arch} cannot be built; "
+            "hint: pip install transformers"
+        ) from exc
+    known = sorted(tr.CONFIG_MAPPING.keys())
+    if not Path(arch).is_dir() and arch not in known:
+        raise CliError(
+            f"unknown transformers model type {arch!r}{_suggest(arch, known)}; hint: a "
+            "model type such as bert, gpt2, vit, t5, or a local directory with a config.json"
+        )
+    try:
+        if Path(arch).is_dir():
+            config = tr.AutoConfig.from_pretrained(arch, local_files_only=True)
+        else:
+            config = tr.AutoConfig.for_model(arch)
+        if num_classes is None:
+            return tr.AutoModel.from_config(config)  # type: ignore[no-any-return]
+        config.num_labels = num_classes
+        for auto in ("AutoModelForSequenceClassification", "AutoModelForImageClassification"):
+            with contextlib.suppress(ValueError):
+                return getattr(tr, auto).from_config(config)  # type: ignore[no-any-return]
+    except (OSError, TypeError, ValueError, KeyError) as exc:
+        raise CliError(f"cannot build transformers:{arch}: {exc}") from exc
+    raise CliError(
+        f"transformers:{arch} has no sequence or image classification model to give "
+        f"{num_classes} outputs; hint: leave out --num-classes"
+    )
+
+
 def build_model(spec: str, num_classes: int | None = None) -> nn.Module:
-    """Build ``torchvision:NAME`` or ``timm:NAME`` (a bare ``NAME`` means torchvision) with
-    random weights; nothing is downloaded.
+    """Build ``torchvision:NAME``, ``timm:NAME`` or ``transformers:TYPE`` (a bare ``NAME``
+    means torchvision) with random weights; nothing is downloaded. ``TYPE`` is a transformers
+    model type (``bert``, ``gpt2``, ``vit``, ``t5``: its default configuration) or a local
+    directory holding a ``config.json``.
 
     Args:
         spec: the model, as on the command line.
@@ -117,14 +156,16 @@ def build_model(spec: str, num_classes: int | None = None) -> nn.Module:
             outputs (the same as replacing the head of a pretrained model).
 
     Raises:
-        CliError: unknown source or model name, timm not installed, or the constructor
-            refused the arguments.
+        CliError: unknown source or model name, timm or transformers not installed, or the
+            constructor refused the arguments.
     """
     source, arch = _split(spec)
     if num_classes is not None and num_classes < 1:
         raise CliError(f"--num-classes must be a positive integer, got {num_classes}")
     if source == "timm":
         return _timm(arch, num_classes)
+    if source == "transformers":
+        return _transformers(arch, num_classes)
     return _torchvision(arch, num_classes)
 
 
@@ -183,7 +224,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"freezeflow {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    model_help = "torchvision:NAME or timm:NAME (built with random weights, nothing downloaded)"
+    model_help = (
+        "torchvision:NAME, timm:NAME or transformers:TYPE (built with random weights, "
+        "nothing downloaded)"
+    )
     classes_help = "build the model with a head of N outputs"
 
     p = sub.add_parser("inspect", help="print the block table of a model (freezeflow.summary)")
