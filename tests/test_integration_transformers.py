@@ -430,7 +430,7 @@ def test_under_ddp_a_plain_trainer_and_other_wrappers_are_refused(
         trainer.training_step(other, Data()[0])  # the model, not DDP over it
     msg = str(info.value)
     assert "the Trainer wrapped the model in BertForSequenceClassification, not " in msg
-    assert "hint: drop those options" in msg
+    assert "hint: leave those options out with FreezeflowTrainer" in msg
     after = snapshot(other)
     assert all(torch.equal(v, after[k]) for k, v in before.items())
     assert trainer.freezeflow_ddp is None

@@ -38,7 +38,7 @@ import math
 import os
 import warnings
 from collections.abc import Callable, Sequence
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, cast
@@ -459,12 +459,11 @@ class FreezeflowTrainer(Trainer):
         if net is model:
             return super().training_step(model, inputs, num_items_in_batch)
         # the Trainer's no_sync() (gradient accumulation) was entered on its own DDP module
+        sync: AbstractContextManager[Any] = nullcontext()
         accumulating = not getattr(model, "require_backward_grad_sync", True)
-        with (
-            net.no_sync()
-            if accumulating and isinstance(net, DistributedDataParallel)
-            else (nullcontext())
-        ):
+        if accumulating and isinstance(net, DistributedDataParallel):
+            sync = net.no_sync()
+        with sync:
             return super().training_step(net, inputs, num_items_in_batch)
 
     def _ddp_module(self, model: nn.Module) -> nn.Module:
@@ -480,8 +479,9 @@ class FreezeflowTrainer(Trainer):
                 f"FreezeflowTrainer trains under DDP by rebuilding DistributedDataParallel "
                 f"over the model at each stage change, but the Trainer wrapped the model in "
                 f"{type(model).__name__}, not DistributedDataParallel over the model the "
-                "schedule applies to; expected plain DDP (torchrun, no DeepSpeed, FSDP or "
-                "torch_compile); hint: drop those options, or train without a stage change"
+                "schedule applies to; expected plain DDP (torchrun without DeepSpeed, FSDP or "
+                "torch_compile); hint: leave those options out with FreezeflowTrainer under "
+                "several processes"
             )
         wrapper = self.freezeflow_ddp
         if wrapper is None or wrapper.unfreezer is not uf:
