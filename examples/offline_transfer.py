@@ -164,11 +164,11 @@ def freezeflow_schedule(args: argparse.Namespace) -> ff.Schedule:
     stages = [
         ff.Stage("_fc", lr=args.head_lr, name="head"),
         ff.Stage(
-            ff.last(4) - norms, lr=5e-4, lr_decay=0.5, weight_decay=1e-4, start=e1, name="top"
+            ff.last(3) - norms, lr=5e-4, lr_decay=0.5, weight_decay=1e-4, start=e1, name="top"
         ),
     ]
     if e2 < args.epochs:
-        stages.append(ff.Stage(ff.last(10) - norms, lr=3e-4, lr_decay=0.7, start=e2, name="upper"))
+        stages.append(ff.Stage(ff.last(9) - norms, lr=3e-4, lr_decay=0.7, start=e2, name="upper"))
     return ff.Schedule(stages)
 
 
