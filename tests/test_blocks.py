@@ -38,6 +38,19 @@ class Trunk(nn.Module):
         self.head = nn.Linear(4, 2)
 
 
+class TwoHeads(nn.Module):
+    """Layers, then a pooler and a classifier of one type, or two heads (``head`` and
+    ``head_dist``, LeViT's distillation head)."""
+
+    def __init__(self, *tail: str) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(
+            nn.Sequential(nn.Linear(4, 4), nn.LayerNorm(4), nn.Linear(4, 4)) for _ in range(2)
+        )
+        for name in tail:
+            self.add_module(name, nn.Linear(4, 4))
+
+
 def block_names(model: nn.Module) -> list[str]:
     return [b.name for b in ff.find_blocks(model)]
 
@@ -64,8 +77,20 @@ def block_names(model: nn.Module) -> list[str]:
             ],
         ),
         (lambda: nn.Linear(3, 2), ["<root>"]),
+        (lambda: TwoHeads("pooler", "classifier"), ["layers.0", "layers.1+pooler", "classifier"]),
+        (lambda: TwoHeads("head", "head_dist"), ["layers.0", "layers.1", "head+head_dist"]),
     ],
-    ids=["mlp", "cnn", "tiny_lm", "nested_modulelists", "vggish", "trunk", "bare_linear"],
+    ids=[
+        "mlp",
+        "cnn",
+        "tiny_lm",
+        "nested_modulelists",
+        "vggish",
+        "trunk",
+        "bare_linear",
+        "pooler_then_head",
+        "two_heads",
+    ],
 )
 def test_toy_blocks(make: type[nn.Module], expected: list[str]) -> None:
     assert block_names(make()) == expected

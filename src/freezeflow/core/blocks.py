@@ -224,6 +224,14 @@ def _merge(a: _Entry, b: _Entry) -> _Entry:
     return _Entry(a.modules + b.modules, a.params + b.params, a.unit or b.unit)
 
 
+def _same_head(e: _Entry, head: _Entry, modules: dict[str, nn.Module]) -> bool:
+    """``e`` is one more head beside ``head``: same type, same first word (LeViT's ``head``
+    and ``head_dist``; not a ``pooler`` before a ``classifier``)."""
+    a, b = e.modules[0], head.modules[0]
+    word = a.rpartition(".")[2].split("_")[0]
+    return type(modules[a]) is type(modules[b]) and word == b.rpartition(".")[2].split("_")[0]
+
+
 def _discover(model: nn.Module) -> list[Block]:
     entries, pending = _walk(model)
     if not entries:  # a model that owns its parameters directly (e.g. a bare nn.Linear)
@@ -262,7 +270,7 @@ def _discover(model: nn.Module) -> list[Block]:
         last = max(i for i, e in enumerate(kept) if e.unit)
         first = min(i for i, e in enumerate(kept) if e.unit)
         # what comes before the first unit is one block (the stem, the embeddings); after the
-        # last unit, the last module (and any sibling of its type: LeViT's two heads) is the
+        # last unit, the last module (and a sibling head: LeViT's head and head_dist) is the
         # head, and what lies between (a final norm, a conv head, BERT's pooler) joins the
         # last unit, as timm's own grouping does
         stem, tail = kept[:first], kept[last + 1 :]
@@ -270,8 +278,7 @@ def _discover(model: nn.Module) -> list[Block]:
         if stem:
             merged.insert(0, functools.reduce(_merge, stem))
         if tail:
-            kind = type(modules[tail[-1].modules[0]])
-            cut = next(i for i, e in enumerate(tail) if type(modules[e.modules[0]]) is kind)
+            cut = next(i for i, e in enumerate(tail) if _same_head(e, tail[-1], modules))
             if cut:
                 merged[-1] = functools.reduce(_merge, tail[:cut], merged[-1])
             merged.append(functools.reduce(_merge, tail[cut:]))
@@ -340,7 +347,8 @@ def find_blocks(model: nn.Module) -> list[Block]:
 
     - what comes before the first unit is one block (the stem, the embeddings, loose
       parameters such as a ViT's ``cls_token``);
-    - the last module is the head block (with any sibling of its type: LeViT's two heads);
+    - the last module is the head block (with a sibling head of its type: LeViT's ``head``
+      and ``head_dist``);
     - what lies between the last unit and the head (a final norm, a conv head, BERT's
       pooler) joins the last unit, as timm's own grouping does;
     - a module whose parameters all belong to earlier blocks (T5's ``encoder.embed_tokens``)
