@@ -436,6 +436,35 @@ def test_stages_that_cannot_start_in_order_are_refused(
     assert (flags(model), group_view(opt)) == before
 
 
+def test_a_stage_run_for_no_step_warns_where_it_happens() -> None:
+    """Without the run's length the order cannot be checked up front: stage 2 (epoch 1) is
+    due long before stage 1 (step 30) and starts right after it, in the same step()."""
+    sched = [
+        ff.Stage("head", lr=1e-3),
+        ff.Stage("body.1", lr=1e-3, start=ff.at_step(30)),
+        ff.Stage("body.0", lr=1e-3, start=1),
+    ]
+    uf = ff.GradualUnfreezer(make_net(), sched)
+    with no_warnings():
+        for epoch in range(3):
+            uf.on_epoch_start(epoch)
+            for _ in range(9 if epoch == 2 else 10):
+                uf.step()
+    with pytest.warns(ff.FreezeflowWarning) as info:
+        entered = uf.step()
+    assert [t.stage_index for t in entered] == [1, 2]
+    message = str(info[0].message)
+    assert "stage 2 ('stage2', epoch 1) started right after stage 1 ('stage1', step 30)" in message
+    assert "ran for no step" in message and "hint:" in message
+    assert info[0].filename == __file__
+
+
+def test_epochs_skipped_on_purpose_do_not_warn() -> None:
+    uf = ff.GradualUnfreezer(make_net(), three_stage())
+    with no_warnings():
+        assert len(uf.on_epoch_start(5)) == 2
+
+
 def test_mixed_triggers_in_order_are_fine() -> None:
     sched = [
         ff.Stage("head", lr=1e-3),

@@ -10,6 +10,7 @@ outside freezeflow.
 
 from __future__ import annotations
 
+import itertools
 import os
 import sys
 import warnings
@@ -30,6 +31,7 @@ __all__ = [
     "check_model",
     "check_stage_order",
     "overlap_warning",
+    "run_for_no_step",
     "steps_without_epochs",
     "unattached_scheduler",
 ]
@@ -200,6 +202,28 @@ def overlap_warning(schedule: Schedule, layout: Layout) -> str | None:
         "far and more; hint: pass exclusive=True to train exactly this stage's selection, or "
         "select only the new parameters"
     )
+
+
+def run_for_no_step(schedule: Schedule, entered: list[int]) -> str | None:
+    """The warning for stages entered one right after the other in one call when their
+    triggers are of different kinds (a step trigger before an epoch trigger that was already
+    due, or the reverse): the first ran for no step, the order
+    :func:`check_stage_order` checks when it knows the run's length. None when there is none
+    (stages of one kind entered together are epochs skipped on purpose)."""
+    for j, k in itertools.pairwise(entered):
+        first, then = schedule.stages[j].start, schedule.stages[k].start
+        if type(first) is not type(then):
+            names = schedule.names
+            return (
+                f"stage {k} ({names[k]!r}, {then.describe()}) started right after stage {j} "
+                f"({names[j]!r}, {first.describe()}), in the same call, so stage {j} ran for "
+                f"no step: stages start in order, and stage {k}'s trigger was already due "
+                f"while stage {j} waited for its own; expected starts that increase from "
+                "stage to stage, across kinds of trigger; hint: reorder the stages or give "
+                "them one kind of trigger (pass total_steps= and total_epochs= to have the "
+                "order checked when the unfreezer is built)"
+            )
+    return None
 
 
 # --------------------------------------------------------------------------- the hooks

@@ -274,6 +274,9 @@ class GradualUnfreezer:
             if not out and not checked:
                 self.check_model()
             out.append(self._enter(self.stage_index + 1, reason))
+        entered = [t.stage_index for t in out]
+        if len(out) > 1 and (warning := checks.run_for_no_step(self.schedule, entered)):
+            self._once.warn("order", warning)
         return out
 
     def check_model(self) -> None:
