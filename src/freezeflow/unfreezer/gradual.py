@@ -92,8 +92,9 @@ class GradualUnfreezer:
     Misuse is refused where it happens (:mod:`freezeflow.unfreezer.checks`): a model whose
     parameters were replaced after the unfreezer was built, epochs going backwards, stages
     that cannot start in order; and warned about once: a stage re-selecting part of what is
-    trainable, steps before any epoch while a stage waits for one, an LR scheduler of the
-    optimizer not attached at a stage change.
+    trainable, steps before any epoch while a stage waits for one, a stage run for no step
+    (the next, of another kind of trigger, was already due), an LR scheduler of the optimizer
+    not attached at a stage change.
 
     Example:
         >>> import torch, torchvision, freezeflow as ff
