@@ -1,7 +1,8 @@
 """Misuse a :class:`~freezeflow.GradualUnfreezer` refuses or warns about, found where it
-happens: parameters replaced under it, stages that cannot start in the order given, a stage
-that re-selects part of what is already trainable, steps counted without epochs, and an LR
-scheduler built over its optimizer but never attached.
+happens: parameters replaced under it, stages that cannot start in the order given (or that
+ran for no step), a stage that re-selects part of what is already trainable, epochs going
+backwards, steps counted without epochs, and an LR scheduler built over its optimizer but
+never attached.
 
 Every check here is O(number of parameters or stages) and does no tensor work. Warnings go
 through :class:`Once`, so each is given once per unfreezer, attributed to the first caller
