@@ -197,9 +197,9 @@ def overlap_warning(schedule: Schedule, layout: Layout) -> str | None:
     return (
         f"stage {k} ({stage_names[k]!r}) selects {quote_list([names[i] for i in again], 2)}, "
         f"already trainable since stage {since} ({stage_names[since]!r}), but not "
-        f"{quote_list([names[i] for i in left], 2)}, which stays trainable too{more}: stages "
-        f"accumulate, so stage {k} trains its selection and everything earlier stages made "
-        "trainable; expected a stage to select only what it adds, or everything trainable so "
+        f"{quote_list([names[i] for i in left], 2)}, also trainable{more}; stages accumulate, "
+        f"so stage {k} trains its selection and everything earlier stages made trainable, "
+        "these too; expected a stage to select only what it adds, or everything trainable so "
         "far and more; hint: pass exclusive=True to train exactly this stage's selection, or "
         "select only the new parameters"
     )
