@@ -434,3 +434,21 @@ def test_under_ddp_a_plain_trainer_and_other_wrappers_are_refused(
     after = snapshot(other)
     assert all(torch.equal(v, after[k]) for k, v in before.items())
     assert trainer.freezeflow_ddp is None
+
+
+@pytest.mark.parametrize("decay", [0.0, 0.05])
+def test_training_arguments_weight_decay_applies_zero_included(
+    tmp_path: Path, decay: float
+) -> None:
+    # TrainingArguments.weight_decay (0.0 is Hugging Face's default) is the decay groups'
+    # weight decay when no stage gives one; it is not replaced by the optimizer's own default
+    trainer = FreezeflowTrainer(
+        model=bert(),
+        args=arguments(tmp_path, 1, weight_decay=decay),
+        train_dataset=Data(),
+        schedule=[ff.Stage(HEAD, lr=1e-2, name="head")],
+    )
+    optimizer = trainer.create_optimizer()
+    decays = {g["name"]: g["weight_decay"] for g in optimizer.param_groups}
+    assert any(n.endswith("/decay") for n in decays)
+    assert all(v == (decay if n.endswith("/decay") else 0.0) for n, v in decays.items())

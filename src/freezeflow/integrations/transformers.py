@@ -191,7 +191,7 @@ class FreezeflowTrainerCallback(StrictMetric, TrainerCallback):
 
         schedule = self.schedule
         first = schedule.stages[0]
-        if first.weight_decay is None and args.weight_decay:
+        if first.weight_decay is None:  # TrainingArguments.weight_decay, 0.0 included
             schedule = Schedule(
                 [replace(first, weight_decay=float(args.weight_decay)), *schedule.stages[1:]]
             )
