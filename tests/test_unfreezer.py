@@ -7,6 +7,7 @@ import copy
 import inspect
 import math
 import re
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -389,16 +390,21 @@ TRIGGER_CASES: list[tuple[str, ff.Schedule, dict[str, Any], list[tuple[int, int,
 
 
 @pytest.mark.parametrize(
-    ("schedule", "kw", "expected"),
-    [(s, k, e) for _, s, k, e in TRIGGER_CASES],
+    ("case", "schedule", "kw", "expected"),
+    TRIGGER_CASES,
     ids=[i for i, _, _, _ in TRIGGER_CASES],
 )
 def test_triggers(
-    schedule: ff.Schedule, kw: dict[str, Any], expected: list[tuple[int, int, int]]
+    case: str, schedule: ff.Schedule, kw: dict[str, Any], expected: list[tuple[int, int, int]]
 ) -> None:
     uf = _uf(schedule, **kw)
-    assert _drive(uf, epochs=4, steps=3) == expected
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert _drive(uf, epochs=4, steps=3) == expected
     assert [(t.stage_index, t.epoch, t.step) for t in uf.history[1:]] == expected
+    # only the stage entered in the same call as the one before it ran for no step: warned
+    ran_for_no_step = [w for w in caught if "ran for no step" in str(w.message)]
+    assert len(ran_for_no_step) == (case == "at_epoch-same-call")
 
 
 def test_skipped_epochs_run_every_stage_in_order() -> None:
