@@ -25,6 +25,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import faq_messages
 import pytest
 
 import freezeflow
@@ -335,3 +336,10 @@ def test_gen_figures_renders_a_real_plan(tmp_path: Path) -> None:
         assert shown == (tmp_path / name).read_text(encoding="utf-8"), (
             f"docs/img/{name} is out of date; run python docs/gen_figures.py"
         )
+
+
+@pytest.mark.parametrize("case", sorted(faq_messages.MESSAGES))
+def test_the_faq_quotes_the_real_messages(case: str) -> None:
+    # "Things freezeflow refuses or warns about" quotes each message as the misuse makes it
+    message = faq_messages.MESSAGES[case]()
+    assert f"> {message}\n" in (DOCS / "faq.md").read_text(), case
