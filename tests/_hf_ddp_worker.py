@@ -29,14 +29,12 @@ import inspect
 import os
 import sys
 import traceback
-import typing
 from typing import Any
 
 import torch
 import torch.distributed as dist
 import transformers
-from torch._C._distributed_c10d import GradBucket
-from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
+from _two_ranks import counting_hook, save_and_exit
 from torch.nn.parallel import DistributedDataParallel
 
 import freezeflow as ff
@@ -94,13 +92,6 @@ def arguments(out_dir: str, scenario: str) -> Any:
     )  # fmt: skip
 
 
-def counting_hook(rec: Recorder, bucket: GradBucket) -> torch.futures.Future[torch.Tensor]:
-    """DDP's default all-reduce, counting the bytes of each bucket into ``rec``."""
-    buf = bucket.buffer()
-    rec.bytes[rec.step] += buf.numel() * buf.element_size()
-    return allreduce_hook(None, bucket)  # type: ignore[arg-type]  # the default group
-
-
 class Recorder(transformers.TrainerCallback):
     def __init__(self) -> None:
         self.trainer: Any = None
@@ -132,11 +123,6 @@ class Recorder(transformers.TrainerCallback):
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
         self.states[self.step] = {n: p.detach().clone() for n, p in kw["model"].named_parameters()}
-
-
-# DDP checks the hook's annotations by identity; `from __future__ import annotations` left
-# them as strings
-counting_hook.__annotations__ = typing.get_type_hints(counting_hook)
 
 
 class Once(FreezeflowTrainer):
@@ -216,15 +202,7 @@ def main() -> None:
             if dist.is_initialized():
                 dist.barrier()
     finally:
-        rank = int(os.environ["RANK"])
-        torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
-        if dist.is_initialized():
-            dist.destroy_process_group()
-    # gloo in this torch sometimes aborts at interpreter exit even after
-    # destroy_process_group() (docs/distributed.md); skip the teardown
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
+        save_and_exit(results, out_dir)
 
 
 if __name__ == "__main__":

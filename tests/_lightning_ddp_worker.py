@@ -23,17 +23,15 @@ from __future__ import annotations
 import os
 import sys
 import traceback
-import typing
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
 import torch.distributed as dist
+from _two_ranks import counting_hook, save_and_exit
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.strategies import DDPStrategy
 from torch import nn
-from torch._C._distributed_c10d import GradBucket
-from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -90,13 +88,6 @@ def loader() -> DataLoader[Any]:
     return DataLoader(TensorDataset(x, y), batch_size=8, shuffle=False)
 
 
-def counting_hook(rec: Recorder, bucket: GradBucket) -> torch.futures.Future[torch.Tensor]:
-    """DDP's default all-reduce, counting the bytes of each bucket into ``rec``."""
-    buf = bucket.buffer()
-    rec.bytes[rec.step] += buf.numel() * buf.element_size()
-    return allreduce_hook(None, bucket)  # type: ignore[arg-type]  # the default group
-
-
 class Recorder(pl.Callback):
     """Placed after FreezeflowCallback: sees each step after its stage change."""
 
@@ -128,11 +119,6 @@ class Recorder(pl.Callback):
         self.states[self.step] = {
             k: v.detach().clone() for k, v in pl_module.net.state_dict().items()
         }
-
-
-# DDP checks the hook's annotations by identity; `from __future__ import annotations` left
-# them as strings
-counting_hook.__annotations__ = typing.get_type_hints(counting_hook)
 
 
 def run(out_dir: str, scenario: str) -> dict[str, Any]:
@@ -187,15 +173,7 @@ def main() -> None:
             if dist.is_initialized():
                 dist.barrier()
     finally:
-        rank = int(os.environ["RANK"])
-        torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
-        if dist.is_initialized():
-            dist.destroy_process_group()
-    # gloo in this torch sometimes aborts at interpreter exit even after
-    # destroy_process_group() (docs/distributed.md); skip the teardown
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
+        save_and_exit(results, out_dir)
 
 
 if __name__ == "__main__":

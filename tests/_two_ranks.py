@@ -1,4 +1,5 @@
-"""Start a worker script on 2 gloo ranks (CPU) for the multi-process tests."""
+"""Start a worker script on 2 gloo ranks (CPU) for the multi-process tests; what the workers
+share (a byte-counting comm hook, the way they end) and the checks their tests share."""
 
 from __future__ import annotations
 
@@ -6,10 +7,15 @@ import os
 import socket
 import subprocess
 import sys
+import typing
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any, NoReturn, Protocol
 
 import pytest
+import torch
+from torch._C._distributed_c10d import GradBucket
+from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 
@@ -63,3 +69,66 @@ def run_two_ranks(
         if "address already in use" not in logs.lower():
             break
     pytest.fail(f"the 2-rank run of {what} failed:\n{logs}")
+
+
+# --------------------------------------------------------------------------- in the workers
+
+
+class CountsBytes(Protocol):
+    """What :func:`counting_hook` writes to: bytes all-reduced per optimizer step."""
+
+    step: int
+    bytes: dict[int, int]
+
+
+def counting_hook(rec: CountsBytes, bucket: GradBucket) -> torch.futures.Future[torch.Tensor]:
+    """DDP's default all-reduce (a comm hook, ``state`` = ``rec``), counting the bytes of each
+    bucket into ``rec.bytes[rec.step]``."""
+    buf = bucket.buffer()
+    rec.bytes[rec.step] += buf.numel() * buf.element_size()
+    return allreduce_hook(None, bucket)  # type: ignore[arg-type]  # the default group
+
+
+# DDP checks the hook's annotations by identity; `from __future__ import annotations` left
+# strings there
+counting_hook.__annotations__ = typing.get_type_hints(counting_hook)
+
+
+def save_and_exit(results: dict[str, Any], out_dir: str) -> NoReturn:
+    """End a worker: save this rank's ``results`` to ``out_dir/rank{RANK}.pt``, leave the
+    process group, and exit at once: gloo in this torch sometimes aborts at interpreter exit
+    even after ``destroy_process_group()`` (docs/distributed.md), so the teardown is skipped."""
+    import torch.distributed as dist
+
+    try:
+        torch.save(results, os.path.join(out_dir, f"rank{int(os.environ['RANK'])}.pt"))
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
+# --------------------------------------------------------------------------- in the tests
+
+
+def check_stages_and_bytes(run: dict[str, Any], unused: dict[str, Any], steps: list[int]) -> None:
+    """A 3-stage run under freezeflow's DDP against the find-unused configuration: each stage
+    moved exactly its trainable parameters (frozen ones, BatchNorm statistics included, never
+    moved), and every step all-reduced the bytes of the trainable parameters only, where
+    find-unused all-reduces every parameter."""
+
+    last = {s: max(t for t, st in run["stage"].items() if st == s) for s in (0, 1, 2)}
+    before = run["initial"]
+    for stage in (0, 1, 2):
+        after = run["states"][last[stage]]
+        moved = sorted(k for k in after if not torch.equal(after[k], before[k]))
+        assert moved == run["trainable"][stage], stage
+        before = after
+    numel = run["numel"]
+    everything = 4 * sum(numel.values())
+    for step in steps:
+        trainable = 4 * sum(numel[n] for n in run["trainable"][run["stage"][step]])
+        assert run["bytes"][step] == trainable, step
+        assert unused["bytes"][step] == everything > trainable, step

@@ -38,6 +38,7 @@ __all__ = [
     "NestedLists",
     "Net",
     "SmallCNN",
+    "TiedEmbedding",
     "TinyLM",
     "batch",
     "block_of",
@@ -408,3 +409,14 @@ def classic_keras(head: Any = "fc", *, n_layers: int = 6, head_epochs: int = 5) 
         lr=1e-5,
         reset_state=True,
     )
+
+
+class TiedEmbedding(nn.Module):
+    """An embedding, a layer, and an output layer whose weight is the embedding's (tied)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(10, 4)
+        self.mid = nn.Linear(4, 4)
+        self.out = nn.Linear(4, 10, bias=False)
+        self.out.weight = self.embed.weight

@@ -350,7 +350,7 @@ def test_plain_ddp_strategy_all_reduces_only_what_trains(tmp_path: Path) -> None
     find-unused configuration (DDP built once over everything), which all-reduces every
     parameter at every step; a run resumed on both ranks from a checkpoint mid-schedule ends
     as the uninterrupted one. About 12 s (two Lightning imports, three fits)."""
-    from _two_ranks import run_two_ranks
+    from _two_ranks import check_stages_and_bytes, run_two_ranks
 
     scenarios = "ddp,find_unused,resume"
     run_two_ranks(WORKER, lambda _: [str(tmp_path), scenarios], "Lightning DDP", 240)
@@ -375,22 +375,9 @@ def test_plain_ddp_strategy_all_reduces_only_what_trains(tmp_path: Path) -> None
     for step in steps:
         for k, v in ddp["states"][step].items():
             assert torch.equal(v, unused["states"][step][k]), (step, k)
-    # each stage trained its parameters (newly unfrozen ones included); frozen ones, BatchNorm
-    # statistics included, never moved
-    last = {s: max(t for t, st in ddp["stage"].items() if st == s) for s in (0, 1, 2)}
-    before = ddp["initial"]
-    for stage in (0, 1, 2):
-        after = ddp["states"][last[stage]]
-        moved = sorted(k for k in after if not torch.equal(after[k], before[k]))
-        assert moved == ddp["trainable"][stage], stage
-        before = after
-    # bytes all-reduced per step: the trainable parameters only, against all of them
-    numel = ddp["numel"]
-    everything = 4 * sum(numel.values())
-    for step in steps:
-        trainable = 4 * sum(numel[n] for n in ddp["trainable"][ddp["stage"][step]])
-        assert ddp["bytes"][step] == trainable, step
-        assert unused["bytes"][step] == everything > trainable, step
+    # each stage trained exactly its parameters, and only they were all-reduced
+    check_stages_and_bytes(ddp, unused, steps)
+    everything = 4 * sum(ddp["numel"].values())
     assert [ddp["bytes"][s] for s in (0, 3, 8)] == [156, 780, 1116]
     assert everything == 1308
     # resumed on both ranks from the end of epoch 1: the restored stage is re-wrapped (and

@@ -12,6 +12,7 @@ from models import (
     ALL_NAMES,
     BODY1,
     HEAD,
+    TiedEmbedding,
     make_net,
     names_of,
     three_stage,
@@ -170,15 +171,7 @@ def test_every_trained_parameter_in_exactly_one_group(
 
 
 def test_tied_parameter_gets_one_group() -> None:
-    class Tied(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.embed = nn.Embedding(10, 4)
-            self.mid = nn.Linear(4, 4)
-            self.out = nn.Linear(4, 10, bias=False)
-            self.out.weight = self.embed.weight
-
-    model = Tied()
+    model = TiedEmbedding()
     opt = torch.optim.AdamW(model.parameters())
     ff.GradualUnfreezer(model, [ff.Stage(ff.everything(), lr=1e-3, lr_decay=0.5)], opt)
     params = [p for g in opt.param_groups for p in g["params"]]

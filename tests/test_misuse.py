@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 import torch
-from models import flags, group_view, make_net, make_tiny_lm, three_stage, train_step
+from models import TiedEmbedding, flags, group_view, make_net, make_tiny_lm, three_stage, train_step
 from torch import nn
 from torch.optim import lr_scheduler as lrs
 
@@ -313,15 +313,7 @@ def test_plateau_keeps_its_floor_and_its_eps_on_the_largest_lr() -> None:
 
 
 def test_a_tied_parameter_takes_the_scale_of_its_output_side_block() -> None:
-    class Tied(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.embed = nn.Embedding(10, 4)
-            self.mid = nn.Linear(4, 4)
-            self.out = nn.Linear(4, 10, bias=False)
-            self.out.weight = self.embed.weight
-
-    model = Tied()
+    model = TiedEmbedding()
     opt = torch.optim.AdamW(model.parameters())
     uf = ff.GradualUnfreezer(model, [ff.Stage(ff.everything(), lr=1e-3, lr_decay=0.5)], opt)
     (tied,) = [g for g in opt.param_groups if any(p is model.embed.weight for p in g["params"])]

@@ -90,13 +90,19 @@ def _torchvision(arch: str, num_classes: int | None) -> nn.Module:
     return model
 
 
-def _timm(arch: str, num_classes: int | None) -> nn.Module:
+def _zoo(source: str, arch: str) -> Any:
+    """Import the package ``source`` (timm, transformers), or say how to install it."""
     try:
-        timm: Any = importlib.import_module("timm")
+        return importlib.import_module(source)
     except ImportError as exc:
         raise CliError(
-            f"timm is not installed, so timm:{arch} cannot be built; hint: pip install timm"
+            f"{source} is not installed, so {source}:{arch} cannot be built; "
+            f"hint: pip install {source}"
         ) from exc
+
+
+def _timm(arch: str, num_classes: int | None) -> nn.Module:
+    timm = _zoo("timm", arch)
     if not timm.is_model(arch):
         raise CliError(f"unknown timm model {arch!r}{_suggest(arch, timm.list_models())}")
     kwargs: dict[str, Any] = {"pretrained": False}
@@ -112,13 +118,7 @@ def _timm(arch: str, num_classes: int | None) -> nn.Module:
 
 
 def _transformers(arch: str, num_classes: int | None) -> nn.Module:
-    try:
-        tr: Any = importlib.import_module("transformers")
-    except ImportError as exc:
-        raise CliError(
-            f"transformers is not installed, so transformers:{arch} cannot be built; "
-            "hint: pip install transformers"
-        ) from exc
+    tr = _zoo("transformers", arch)
     known = sorted(tr.CONFIG_MAPPING.keys())
     if not Path(arch).is_dir() and arch not in known:
         raise CliError(
