@@ -256,7 +256,7 @@ def _discover(model: nn.Module) -> list[Block]:
 
     units = [i for i, e in enumerate(merged) if e.unit]
     if units:
-        first, last = units[0], units[-1]
+        last = units[-1]
         # a module whose parameters all belong to earlier blocks (T5's encoder.embed_tokens,
         # tied to ``shared``) is no depth of its own, except after the last unit (a tied head)
         seen: set[int] = set()
