@@ -27,14 +27,11 @@ from __future__ import annotations
 
 import inspect
 import os
-import sys
-import traceback
 from typing import Any
 
 import torch
-import torch.distributed as dist
 import transformers
-from _two_ranks import counting_hook, save_and_exit
+from _two_ranks import counting_hook, serve
 from torch.nn.parallel import DistributedDataParallel
 
 import freezeflow as ff
@@ -189,21 +186,5 @@ def run(out_dir: str, scenario: str) -> dict[str, Any]:
     }
 
 
-def main() -> None:
-    out_dir, scenarios = sys.argv[1], sys.argv[2].split(",")
-    torch.set_num_threads(1)
-    results: dict[str, Any] = {}
-    try:
-        for name in scenarios:
-            try:
-                results[name] = run(out_dir, name)
-            except Exception:
-                results[name] = {"crash": traceback.format_exc()}
-            if dist.is_initialized():
-                dist.barrier()
-    finally:
-        save_and_exit(results, out_dir)
-
-
 if __name__ == "__main__":
-    main()
+    serve(run)

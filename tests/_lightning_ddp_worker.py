@@ -21,14 +21,11 @@ state after every step; the parameters trainable in each stage; and how many DDP
 from __future__ import annotations
 
 import os
-import sys
-import traceback
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
-import torch.distributed as dist
-from _two_ranks import counting_hook, save_and_exit
+from _two_ranks import counting_hook, serve
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.strategies import DDPStrategy
 from torch import nn
@@ -154,27 +151,18 @@ def run(out_dir: str, scenario: str) -> dict[str, Any]:
     }
 
 
-def main() -> None:
-    out_dir, scenarios = sys.argv[1], sys.argv[2].split(",")
-    torch.set_num_threads(1)
-    results: dict[str, Any] = {}
+def run_scenario(out_dir: str, name: str) -> dict[str, Any]:
+    """:func:`run`; the find-unused configuration runs with freezeflow's DDP rebuild switched
+    off (what freezeflow did before)."""
     rebuild = getattr(ffl, "_rebuild_ddp", None)  # None before freezeflow rebuilt DDP
+    if name == "find_unused" and rebuild is not None:
+        ffl._rebuild_ddp = lambda strategy: None
     try:
-        for name in scenarios:
-            if name == "find_unused" and rebuild is not None:
-                ffl._rebuild_ddp = lambda strategy: None  # what freezeflow did before
-            try:
-                results[name] = run(out_dir, name)
-            except Exception:
-                results[name] = {"crash": traceback.format_exc()}
-            finally:
-                if rebuild is not None:
-                    ffl._rebuild_ddp = rebuild
-            if dist.is_initialized():
-                dist.barrier()
+        return run(out_dir, name)
     finally:
-        save_and_exit(results, out_dir)
+        if rebuild is not None:
+            ffl._rebuild_ddp = rebuild
 
 
 if __name__ == "__main__":
-    main()
+    serve(run_scenario)

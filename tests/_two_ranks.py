@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+import traceback
 import typing
 from collections.abc import Callable
 from pathlib import Path
@@ -94,6 +95,27 @@ def counting_hook(rec: CountsBytes, bucket: GradBucket) -> torch.futures.Future[
 counting_hook.__annotations__ = typing.get_type_hints(counting_hook)
 
 
+def serve(run: Callable[[str, str], dict[str, Any]]) -> NoReturn:
+    """A worker's main: ``argv`` = OUT_DIR SCENARIO,SCENARIO...; runs ``run(out_dir, name)``
+    for each scenario (a scenario that raises is recorded as ``{"crash": traceback}``), the
+    ranks meeting at a barrier after each, then :func:`save_and_exit`."""
+    import torch.distributed as dist
+
+    out_dir, scenarios = sys.argv[1], sys.argv[2].split(",")
+    torch.set_num_threads(1)
+    results: dict[str, Any] = {}
+    try:
+        for name in scenarios:
+            try:
+                results[name] = run(out_dir, name)
+            except Exception:
+                results[name] = {"crash": traceback.format_exc()}
+            if dist.is_initialized():
+                dist.barrier()
+    finally:
+        save_and_exit(results, out_dir)
+
+
 def save_and_exit(results: dict[str, Any], out_dir: str) -> NoReturn:
     """End a worker: save this rank's ``results`` to ``out_dir/rank{RANK}.pt``, leave the
     process group, and exit at once: gloo in this torch sometimes aborts at interpreter exit
@@ -111,6 +133,19 @@ def save_and_exit(results: dict[str, Any], out_dir: str) -> NoReturn:
 
 
 # --------------------------------------------------------------------------- in the tests
+
+
+def run_scenarios(
+    worker: Path, out_dir: Path, scenarios: str, what: str, timeout: float
+) -> list[dict[str, Any]]:
+    """Run a :func:`serve` worker on 2 ranks over ``scenarios`` (comma-separated); return each
+    rank's results, failing the test with the traceback of any scenario that crashed."""
+    run_two_ranks(worker, lambda _: [str(out_dir), scenarios], what, timeout)
+    ranks = [torch.load(out_dir / f"rank{r}.pt", weights_only=False) for r in range(2)]
+    for scenario in scenarios.split(","):
+        for r in ranks:
+            assert "crash" not in r[scenario], r[scenario].get("crash")
+    return ranks
 
 
 def check_stages_and_bytes(run: dict[str, Any], unused: dict[str, Any], steps: list[int]) -> None:
