@@ -3,10 +3,11 @@
 The names below are what a user types. Policies say *what* (``name``, ``regex``,
 ``of_type``, ``norm_layers``, ``where``, ``blocks``, ``layers``, ``first``, ``last``, combined
 with ``| & - ~``); ``freeze``/``unfreeze`` act on a model and ``summary`` shows the result; a
-``Schedule`` of ``Stage`` objects says *when*; the ``GradualUnfreezer`` applies it to a model
-and its optimizer; ``fit`` trains. The rest lives in namespaces: :mod:`freezeflow.presets`,
-:mod:`freezeflow.callbacks`, :mod:`freezeflow.distributed`, :mod:`freezeflow.errors`, and
-the layers :mod:`freezeflow.core`, :mod:`freezeflow.schedules`, :mod:`freezeflow.unfreezer`,
+``Schedule`` of ``Stage`` objects says *when* (or ``auto`` decides it while training); the
+``GradualUnfreezer`` applies it to a model and its optimizer; ``fit`` trains. The rest
+lives in namespaces: :mod:`freezeflow.presets`, :mod:`freezeflow.callbacks`,
+:mod:`freezeflow.distributed`, :mod:`freezeflow.errors`, and the layers
+:mod:`freezeflow.core`, :mod:`freezeflow.schedules`, :mod:`freezeflow.unfreezer`,
 :mod:`freezeflow.training` (docs/design.md).
 """
 
@@ -36,6 +37,7 @@ from freezeflow.errors import (
     ScheduleError,
     TrainingError,
 )
+from freezeflow.schedules.auto import auto
 from freezeflow.schedules.schedule import Schedule, Stage
 from freezeflow.schedules.triggers import at_epoch, at_fraction, at_step, on_plateau
 from freezeflow.training.cache import FeatureCache
@@ -70,6 +72,7 @@ __all__ = [
     "at_epoch",
     "at_fraction",
     "at_step",
+    "auto",
     "blocks",
     "callbacks",
     "core",

@@ -1,10 +1,12 @@
 """When things train, as data: triggers, :class:`~freezeflow.Stage` and
-:class:`~freezeflow.Schedule` (with their dict and YAML forms), and the presets
-(also reachable as :mod:`freezeflow.presets`).
+:class:`~freezeflow.Schedule` (with their dict and YAML forms), :func:`~freezeflow.auto` (a
+schedule decided while training), and the presets (also reachable as
+:mod:`freezeflow.presets`).
 
 Builds on :mod:`freezeflow.core` only; never imports the unfreezer or the training loop.
 """
 
+from freezeflow.schedules.auto import AutoSchedule, auto, stage_caps
 from freezeflow.schedules.schedule import Schedule, Stage
 from freezeflow.schedules.triggers import (
     AtEpoch,
@@ -22,6 +24,7 @@ __all__ = [
     "AtEpoch",
     "AtFraction",
     "AtStep",
+    "AutoSchedule",
     "OnPlateau",
     "Schedule",
     "Stage",
@@ -29,5 +32,7 @@ __all__ = [
     "at_epoch",
     "at_fraction",
     "at_step",
+    "auto",
     "on_plateau",
+    "stage_caps",
 ]

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -154,6 +154,11 @@ _STAGE_KEYS = (
     "exclusive",
     "name",
 )
+
+
+DATA_READERS: dict[str, Callable[[Any], Schedule]] = {}
+"""Readers of schedules written as ``{key: ...}`` instead of ``{"stages": [...]}``, by key
+(:mod:`freezeflow.schedules.auto` registers ``"auto"``)."""
 
 
 def _stage_from_dict(data: Any, k: int) -> Stage:
@@ -291,10 +296,13 @@ class Schedule:
             raise ScheduleError(
                 f"a schedule dict must be a mapping with key 'stages', got {data!r}"
             )
+        if len(data) == 1 and (reader := DATA_READERS.get(next(iter(data)))) is not None:
+            return reader(data[next(iter(data))])  # ff.auto's {"auto": {...}}
         unknown = [k for k in data if k != "stages"]
         if unknown or "stages" not in data:
             raise ScheduleError(
-                f"a schedule dict has exactly one key, 'stages'; got keys {list(data)}"
+                "a schedule dict has exactly one key, 'stages' (or 'auto' for ff.auto); got "
+                f"keys {list(data)}"
             )
         stages = data["stages"]
         if not isinstance(stages, Sequence) or isinstance(stages, (str, bytes)):

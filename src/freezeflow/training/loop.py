@@ -39,6 +39,7 @@ from freezeflow.training.callbacks import ProgressBar
 from freezeflow.training.checkpoint import Checkpoint, restore
 from freezeflow.training.checkpoint_files import find_checkpoint
 from freezeflow.training.history import History
+from freezeflow.training.probe import probe_for
 from freezeflow.training.rng import data_generators, rng_state, set_rng_state
 from freezeflow.training.run import Callback, Metric, Run
 from freezeflow.training.setup import (
@@ -156,6 +157,8 @@ def fit(
     n_batches = batch_count(train_data)
     steps = n_batches and epochs * math.ceil(n_batches / accumulate)
     unfreezer, opt = build_optimizer(model, schedule, optimizer, epochs, steps)
+    if unfreezer is not None and unfreezer.needs_probe:  # what an ff.auto schedule measures
+        unfreezer.set_probe(probe_for(train_data, loss_fn, dev))
     dtype = amp_dtype(amp, dev)
     sched, interval = build_scheduler(scheduler, opt, unfreezer)
     scaler = torch.amp.GradScaler(dev.type, enabled=dtype == torch.float16)

@@ -19,6 +19,7 @@ from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
 
 from freezeflow.distributed.process_group import world_size
 from freezeflow.errors import CheckpointError, OptimizerError, ScheduleError, TrainingError
+from freezeflow.schedules.auto import AutoSchedule
 from freezeflow.schedules.schedule import Schedule, Stage
 from freezeflow.training.caching import FeatureCaching
 from freezeflow.training.callbacks import ProgressBar
@@ -107,6 +108,12 @@ def build_optimizer(
         if schedule.model is not model:
             raise ScheduleError("the unfreezer was built over another model than fit()'s")
         return schedule, schedule.optimizer
+    if isinstance(schedule, AutoSchedule) and schedule.settings.epochs != epochs:
+        raise ScheduleError(
+            f"fit(epochs={epochs}) but the ff.auto schedule was given a budget of "
+            f"{schedule.settings.epochs} epochs; its stages are placed within that budget; "
+            f"hint: ff.auto(epochs={epochs})"
+        )
     if schedule is not None:
         u = GradualUnfreezer(
             model, schedule, optimizer, total_epochs=epochs, total_steps=total_steps or None

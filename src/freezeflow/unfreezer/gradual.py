@@ -40,9 +40,11 @@ from freezeflow.errors import (
     ScheduleError,
     check_int,
 )
+from freezeflow.schedules.auto import AutoSchedule
 from freezeflow.schedules.schedule import Schedule, Stage
 from freezeflow.schedules.triggers import AtEpoch, AtFraction, AtStep, OnPlateau, PlateauTracker
 from freezeflow.unfreezer import checks
+from freezeflow.unfreezer.auto import AutoPlanner, Decision, Probe
 from freezeflow.unfreezer.layout import Layout, layout
 from freezeflow.unfreezer.lr_schedulers import Scheduler, Schedulers, has_scheduler
 from freezeflow.unfreezer.optimizer import OptimizerFactory, adopt_layout
@@ -156,6 +158,9 @@ class GradualUnfreezer:
         self._epoch_seen = False  # on_epoch_start (or a loaded state) has counted an epoch
         self._step_checked = False  # the first step() checks the model
         self._resumed = False  # a state was loaded: the next epoch may be any
+        self._auto = (
+            AutoPlanner(model, schedule, lay) if isinstance(schedule, AutoSchedule) else None
+        )
 
         if isinstance(optimizer, Optimizer) and scheduler is None and has_scheduler(optimizer):
             self._once.given.add("scheduler")  # adopt_layout warns about it now
@@ -164,7 +169,7 @@ class GradualUnfreezer:
         )
         self._schedulers = Schedulers(self.optimizer, template)
         self._enter(0, "start")
-        if overlap := checks.overlap_warning(schedule, lay):
+        if self._auto is None and (overlap := checks.overlap_warning(schedule, lay)):
             self._once.warn("overlap", overlap)
         if scheduler is not None:
             self.attach(scheduler)
@@ -185,7 +190,10 @@ class GradualUnfreezer:
     # ------------------------------------------------------------------ stages
     def _enter(self, k: int, reason: str) -> Transition:
         lay, stage = self.layout, self.schedule.stages[k]
-        now = lay.trainable_ids[k]
+        now, scales = lay.trainable_ids[k], None
+        if self._auto is not None and k > 0:  # decided now, before anything changes
+            now, scales, why = self._auto.decide(k, self.model)
+            reason = f"{reason}; {why}"
         if self.stage_index < 0:  # at the start, freeze everything the first stage does not train
             off, on = frozenset(range(len(lay.params))) - now, now
         else:
@@ -204,17 +212,24 @@ class GradualUnfreezer:
         for i, (spec, group) in enumerate(zip(lay.groups, self.optimizer.param_groups)):
             if not any(j in now for j in spec.params):
                 continue
-            new_base = lay.lr(stage, spec)
+            block = -1 if spec.block is None else spec.block
+            scale = lay.scale(stage, spec) if scales is None else scales.get(block)
+            if scale is None:  # ff.auto: a block of an earlier window keeps its scale
+                scale = float(group["lr_scale"])
+            new_base = stage.lr * scale
             old_base = float(group.get("base_lr", new_base))
             if old_base > 0 and new_base != old_base:
                 self._schedulers.rescale(i, new_base / old_base)
             group["base_lr"] = new_base
-            group["lr_scale"] = lay.scale(stage, spec)
+            group["lr_scale"] = scale
+            if self._auto is not None and self._auto.settings.anneal:
+                group["lr"] = new_base  # the stage's cosine starts at 1x
             group["weight_decay"] = lay.weight_decay(
                 self.schedule, k, spec, self.default_weight_decay
             )
             lrs[spec.name] = float(group["lr"])
         self.stage_index = k
+        self._stage_start = (self.epoch, self.global_step)
         self._plateau.reset()
         self._plateau_ready = False
         t = Transition(
@@ -329,10 +344,18 @@ class GradualUnfreezer:
             self._once.warn("epochs", warning)
         self.global_step += 1
         try:
-            return self._advance(at_epoch_start=False)
+            out = self._advance(at_epoch_start=False)
         except ModelChangedError:
             self.global_step -= 1
             raise
+        if self._auto is not None and not self._schedulers.attached:
+            per_epoch = None
+            if self.total_steps and self.total_epochs:
+                per_epoch = self.total_steps / self.total_epochs
+            self._auto.anneal(
+                self.optimizer, self.stage_index, self._stage_start, self.global_step, per_epoch
+            )
+        return out
 
     def catch_up(self, step: int) -> list[Transition]:
         """Count optimizer steps up to ``step``, a training framework's own count of them
@@ -409,8 +432,40 @@ class GradualUnfreezer:
         """Every parameter that is trainable now or in a stage still to come: the rest of
         the model stays frozen until the schedule ends (the part ``fit(cache=True)`` computes
         once for all the remaining stages)."""
-        ids = frozenset().union(*self.layout.trainable_ids[max(self.stage_index, 0) :])
+        if self._auto is not None:
+            now = frozenset(i for i, p in enumerate(self.layout.params) if p.requires_grad)
+            ids = self._auto.trained_later(now, self.stage_index, len(self.schedule))
+        else:
+            ids = frozenset().union(*self.layout.trainable_ids[max(self.stage_index, 0) :])
         return [self.layout.params[i] for i in sorted(ids)]
+
+    # ------------------------------------------------------------------ ff.auto
+    def set_probe(self, probe: Probe) -> None:
+        """Give an :func:`freezeflow.auto` schedule the training batches and loss its
+        decisions measure (:class:`~freezeflow.unfreezer.auto.Probe`). ``fit()`` and the
+        integrations do it; without a probe each ``auto`` stage takes the window of blocks
+        nearest the output. A no-op for other schedules."""
+        if not isinstance(probe, Probe):
+            raise OptimizerError(f"set_probe() takes a freezeflow.unfreezer.Probe, got {probe!r}")
+        if self._auto is not None:
+            self._auto.probe = probe
+
+    @property
+    def planner(self) -> AutoPlanner | None:
+        """The :class:`~freezeflow.unfreezer.AutoPlanner` of an :func:`freezeflow.auto`
+        schedule (its windows of blocks, its decisions), or None for other schedules."""
+        return self._auto
+
+    @property
+    def needs_probe(self) -> bool:
+        """Whether the schedule is an :func:`freezeflow.auto` one still without a probe."""
+        return self._auto is not None and self._auto.probe is None
+
+    @property
+    def decisions(self) -> list[Decision]:
+        """What the stages of an :func:`freezeflow.auto` schedule decided so far (empty for
+        other schedules)."""
+        return [] if self._auto is None else list(self._auto.decisions)
 
     @property
     def group_names(self) -> list[str]:
@@ -424,7 +479,9 @@ class GradualUnfreezer:
         """The per-stage plan of this unfreezer (see :func:`freezeflow.plan`)."""
         from freezeflow.unfreezer.plan import Plan
 
-        return Plan.build(self.model, self.schedule, self.layout, self.default_weight_decay)
+        return Plan.build(
+            self.model, self.schedule, self.layout, self.default_weight_decay, self.decisions
+        )
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
@@ -444,6 +501,8 @@ class GradualUnfreezer:
             },
             **capture(self.model, self.layout, self.optimizer),
             "history": [asdict(t) for t in self.history],
+            "stage_start": list(self._stage_start),
+            **({} if self._auto is None else {"auto": self._auto.state_dict()}),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -455,6 +514,8 @@ class GradualUnfreezer:
                 a GradualUnfreezer state; nothing has changed then.
         """
         state = read_state(state, self.model, self.layout, self.schedule, self.optimizer)
+        if self._auto is not None:  # checked first: a malformed state changes nothing
+            self._auto.load_state_dict(state.get("auto"))
         self.history = apply_state(state, self.model, self.layout, self.optimizer)
         self.stage_index = int(state["stage_index"])
         self.epoch = int(state["epoch"])
@@ -462,6 +523,8 @@ class GradualUnfreezer:
         plateau = state["plateau"]
         self._plateau.best, self._plateau.bad = plateau["best"], int(plateau["bad"])
         self._plateau_ready = bool(plateau["ready"])
+        start = state.get("stage_start", (self.epoch, self.global_step))
+        self._stage_start = (int(start[0]), int(start[1]))
         self._epoch_seen = self._resumed = True
 
     def __repr__(self) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import html
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,8 +13,10 @@ from torch.optim import Optimizer
 
 from freezeflow.core.blocks import ModelIndex
 from freezeflow.core.policy import PolicyLike
+from freezeflow.schedules.auto import AutoSchedule
 from freezeflow.schedules.schedule import Schedule, Stage
 from freezeflow.schedules.triggers import AtEpoch, AtFraction, AtStep, OnPlateau
+from freezeflow.unfreezer.auto import AutoPlanner, Decision
 from freezeflow.unfreezer.layout import Layout, layout
 from freezeflow.unfreezer.optimizer import weight_decay_of
 
@@ -64,10 +67,19 @@ class Plan:
 
     @classmethod
     def build(
-        cls, model: nn.Module, schedule: Schedule, lay: Layout, weight_decay: float = 0.0
+        cls,
+        model: nn.Module,
+        schedule: Schedule,
+        lay: Layout,
+        weight_decay: float = 0.0,
+        decisions: Sequence[Decision] = (),
     ) -> Plan:
         """The plan of ``schedule`` resolved as ``lay`` on ``model``; ``weight_decay`` is the
-        optimizer's, which decay groups get while no stage sets one."""
+        optimizer's, which decay groups get while no stage sets one. For an
+        :func:`freezeflow.auto` schedule, ``decisions`` are those made so far: a stage not
+        decided yet lists the windows it will choose from."""
+        auto = AutoPlanner(model, schedule, lay) if isinstance(schedule, AutoSchedule) else None
+        decided = {d.stage_index: d for d in decisions}
         idx = ModelIndex.build(model)
         block_of = idx.block_of_alias()
         param_block: dict[int, int] = {}
@@ -76,8 +88,22 @@ class Plan:
         total = sum(p.numel() for p in lay.params)
         out = []
         prev: frozenset[int] = frozenset()
+        scales: dict[int, float] = {}  # ff.auto: the LR scale decided for each block
         for k, stage in enumerate(schedule.stages):
             now = lay.trainable_ids[k]
+            policy = repr(stage.trainable) + (" (exclusive)" if stage.exclusive else "")
+            if auto is not None and k > 0:
+                now, policy = (
+                    prev,
+                    "decided when the stage begins, one window of: "
+                    + ", ".join(auto.window_name(w) for w in range(len(auto.windows))),
+                )
+                if (d := decided.get(k)) is not None:
+                    off = frozenset(j for w in d.refrozen for j in auto.window_params(w))
+                    now = (prev - off) | auto.window_params(d.window)
+                    policy = f"decided: {d.text}"
+                    for b in d.blocks:
+                        scales[b] = d.scales[idx.blocks[b].name]
             new = now - prev
             blocks = sorted({param_block.get(i, -1) for i in new} - {-1})
             groups = []
@@ -86,7 +112,9 @@ class Plan:
                     groups.append(
                         (
                             g.name,
-                            lay.lr(stage, g),
+                            lay.lr(stage, g)
+                            if auto is None
+                            else stage.lr * scales.get(-1 if g.block is None else g.block, 1.0),
                             lay.weight_decay(schedule, k, g, weight_decay),
                             sum(lay.params[i].numel() for i in g.params),
                         )
@@ -96,7 +124,7 @@ class Plan:
                     index=k,
                     name=schedule.names[k],
                     start=stage.start.describe(),
-                    policy=repr(stage.trainable) + (" (exclusive)" if stage.exclusive else ""),
+                    policy=policy,
                     new_blocks=tuple(idx.blocks[b].name for b in blocks),
                     n_trainable=sum(lay.params[i].numel() for i in now),
                     total=total,
@@ -105,7 +133,8 @@ class Plan:
                 )
             )
             prev = now
-        return cls(type(model).__name__, tuple(out), lay.overlaps, schedule)
+        overlaps = lay.overlaps if auto is None else ()  # auto stages re-select by design
+        return cls(type(model).__name__, tuple(out), overlaps, schedule)
 
     def __str__(self) -> str:
         lines = [f"Plan for {self.model_name}: {len(self.stages)} stage(s)"]

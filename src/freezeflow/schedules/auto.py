@@ -1,0 +1,236 @@
+"""``ff.auto``: a schedule whose stages are decided while training runs.
+
+Its shape is fixed up front from the budget, so it is a :class:`~freezeflow.Schedule` like any
+other (the unfreezer, ``fit()``, the Lightning and transformers callbacks, checkpoints and
+:func:`~freezeflow.plan` accept it): a ``head`` stage, then one or two stages that each start
+when the validation loss stops improving (or at a cap derived from the budget). *What* each of
+those stages unfreezes and at *which LR per block* is left open; the unfreezer decides it when
+the stage begins (:mod:`freezeflow.unfreezer.auto`), records the decision and its reason, and
+saves it for resuming. This module is the data half: the knobs, their checks, the stage shape.
+
+Example:
+    >>> import freezeflow as ff
+    >>> sched = ff.auto(epochs=7)
+    >>> sched.names, [s.start.describe() for s in sched.stages[1:]]
+    (['head', 'auto1', 'auto2'], ['val_loss plateau (1 evals, at most epoch 2)', \
+'val_loss plateau (1 evals, at most epoch 3)'])
+    >>> ff.Schedule.from_dict(sched.to_dict()) == sched
+    True
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any
+
+from freezeflow.core.depth import last
+from freezeflow.core.policy import everything
+from freezeflow.core.selectors import norm_layers
+from freezeflow.errors import ScheduleError, check_int, nearest
+from freezeflow.schedules.schedule import DATA_READERS, Schedule, Stage
+from freezeflow.schedules.triggers import on_plateau
+
+__all__ = ["AutoSchedule", "AutoSettings", "auto", "stage_caps"]
+
+STAGE_LR_FACTORS = (1.0, 0.5, 0.3)
+"""Base LR of the head stage, then of each later stage, as factors of ``lr``."""
+
+
+@dataclass(frozen=True)
+class AutoSettings:
+    """The knobs of :func:`auto` (see there); plain values, saved with the schedule."""
+
+    epochs: int
+    lr: float = 1e-3
+    windows: int = 3
+    trial_steps: int = 8
+    probe_batches: int = 4
+    refreeze: bool = False
+    anneal: bool = True
+    train_norms: bool = False
+    metric: str = "val_loss"
+    seed: int = 0
+
+    def to_data(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+def stage_caps(epochs: int) -> list[int]:
+    """The epoch at which each stage after the head starts at the latest, for a budget of
+    ``epochs``: the head gets about 2/7 of the budget, the first unfrozen stage 1/7 and the
+    last stage the rest (the proportions of the hand-tuned demo schedule). Budgets of 2 or 3
+    epochs get one stage after the head.
+
+    Example:
+        >>> [stage_caps(e) for e in (2, 3, 7, 14)]
+        [[1], [1], [2, 3], [4, 6]]
+    """
+    head = max(1, round(2 * epochs / 7))
+    if epochs < 4:
+        return [head]
+    return [head, min(epochs - 1, head + max(1, round(epochs / 7)))]
+
+
+class AutoSchedule(Schedule):
+    """A :class:`~freezeflow.Schedule` made by :func:`auto`: its later stages select every
+    block they *may* train; the unfreezer narrows each to what it decides when the stage
+    begins (:attr:`settings` holds the knobs)."""
+
+    settings: AutoSettings
+
+    def __init__(self, settings: AutoSettings) -> None:
+        s = settings
+        candidates = everything() - last(1)
+        if not s.train_norms:
+            candidates = candidates - norm_layers()
+        stages = [Stage(last(1), lr=s.lr * STAGE_LR_FACTORS[0], name="head")]
+        for k, cap in enumerate(stage_caps(s.epochs), 1):
+            stages.append(
+                Stage(
+                    candidates,
+                    lr=s.lr * STAGE_LR_FACTORS[k],
+                    lr_decay=1.0,  # one param group per block: the decided LRs are per block
+                    start=on_plateau(1, max_epoch=cap, metric=s.metric),
+                    name=f"auto{k}",
+                )
+            )
+        super().__init__(stages)
+        object.__setattr__(self, "settings", settings)
+
+    def to_dict(self) -> dict[str, Any]:
+        """``{"auto": {...}}``: the knobs; :meth:`Schedule.from_dict` reads it back."""
+        return {"auto": self.settings.to_data()}
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, AutoSchedule) and other.settings == self.settings
+
+    def __hash__(self) -> int:
+        return hash(self.settings)
+
+    def __repr__(self) -> str:
+        knobs = ", ".join(
+            f"{f.name}={getattr(self.settings, f.name)!r}"
+            for f in fields(self.settings)
+            if f.name == "epochs" or getattr(self.settings, f.name) != f.default
+        )
+        return f"ff.auto({knobs})"
+
+
+def _number(what: str, value: object, low: float, high: float = math.inf) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        ok = False
+    else:
+        ok = math.isfinite(float(value)) and low < float(value) < high
+    if not ok:
+        raise ScheduleError(
+            f"auto({what}={value!r}): expected a finite number in ({low:g}, {high:g}); hint: "
+            "lr is the head's LR, 1e-3 suits Adam and AdamW"
+        )
+    return float(value)  # type: ignore[arg-type]
+
+
+def auto(
+    epochs: int,
+    *,
+    lr: float = 1e-3,
+    windows: int = 3,
+    trial_steps: int = 8,
+    probe_batches: int = 4,
+    refreeze: bool = False,
+    anneal: bool = True,
+    train_norms: bool = False,
+    metric: str = "val_loss",
+    seed: int = 0,
+) -> AutoSchedule:
+    """A schedule that decides at run time what to unfreeze, when, and at which LR per block.
+
+    The rule (docs/schedules.md, "ff.auto"):
+
+    1. **head**: only the last block (the head) trains, at ``lr``.
+    2. **when**: each later stage starts when ``metric`` stops improving for one evaluation,
+       and at the latest at the caps of :func:`stage_caps` (2/7 and 3/7 of the budget).
+    3. **what**: the blocks below the head are cut into ``windows`` contiguous windows of
+       blocks. When a stage begins, every window not yet trainable gets a short trial: from
+       the current weights, ``trial_steps`` Adam steps on training batches, training that
+       window with everything already trainable; the window whose trial lowers the loss on
+       ``probe_batches`` other training batches the most is unfrozen. The weights, the
+       optimizer and every random generator are restored after the trials.
+    4. **how fast**: the stage's LR is ``lr`` x 0.5, then x 0.3; each block of the new window
+       trains at that LR times its relative gradient norm ``||g|| / ||w||`` over the largest
+       of the window (at least 0.1), as in Auto-RGN (Lee et al., 2023).
+    5. Within each stage the LR follows a cosine from 1x to 0.1x over the stage's expected
+       length (``anneal``; off when you attach an LR scheduler of your own).
+
+    Each decision is one line in the stage change's reason (the history, the progress bar,
+    ``plan()`` of the running unfreezer) and is saved in the unfreezer's state, so a resumed
+    run makes the same decisions.
+
+    Args:
+        epochs: the budget: the number of epochs the run will train (at least 2).
+        lr: the head's LR; later stages run at 0.5x and 0.3x of it.
+        windows: how many contiguous windows the blocks below the head are cut into.
+        trial_steps: optimizer steps of each window's trial.
+        probe_batches: training batches the trials are scored on (not trained on).
+        refreeze: freeze again a window that has converged (its relative gradient norm fell
+            below half of what it was when the window was unfrozen) when the next stage
+            begins, if nothing before it trains (AutoFreeze-style: later epochs get faster,
+            and a frozen prefix can be cached).
+        anneal: the LR cosine within each stage.
+        train_norms: let norm layers train too (default: frozen, with their pretrained
+            statistics, which suits small datasets).
+        metric: the validation metric whose plateau starts the next stage (lower is better).
+        seed: seeds the choice of trial and probe batches and the trials themselves.
+
+    Raises:
+        ScheduleError: a knob is out of range (the message says which and what is expected).
+    """
+    check_int("auto(epochs)", epochs, 2)
+    check_int("auto(windows)", windows, 1)
+    check_int("auto(trial_steps)", trial_steps, 1)
+    check_int("auto(probe_batches)", probe_batches, 1)
+    check_int("auto(seed)", seed, 0)
+    if windows < len(stage_caps(epochs)):
+        raise ScheduleError(
+            f"auto(windows={windows}): a budget of {epochs} epochs has "
+            f"{len(stage_caps(epochs))} stages after the head, each unfreezing one window; "
+            f"expected windows >= {len(stage_caps(epochs))}"
+        )
+    for flag, value in (("refreeze", refreeze), ("anneal", anneal), ("train_norms", train_norms)):
+        if not isinstance(value, bool):
+            raise ScheduleError(f"auto({flag}={value!r}): expected True or False")
+    if not isinstance(metric, str) or not metric:
+        raise ScheduleError(f"auto(metric={metric!r}): expected a metric name such as 'val_loss'")
+    settings = AutoSettings(
+        epochs=epochs,
+        lr=_number("lr", lr, 0.0, 1.0),
+        windows=windows,
+        trial_steps=trial_steps,
+        probe_batches=probe_batches,
+        refreeze=refreeze,
+        anneal=anneal,
+        train_norms=train_norms,
+        metric=metric,
+        seed=seed,
+    )
+    return AutoSchedule(settings)
+
+
+def auto_from_data(data: object) -> AutoSchedule:
+    """The schedule of ``{"auto": {...}}`` (what :meth:`AutoSchedule.to_dict` writes)."""
+    if not isinstance(data, Mapping):
+        raise ScheduleError(f"'auto' must be a mapping of auto() arguments, got {data!r}")
+    known = [f.name for f in fields(AutoSettings)]
+    for key in data:
+        if key not in known:
+            raise ScheduleError(
+                f"auto: unknown key {key!r}; expected some of {known}; nearest: "
+                f"{nearest(str(key), known, n=1)[0]!r}"
+            )
+    if "epochs" not in data:
+        raise ScheduleError("auto: missing required key 'epochs' (the budget)")
+    return auto(**dict(data))
+
+
+DATA_READERS["auto"] = auto_from_data

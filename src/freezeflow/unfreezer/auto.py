@@ -1,0 +1,386 @@
+"""The decisions of :func:`freezeflow.auto`: which window of blocks a stage unfreezes, at which
+LR per block, and (with ``refreeze``) which converged window freezes again.
+
+The :class:`~freezeflow.GradualUnfreezer` owns one :class:`AutoPlanner` when its schedule is
+an :class:`~freezeflow.schedules.auto.AutoSchedule` and asks it, when an ``auto<k>`` stage
+begins, for the stage's trainable set and per-block LR scales. Measuring needs training
+batches and the loss: a :class:`Probe`, which ``fit()`` gives the unfreezer
+(:meth:`~freezeflow.GradualUnfreezer.set_probe`). Without one the planner falls back to the
+window nearest the output, and says so in the decision.
+
+Every decision leaves the model, the optimizer and the random generators as it found them:
+the trials train copies of nothing; they train the model in place and then copy every
+parameter and buffer back, bit for bit.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from freezeflow.core.blocks import ModelIndex
+from freezeflow.errors import OptimizerError, ScheduleError, StateError
+from freezeflow.schedules.auto import STAGE_LR_FACTORS, AutoSchedule, stage_caps
+from freezeflow.unfreezer.layout import Layout
+
+__all__ = ["AutoPlanner", "Decision", "Probe"]
+
+MIN_SCALE = 0.1
+"""The smallest LR scale a block of a new window gets (relative gradient norm over the
+window's largest)."""
+CONVERGED = 0.5
+"""With ``refreeze``: a window whose relative gradient norm fell below this fraction of its
+value when it was unfrozen has converged."""
+
+
+@dataclass(frozen=True)
+class Probe:
+    """Training batches and the loss, for the decisions of ``ff.auto``.
+
+    Args:
+        batches: ``batches(n, seed)`` returns ``n`` training batches, the same ones for the
+            same seed, already on the model's device.
+        loss: ``loss(model, batch)``, a scalar tensor (the training loss of one batch).
+    """
+
+    batches: Callable[[int, int], Sequence[Any]]
+    loss: Callable[[nn.Module, Any], Tensor]
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What an ``auto`` stage decided when it began (plain values; saved in the state)."""
+
+    stage_index: int
+    window: int
+    """Index of the window unfrozen."""
+    blocks: tuple[int, ...]
+    """Its blocks (indices into the model's blocks)."""
+    scales: dict[str, float]
+    """LR scale of each of its blocks, by block name."""
+    rgn: dict[str, float]
+    """Relative gradient norm ``||g|| / ||w||`` of every candidate block, by block name (empty
+    without a probe)."""
+    refrozen: tuple[int, ...]
+    """Windows frozen again (``refreeze``)."""
+    text: str
+    """The one-line explanation (also in the stage change's reason)."""
+
+
+def _split(items: list[int], parts: int) -> list[tuple[int, ...]]:
+    """``items`` cut into ``parts`` contiguous runs as equal as possible (fewer when there
+    are fewer items)."""
+    parts = min(parts, len(items))
+    out, start = [], 0
+    for k in range(parts):
+        size = len(items) // parts + (1 if k < len(items) % parts else 0)
+        out.append(tuple(items[start : start + size]))
+        start += size
+    return out
+
+
+class AutoPlanner:
+    """Decides the ``auto`` stages of one unfreezer (see :func:`freezeflow.auto`)."""
+
+    def __init__(self, model: nn.Module, schedule: AutoSchedule, lay: Layout) -> None:
+        self.settings = schedule.settings
+        idx = ModelIndex.build(model)
+        self.block_names = [b.name for b in idx.blocks]
+        block_of: dict[int, int] = {}
+        last = len(idx.blocks) - 1
+        for a, b in enumerate(idx.block_of_alias()):  # a tied parameter: the output side
+            j = idx.alias_param[a]
+            block_of[j] = max(block_of.get(j, -1), b if b >= 0 else last)
+        candidates = lay.selected_ids[1]
+        self.block_params: dict[int, tuple[int, ...]] = {}
+        for j in sorted(candidates):
+            self.block_params.setdefault(block_of[j], ())
+            self.block_params[block_of[j]] += (j,)
+        self.windows = _split(sorted(self.block_params), self.settings.windows)
+        later = len(schedule) - 1
+        if len(self.windows) < later:
+            raise ScheduleError(
+                f"ff.auto on {type(model).__name__}: {len(self.block_params)} block(s) below "
+                f"the head can train, but the schedule has {later} stages after the head, each "
+                "unfreezing at least one block; hint: a longer schedule needs a deeper model, "
+                "or split it with ff.set_blocks"
+            )
+        self.layout = lay
+        self.probe: Probe | None = None
+        self.decisions: list[Decision] = []
+
+    # ------------------------------------------------------------------ views
+    def window_name(self, w: int) -> str:
+        blocks = self.windows[w]
+        first, last = self.block_names[blocks[0]], self.block_names[blocks[-1]]
+        return first if len(blocks) == 1 else f"{first} .. {last}"
+
+    def unfrozen_windows(self) -> list[int]:
+        """Windows trainable now, in the order they were unfrozen (refrozen ones left out)."""
+        out: list[int] = []
+        for d in self.decisions:
+            out = [w for w in out if w not in d.refrozen] + [d.window]
+        return out
+
+    def remaining(self) -> list[int]:
+        done = {d.window for d in self.decisions}
+        return [w for w in range(len(self.windows)) if w not in done]
+
+    def window_params(self, w: int) -> frozenset[int]:
+        return frozenset(j for b in self.windows[w] for j in self.block_params[b])
+
+    def trained_later(
+        self, trainable: frozenset[int], stage_index: int, n_stages: int
+    ) -> frozenset[int]:
+        """What may still train: what trains now, and every window a later stage may pick."""
+        out = set(trainable)
+        if stage_index + 1 < n_stages:
+            for w in self.remaining():
+                out |= self.window_params(w)
+        return frozenset(out)
+
+    def stage_end_epoch(self, k: int) -> int:
+        """The epoch at which stage ``k`` ends at the latest (the next cap, or the budget)."""
+        caps = stage_caps(self.settings.epochs)
+        return caps[k] if k < len(caps) else self.settings.epochs
+
+    def anneal(
+        self,
+        optimizer: torch.optim.Optimizer,
+        stage_index: int,
+        stage_start: tuple[int, int],
+        step: int,
+        per_epoch: float | None,
+    ) -> None:
+        """Set every group's LR to its base LR times the stage's cosine (1x down to 0.1x over
+        the stage's expected length): stage ``stage_index`` began at ``stage_start`` (epoch,
+        step), ``step`` steps are done, ``per_epoch`` steps make an epoch (None: unknown,
+        and the LRs are left alone)."""
+        if not self.settings.anneal or not per_epoch:
+            return
+        epoch0, step0 = stage_start
+        length = max(1.0, (self.stage_end_epoch(stage_index) - epoch0) * per_epoch)
+        done = min(1.0, (step - step0) / length)
+        factor = MIN_SCALE + (1 - MIN_SCALE) * 0.5 * (1 + math.cos(math.pi * done))
+        for group in optimizer.param_groups:
+            group["lr"] = float(group["base_lr"]) * factor
+
+    # ------------------------------------------------------------------ measuring
+    def _params(self, ids: frozenset[int] | set[int]) -> list[nn.Parameter]:
+        return [self.layout.params[j] for j in sorted(ids)]
+
+    def _rgn(self, model: nn.Module, probe: Probe, batches: Sequence[Any]) -> dict[int, float]:
+        """Relative gradient norm of every candidate block over ``batches`` (summed loss)."""
+        everything = frozenset(j for w in range(len(self.windows)) for j in self.window_params(w))
+        with _Restored(model, self.layout.params):
+            for p in self.layout.params:
+                p.requires_grad_(False)
+                p.grad = None
+            for p in self._params(everything):
+                p.requires_grad_(True)
+            for batch in batches:
+                probe.loss(model, batch).backward()  # type: ignore[no-untyped-call]
+            out = {}
+            for b, ids in self.block_params.items():
+                g2 = w2 = 0.0
+                for j in ids:
+                    p = self.layout.params[j]
+                    if p.grad is not None:
+                        g2 += float(p.grad.detach().double().pow(2).sum())
+                    w2 += float(p.detach().double().pow(2).sum())
+                out[b] = math.sqrt(g2 / w2) if w2 > 0 else 0.0
+        return out
+
+    def _trial(
+        self,
+        model: nn.Module,
+        probe: Probe,
+        train: frozenset[int],
+        lr: float,
+        batches: Sequence[Any],
+        scored: Sequence[Any],
+        seed: int,
+    ) -> float:
+        """The probe loss after ``len(batches)`` Adam steps on ``train``; the model is then
+        restored bit for bit."""
+        with _Restored(model, self.layout.params):
+            for p in self.layout.params:
+                p.requires_grad_(False)
+                p.grad = None
+            params = self._params(train)
+            for p in params:
+                p.requires_grad_(True)
+            opt = torch.optim.Adam(params, lr=lr)
+            torch.manual_seed(seed)
+            for batch in batches:
+                opt.zero_grad(set_to_none=True)
+                probe.loss(model, batch).backward()  # type: ignore[no-untyped-call]
+                opt.step()
+            torch.manual_seed(seed + 1)
+            with torch.no_grad():
+                losses = [float(probe.loss(model, b)) for b in scored]
+        return sum(losses) / len(losses)
+
+    def _score(self, model: nn.Module, probe: Probe, scored: Sequence[Any], seed: int) -> float:
+        with _Restored(model, self.layout.params), torch.no_grad():
+            torch.manual_seed(seed + 1)
+            losses = [float(probe.loss(model, b)) for b in scored]
+        return sum(losses) / len(losses)
+
+    # ------------------------------------------------------------------ deciding
+    def decide(self, k: int, model: nn.Module) -> tuple[frozenset[int], dict[int, float], str]:
+        """Decide stage ``k`` of ``model``: its trainable set (indices into the layout's
+        parameters), the LR scale of each block of the new window, and the one-line
+        explanation."""
+        s = self.settings
+        lay = self.layout
+        trainable = frozenset(i for i, p in enumerate(lay.params) if p.requires_grad)
+        remaining = self.remaining()
+        lr = s.lr * STAGE_LR_FACTORS[k]
+        if not remaining:  # more stages than windows: nothing left to add
+            raise OptimizerError(
+                f"ff.auto: stage {k} found no window left to unfreeze; hint: "
+                f"auto(windows=...) must be at least the number of stages after the head"
+            )
+        probe = self.probe
+        rgn: dict[int, float] = {}
+        refrozen: tuple[int, ...] = ()
+        if probe is None:
+            chosen, detail = remaining[-1], "no probe batches (the loop gave none): the window "
+            detail += "nearest the output"
+        else:
+            device_state = _rng_devices(lay.params)
+            with torch.random.fork_rng(devices=device_state):
+                seed = s.seed * 1000 + k
+                n = s.trial_steps + s.probe_batches
+                drawn = list(probe.batches(n, seed))
+                batches, scored = drawn[: s.trial_steps], drawn[s.trial_steps :]
+                rgn = self._rgn(model, probe, scored)
+                if s.refreeze and k >= 2:
+                    refrozen = self._converged(rgn)
+                keep = trainable - frozenset(j for w in refrozen for j in self.window_params(w))
+                before = self._score(model, probe, scored, seed)
+                trials = {
+                    w: self._trial(
+                        model, probe, keep | self.window_params(w), lr, batches, scored, seed
+                    )
+                    for w in remaining
+                }
+            chosen = min(trials, key=lambda w: (trials[w], -w))
+            others = ", ".join(
+                f"{self.window_name(w)} {trials[w]:.3f}" for w in remaining if w != chosen
+            )
+            detail = (
+                f"a {s.trial_steps}-step trial took the probe loss from {before:.3f} to "
+                f"{trials[chosen]:.3f}" + (f" (other windows: {others})" if others else "")
+            )
+        blocks = self.windows[chosen]
+        top = max((rgn.get(b, 0.0) for b in blocks), default=0.0)
+        scales = {
+            b: (max(MIN_SCALE, rgn[b] / top) if top > 0 and b in rgn else 1.0) for b in blocks
+        }
+        spread = ""
+        if rgn and top > 0:
+            med = sorted(rgn.values())[len(rgn) // 2]
+            lo = min(scales.values())
+            spread = f", per-block LR x{lo:.2f}-1 by relative gradient norm ({top / med:.1f}x "
+            spread += "the median at most)" if med > 0 else "the median)"
+        again = ""
+        if refrozen:
+            again = "; froze again (converged): " + ", ".join(self.window_name(w) for w in refrozen)
+        text = f"+{self.window_name(chosen)} at {lr:.0e}{spread}: {detail}{again}"
+        decision = Decision(
+            stage_index=k,
+            window=chosen,
+            blocks=blocks,
+            scales={self.block_names[b]: v for b, v in scales.items()},
+            rgn={self.block_names[b]: v for b, v in rgn.items()},
+            refrozen=refrozen,
+            text=text,
+        )
+        self.decisions.append(decision)
+        off = frozenset(j for w in refrozen for j in self.window_params(w))
+        return (trainable - off) | self.window_params(chosen), scales, text
+
+    def _converged(self, rgn: dict[int, float]) -> tuple[int, ...]:
+        """The earliest trainable window, when its relative gradient norm fell below
+        :data:`CONVERGED` of its value when it was unfrozen and no window before it trains."""
+        live = self.unfrozen_windows()
+        if not live:
+            return ()
+        w = min(live)
+        then = next(d for d in self.decisions if d.window == w)
+        names = [self.block_names[b] for b in self.windows[w]]
+        old = sum(then.rgn.get(n, 0.0) for n in names)
+        new = sum(rgn.get(b, 0.0) for b in self.windows[w])
+        return (w,) if old > 0 and new < CONVERGED * old else ()
+
+    def scale_of(self, k: int, block: int | None) -> float | None:
+        """The LR scale decided for ``block`` when stage ``k`` began, or None when it was not
+        decided then (a block of an earlier window keeps its scale)."""
+        for d in self.decisions:
+            if d.stage_index == k and block in d.blocks:
+                return d.scales[self.block_names[block]]
+        return None
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> list[dict[str, Any]]:
+        return [asdict(d) for d in self.decisions]
+
+    def load_state_dict(self, data: object) -> None:
+        if not isinstance(data, list):
+            raise StateError(f"the state's ff.auto decisions are malformed: {data!r}")
+        try:
+            decisions = [
+                Decision(
+                    stage_index=int(d["stage_index"]),
+                    window=int(d["window"]),
+                    blocks=tuple(int(b) for b in d["blocks"]),
+                    scales={str(n): float(v) for n, v in d["scales"].items()},
+                    rgn={str(n): float(v) for n, v in d["rgn"].items()},
+                    refrozen=tuple(int(w) for w in d["refrozen"]),
+                    text=str(d["text"]),
+                )
+                for d in data
+            ]
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise StateError(f"the state's ff.auto decisions are malformed: {exc!r}") from exc
+        if any(not 0 <= d.window < len(self.windows) for d in decisions):
+            raise StateError("the state's ff.auto decisions name windows this model lacks")
+        self.decisions = decisions
+
+
+def _rng_devices(params: Sequence[nn.Parameter]) -> list[int]:
+    return sorted({p.device.index or 0 for p in params if p.device.type == "cuda"})
+
+
+class _Restored:
+    """Put every parameter and buffer of ``model``, the ``requires_grad`` flags, the
+    gradients and the train/eval modes back as they were on exit."""
+
+    def __init__(self, model: nn.Module, params: Sequence[nn.Parameter]) -> None:
+        self.model, self.params = model, params
+
+    def __enter__(self) -> None:
+        self.flags = [p.requires_grad for p in self.params]
+        self.grads = [p.grad for p in self.params]
+        self.tensors = [t.detach().clone() for t in self.params] + [
+            b.detach().clone() for b in self.model.buffers()
+        ]
+        self.modes = [m.training for m in self.model.modules()]
+
+    def __exit__(self, *exc: object) -> None:
+        with torch.no_grad():
+            live = [*self.params, *self.model.buffers()]
+            for t, saved in zip(live, self.tensors):
+                t.copy_(saved)
+        for p, flag, grad in zip(self.params, self.flags, self.grads):
+            p.requires_grad_(flag)
+            p.grad = grad
+        for m, mode in zip(self.model.modules(), self.modes):
+            m.training = mode

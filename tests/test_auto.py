@@ -1,0 +1,288 @@
+"""``ff.auto``: the decision rule on toy models (a planted block is chosen first, a plateau
+moves the stage on, a converged window freezes again), decisions that leave the model, the
+optimizer and the random generators as they were, resuming to the same decisions, and bad
+input refused before anything changes."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from models import flags, snapshot
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+import freezeflow as ff
+from freezeflow.errors import OptimizerError, ScheduleError
+from freezeflow.training.probe import probe_for
+from freezeflow.training.run import Callback, Run
+
+PLANTED = 1
+"""The block whose weights the toy student has shrunk to 2%: only training it recovers the
+signal, and its relative gradient norm is by far the largest."""
+
+
+def chain(width: int = 16, depth: int = 6) -> nn.Sequential:
+    """``depth`` blocks of Linear+Tanh that start as the identity, then a linear head."""
+    torch.manual_seed(0)
+    linears = [nn.Linear(width, width) for _ in range(depth)]
+    with torch.no_grad():
+        for lin in linears:
+            lin.weight.copy_(torch.eye(width))
+            lin.bias.zero_()
+    blocks = [nn.Sequential(lin, nn.Tanh()) for lin in linears]
+    return nn.Sequential(*blocks, nn.Linear(width, 4))
+
+
+def linear(net: nn.Module, block: int) -> nn.Linear:
+    """The Linear layer of block ``block`` of a :func:`chain`."""
+    layer = net.get_submodule(f"{block}.0")
+    assert isinstance(layer, nn.Linear)
+    return layer
+
+
+def planted() -> nn.Sequential:
+    net = chain()
+    with torch.no_grad():
+        linear(net, PLANTED).weight.mul_(0.02)
+    return net
+
+
+def data(n: int = 512, seed: int = 1) -> DataLoader[Any]:
+    """Four classes, linear in the inputs: the identity chain carries all the signal."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 16, generator=g) * 0.5
+    y = (x @ torch.randn(16, 4, generator=g)).argmax(1)
+    gen = torch.Generator().manual_seed(0)
+    return DataLoader(TensorDataset(x, y), batch_size=32, shuffle=True, generator=gen)
+
+
+def fit_auto(
+    net: nn.Module, epochs: int = 7, **kwargs: Any
+) -> tuple[ff.History, ff.GradualUnfreezer]:
+    fit_args = {k: kwargs.pop(k) for k in ("checkpoint", "resume", "callbacks") if k in kwargs}
+    loader = data()
+    uf = ff.GradualUnfreezer(
+        net, ff.auto(epochs, lr=0.02, **kwargs), total_epochs=epochs, total_steps=epochs * 16
+    )
+    ff.training.seed_everything(0)
+    history = ff.fit(
+        net, loader, epochs=epochs, schedule=uf, val_data=loader, progress=False, **fit_args
+    )
+    return history, uf
+
+
+def window_of(uf: ff.GradualUnfreezer, block: int) -> int:
+    assert uf.planner is not None
+    return next(w for w, blocks in enumerate(uf.planner.windows) if block in blocks)
+
+
+def test_the_planted_block_is_chosen_first() -> None:
+    net = planted()
+    history, uf = fit_auto(net)
+    first = uf.decisions[0]
+    assert first.window == window_of(uf, PLANTED)
+    assert PLANTED in first.blocks
+    # its relative gradient norm was the largest of all candidate blocks
+    assert max(first.rgn, key=first.rgn.__getitem__) == str(PLANTED)
+    # every stage after the head is decided once, with its reason in the history
+    assert [d.stage_index for d in uf.decisions] == [1, 2]
+    reasons = [t["reason"] for t in history.transitions[1:]]
+    assert all(d.text in r for d, r in zip(uf.decisions, reasons))
+    assert "trial took the probe loss from" in reasons[0]
+    assert linear(net, PLANTED).weight.requires_grad
+    assert history.epochs[-1]["metrics"]["val_accuracy"] > 0.8
+
+
+def test_without_a_probe_the_window_nearest_the_output_is_taken() -> None:
+    net = planted()
+    uf = ff.GradualUnfreezer(net, ff.auto(7))
+    (t,) = uf.on_epoch_start(2)
+    assert uf.planner is not None
+    assert uf.decisions[0].window == len(uf.planner.windows) - 1
+    assert "no probe batches" in t.reason
+    assert linear(net, 5).weight.requires_grad and not linear(net, 0).weight.requires_grad
+
+
+def test_a_plateau_moves_the_stage_on_before_its_cap() -> None:
+    net = planted()
+    uf = ff.GradualUnfreezer(net, ff.auto(14))  # caps at epochs 4 and 6
+    uf.set_probe(probe_for(data(), nn.functional.cross_entropy, torch.device("cpu")))
+    assert uf.on_epoch_start(0) == [] and uf.waiting_for == "val_loss"
+    uf.observe(1.0)
+    assert uf.on_epoch_start(1) == []
+    uf.observe(1.0)  # no better: a plateau after one evaluation
+    (t,) = uf.on_epoch_start(2)
+    assert (t.stage_index, t.epoch) == (1, 2)
+    assert t.reason.startswith("plateau of val_loss")
+    uf.observe(0.5)  # stage 2 waits for its own plateau or its cap
+    assert uf.on_epoch_start(3) == [] and uf.on_epoch_start(5) == []
+    (t,) = uf.on_epoch_start(6)
+    assert t.reason.startswith("epoch 6 (plateau cap)")
+
+
+def test_deciding_leaves_weights_optimizer_and_random_generators_as_they_were() -> None:
+    net = planted()
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    uf = ff.GradualUnfreezer(net, ff.auto(7), opt)
+    loader = data()
+    uf.set_probe(probe_for(loader, nn.functional.cross_entropy, torch.device("cpu")))
+    uf.on_epoch_start(0)
+    x, y = next(iter(loader))
+    nn.functional.cross_entropy(net(x), y).backward()  # type: ignore[no-untyped-call]
+    opt.step()
+    uf.step()
+    before, state = snapshot(net, buffers=True), {k: dict(v) for k, v in opt.state.items()}
+    grads = {n: p.grad for n, p in net.named_parameters()}
+    rng = torch.get_rng_state()
+    uf.on_epoch_start(2)
+    assert uf.decisions and "trial" in uf.decisions[0].text
+    after = snapshot(net, buffers=True)
+    assert all(torch.equal(before[n], after[n]) for n in before)
+    assert torch.equal(rng, torch.get_rng_state())
+    assert {n: p.grad for n, p in net.named_parameters()} == grads
+    for p, saved in state.items():
+        tensors = [k for k in saved if torch.is_tensor(saved[k])]
+        assert all(torch.equal(saved[k], opt.state[p][k]) for k in tensors)
+
+
+def test_the_same_seed_gives_the_same_decisions_and_weights() -> None:
+    a, b = planted(), planted()
+    _, ua = fit_auto(a)
+    _, ub = fit_auto(b)
+    assert [d.text for d in ua.decisions] == [d.text for d in ub.decisions]
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+
+
+class StopAfter(Callback):
+    def __init__(self, epochs: int) -> None:
+        self.epochs = epochs
+
+    def on_epoch_end(self, run: Run) -> None:
+        if run.progress.epoch >= self.epochs:
+            run.progress.stop = f"stopped after {self.epochs} epochs"
+
+
+@pytest.mark.parametrize(("stop", "decided"), [(2, 0), (3, 1), (5, 2)])
+def test_a_resumed_run_makes_the_same_decisions(tmp_path: Path, stop: int, decided: int) -> None:
+    whole = planted()
+    _, u_whole = fit_auto(whole, checkpoint=tmp_path / "whole")
+    part = planted()
+    _, u_part = fit_auto(part, checkpoint=tmp_path / "part", callbacks=[StopAfter(stop)])
+    assert len(u_part.decisions) == decided  # stages begin at epochs 2 and 3
+    resumed = planted()
+    _, u_resumed = fit_auto(resumed, checkpoint=tmp_path / "part", resume=True)
+    assert [d.text for d in u_resumed.decisions] == [d.text for d in u_whole.decisions]
+    assert all(torch.equal(p, q) for p, q in zip(whole.parameters(), resumed.parameters()))
+    assert flags(whole) == flags(resumed)
+
+
+def test_refreeze_freezes_a_converged_window_again() -> None:
+    net = planted()
+    frozen_at: dict[str, torch.Tensor] = {}
+
+    class Watch(Callback):
+        def on_stage_change(self, run: Run, transition: Any) -> None:
+            if transition.stage_index == 2:
+                frozen_at.update(snapshot(net))
+
+    history, uf = fit_auto(net, refreeze=True, callbacks=[Watch()])
+    w = window_of(uf, PLANTED)
+    assert uf.decisions[1].refrozen == (w,)
+    assert "froze again (converged)" in history.transitions[2]["reason"]
+    assert not linear(net, PLANTED).weight.requires_grad
+    # frozen again means bit-identical from then on
+    assert torch.equal(frozen_at[f"{PLANTED}.0.weight"], linear(net, PLANTED).weight)
+
+
+def test_the_lr_follows_a_cosine_within_each_stage_unless_a_scheduler_is_attached() -> None:
+    net = chain()
+    uf = ff.GradualUnfreezer(net, ff.auto(7), total_epochs=7, total_steps=70)
+    uf.on_epoch_start(0)
+    factors = []
+    for _ in range(20):  # the head stage: epochs 0-1, 20 steps
+        uf.step()
+        g = uf.optimizer.param_groups[0]
+        factors.append(g["lr"] / g["base_lr"])
+    assert factors == sorted(factors, reverse=True)
+    assert math.isclose(factors[9], 0.1 + 0.45 * (1 + math.cos(math.pi * 0.5)))
+    assert math.isclose(factors[-1], 0.1)
+    net2 = chain()
+    uf2 = ff.GradualUnfreezer(net2, ff.auto(7), total_epochs=7, total_steps=70)
+    sched = torch.optim.lr_scheduler.LambdaLR(uf2.optimizer, lambda t: 1.0)
+    uf2.attach(sched)
+    uf2.on_epoch_start(0)
+    uf2.step()
+    assert uf2.optimizer.param_groups[0]["lr"] == uf2.optimizer.param_groups[0]["base_lr"]
+
+
+def test_plan_lists_the_windows_then_the_decisions() -> None:
+    net = planted()
+    uf = ff.GradualUnfreezer(net, ff.auto(7))
+    text = str(uf.plan())
+    assert "decided when the stage begins, one window of: 0 .. 1, 2 .. 3, 4 .. 5" in text
+    uf.on_epoch_start(2)
+    assert f"decided: {uf.decisions[0].text}" in str(uf.plan())
+    assert "note: some stages select" not in str(uf.plan())
+
+
+def test_the_schedule_round_trips_and_its_state_loads_only_on_the_same_knobs() -> None:
+    sched = ff.auto(9, refreeze=True, seed=3)
+    assert ff.Schedule.from_dict(sched.to_dict()) == sched
+    assert ff.Schedule.from_yaml(sched.to_yaml()) == sched
+    net = planted()
+    uf = ff.GradualUnfreezer(net, sched)
+    uf.on_epoch_start(3)
+    state = uf.state_dict()
+    other = ff.GradualUnfreezer(planted(), ff.auto(9, seed=3))
+    with pytest.raises(ff.errors.StateError, match="another schedule"):
+        other.load_state_dict(state)
+    again = ff.GradualUnfreezer(planted(), ff.auto(9, refreeze=True, seed=3))
+    again.load_state_dict(state)
+    assert again.decisions == uf.decisions
+
+
+@pytest.mark.parametrize(
+    ("call", "match"),
+    [
+        (lambda: ff.auto(1), r"auto\(epochs\): expected an integer >= 2, got 1"),
+        (lambda: ff.auto(7, windows=1), r"windows=1.*2 stages after the head"),
+        (lambda: ff.auto(7, lr=0), r"auto\(lr=0\): expected a finite number in \(0, 1\)"),
+        (
+            lambda: ff.auto(7, refreeze="yes"),  # type: ignore[arg-type]
+            r"auto\(refreeze='yes'\): expected True or False",
+        ),
+        (lambda: ff.auto(7, metric=""), r"auto\(metric=''\)"),
+        (lambda: ff.Schedule.from_dict({"auto": {"epoch": 7}}), r"nearest: 'epochs'"),
+        (lambda: ff.Schedule.from_dict({"auto": {}}), r"missing required key 'epochs'"),
+    ],
+)
+def test_bad_knobs_are_refused(call: Any, match: str) -> None:
+    with pytest.raises(ScheduleError, match=match):
+        call()
+
+
+def test_fit_refuses_a_budget_other_than_its_epochs_and_changes_nothing() -> None:
+    net = planted()
+    before, before_flags = snapshot(net), flags(net)
+    with pytest.raises(ScheduleError, match=r"fit\(epochs=5\).*budget of 7.*ff.auto\(epochs=5\)"):
+        ff.fit(net, data(), epochs=5, schedule=ff.auto(7), progress=False)
+    assert flags(net) == before_flags
+    assert all(torch.equal(before[n], p) for n, p in net.named_parameters())
+
+
+def test_a_model_with_fewer_blocks_than_stages_is_refused() -> None:
+    net = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 2))  # one block below the head
+    with pytest.raises(ScheduleError, match=r"1 block\(s\) below the head.*2 stages"):
+        ff.GradualUnfreezer(net, ff.auto(7))
+    assert all(p.requires_grad for p in net.parameters())
+
+
+def test_set_probe_takes_a_probe() -> None:
+    uf = ff.GradualUnfreezer(planted(), ff.auto(7))
+    assert uf.needs_probe
+    with pytest.raises(OptimizerError, match="set_probe"):
+        uf.set_probe(lambda n, s: [])  # type: ignore[arg-type]
