@@ -386,3 +386,24 @@ def test_plain_ddp_strategy_all_reduces_only_what_trains(tmp_path: Path) -> None
         for r in ranks:
             for k, v in ddp["states"][step].items():
                 assert torch.equal(v, r["resume"]["states"][step][k]), (step, k)
+
+
+class LoggingLit(Lit):
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        loss = super().training_step(batch, batch_idx)
+        self.log("train_loss", loss)
+        return loss
+
+
+def test_auto_schedule_decides_from_the_training_step(tmp_path: Path) -> None:
+    lit = LoggingLit(scheduler=None)
+    cb = FreezeflowCallback(ff.auto(3, windows=1), module_attr="net")  # head, then backbone
+    trainer(tmp_path, 3, [cb]).fit(lit, loader(), loader(2))
+    uf = cb.unfreezer
+    assert uf is not None
+    assert [d.stage_index for d in uf.decisions] == [1]
+    assert "trial took the probe loss" in uf.decisions[0].text  # measured, with logging muted
+    assert "log" not in lit.__dict__
+    # the backbone trains from epoch 1; its norm layers stay frozen
+    assert lit.net.backbone[0].weight.requires_grad and lit.net.backbone[3].weight.requires_grad
+    assert not lit.net.backbone[1].weight.requires_grad

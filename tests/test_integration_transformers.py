@@ -436,3 +436,21 @@ def test_training_arguments_weight_decay_applies_zero_included(
     decays = {g["name"]: g["weight_decay"] for g in optimizer.param_groups}
     assert any(n.endswith("/decay") for n in decays)
     assert all(v == (decay if n.endswith("/decay") else 0.0) for n, v in decays.items())
+
+
+@pytest.mark.parametrize("decay", [0.0, 0.05])
+def test_auto_schedule_decides_from_the_models_loss(tmp_path: Path, decay: float) -> None:
+    # BERT's blocks: embeddings, layer.0, layer.1+pooler, classifier: two windows, two stages
+    trainer = FreezeflowTrainer(
+        model=bert(),
+        args=arguments(tmp_path, 4, weight_decay=decay, learning_rate=1e-3),
+        train_dataset=Data(),
+        schedule=ff.auto(4, windows=2),
+    )
+    trainer.train()
+    uf = trainer.freezeflow_callback().unfreezer
+    assert uf is not None and isinstance(uf.schedule, ff.schedules.AutoSchedule)
+    assert [d.stage_index for d in uf.decisions] == [1, 2]
+    assert all("trial took the probe loss" in d.text for d in uf.decisions)
+    decays = {g["name"]: g["weight_decay"] for g in uf.optimizer.param_groups}
+    assert all(v == (decay if n.endswith("/decay") else 0.0) for n, v in decays.items())

@@ -39,10 +39,10 @@ from __future__ import annotations
 
 import math
 import operator
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from torch import nn
+from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
 from freezeflow.core.freezing import NormMode
@@ -50,7 +50,10 @@ from freezeflow.core.policy import PolicyLike
 from freezeflow.distributed.ddp import verify_trainable
 from freezeflow.errors import OptimizerError, StateError, TrainingError
 from freezeflow.integrations._common import MissingMetric, StrictMetric
+from freezeflow.schedules.auto import AutoSchedule
 from freezeflow.schedules.schedule import Schedule, Stage
+from freezeflow.training.probe import probe_over
+from freezeflow.unfreezer.auto import Probe
 from freezeflow.unfreezer.gradual import GradualUnfreezer
 from freezeflow.unfreezer.transition import Transition
 
@@ -187,7 +190,7 @@ class FreezeflowCallback(StrictMetric, Callback):
         return module
 
     def _run_length(self, trainer: pl.Trainer) -> tuple[int | None, int | None]:
-        if not self.schedule.needs_run_length:
+        if not self.schedule.needs_run_length and not isinstance(self.schedule, AutoSchedule):
             return None, None
         steps: int | None = None
         epochs: int | None = None
@@ -243,6 +246,8 @@ class FreezeflowCallback(StrictMetric, Callback):
             ) from exc
         for extra in schedulers[1:]:
             uf.attach(extra)
+        if uf.needs_probe:  # ff.auto measures the training loss on a few batches
+            uf.set_probe(_probe(trainer, pl_module))
         if state is not None:
             uf.load_state_dict(state)
         self._pending = None
@@ -320,3 +325,41 @@ class FreezeflowCallback(StrictMetric, Callback):
             self.unfreezer.load_state_dict(state)
         else:
             self._pending = state
+
+
+def _mute(*args: Any, **kwargs: Any) -> None:
+    """Stands in for ``LightningModule.log`` while ``ff.auto`` measures."""
+
+
+def _probe(trainer: pl.Trainer, pl_module: pl.LightningModule) -> Probe:
+    """What an ``ff.auto`` schedule measures under Lightning: batches of the trainer's
+    training loader, and the loss ``training_step`` returns (its logging muted)."""
+
+    def loss(model: nn.Module, batch: Any) -> Tensor:
+        saved = pl_module.__dict__.get("log"), pl_module.__dict__.get("log_dict")
+        setattr(pl_module, "log", _mute)  # noqa: B010  (an instance attribute, removed below)
+        setattr(pl_module, "log_dict", _mute)  # noqa: B010
+        try:
+            out = pl_module.training_step(batch, 0)
+        finally:
+            for name, value in zip(("log", "log_dict"), saved):
+                if value is None:
+                    pl_module.__dict__.pop(name, None)
+                else:
+                    setattr(pl_module, name, value)
+        value = out.get("loss") if isinstance(out, Mapping) else out
+        if not isinstance(value, Tensor):
+            raise TrainingError(
+                f"ff.auto measures the training loss, but training_step returned {out!r}; "
+                "expected the loss or a dict with 'loss' (automatic optimization)"
+            )
+        return value
+
+    def data() -> Any:
+        return trainer.train_dataloader  # set up by the fit loop once training starts
+
+    return probe_over(
+        data,
+        loss,
+        lambda batch: trainer.strategy.batch_to_device(batch),
+    )

@@ -61,7 +61,11 @@ from freezeflow.errors import (
     TrainingError,
 )
 from freezeflow.integrations._common import MissingMetric, StrictMetric
+from freezeflow.schedules.auto import AutoSchedule
 from freezeflow.schedules.schedule import Schedule, Stage
+from freezeflow.training.batch import to_device
+from freezeflow.training.probe import probe_over
+from freezeflow.unfreezer.auto import Probe
 from freezeflow.unfreezer.gradual import GradualUnfreezer
 
 try:
@@ -191,11 +195,14 @@ class FreezeflowTrainerCallback(StrictMetric, TrainerCallback):
 
         schedule = self.schedule
         first = schedule.stages[0]
-        if first.weight_decay is None:  # TrainingArguments.weight_decay, 0.0 included
+        auto = isinstance(schedule, AutoSchedule)
+        if auto:  # its stages are fixed: the optimizer's own weight decay is the default
+            kwargs["weight_decay"] = float(args.weight_decay)
+        elif first.weight_decay is None:  # TrainingArguments.weight_decay, 0.0 included
             schedule = Schedule(
                 [replace(first, weight_decay=float(args.weight_decay)), *schedule.stages[1:]]
             )
-        needs_length = schedule.needs_run_length
+        needs_length = schedule.needs_run_length or auto  # ff.auto: for its in-stage cosine
         epochs = args.num_train_epochs
         self.unfreezer = GradualUnfreezer(
             model,
@@ -296,6 +303,8 @@ class FreezeflowTrainerCallback(StrictMetric, TrainerCallback):
         scheduler = kwargs.get("lr_scheduler")
         if isinstance(scheduler, (LRScheduler, ReduceLROnPlateau)):
             uf.attach(scheduler)
+        if uf.needs_probe:  # ff.auto measures the training loss on a few batches
+            uf.set_probe(_probe(kwargs.get("train_dataloader"), uf.model))
         if self._pending is None and not self._resumed and state.global_step > 0:
             self.resume_from(self._resumed_folder(args, state.global_step))
         if self._pending is not None:
@@ -502,3 +511,28 @@ class FreezeflowTrainer(Trainer):
 
             wrapper = self.freezeflow_ddp = wrap_ddp(uf.model, uf, on_wrap=wrapped, **kwargs)
         return wrapper.current()
+
+
+def _probe(loader: Any, model: nn.Module) -> Probe:
+    """What an ``ff.auto`` schedule measures under the Trainer: batches of its training
+    loader, and the loss the model returns for them (``labels`` in the batch)."""
+    if loader is None:
+        raise TrainingError(
+            "ff.auto measures the training loss on a few batches, but the Trainer gave the "
+            "callback no train_dataloader; hint: use FreezeflowTrainer"
+        )
+
+    def loss(net: nn.Module, batch: Any) -> torch.Tensor:
+        out = net(**batch) if isinstance(batch, dict) else None
+        value = getattr(out, "loss", None)
+        if not isinstance(value, torch.Tensor):
+            raise TrainingError(
+                "ff.auto measures the training loss, but the model returned no loss for a "
+                "training batch; expected batches with labels, as the Trainer trains on"
+            )
+        return value
+
+    def move(batch: Any) -> Any:
+        return to_device(batch, next(model.parameters()).device)
+
+    return probe_over(lambda: loader, loss, move)
