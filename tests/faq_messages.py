@@ -91,6 +91,16 @@ def nothing_to_train() -> str:
     return _raised(lambda: ff.fit(model, data, epochs=1))
 
 
+def auto_budget() -> str:
+    data = [(torch.randn(4, 3, 8, 8), torch.randint(0, 3, (4,)))]
+    return _raised(lambda: ff.fit(make_net(), data, epochs=5, schedule=ff.auto(7)))
+
+
+def auto_too_shallow() -> str:
+    model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 2))
+    return _raised(lambda: ff.GradualUnfreezer(model, ff.auto(7)))
+
+
 MESSAGES: dict[str, Callable[[], str]] = {
     "model changed": model_changed,
     "scheduler not attached": scheduler_not_attached,
@@ -100,6 +110,8 @@ MESSAGES: dict[str, Callable[[], str]] = {
     "stages out of order": stages_out_of_order,
     "partial re-selection": partial_reselection,
     "nothing to train": nothing_to_train,
+    "auto budget": auto_budget,
+    "auto too shallow": auto_too_shallow,
 }
 
 

@@ -111,8 +111,9 @@ def build_optimizer(
     if isinstance(schedule, AutoSchedule) and schedule.settings.epochs != epochs:
         raise ScheduleError(
             f"fit(epochs={epochs}) but the ff.auto schedule was given a budget of "
-            f"{schedule.settings.epochs} epochs; its stages are placed within that budget; "
-            f"hint: ff.auto(epochs={epochs})"
+            f"{schedule.settings.epochs} epochs, and its stages are placed within that budget; "
+            f"expected the same number of epochs; hint: ff.auto(epochs={epochs}), or "
+            f"fit(epochs={schedule.settings.epochs})"
         )
     if schedule is not None:
         u = GradualUnfreezer(
