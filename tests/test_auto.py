@@ -286,3 +286,12 @@ def test_set_probe_takes_a_probe() -> None:
     assert uf.needs_probe
     with pytest.raises(OptimizerError, match="set_probe"):
         uf.set_probe(lambda n, s: [])  # type: ignore[arg-type]
+
+
+def test_the_history_plot_names_the_window_each_stage_unfroze() -> None:
+    pytest.importorskip("matplotlib")
+    history, uf = fit_auto(planted())
+    assert uf.planner is not None
+    texts = {t.get_text() for ax in history.plot().axes for t in ax.texts}
+    for d in uf.decisions:
+        assert f" auto{d.stage_index}: +{uf.planner.window_name(d.window)}" in texts

@@ -137,7 +137,7 @@ class History:
                 ax.text(
                     t["epoch"],
                     1,
-                    f" {t['name']}",
+                    f" {_label(t)}",
                     transform=ax.get_xaxis_transform(),
                     va="top",
                     fontsize=8,
@@ -149,3 +149,13 @@ class History:
     def __len__(self) -> int:
         """The number of epoch records."""
         return len(self.epochs)
+
+
+def _label(transition: dict[str, Any]) -> str:
+    """A stage change's label on the plot: its name, and for an ``ff.auto`` stage the window
+    of blocks it unfroze (its reason reads ``...; +<window> at <lr>...``)."""
+    reason = str(transition.get("reason", ""))
+    if "; +" not in reason:
+        return str(transition["name"])
+    window = reason.split("; +", 1)[1].split(" at ", 1)[0]
+    return f"{transition['name']}: +{window}"
