@@ -25,7 +25,7 @@ import time
 from typing import Any
 
 import torch
-from models import SmallCNN, make_small_cnn
+from models import SmallCNN, StopAfter, make_small_cnn
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -88,17 +88,6 @@ def make_schedule() -> ff.Schedule:
             ff.Stage(ff.everything(), lr=3e-3, start=2, name="all"),
         ]
     )
-
-
-class StopAfter(Callback):
-    """End training (cleanly, with a checkpoint) once ``epochs`` epochs are done."""
-
-    def __init__(self, epochs: int) -> None:
-        self.epochs = epochs
-
-    def on_epoch_end(self, run: Run) -> None:
-        if run.progress.epoch >= self.epochs:
-            run.progress.stop = f"stopped after {self.epochs} epochs"
 
 
 class Announce(Callback):

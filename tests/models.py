@@ -22,6 +22,7 @@ import torchvision
 from torch import nn
 
 import freezeflow as ff
+from freezeflow.training.run import Callback, Run
 
 __all__ = [
     "ALL_NAMES",
@@ -38,6 +39,7 @@ __all__ = [
     "NestedLists",
     "Net",
     "SmallCNN",
+    "StopAfter",
     "TiedEmbedding",
     "TinyLM",
     "batch",
@@ -420,3 +422,14 @@ class TiedEmbedding(nn.Module):
         self.mid = nn.Linear(4, 4)
         self.out = nn.Linear(4, 10, bias=False)
         self.out.weight = self.embed.weight
+
+
+class StopAfter(Callback):
+    """End training (cleanly, with a checkpoint) once ``epochs`` epochs are done."""
+
+    def __init__(self, epochs: int) -> None:
+        self.epochs = epochs
+
+    def on_epoch_end(self, run: Run) -> None:
+        if run.progress.epoch >= self.epochs:
+            run.progress.stop = f"stopped after {self.epochs} epochs"

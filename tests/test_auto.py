@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 import torch
-from models import flags, snapshot
+from models import StopAfter, flags, snapshot
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -155,15 +155,6 @@ def test_the_same_seed_gives_the_same_decisions_and_weights() -> None:
     _, ub = fit_auto(b)
     assert [d.text for d in ua.decisions] == [d.text for d in ub.decisions]
     assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
-
-
-class StopAfter(Callback):
-    def __init__(self, epochs: int) -> None:
-        self.epochs = epochs
-
-    def on_epoch_end(self, run: Run) -> None:
-        if run.progress.epoch >= self.epochs:
-            run.progress.stop = f"stopped after {self.epochs} epochs"
 
 
 @pytest.mark.parametrize(("stop", "decided"), [(2, 0), (3, 1), (5, 2)])

@@ -91,11 +91,9 @@ class AutoPlanner:
         self.settings = schedule.settings
         idx = ModelIndex.build(model)
         self.block_names = [b.name for b in idx.blocks]
-        block_of: dict[int, int] = {}
-        last = len(idx.blocks) - 1
-        for a, b in enumerate(idx.block_of_alias()):  # a tied parameter: the output side
-            j = idx.alias_param[a]
-            block_of[j] = max(block_of.get(j, -1), b if b >= 0 else last)
+        # the block of each parameter, as the layout grouped it (its auto stages set lr_decay,
+        # so every group has one; a tied parameter is on the output side)
+        block_of = {j: g.block for g in lay.groups if g.block is not None for j in g.params}
         candidates = lay.selected_ids[1]
         self.block_params: dict[int, tuple[int, ...]] = {}
         for j in sorted(candidates):
