@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
+import paths
 import pytest
 import torch
 import torchvision
@@ -21,7 +22,7 @@ from torch import nn
 
 import freezeflow as ff
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+EXAMPLES = paths.EXAMPLES
 NOTEBOOK_PY = EXAMPLES / "resnet18_cifar10.py"
 NOTEBOOK = EXAMPLES / "resnet18_cifar10.ipynb"
 KERAS = EXAMPLES / "keras_resnet50_recipe.py"

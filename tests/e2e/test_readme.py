@@ -5,11 +5,12 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import paths
 from torch import nn
 
 import freezeflow as ff
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+README = paths.README
 
 
 def python_blocks() -> list[str]:

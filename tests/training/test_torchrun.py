@@ -17,6 +17,7 @@ from typing import Any
 
 import _fit_ddp_worker as worker
 import pytest
+from paths import TESTS
 import torch
 from _two_ranks import run_two_ranks
 from torch.nn import functional as F
@@ -25,7 +26,7 @@ from torch.utils.data import DataLoader
 import freezeflow as ff
 import freezeflow.distributed as ffd
 
-WORKER = Path(__file__).with_name("_fit_ddp_worker.py")
+WORKER = TESTS / "_fit_ddp_worker.py"
 
 
 def launch(out: Path, timeout: float = 120.0) -> tuple[list[dict[str, Any]], list[str]]:

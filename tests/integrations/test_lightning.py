@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from paths import TESTS
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
@@ -323,7 +324,7 @@ def test_optimizer_over_other_parameters_is_reported(tmp_path: Path) -> None:
 
 # --------------------------------------------------------------------------- DDP, 2 ranks
 
-WORKER = Path(__file__).with_name("_lightning_ddp_worker.py")
+WORKER = TESTS / "_lightning_ddp_worker.py"
 
 
 def test_lightning_ddp_internals_freezeflow_relies_on() -> None:

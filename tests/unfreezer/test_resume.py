@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import paths
 import pytest
 import torch
 from _resume_worker import TOTAL, build, checkpoint, restore, result, train
@@ -18,7 +19,7 @@ from models import flags, group_view, make_net, norm_state, one_thread, three_st
 
 import freezeflow as ff
 
-HERE = Path(__file__).resolve().parent
+HERE = paths.TESTS
 
 
 @pytest.fixture(autouse=True, scope="module")

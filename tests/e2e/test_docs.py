@@ -26,11 +26,12 @@ from types import ModuleType
 from typing import Any
 
 import faq_messages
+import paths
 import pytest
 
 import freezeflow
 
-DOCS = Path(__file__).resolve().parents[1] / "docs"
+DOCS = paths.DOCS
 API = DOCS / "api"
 
 # The public namespaces: `import freezeflow as ff` and what a user reaches through it or

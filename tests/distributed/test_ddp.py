@@ -13,6 +13,7 @@ from typing import Any
 
 import _ddp_worker as worker
 import pytest
+from paths import TESTS
 import torch
 from _two_ranks import run_two_ranks
 from torch import nn
@@ -20,7 +21,7 @@ from torch import nn
 import freezeflow as ff
 import freezeflow.distributed as ffd
 
-WORKER = Path(__file__).with_name("_ddp_worker.py")
+WORKER = TESTS / "_ddp_worker.py"
 FAST = "guarded,guarded_eval,plain,mismatch,helpers,fsdp"
 
 
