@@ -10,53 +10,9 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import freezeflow as ff
+from cache_models import Net, Skip, data, hflip
 from freezeflow.errors import CacheRefused
 from freezeflow.training.cache import FeatureCache
-
-
-class Net(nn.Module):
-    """conv+bn stem, three conv blocks (one with dropout), a head with dropout."""
-
-    def __init__(self, block_dropout: float = 0.0) -> None:
-        super().__init__()
-        self.stem = nn.Conv2d(3, 8, 3, padding=1)
-        self.bn = nn.BatchNorm2d(8)
-        self.blocks = nn.ModuleList(
-            nn.Sequential(
-                nn.Conv2d(8, 8, 3, padding=1),
-                nn.BatchNorm2d(8),
-                nn.ReLU(),
-                nn.Dropout(block_dropout),
-            )
-            for _ in range(3)
-        )
-        self.head = nn.Sequential(nn.Dropout(0.3), nn.Linear(8, 4))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = torch.relu(self.bn(self.stem(x)))
-        for block in self.blocks:
-            x = block(x)
-        y: torch.Tensor = self.head(x.mean((2, 3)))
-        return y
-
-
-class Skip(Net):
-    """The stem's output reaches the head directly: it cannot be cut after block 1."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        s = torch.relu(self.bn(self.stem(x)))
-        x = s
-        for block in self.blocks:
-            x = block(x)
-        y: torch.Tensor = self.head((x + s).mean((2, 3)))
-        return y
-
-
-def data(n: int = 48) -> TensorDataset:
-    g = torch.Generator().manual_seed(0)
-    return TensorDataset(
-        torch.randn(n, 3, 8, 8, generator=g), torch.randint(0, 4, (n,), generator=g)
-    )
 
 
 def train(cached: bool, *, disk: bool = False, tmp: str | None = None) -> tuple[list[float], Net]:
@@ -234,10 +190,6 @@ def test_a_source_cache_must_cover_the_same_data_and_a_shorter_prefix() -> None:
 
 
 # --------------------------------------------------------------------------- Views
-
-
-def hflip(x: torch.Tensor) -> torch.Tensor:
-    return x.flip(-1)
 
 
 def test_a_views_cache_holds_every_view_and_replays_the_drawn_one() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_cache import Net, Skip, data
+from cache_models import Net, Skip, data
 from torch import nn
 
 import freezeflow as ff

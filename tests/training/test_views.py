@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 import torch
-from test_cache import Net, data, hflip
+from cache_models import Net, data, hflip
 from torch.utils.data import DataLoader
 
 import freezeflow as ff
