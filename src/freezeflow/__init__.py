@@ -50,7 +50,7 @@ from freezeflow.unfreezer.gradual import GradualUnfreezer
 from freezeflow.unfreezer.layout import param_groups
 from freezeflow.unfreezer.plan import plan
 
-__version__ = "0.1.0.dev0"
+__version__ = "0.1.0"
 
 __all__ = [
     "Checkpoint",
