@@ -12,7 +12,7 @@ from collections.abc import Callable
 from models import make_mlp, make_nested, make_resnet18, make_small_cnn, make_tiny_lm
 from torch import nn
 
-from freezeflow.core.blocks import is_norm_layer
+from freezeflow.core.discovery import is_norm_layer
 from freezeflow.core.policy import FreezePolicy
 
 __all__ = [

@@ -21,8 +21,8 @@ from freezeflow import (
     training,
     unfreezer,
 )
-from freezeflow.core.blocks import find_blocks, set_blocks
 from freezeflow.core.depth import blocks, first, last, layers
+from freezeflow.core.discovery import find_blocks, set_blocks
 from freezeflow.core.freezing import freeze, frozen, unfreeze
 from freezeflow.core.heads import replace_head
 from freezeflow.core.policy import FreezePolicy, everything, name, nothing

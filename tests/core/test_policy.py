@@ -21,6 +21,7 @@ from models import MLP, NestedLists, SmallCNN, TinyLM, make_tiny_lm
 from torch import nn
 
 import freezeflow as ff
+from freezeflow.core.index import ModelIndex
 from freezeflow.core.policy import FreezePolicy
 
 # (model, policy, exact names selected, in model order)
@@ -347,3 +348,25 @@ def test_policies_are_immutable() -> None:
     with pytest.raises(AttributeError):
         policy.patterns = ("b",)  # type: ignore[attr-defined]
     assert policy == ff.name("a")
+
+
+# --------------------------------------------------------------------------- a given index
+
+
+@pytest.mark.parametrize(
+    "policy", [ff.last(2), ff.name("blocks") | ff.first(1), ~ff.norm_layers()], ids=repr
+)
+def test_select_on_a_given_index_equals_select_on_a_new_one(policy: FreezePolicy) -> None:
+    lm = make_tiny_lm()
+    idx = ModelIndex.build(lm)
+    given = policy.select(lm, index=idx)
+    assert given.names == policy.select(lm).names
+    assert all(a is b for a, b in zip(given.params, policy.select(lm).params, strict=True))
+
+
+def test_select_refuses_an_index_of_another_model(mlp: MLP) -> None:
+    other = ModelIndex.build(make_tiny_lm())
+    with pytest.raises(ff.errors.PolicyError, match=r"index was built for TinyLM.*not for.*hint"):
+        ff.everything().select(mlp, index=other)
+    with pytest.raises(ff.errors.PolicyTypeError, match=r"index must be.*got 'fc1'.*hint"):
+        ff.everything().select(mlp, index="fc1")  # type: ignore[arg-type]

@@ -21,6 +21,8 @@ from models import (
 from torch import nn
 
 import freezeflow as ff
+from freezeflow.core import index as index_module
+from freezeflow.core.index import ModelIndex
 from freezeflow.unfreezer.layout import layout
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -209,3 +211,56 @@ def test_param_groups_without_a_schedule() -> None:
 def test_param_groups_of_a_policy_selecting_nothing_raise() -> None:
     with pytest.raises(ff.ScheduleError, match=r"'decoder'"):
         ff.param_groups(make_net(), "decoder", lr=1e-3)
+
+
+# --------------------------------------------------------------------------- one index
+
+
+def test_layout_indexes_the_model_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    builds: list[nn.Module] = []
+    discoveries: list[nn.Module] = []
+    real_init, real_find = ModelIndex.__init__, index_module.find_blocks
+
+    def counting_init(self: ModelIndex, model: nn.Module) -> None:
+        builds.append(model)
+        real_init(self, model)
+
+    def counting_find(model: nn.Module) -> list[ff.core.Block]:
+        discoveries.append(model)
+        return real_find(model)
+
+    monkeypatch.setattr(ModelIndex, "__init__", counting_init)
+    monkeypatch.setattr(index_module, "find_blocks", counting_find)
+    model = make_net()
+    # several depth stages with lr_decay, a custom no-decay policy using depth too
+    schedule = ff.Schedule(
+        [
+            ff.Stage(ff.last(1), lr=1e-2),
+            ff.Stage(ff.last(2) - ff.norm_layers(), lr=1e-3, lr_decay=0.5, start=1),
+            ff.Stage(ff.first(2) | ff.last(3), lr=1e-4, lr_decay=0.7, start=2),
+        ]
+    )
+    lay = layout(model, schedule, no_decay=ff.first(1) & ff.norm_layers())
+    assert builds == [model]
+    assert discoveries == [model]
+    assert len(lay.groups) > len(schedule.stages)  # the groups were split by block
+
+
+@pytest.mark.parametrize("make", [make_net, TiedEmbedding])
+def test_layout_carries_the_blocks_and_each_parameters_block(
+    make: Callable[[], nn.Module],
+) -> None:
+    model = make()
+    lay = layout(model, ff.Schedule([ff.Stage(ff.everything(), lr=1.0, lr_decay=0.5)]))
+    blocks = ff.find_blocks(model)
+    assert lay.block_names == tuple(b.name for b in blocks)
+    assert len(lay.param_block) == len(lay.params)
+    aliases = dict(model.named_parameters(remove_duplicate=False))
+    for j, p in enumerate(lay.params):
+        # the deepest block holding any name of the parameter (a tied one: the output side)
+        deepest = max(b for b, block in enumerate(blocks) for n, q in aliases.items()
+                      if q is p and block.covers(n))  # fmt: skip
+        assert lay.param_block[j] == deepest
+    for g in lay.groups:  # the groups place every parameter as param_block says
+        assert g.block is not None
+        assert {lay.param_block[j] for j in g.params} == {g.block}

@@ -5,17 +5,11 @@ Nothing here imports :mod:`freezeflow.schedules`, :mod:`freezeflow.unfreezer` or
 :mod:`freezeflow.training` (an import-linter contract, docs/design.md).
 """
 
-from freezeflow.core.blocks import (
-    Block,
-    ModelIndex,
-    clear_blocks,
-    find_blocks,
-    is_norm_layer,
-    set_blocks,
-)
 from freezeflow.core.depth import blocks, first, last, layers
+from freezeflow.core.discovery import Block, clear_blocks, find_blocks, is_norm_layer, set_blocks
 from freezeflow.core.freezing import NormMode, freeze, frozen, norm_mode, unfreeze
 from freezeflow.core.heads import replace_head
+from freezeflow.core.index import ModelIndex
 from freezeflow.core.policy import FreezePolicy, PolicyLike, as_policy, everything, name, nothing
 from freezeflow.core.selection import Selection
 from freezeflow.core.selectors import norm_layers, of_type, regex, where

@@ -13,7 +13,7 @@ from typing import Any
 
 from torch import nn
 
-from freezeflow.core.blocks import ModelIndex
+from freezeflow.core.index import ModelIndex
 from freezeflow.core.policy import Cache, FreezePolicy, PolicyLike, Result, as_policy, from_aliases
 from freezeflow.errors import PolicyError, PolicyTypeError
 

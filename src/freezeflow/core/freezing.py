@@ -33,7 +33,7 @@ from typing import Literal, get_args
 import torch
 from torch import nn
 
-from freezeflow.core.blocks import is_norm_layer
+from freezeflow.core.discovery import is_norm_layer
 from freezeflow.core.policy import PolicyLike, as_policy
 from freezeflow.core.selection import Selection
 from freezeflow.errors import PolicyError

@@ -19,7 +19,7 @@ from typing import TypeAlias
 
 from torch import nn
 
-from freezeflow.core.blocks import ModelIndex
+from freezeflow.core.index import ModelIndex
 from freezeflow.core.selection import Selection
 from freezeflow.errors import (
     EmptySelectionError,
@@ -40,6 +40,7 @@ __all__ = [
     "everything",
     "from_aliases",
     "fullmatch",
+    "index_for",
     "match_names",
     "name",
     "nothing",
@@ -81,19 +82,25 @@ class FreezePolicy:
         return Complement(self)
 
     # -- resolution ----------------------------------------------------------------------
-    def select(self, model: nn.Module, *, allow_empty: bool = False) -> Selection:
+    def select(
+        self, model: nn.Module, *, allow_empty: bool = False, index: ModelIndex | None = None
+    ) -> Selection:
         """Resolve this policy on ``model``.
 
         Args:
             model: any ``nn.Module``.
             allow_empty: return an empty selection instead of raising when nothing matches.
+            index: the :class:`~freezeflow.core.index.ModelIndex` of ``model`` to resolve
+                against, so that several questions about one model share one index (blocks
+                are found once); None builds one.
 
         Returns:
             The selected parameters, in model order, matched by identity.
 
         Raises:
             EmptySelectionError: nothing was selected (and ``allow_empty`` is false).
-            PolicyError: a name, pattern or depth does not fit this model.
+            PolicyError: a name, pattern or depth does not fit this model, or ``index`` was
+                built for another model.
             TiedParameterError: the policy selects one name of a tied parameter and
                 excludes another (``name("embed") - name("lm_head")`` when the two share a
                 weight).
@@ -103,7 +110,7 @@ class FreezePolicy:
         same policy applied to the individual names keeps some name of a parameter that it
         does not select, the policy contradicts itself and raises.
         """
-        idx = ModelIndex.build(model)
+        idx = index_for(model, index)
         params, aliases = self._resolve(idx, {})
         contradictions = [
             i
@@ -150,6 +157,29 @@ class FreezePolicy:
 
     def _eval(self, idx: ModelIndex, cache: Cache) -> Result:  # pragma: no cover - abstract
         raise NotImplementedError
+
+
+def index_for(model: nn.Module, index: ModelIndex | None) -> ModelIndex:
+    """``index`` when it indexes ``model``, a new index of ``model`` when it is None.
+
+    Raises:
+        PolicyTypeError: ``index`` is not a ModelIndex, or ``model`` not a module.
+        PolicyError: ``index`` was built for another model.
+    """
+    if index is None:
+        return ModelIndex.build(model)
+    if not isinstance(index, ModelIndex):
+        raise PolicyTypeError(
+            f"index must be a freezeflow ModelIndex, got {index!r} of type "
+            f"{type(index).__name__}; hint: pass ModelIndex.build(model), or leave it out"
+        )
+    if index.model is not model:
+        raise PolicyError(
+            f"index was built for {type(index.model).__name__} at {id(index.model):#x}, not for "
+            f"the {type(model).__name__} at {id(model):#x} being resolved; hint: pass "
+            "ModelIndex.build(model) for this model, or leave index out"
+        )
+    return index
 
 
 PolicyLike: TypeAlias = "FreezePolicy | str | Iterable[str]"

@@ -11,7 +11,8 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from freezeflow.core.blocks import ModelIndex, is_norm_layer
+from freezeflow.core.discovery import is_norm_layer
+from freezeflow.core.index import ModelIndex
 from freezeflow.core.policy import (
     Cache,
     FreezePolicy,
@@ -114,7 +115,7 @@ class NormLayers(FreezePolicy):
 
 def norm_layers() -> FreezePolicy:
     """Parameters of every normalisation layer (BatchNorm, LayerNorm, GroupNorm, RMSNorm,
-    InstanceNorm and look-alikes; see :func:`freezeflow.core.blocks.is_norm_layer`)."""
+    InstanceNorm and look-alikes; see :func:`freezeflow.core.discovery.is_norm_layer`)."""
     return NormLayers()
 
 

@@ -10,8 +10,9 @@ from typing import Literal
 
 from torch import nn
 
-from freezeflow.core.blocks import ModelIndex, is_norm_layer
+from freezeflow.core.discovery import is_norm_layer
 from freezeflow.core.freezing import norm_mode
+from freezeflow.core.index import ModelIndex
 from freezeflow.errors import PolicyError
 
 __all__ = ["Summary", "SummaryRow", "summary"]

@@ -35,7 +35,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from freezeflow.core.blocks import is_norm_layer
+from freezeflow.core.discovery import is_norm_layer
 from freezeflow.errors import CacheRefused
 from freezeflow.training.prefix import Cut, frozen_prefix
 from freezeflow.training.rng import rng_state, same_rng_state, set_rng_state

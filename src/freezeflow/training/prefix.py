@@ -31,7 +31,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from freezeflow.core.blocks import find_blocks
+from freezeflow.core.discovery import find_blocks
 from freezeflow.errors import CacheRefused
 
 __all__ = ["Cut", "frozen_prefix"]

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from freezeflow.core.blocks import ModelIndex
+from freezeflow.core.index import ModelIndex
 from freezeflow.errors import OptimizerError, ScheduleError, StateError
 from freezeflow.schedules.auto import STAGE_LR_FACTORS, AutoSchedule, stage_caps
 from freezeflow.unfreezer.layout import Layout

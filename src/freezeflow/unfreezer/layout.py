@@ -14,7 +14,7 @@ from typing import Any
 
 from torch import nn
 
-from freezeflow.core.blocks import ModelIndex
+from freezeflow.core.index import ModelIndex
 from freezeflow.core.policy import FreezePolicy, PolicyLike, as_policy, everything
 from freezeflow.core.selectors import norm_layers, where
 from freezeflow.errors import ScheduleError
@@ -65,6 +65,13 @@ class Layout:
     """Per stage: the parameters trainable while it runs (indices into :attr:`params`)."""
     groups: tuple[GroupSpec, ...]
     n_blocks: int
+    block_names: tuple[str, ...]
+    """The model's blocks, input to output (:func:`~freezeflow.core.find_blocks`)."""
+    param_block: tuple[int, ...]
+    """The block index of each parameter of :attr:`params` (same order): a tied parameter
+    is in the deepest (output-side) block of all its names, as the groups place it, and a
+    parameter outside every block (possible with :func:`~freezeflow.core.set_blocks`) in the
+    last."""
     overlaps: tuple[tuple[int, tuple[str, ...]], ...]
     """(stage, names) of parameters a stage selects that an earlier stage already made
     trainable."""
@@ -133,6 +140,9 @@ class Layout:
 def layout(model: nn.Module, schedule: Schedule, no_decay: PolicyLike | None = None) -> Layout:
     """Resolve ``schedule`` on ``model``: selections, trainable sets and groups.
 
+    The model is indexed once (one :class:`~freezeflow.core.index.ModelIndex`, one block
+    discovery) and every stage's policy and the no-decay policy resolve against that index.
+
     Raises:
         ScheduleError: a stage selects nothing on this model (the message names the stage and
             the policy, with the underlying reason).
@@ -143,7 +153,7 @@ def layout(model: nn.Module, schedule: Schedule, no_decay: PolicyLike | None = N
     for k, stage in enumerate(schedule.stages):
         label = schedule.names[k]
         try:
-            sel = stage.trainable.select(model)
+            sel = stage.trainable.select(model, index=idx)
         except ValueError as exc:
             raise ScheduleError(
                 f"stage {k} ({label!r}) cannot be bound to {type(model).__name__}: {exc}"
@@ -160,24 +170,19 @@ def layout(model: nn.Module, schedule: Schedule, no_decay: PolicyLike | None = N
         trainable.append(current)
 
     nd_policy = default_no_decay() if no_decay is None else as_policy(no_decay, "no_decay")
-    no_decay_ids = {ids[id(p)] for p in nd_policy.select(model, allow_empty=True).params}
+    no_decay_sel = nd_policy.select(model, allow_empty=True, index=idx)
+    no_decay_ids = {ids[id(p)] for p in no_decay_sel.params}
     by_depth = any(s.lr_decay is not None for s in schedule.stages)
-    block_of: dict[int, int] = {}
-    if by_depth:
-        # a tied parameter takes the deepest (output-side) block of all its names: GPT-2's
-        # shared embedding / output matrix trains at the output head's LR. A name outside
-        # every block (possible with set_blocks) counts as output side.
-        last = len(idx.blocks) - 1
-        for a, b in enumerate(idx.block_of_alias()):
-            j = idx.alias_param[a]
-            block_of[j] = max(block_of.get(j, -1), b if b >= 0 else last)
+    # a tied parameter takes the deepest (output-side) block of all its names: GPT-2's shared
+    # embedding / output matrix trains at the output head's LR
+    param_block = idx.block_of_param()
     first_stage: dict[int, int] = {}
     for k, chosen in enumerate(selected):
         for j in chosen:
             first_stage.setdefault(j, k)
     keyed: dict[tuple[int, int | None, bool], list[int]] = {}
     for j in sorted(first_stage):
-        block = block_of.get(j, len(idx.blocks) - 1) if by_depth else None
+        block = param_block[j] if by_depth else None
         keyed.setdefault((first_stage[j], block, j not in no_decay_ids), []).append(j)
     groups = []
     stage_names = schedule.names
@@ -196,6 +201,8 @@ def layout(model: nn.Module, schedule: Schedule, no_decay: PolicyLike | None = N
         trainable_ids=tuple(trainable),
         groups=tuple(groups),
         n_blocks=len(idx.blocks),
+        block_names=tuple(b.name for b in idx.blocks),
+        param_block=tuple(param_block),
         overlaps=tuple(overlaps),
     )
 

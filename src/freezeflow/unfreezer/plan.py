@@ -11,7 +11,7 @@ from typing import Any
 from torch import nn
 from torch.optim import Optimizer
 
-from freezeflow.core.blocks import ModelIndex
+from freezeflow.core.index import ModelIndex
 from freezeflow.core.policy import PolicyLike
 from freezeflow.schedules.auto import AutoSchedule
 from freezeflow.schedules.schedule import Schedule, Stage

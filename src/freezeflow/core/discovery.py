@@ -1,12 +1,9 @@
-"""What a model looks like to freezeflow: its parameters, their names, its blocks and layers.
-
-A :class:`ModelIndex` is built from a model each time a policy is resolved. It knows every
-name of every parameter (tied parameters have several), the module that owns each name, the
-model's *blocks* in order from input to output, and its *layers* (modules that own parameters
-directly, the Keras ``model.layers`` idiom).
+"""Block discovery: a model's blocks, from input to output, at the level of its repeated units.
 
 Blocks are found generically (see :func:`find_blocks`) and can be overridden per model with
-:func:`set_blocks`.
+:func:`set_blocks`. :func:`is_norm_layer` says which modules are normalisation layers. What a
+policy resolves against (every name of every parameter, the owning modules, the blocks and
+layers) is :class:`~freezeflow.core.index.ModelIndex`.
 """
 
 from __future__ import annotations
@@ -14,18 +11,16 @@ from __future__ import annotations
 import functools
 import weakref
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-import torch
 from torch import nn
 
-from freezeflow.errors import PolicyError, PolicyTypeError, nearest, quote_list
+from freezeflow.errors import PolicyError, nearest, quote_list
 
 __all__ = [
     "NORM_TYPES",
     "Block",
-    "ModelIndex",
     "clear_blocks",
     "find_blocks",
     "is_norm_layer",
@@ -369,112 +364,3 @@ def find_blocks(model: nn.Module) -> list[Block]:
     if override is not None:
         return list(override)
     return _discover(model)
-
-
-# --------------------------------------------------------------------------- the index
-
-
-@dataclass
-class ModelIndex:
-    """Everything a policy needs to know about one model, computed once per resolution."""
-
-    model: nn.Module
-    params: list[nn.Parameter] = field(default_factory=list)
-    """Unique parameters in model order."""
-    aliases: list[str] = field(default_factory=list)
-    """Every name of every parameter (tied parameters have several)."""
-    alias_param: list[int] = field(default_factory=list)
-    """For each alias, the index of its parameter in :attr:`params`."""
-    param_aliases: list[list[int]] = field(default_factory=list)
-    """For each parameter, the indices of its aliases."""
-    modules: dict[str, nn.Module] = field(default_factory=dict)
-
-    @classmethod
-    def build(cls, model: nn.Module) -> ModelIndex:
-        if not isinstance(model, nn.Module):
-            raise PolicyTypeError(
-                f"expected a torch.nn.Module, got {model!r} of type {type(model).__name__}; "
-                "hint: pass the model itself, not its parameters or state_dict"
-            )
-        idx = cls(model=model)
-        seen: dict[int, int] = {}
-        for name, p in model.named_parameters(remove_duplicate=False):
-            pid = seen.get(id(p))
-            if pid is None:
-                pid = seen[id(p)] = len(idx.params)
-                idx.params.append(p)
-                idx.param_aliases.append([])
-            idx.param_aliases[pid].append(len(idx.aliases))
-            idx.aliases.append(name)
-            idx.alias_param.append(pid)
-        idx.modules = dict(model.named_modules(remove_duplicate=False))
-        return idx
-
-    @property
-    def names(self) -> list[str]:
-        """The primary (first) name of each parameter."""
-        return [self.aliases[a[0]] for a in self.param_aliases]
-
-    def owner(self, alias: int) -> str:
-        """Path of the module that owns alias ``alias`` directly ('' for the root)."""
-        name = self.aliases[alias]
-        return name.rpartition(".")[0]
-
-    def ancestors(self, alias: int) -> Iterator[str]:
-        """Module paths enclosing an alias, innermost first, '' (the root) last."""
-        path = self.owner(alias)
-        while True:
-            yield path
-            if not path:
-                return
-            path = path.rpartition(".")[0]
-
-    # -- depth ---------------------------------------------------------------------------
-
-    _blocks: list[Block] | None = None
-    _layers: list[str] | None = None
-
-    @property
-    def blocks(self) -> list[Block]:
-        if self._blocks is None:
-            self._blocks = find_blocks(self.model)
-        return self._blocks
-
-    @property
-    def layers(self) -> list[str]:
-        """Paths of modules that own parameters directly, in registration order."""
-        if self._layers is None:
-            seen: set[int] = set()
-            out: list[str] = []
-            for path, m in self.model.named_modules():
-                if id(m) in seen:
-                    continue
-                seen.add(id(m))
-                if next(m.parameters(recurse=False), None) is not None:
-                    out.append(path)
-            self._layers = out
-        return self._layers
-
-    _block_of: list[int] | None = None
-
-    def block_of_alias(self) -> list[int]:
-        """For each alias, the index of the block that covers it (-1 if none); computed once
-        per index (several depth policies in one expression share it)."""
-        if self._block_of is not None:
-            return self._block_of
-        out = [-1] * len(self.aliases)
-        for a, name in enumerate(self.aliases):
-            for b, block in enumerate(self.blocks):
-                if block.covers(name):
-                    out[a] = b
-                    break
-        self._block_of = out
-        return out
-
-    def layer_of_alias(self) -> list[int]:
-        """For each alias, the index of the layer that owns it (-1 if none)."""
-        by_id = {id(self.modules[p]): i for i, p in enumerate(self.layers)}
-        return [by_id.get(id(self.modules[self.owner(a)]), -1) for a in range(len(self.aliases))]
-
-    def param_tensor(self, i: int) -> torch.Tensor:
-        return self.params[i]

@@ -1,5 +1,5 @@
 """Block discovery (find_blocks, on toy, torchvision and timm models), overrides (set_blocks /
-clear_blocks) and norm detection (freezeflow.core.blocks)."""
+clear_blocks) and norm detection (freezeflow.core.discovery)."""
 
 from __future__ import annotations
 
