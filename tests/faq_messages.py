@@ -1,11 +1,19 @@
 """The messages docs/faq.md quotes in "Things freezeflow refuses or warns about", produced
-by the misuse itself on the toy ``Net`` of tests/models.py (``tests/test_docs.py`` checks that
-the FAQ quotes each one verbatim; ``python tests/faq_messages.py`` prints them)."""
+by the misuse itself on the toy ``Net`` of tests/models.py (``tests/e2e/test_docs.py`` checks
+that the FAQ quotes each one verbatim; ``python tests/faq_messages.py`` prints them).
+
+Each case is a :class:`Scene` (the objects the misuse is done with, and the one call that is
+refused or warned about), so that ``tests/e2e/test_refusals.py`` can run the same call inside
+the snapshot harness (tests/snapshot.py) and check that a refusal changes nothing.
+"""
 
 from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
 
 import torch
 from models import make_net, three_stage
@@ -13,6 +21,27 @@ from torch import nn
 from torch.optim import lr_scheduler as lrs
 
 import freezeflow as ff
+
+
+@dataclass
+class Scene:
+    """A misuse, ready to happen: ``call()`` is the refused (or warned-about) call; the other
+    fields are what it could change."""
+
+    call: Callable[[], object]
+    model: nn.Module | None = None
+    optimizer: torch.optim.Optimizer | None = None
+    scheduler: Any = None
+    unfreezer: ff.GradualUnfreezer | None = None
+
+
+@dataclass(frozen=True)
+class Case:
+    """A misuse the FAQ quotes: how to set it up, and what it raises or warns."""
+
+    setup: Callable[[], Scene]
+    raises: type[ff.errors.FreezeflowError] | None = None
+    warns: type[ff.errors.FreezeflowWarning] | None = None
 
 
 def _raised(fn: Callable[[], object]) -> str:
@@ -36,83 +65,107 @@ def _unfreezer() -> ff.GradualUnfreezer:
     return ff.GradualUnfreezer(model, three_stage(), torch.optim.AdamW(model.parameters()))
 
 
-def model_changed() -> str:
+def _on(uf: ff.GradualUnfreezer, call: Callable[[], object], scheduler: Any = None) -> Scene:
+    return Scene(call, uf.model, uf.optimizer, scheduler, uf)
+
+
+def _data() -> list[tuple[torch.Tensor, torch.Tensor]]:
+    return [(torch.randn(4, 3, 8, 8), torch.randint(0, 3, (4,)))]
+
+
+def model_changed() -> Scene:
     uf = _unfreezer()
     uf.model.head = nn.Linear(4, 3)
-    return _raised(lambda: uf.on_epoch_start(0))
+    return _on(uf, lambda: uf.on_epoch_start(0))
 
 
-def scheduler_not_attached() -> str:
+def scheduler_not_attached() -> Scene:
     uf = _unfreezer()
-    lrs.CosineAnnealingWarmRestarts(uf.optimizer, T_0=4)
+    scheduler = lrs.CosineAnnealingWarmRestarts(uf.optimizer, T_0=4)
     uf.on_epoch_start(0)
-    return _warned(lambda: uf.on_epoch_start(2))
+    return _on(uf, lambda: uf.on_epoch_start(2), scheduler)
 
 
-def epochs_backwards() -> str:
+def epochs_backwards() -> Scene:
     uf = _unfreezer()
     uf.on_epoch_start(3)
-    return _raised(lambda: uf.on_epoch_start(1))
+    return _on(uf, lambda: uf.on_epoch_start(1))
 
 
-def steps_without_epochs() -> str:
-    return _warned(_unfreezer().step)
+def steps_without_epochs() -> Scene:
+    uf = _unfreezer()
+    return _on(uf, uf.step)
 
 
-def stage_at_the_beginning() -> str:
-    return _raised(
+def stage_at_the_beginning() -> Scene:
+    return Scene(
         lambda: ff.Schedule(
             [ff.Stage("head", lr=1e-3), ff.Stage("body", lr=1e-3, start=ff.at_step(0))]
         )
     )
 
 
-def stages_out_of_order() -> str:
+def stages_out_of_order() -> Scene:
+    model = make_net()
     stages = [
         ff.Stage("head", lr=1e-3),
         ff.Stage("body.1", lr=1e-3, start=ff.at_step(30)),
         ff.Stage("body.0", lr=1e-3, start=ff.at_epoch(1)),
     ]
-    return _raised(lambda: ff.GradualUnfreezer(make_net(), stages, total_steps=60, total_epochs=6))
+    return Scene(lambda: ff.GradualUnfreezer(model, stages, total_steps=60, total_epochs=6), model)
 
 
-def partial_reselection() -> str:
+def partial_reselection() -> Scene:
+    model = make_net()
     stages = [
         ff.Stage(["head", "body.1"], lr=1e-3),
         ff.Stage(["body.1", "body.0"], lr=1e-4, start=1, name="deeper"),
     ]
-    return _warned(lambda: ff.GradualUnfreezer(make_net(), stages))
+    return Scene(lambda: ff.GradualUnfreezer(model, stages), model)
 
 
-def nothing_to_train() -> str:
+def nothing_to_train() -> Scene:
     model = make_net()
     ff.freeze(model, ff.everything())
-    data = [(torch.randn(4, 3, 8, 8), torch.randint(0, 3, (4,)))]
-    return _raised(lambda: ff.fit(model, data, epochs=1))
+    data = _data()
+    return Scene(lambda: ff.fit(model, data, epochs=1), model)
 
 
-def auto_budget() -> str:
-    data = [(torch.randn(4, 3, 8, 8), torch.randint(0, 3, (4,)))]
-    return _raised(lambda: ff.fit(make_net(), data, epochs=5, schedule=ff.auto(7)))
+def auto_budget() -> Scene:
+    model, data = make_net(), _data()
+    return Scene(lambda: ff.fit(model, data, epochs=5, schedule=ff.auto(7)), model)
 
 
-def auto_too_shallow() -> str:
+def auto_too_shallow() -> Scene:
     model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 2))
-    return _raised(lambda: ff.GradualUnfreezer(model, ff.auto(7)))
+    return Scene(lambda: ff.GradualUnfreezer(model, ff.auto(7)), model)
 
 
-MESSAGES: dict[str, Callable[[], str]] = {
-    "model changed": model_changed,
-    "scheduler not attached": scheduler_not_attached,
-    "epochs backwards": epochs_backwards,
-    "steps without epochs": steps_without_epochs,
-    "stage at the beginning": stage_at_the_beginning,
-    "stages out of order": stages_out_of_order,
-    "partial re-selection": partial_reselection,
-    "nothing to train": nothing_to_train,
-    "auto budget": auto_budget,
-    "auto too shallow": auto_too_shallow,
+errors = ff.errors
+CASES: dict[str, Case] = {
+    "model changed": Case(model_changed, raises=errors.ModelChangedError),
+    "scheduler not attached": Case(scheduler_not_attached, warns=errors.FreezeflowWarning),
+    "epochs backwards": Case(epochs_backwards, raises=errors.ScheduleError),
+    "steps without epochs": Case(steps_without_epochs, warns=errors.FreezeflowWarning),
+    "stage at the beginning": Case(stage_at_the_beginning, raises=errors.ScheduleError),
+    "stages out of order": Case(stages_out_of_order, raises=errors.ScheduleError),
+    "partial re-selection": Case(partial_reselection, warns=errors.FreezeflowWarning),
+    "nothing to train": Case(nothing_to_train, raises=errors.TrainingError),
+    "auto budget": Case(auto_budget, raises=errors.ScheduleError),
+    "auto too shallow": Case(auto_too_shallow, raises=errors.ScheduleError),
 }
+"""Every case, by the key the FAQ tests use."""
+
+
+def message(key: str) -> str:
+    """The message of case ``key``: the error's, or the one freezeflow warning's."""
+    case = CASES[key]
+    scene = case.setup()
+    return _raised(scene.call) if case.raises is not None else _warned(scene.call)
+
+
+MESSAGES: dict[str, Callable[[], str]] = {key: partial(message, key) for key in CASES}
+"""The message of each case, made afresh by each call."""
 
 
 if __name__ == "__main__":
