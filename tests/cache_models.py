@@ -56,3 +56,18 @@ def data(n: int = 48) -> TensorDataset:
 
 def hflip(x: torch.Tensor) -> torch.Tensor:
     return x.flip(-1)
+
+
+class Flaky(torch.utils.data.Dataset):  # type: ignore[type-arg]
+    """``data(n)`` whose sample ``fail_at`` raises ``error`` (a read error mid-build)."""
+
+    def __init__(self, n: int, fail_at: int, error: BaseException) -> None:
+        self.base, self.fail_at, self.error = data(n), fail_at, error
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if i == self.fail_at:
+            raise self.error
+        return self.base[i]  # type: ignore[no-any-return]

@@ -10,7 +10,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import freezeflow as ff
-from cache_models import Net, Skip, data, hflip
+from cache_models import Flaky, Net, Skip, data, hflip
 from freezeflow.errors import CacheRefused
 from freezeflow.training.cache import FeatureCache
 
@@ -217,21 +217,6 @@ def test_a_views_cache_holds_every_view_and_replays_the_drawn_one() -> None:
             assert hits
             seen.add(hits[0][1])
     assert seen == {0, 1}
-
-
-class Flaky(torch.utils.data.Dataset):  # type: ignore[type-arg]
-    """``data(n)`` whose sample ``fail_at`` raises ``error`` (a read error mid-build)."""
-
-    def __init__(self, n: int, fail_at: int, error: BaseException) -> None:
-        self.base, self.fail_at, self.error = data(n), fail_at, error
-
-    def __len__(self) -> int:
-        return len(self.base)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        if i == self.fail_at:
-            raise self.error
-        return self.base[i]  # type: ignore[no-any-return]
 
 
 @pytest.mark.parametrize("error", [OSError("disk gone"), KeyboardInterrupt()], ids=repr)

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 import torch
-from cache_models import Net, Skip, data
+from cache_models import Flaky, Net, Skip, data
 from torch.utils.data import DataLoader, Dataset
 
 import freezeflow as ff
@@ -162,8 +162,6 @@ def test_a_stage_whose_own_cut_is_refused_replays_the_shared_blocks() -> None:
 
 @pytest.mark.parametrize("interrupt", [False, True], ids=["error", "ctrl-c"])
 def test_no_cache_file_outlives_a_failed_fit(interrupt: bool, tmp_path: Path) -> None:
-    from cache_models import Flaky
-
     torch.manual_seed(0)
     error: BaseException = KeyboardInterrupt() if interrupt else OSError("read error")
     val = DataLoader(Flaky(16, 11, error), batch_size=8)  # fails while the base is built
