@@ -5,7 +5,8 @@ everything a call could change, and a check that reports exactly what did.
 
 - a model: every parameter (bit-exact, by every name, tied names included, and which object
   each name holds), its ``requires_grad`` flag and gradient, every buffer, every module (which
-  object is at each path, its ``training`` flag and the mode freezeflow locked it in);
+  object is at each path, its ``training`` flag and the mode freezeflow locked it in), its
+  blocks (``ff.find_blocks``, which ``ff.set_blocks`` overrides);
 - an optimizer: its defaults, each param group's hyper-parameters and members (by identity,
   reported by name) and the per-parameter state;
 - an LR scheduler: its ``state_dict()``;
@@ -230,7 +231,18 @@ def _model_parts(model: nn.Module) -> dict[str, Part]:
             n or "<root>": (m.training, ff.core.norm_mode(m))
             for n, m in model.named_modules(remove_duplicate=False)
         },
+        "blocks": _blocks(model),
     }
+
+
+def _blocks(model: nn.Module) -> Part:
+    """The model's blocks (``ff.set_blocks`` keeps overrides beside the model, so a call can
+    change them without touching it)."""
+    try:
+        found = ff.find_blocks(model)
+    except Exception as exc:  # recorded: a refused call must not change it either
+        return {"<find_blocks()>": Raised(f"{type(exc).__name__}: {exc}")}
+    return {"names": [b.name for b in found]}
 
 
 def _optimizer_parts(opt: torch.optim.Optimizer, labels: Mapping[int, str]) -> dict[str, Part]:

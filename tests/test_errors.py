@@ -4,27 +4,15 @@ names the offending value, and a model left exactly as it was; and freezeflow.er
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 
 import pytest
-from models import flags, make_small_cnn, make_tiny_lm, norm_state, training_flags
+from models import make_small_cnn, make_tiny_lm
+from snapshot import Snapshot, unchanged
 from torch import nn
 
 import freezeflow as ff
 from freezeflow.errors import check_int, nearest, quote_list
-
-
-def state(model: nn.Module) -> tuple[object, ...]:
-    blocks = [b.name for b in ff.find_blocks(model)]
-    return flags(model), training_flags(model), norm_state(model), blocks
-
-
-@contextmanager
-def leaves_model_unchanged(model: nn.Module) -> Iterator[None]:
-    before = state(model)
-    yield
-    assert state(model) == before
 
 
 def prepared_cnn() -> nn.Module:
@@ -58,7 +46,7 @@ def check(
     *fragments: str,
 ) -> str:
     model = make()
-    with leaves_model_unchanged(model), pytest.raises(error) as info:
+    with unchanged(model), pytest.raises(error) as info:
         action(model)
     assert isinstance(info.value, ff.FreezeflowError)
     assert isinstance(info.value, builtin)
@@ -204,12 +192,12 @@ def test_constructor_arguments_of_the_wrong_type(build: Callable[[], object], sh
 def test_not_a_model() -> None:
     cnn = prepared_cnn()
     params = list(cnn.parameters())
-    before = state(cnn)
+    snap = Snapshot.take(cnn)
     with pytest.raises(ff.errors.PolicyTypeError) as info:
         ff.freeze(params, "head")  # type: ignore[arg-type]
     assert isinstance(info.value, TypeError)
     assert "list" in str(info.value)
-    assert state(cnn) == before
+    snap.assert_unchanged()
 
 
 @pytest.mark.parametrize(

@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
 import pytest
+import snapshot
 import torch
-from models import TiedEmbedding, flags, group_view, make_net, make_tiny_lm, three_stage, train_step
+from models import TiedEmbedding, make_net, make_tiny_lm, three_stage, train_step
+from snapshot import Snapshot
 from torch import nn
 from torch.optim import lr_scheduler as lrs
 
@@ -34,13 +36,9 @@ def no_warnings() -> Iterator[None]:
         yield
 
 
-@contextmanager
-def unchanged(uf: ff.GradualUnfreezer) -> Iterator[None]:
-    """The model's flags, the optimizer's groups and the unfreezer's counters stay put."""
-    before = (flags(uf.model), group_view(uf.optimizer), uf.stage_index, uf.epoch, uf.global_step)
-    yield
-    after = (flags(uf.model), group_view(uf.optimizer), uf.stage_index, uf.epoch, uf.global_step)
-    assert after == before
+def unchanged(uf: ff.GradualUnfreezer) -> AbstractContextManager[Snapshot]:
+    """Model, optimizer and the unfreezer's state stay put (tests/snapshot.py)."""
+    return snapshot.unchanged(uf.model, uf.optimizer, unfreezer=uf)
 
 
 def _wd(uf: ff.GradualUnfreezer) -> dict[str, float]:
@@ -417,15 +415,13 @@ def test_stages_that_cannot_start_in_order_are_refused(
 ) -> None:
     model = make_net()
     opt = torch.optim.AdamW(model.parameters())
-    before = (flags(model), group_view(opt))
     sched = [
         ff.Stage("head", lr=1e-3),
         ff.Stage("body.1", lr=1e-3, start=stages[0]),
         ff.Stage("body.0", lr=1e-3, start=stages[1]),
     ]
-    with pytest.raises(ff.ScheduleError, match=match):
+    with snapshot.unchanged(model, opt), pytest.raises(ff.ScheduleError, match=match):
         ff.GradualUnfreezer(model, sched, opt, total_steps=lengths[0], total_epochs=lengths[1])
-    assert (flags(model), group_view(opt)) == before
 
 
 def test_a_stage_run_for_no_step_warns_where_it_happens() -> None:
