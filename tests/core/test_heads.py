@@ -9,6 +9,7 @@ from collections.abc import Callable
 import pytest
 import torch
 import torchvision as tv
+from snapshot import Snapshot
 from torch import nn
 
 from freezeflow.core.heads import replace_head
@@ -78,24 +79,6 @@ class TimmLike(nn.Module):
         super().__init__()
         self.stem = nn.Linear(8, 16)
         self.head = TimmHead()
-
-
-def _snapshot(model: nn.Module) -> tuple[dict[str, nn.Parameter], dict[str, torch.Tensor], str]:
-    params = dict(model.named_parameters())
-    state = {k: v.clone() for k, v in model.state_dict().items()}
-    return params, state, repr(model)
-
-
-def _assert_unchanged(
-    model: nn.Module, snap: tuple[dict[str, nn.Parameter], dict[str, torch.Tensor], str]
-) -> None:
-    params, state, text = snap
-    now = dict(model.named_parameters())
-    assert now.keys() == params.keys()
-    assert all(now[k] is params[k] for k in params)
-    assert repr(model) == text
-    after = model.state_dict()
-    assert all(torch.equal(after[k], v) for k, v in state.items())
 
 
 def _forward(model: nn.Module, size: int, n: int = 2) -> torch.Tensor:
@@ -247,7 +230,7 @@ def test_unknown_model_raises_and_leaves_model_unchanged(
     factory: Callable[[], nn.Module], cls_name: str
 ) -> None:
     model = factory()
-    snap = _snapshot(model)
+    snap = Snapshot.take(model)
     with pytest.raises(HeadNotFoundError) as info:
         replace_head(model, 10)
     assert isinstance(info.value, FreezeflowError)
@@ -257,7 +240,7 @@ def test_unknown_model_raises_and_leaves_model_unchanged(
     for tried in ("model.fc", "model.classifier", "model.head", "model.heads", "model._fc"):
         assert tried in msg
     assert "attr=" in msg
-    _assert_unchanged(model, snap)
+    snap.assert_unchanged()
 
 
 def test_not_found_hint_names_the_last_linear() -> None:
@@ -280,11 +263,11 @@ def test_conv_classifier_message_says_why() -> None:
 )
 def test_bad_attr(attr: str, pattern: str) -> None:
     model = tv.models.mobilenet_v3_small(weights=None)
-    snap = _snapshot(model)
+    snap = Snapshot.take(model)
     with pytest.raises(HeadError, match=pattern) as info:
         replace_head(model, 10, attr=attr)
     assert "MobileNetV3" in str(info.value) or attr == ""
-    _assert_unchanged(model, snap)
+    snap.assert_unchanged()
 
 
 @pytest.mark.parametrize(
@@ -307,9 +290,9 @@ def test_invalid_values_raise_and_leave_model_unchanged(
     kwargs: dict[str, object], shown: str
 ) -> None:
     model = tv.models.resnet18(weights=None)
-    snap = _snapshot(model)
+    snap = Snapshot.take(model)
     with pytest.raises(HeadError) as info:
         replace_head(model, **kwargs)  # type: ignore[arg-type]
     assert isinstance(info.value, ValueError)
     assert shown in str(info.value)
-    _assert_unchanged(model, snap)
+    snap.assert_unchanged()

@@ -189,25 +189,39 @@ def test_refreeze_freezes_a_converged_window_again() -> None:
     assert torch.equal(frozen_at[f"{PLANTED}.0.weight"], linear(net, PLANTED).weight)
 
 
-def test_the_lr_follows_a_cosine_within_each_stage_unless_a_scheduler_is_attached() -> None:
+def test_the_lr_follows_a_cosine_within_each_stage_as_an_ordinary_scheduler() -> None:
     net = chain()
     uf = ff.GradualUnfreezer(net, ff.auto(7), total_epochs=7, total_steps=70)
+    cosine = uf.lr_scheduler()
+    assert isinstance(cosine, torch.optim.lr_scheduler.LRScheduler)
     uf.on_epoch_start(0)
     factors = []
     for _ in range(20):  # the head stage: epochs 0-1, 20 steps
+        uf.optimizer.step()
+        cosine.step()
         uf.step()
         g = uf.optimizer.param_groups[0]
         factors.append(g["lr"] / g["base_lr"])
     assert factors == sorted(factors, reverse=True)
     assert math.isclose(factors[9], 0.1 + 0.45 * (1 + math.cos(math.pi * 0.5)))
     assert math.isclose(factors[-1], 0.1)
-    net2 = chain()
-    uf2 = ff.GradualUnfreezer(net2, ff.auto(7), total_epochs=7, total_steps=70)
-    sched = torch.optim.lr_scheduler.LambdaLR(uf2.optimizer, lambda t: 1.0)
-    uf2.attach(sched)
+    # the next stage restarts the curve at its own base LRs: lr = base LR x factor, always
+    uf.on_epoch_start(2)
+    assert uf.stage_index == 1
+    for g in uf.optimizer.param_groups:
+        assert math.isclose(g["lr"], g["base_lr"])
+    # it is the one LR path: nothing writes a group's LR at a step without it
+    uf2 = ff.GradualUnfreezer(chain(), ff.auto(7), total_epochs=7, total_steps=70)
     uf2.on_epoch_start(0)
     uf2.step()
     assert uf2.optimizer.param_groups[0]["lr"] == uf2.optimizer.param_groups[0]["base_lr"]
+
+
+def test_schedules_without_a_curve_of_their_own_bring_no_scheduler() -> None:
+    fixed = ff.GradualUnfreezer(chain(), [ff.Stage(ff.last(1), lr=1e-3)])
+    assert fixed.lr_scheduler() is None
+    flat = ff.GradualUnfreezer(chain(), ff.auto(7, anneal=False), total_epochs=7)
+    assert flat.lr_scheduler() is None
 
 
 def test_plan_lists_the_windows_then_the_decisions() -> None:
@@ -259,7 +273,7 @@ def test_bad_knobs_are_refused(call: Any, match: str) -> None:
 def test_fit_refuses_a_budget_other_than_its_epochs_and_changes_nothing() -> None:
     net = planted()
     before, before_flags = snapshot(net), flags(net)
-    with pytest.raises(ScheduleError, match=r"fit\(epochs=5\).*budget of 7.*ff.auto\(epochs=5\)"):
+    with pytest.raises(ScheduleError, match=r"run lasts 5 epochs.*budget of 7.*auto\(epochs=5\)"):
         ff.fit(net, data(), epochs=5, schedule=ff.auto(7), progress=False)
     assert flags(net) == before_flags
     assert all(torch.equal(before[n], p) for n, p in net.named_parameters())

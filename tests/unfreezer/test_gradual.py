@@ -493,13 +493,6 @@ def test_catch_up_counts_the_steps_a_framework_counted() -> None:
         uf.catch_up(-1)
 
 
-def test_stage_is_a_deprecated_alias_of_stage_index() -> None:
-    uf = _uf(_sched(1))
-    uf.on_epoch_start(1)
-    with pytest.warns(DeprecationWarning, match=r"GradualUnfreezer\.stage_index"):
-        assert uf.stage == uf.stage_index == 1
-
-
 def test_history_records_each_transition() -> None:
     model = make_net()
     opt = torch.optim.AdamW(model.parameters())

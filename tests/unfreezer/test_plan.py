@@ -106,9 +106,3 @@ def test_plan_plot() -> None:
     twin_counts = fig.axes[1].get_lines()[0].get_ydata()
     assert max(twin_counts) == sum(q.numel() for q in make_net().parameters())
     plt.close(fig)
-
-
-def test_stage_plan_trainable_is_a_deprecated_alias() -> None:
-    stage = ff.plan(make_net(), three_stage()).stages[0]
-    with pytest.warns(DeprecationWarning, match=r"StagePlan\.n_trainable"):
-        assert stage.trainable == stage.n_trainable == 15

@@ -44,17 +44,24 @@ from typing import Any
 
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
+from torch.optim.lr_scheduler import LRScheduler
 
 from freezeflow.core.freezing import NormMode
 from freezeflow.core.policy import PolicyLike
 from freezeflow.distributed.ddp import verify_trainable
-from freezeflow.errors import OptimizerError, StateError, TrainingError
+from freezeflow.errors import (
+    MissingDependencyError,
+    OptimizerError,
+    StateError,
+    TrainingArgumentError,
+    TrainingError,
+    TrainingTypeError,
+)
 from freezeflow.integrations._common import MissingMetric, StrictMetric
-from freezeflow.schedules.auto import AutoSchedule
 from freezeflow.schedules.schedule import Schedule, Stage
 from freezeflow.training.probe import probe_over
-from freezeflow.unfreezer.auto import Probe
 from freezeflow.unfreezer.gradual import GradualUnfreezer
+from freezeflow.unfreezer.planner import Probe
 from freezeflow.unfreezer.transition import Transition
 
 try:
@@ -63,7 +70,7 @@ try:
     from lightning.pytorch.strategies import DDPStrategy
     from lightning.pytorch.utilities import rank_zero_info
 except ImportError as exc:  # pragma: no cover - depends on the environment
-    raise ImportError(
+    raise MissingDependencyError(
         "freezeflow.integrations.lightning needs Lightning (the `lightning` package, >= 2.2); "
         "hint: pip install 'freezeflow[lightning]'"
     ) from exc
@@ -155,8 +162,10 @@ class FreezeflowCallback(StrictMetric, Callback):
         super().__init__()
         self.schedule = schedule if isinstance(schedule, Schedule) else Schedule(schedule)
         if module_attr is not None and not (isinstance(module_attr, str) or callable(module_attr)):
-            raise TypeError(
-                f"module_attr must be None, an attribute path or a function, got {module_attr!r}"
+            raise TrainingTypeError(
+                f"module_attr must be None, an attribute path or a function, got "
+                f"{module_attr!r} of type {type(module_attr).__name__}; hint: "
+                "module_attr='backbone' or module_attr=lambda m: m.backbone"
             )
         self.module_attr = module_attr
         self.norm: NormMode = norm
@@ -166,6 +175,7 @@ class FreezeflowCallback(StrictMetric, Callback):
         self.unfreezer: GradualUnfreezer | None = None
         self._pending: dict[str, Any] | None = None
         self._ddp: DDPStrategy | None = None
+        self._stage_lr: LRScheduler | None = None
 
     # ------------------------------------------------------------------ helpers
     def module(self, pl_module: pl.LightningModule) -> nn.Module:
@@ -177,20 +187,22 @@ class FreezeflowCallback(StrictMetric, Callback):
             try:
                 module = operator.attrgetter(sel)(pl_module)
             except AttributeError as exc:
-                raise TrainingError(
-                    f"module_attr={sel!r}: {type(pl_module).__name__} has no attribute {sel!r}"
+                raise TrainingArgumentError(
+                    f"module_attr={sel!r}: {type(pl_module).__name__} has no attribute {sel!r}; "
+                    "expected a dotted path to the module the schedule applies to; hint: "
+                    "module_attr=None applies it to the LightningModule itself"
                 ) from exc
         else:
             module = sel(pl_module)
         if not isinstance(module, nn.Module):
-            raise TrainingError(
+            raise TrainingTypeError(
                 f"module_attr={sel!r} gave {module!r} of type {type(module).__name__}, "
-                "not an nn.Module"
+                "not an nn.Module; hint: name the submodule whose layers the schedule selects"
             )
         return module
 
     def _run_length(self, trainer: pl.Trainer) -> tuple[int | None, int | None]:
-        if not self.schedule.needs_run_length and not isinstance(self.schedule, AutoSchedule):
+        if not self.schedule.uses_run_length:
             return None, None
         steps: int | None = None
         epochs: int | None = None
@@ -250,6 +262,8 @@ class FreezeflowCallback(StrictMetric, Callback):
             uf.set_probe(_probe(trainer, pl_module))
         if state is not None:
             uf.load_state_dict(state)
+        # the schedule's own LR curve (ff.auto's cosine) when configure_optimizers brings none
+        self._stage_lr = None if schedulers else uf.lr_scheduler()
         self._pending = None
         self.unfreezer = uf
         strategy = trainer.strategy
@@ -288,9 +302,14 @@ class FreezeflowCallback(StrictMetric, Callback):
         batch: Any,
         batch_idx: int,
     ) -> None:
-        if self.unfreezer is not None:
+        uf = self.unfreezer
+        if uf is not None:
             # trainer.global_step counts optimizer steps (not batches under accumulation)
-            self._report(self.unfreezer.catch_up(trainer.global_step))
+            before = uf.global_step
+            self._report(uf.catch_up(trainer.global_step))
+            if (stage_lr := self._stage_lr) is not None:
+                for _ in range(uf.global_step - before):
+                    stage_lr.step()
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         uf = self.unfreezer

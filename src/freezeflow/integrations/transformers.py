@@ -39,7 +39,6 @@ import os
 import warnings
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import replace
 from pathlib import Path
 from typing import Any, cast
 
@@ -56,17 +55,19 @@ from freezeflow.distributed.ddp import DDPWrapper, wrap_ddp
 from freezeflow.errors import (
     CheckpointError,
     FreezeflowWarning,
+    MissingDependencyError,
     OptimizerError,
+    OptimizerTypeError,
     StateError,
     TrainingError,
+    TrainingTypeError,
 )
 from freezeflow.integrations._common import MissingMetric, StrictMetric
-from freezeflow.schedules.auto import AutoSchedule
 from freezeflow.schedules.schedule import Schedule, Stage
 from freezeflow.training.batch import to_device
 from freezeflow.training.probe import probe_over
-from freezeflow.unfreezer.auto import Probe
 from freezeflow.unfreezer.gradual import GradualUnfreezer
+from freezeflow.unfreezer.planner import Probe
 
 try:
     from transformers import (
@@ -79,7 +80,7 @@ try:
     )
     from transformers.trainer_utils import get_last_checkpoint
 except ImportError as exc:  # pragma: no cover - depends on the environment
-    raise ImportError(
+    raise MissingDependencyError(
         "freezeflow.integrations.transformers needs transformers (>= 4.46) and accelerate; "
         "hint: pip install 'freezeflow[transformers]'"
     ) from exc
@@ -190,19 +191,17 @@ class FreezeflowTrainerCallback(StrictMetric, TrainerCallback):
         def factory(groups: list[dict[str, Any]]) -> Optimizer:
             built = cls(groups, **kwargs)
             if not isinstance(built, Optimizer):
-                raise OptimizerError(f"{cls!r} did not build a torch.optim.Optimizer")
+                raise OptimizerTypeError(
+                    f"{cls!r} built {built!r} of type {type(built).__name__}, not a "
+                    "torch.optim.Optimizer; hint: use an optimizer such as 'adamw_torch'"
+                )
             return built
 
         schedule = self.schedule
-        first = schedule.stages[0]
-        auto = isinstance(schedule, AutoSchedule)
-        if auto:  # its stages are fixed: the optimizer's own weight decay is the default
-            kwargs["weight_decay"] = float(args.weight_decay)
-        elif first.weight_decay is None:  # TrainingArguments.weight_decay, 0.0 included
-            schedule = Schedule(
-                [replace(first, weight_decay=float(args.weight_decay)), *schedule.stages[1:]]
-            )
-        needs_length = schedule.needs_run_length or auto  # ff.auto: for its in-stage cosine
+        # TrainingArguments.weight_decay (0.0 included) is the optimizer's own, which decay
+        # groups get while no stage sets one
+        kwargs["weight_decay"] = float(args.weight_decay)
+        needs_length = schedule.uses_run_length
         epochs = args.num_train_epochs
         self.unfreezer = GradualUnfreezer(
             model,
@@ -432,7 +431,10 @@ class FreezeflowTrainer(Trainer):
         if self.optimizer is None:
             opt_model = self.model if model is None else model
             if not isinstance(opt_model, nn.Module):
-                raise TrainingError(f"FreezeflowTrainer needs a model, got {opt_model!r}")
+                raise TrainingTypeError(
+                    f"FreezeflowTrainer needs a model, got {opt_model!r} of type "
+                    f"{type(opt_model).__name__}; hint: FreezeflowTrainer(model=..., ...)"
+                )
             self.optimizer = self.freezeflow_callback().create_optimizer(
                 opt_model,
                 self.args,

@@ -99,6 +99,14 @@ class AutoSchedule(Schedule):
         super().__init__(stages)
         object.__setattr__(self, "settings", settings)
 
+    planner = "auto"  # decided by freezeflow.unfreezer.auto.AutoPlanner
+
+    @property
+    def uses_run_length(self) -> bool:
+        """True: the budget is checked against the run's length, and the in-stage cosine
+        spans each stage's expected steps."""
+        return True
+
     def to_dict(self) -> dict[str, Any]:
         """``{"auto": {...}}``: the knobs; :meth:`Schedule.from_dict` reads it back."""
         return {"auto": self.settings.to_data()}

@@ -22,18 +22,12 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from freezeflow.core.policy import FreezePolicy, PolicyLike, as_policy
 from freezeflow.core.serialize import policy_from_data, policy_to_data
 from freezeflow.errors import ScheduleError, nearest
-from freezeflow.schedules.triggers import (
-    AtEpoch,
-    AtFraction,
-    AtStep,
-    Trigger,
-    trigger_from_data,
-)
+from freezeflow.schedules.triggers import AtEpoch, Trigger, trigger_from_data
 
 __all__ = ["Schedule", "Stage"]
 
@@ -182,15 +176,6 @@ def _stage_from_dict(data: Any, k: int) -> Stage:
 # --------------------------------------------------------------------------- schedule
 
 
-def _at_the_beginning(trigger: Trigger) -> bool:
-    """Whether ``trigger`` fires at the very start of training (epoch, step or fraction 0)."""
-    return (
-        (isinstance(trigger, AtEpoch) and trigger.epoch == 0)
-        or (isinstance(trigger, AtStep) and trigger.step == 0)
-        or (isinstance(trigger, AtFraction) and trigger.fraction == 0)
-    )
-
-
 @dataclass(frozen=True)
 class Schedule:
     """An ordered, validated tuple of stages.
@@ -204,6 +189,11 @@ class Schedule:
     """
 
     stages: tuple[Stage, ...]
+
+    planner: ClassVar[str] = "fixed"
+    """The name of the stage planner that applies this schedule
+    (:mod:`freezeflow.unfreezer.planner`): ``"fixed"`` trains each stage's selection as
+    written; a schedule decided while training names its own (``ff.auto``: ``"auto"``)."""
 
     def __init__(self, stages: Sequence[Stage] | Schedule) -> None:
         if isinstance(stages, Schedule):
@@ -220,31 +210,33 @@ class Schedule:
                     "it as Stage(policy, lr=...)"
                 )
         first = stages[0].start
-        if not _at_the_beginning(first):
+        if not first.at_start():
             raise ScheduleError(
                 f"the first stage must start at the beginning of training, but it starts at "
                 f"{first!r}; hint: leave start out on the first stage"
             )
         for k, s in enumerate(stages[1:], 1):
-            if _at_the_beginning(s.start):
+            if s.start.at_start():
                 raise ScheduleError(
                     f"stage {k} ({s.name or f'stage{k}'!r}) starts at {s.start.describe()}, "
                     "the beginning of training, like stage 0, which would then run for no "
                     "step; expected every stage after the first to start later; hint: merge "
                     "it into stage 0 (policies combine: a | b), or give it a later start"
                 )
-        for kind, attr in ((AtEpoch, "epoch"), (AtStep, "step"), (AtFraction, "fraction")):
-            prev: tuple[int, float] | None = None
-            for k, s in enumerate(stages):
-                if isinstance(s.start, kind):
-                    value = getattr(s.start, attr)
-                    if prev is not None and value <= prev[1]:
-                        raise ScheduleError(
-                            f"stage {k} starts at {attr} {value}, not after stage {prev[0]} "
-                            f"({attr} {prev[1]}); stage starts must strictly increase; hint: "
-                            "order the stages by when they begin"
-                        )
-                    prev = (k, value)
+        last: dict[str, tuple[int, float]] = {}  # per kind of trigger: the latest start
+        for k, s in enumerate(stages):
+            value = s.start.order_value()
+            if value is None:
+                continue
+            kind = s.start.kind
+            if kind in last and value <= last[kind][1]:
+                j, before = last[kind]
+                raise ScheduleError(
+                    f"stage {k} starts at {kind} {value:g}, not after stage {j} ({kind} "
+                    f"{before:g}); stage starts must strictly increase; hint: order the "
+                    "stages by when they begin"
+                )
+            last[kind] = (k, value)
         names = [s.name or f"stage{k}" for k, s in enumerate(stages)]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
@@ -276,7 +268,14 @@ class Schedule:
             >>> ff.presets.progressive_freezing(4).needs_run_length
             True
         """
-        return any(isinstance(s.start, AtFraction) for s in self.stages[1:])
+        return any(s.start.needs_run_length for s in self.stages[1:])
+
+    @property
+    def uses_run_length(self) -> bool:
+        """Whether applying the schedule uses the run's length when it is known: when it
+        :attr:`needs_run_length`, and for schedules placed within a budget (``ff.auto``).
+        The integrations pass the run's length to the unfreezer then."""
+        return self.needs_run_length
 
     def to_dict(self) -> dict[str, Any]:
         """``{"stages": [...]}`` of plain values (JSON/YAML-ready)."""

@@ -1,19 +1,31 @@
 """Triggers: when a stage starts (an epoch, an optimizer step, a fraction of the run, or
-a plateau of a metric)."""
+a plateau of a metric).
+
+A trigger answers every timing question about itself, so that nothing else inspects trigger
+classes: whether it fires at the very beginning (:meth:`Trigger.at_start`), when it is due in
+a running schedule (:meth:`Trigger.due`, given a :class:`Clock`), where it falls in a run of
+known length (:meth:`Trigger.position`, :meth:`Trigger.expected_epoch`), what it needs to
+know of the run (:attr:`Trigger.needs_run_length`, :meth:`Trigger.waits_for_epoch`) and
+which metric it watches (:meth:`Trigger.watches`, :meth:`Trigger.track`). A new kind of
+trigger is one subclass here (or in your own module): it registers its data form by its
+``data_key`` and is read back by :func:`trigger_from_data`.
+"""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
-from freezeflow.errors import ScheduleError, check_int
+from freezeflow.errors import ScheduleError, check_int, nearest
 
 __all__ = [
+    "TRIGGER_READERS",
     "AtEpoch",
     "AtFraction",
     "AtStep",
+    "Clock",
     "OnPlateau",
     "PlateauTracker",
     "Trigger",
@@ -25,18 +37,111 @@ __all__ = [
 ]
 
 
+TRIGGER_READERS: dict[str, Callable[[Any, str], Trigger]] = {}
+"""How each kind of trigger is read from data, by the key of its data form (``"epoch"``,
+``"step"``...); a :class:`Trigger` subclass with a ``data_key`` registers itself."""
+
+
+@dataclass(frozen=True)
+class Clock:
+    """Where a running schedule is, for :meth:`Trigger.due`: the epoch running (0-based),
+    the optimizer steps done, the run's length where known, whether the metric a plateau
+    trigger watches has plateaued, and whether this is the start of an epoch (else the end of
+    an optimizer step)."""
+
+    epoch: int
+    step: int
+    total_steps: int | None = None
+    total_epochs: int | None = None
+    plateaued: bool = False
+    at_epoch_start: bool = False
+
+
 class Trigger:
     """When a stage starts. Build with :func:`at_epoch`, :func:`at_step`,
-    :func:`at_fraction` or :func:`on_plateau`."""
+    :func:`at_fraction` or :func:`on_plateau`; or subclass it (a frozen dataclass) for a new
+    kind, overriding :meth:`due` and :meth:`describe`, and whatever else differs from the
+    defaults below."""
 
     __slots__ = ()
 
-    def to_data(self) -> Any:  # pragma: no cover - abstract
-        raise NotImplementedError
+    kind: ClassVar[str] = ""
+    """The kind of trigger (``"epoch"``, ``"step"``...): starts of one kind must strictly
+    increase from stage to stage (by :meth:`order_value`)."""
+    data_key: ClassVar[str] = ""
+    """The key of the data form, ``{data_key: ...}``; set, the subclass is registered in
+    :data:`TRIGGER_READERS` and read back by :func:`trigger_from_data`."""
+    unit: ClassVar[str] = ""
+    """The unit the trigger counts in (``"epoch"`` or ``"step"``), "" for neither."""
+    needs_run_length: ClassVar[bool] = False
+    """Whether knowing when it fires needs the run's length (``total_steps`` or
+    ``total_epochs``)."""
 
-    def describe(self) -> str:  # pragma: no cover - abstract
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.data_key and "data_key" in cls.__dict__:
+            TRIGGER_READERS[cls.data_key] = cls.from_data
+
+    @classmethod
+    def from_data(cls, value: Any, where: str) -> Trigger:
+        """The trigger of ``{data_key: value}``; by default ``cls(**value)`` for a mapping,
+        else ``cls(value)``."""
+        if isinstance(value, Mapping):
+            known = [f.name for f in fields(cls)]  # type: ignore[arg-type]
+            bad = [k for k in value if k not in known]
+            if bad:
+                raise ScheduleError(
+                    f"{where}: unknown {cls.data_key} option {bad[0]!r}; expected some of "
+                    f"{known}; nearest: {nearest(str(bad[0]), known, n=1)[0]!r}"
+                )
+            return cls(**value)
+        return cls(value)  # type: ignore[call-arg]
+
+    def to_data(self) -> Any:
+        """The data form: ``{data_key: value}`` (JSON/YAML-ready)."""
+        raise NotImplementedError  # pragma: no cover - abstract
+
+    def describe(self) -> str:
         """When the trigger fires, in words (``"epoch 5"``, ``"step 100"``...)."""
-        raise NotImplementedError
+        raise NotImplementedError  # pragma: no cover - abstract
+
+    def due(self, clock: Clock) -> str | None:
+        """Why the stage starts now (a few words for the transition's reason), or None while
+        it does not."""
+        raise NotImplementedError  # pragma: no cover - abstract
+
+    def at_start(self) -> bool:
+        """Whether it fires at the very start of training (only the first stage may)."""
+        return False
+
+    def order_value(self) -> float | None:
+        """The value starts of the same :attr:`kind` are ordered by (None: not ordered)."""
+        return None
+
+    def position(
+        self, total_steps: int | None, total_epochs: int | None
+    ) -> tuple[float | None, float | None]:
+        """``(step, epoch)`` at which it fires in a run of the given length, each None where
+        that length does not tell (both None for a trigger that may fire at any time)."""
+        return None, None
+
+    def expected_epoch(self, total_epochs: int, steps_per_epoch: int) -> float | None:
+        """Roughly when it fires, in epochs, for a plan's plot (None: not known before)."""
+        return self.position(total_epochs * steps_per_epoch, total_epochs)[1]
+
+    def waits_for_epoch(self, total_steps: int | None) -> bool:
+        """Whether it can only fire at the start of an epoch (so steps counted without any
+        epoch would never reach it)."""
+        return True
+
+    def watches(self) -> str | None:
+        """The validation metric it watches (None: none)."""
+        return None
+
+    def track(self, tracker: PlateauTracker, value: float) -> bool:
+        """Feed ``value`` of the metric it :meth:`watches` to ``tracker`` by this trigger's
+        rule; True once the stage may start."""
+        return False
 
 
 @dataclass(frozen=True)
@@ -45,11 +150,35 @@ class AtEpoch(Trigger):
 
     epoch: int
 
+    kind: ClassVar[str] = "epoch"
+    data_key: ClassVar[str] = "epoch"
+    unit: ClassVar[str] = "epoch"
+
+    @classmethod
+    def from_data(cls, value: Any, where: str) -> Trigger:
+        return at_epoch(value)
+
     def to_data(self) -> Any:
         return {"epoch": self.epoch}
 
     def describe(self) -> str:
         return f"epoch {self.epoch}"
+
+    def due(self, clock: Clock) -> str | None:
+        reached = clock.epoch > self.epoch or (clock.epoch == self.epoch and clock.at_epoch_start)
+        return f"epoch {self.epoch}" if reached else None
+
+    def at_start(self) -> bool:
+        return self.epoch == 0
+
+    def order_value(self) -> float:
+        return float(self.epoch)
+
+    def position(
+        self, total_steps: int | None, total_epochs: int | None
+    ) -> tuple[float | None, float | None]:
+        per_epoch = total_steps / total_epochs if total_steps and total_epochs else None
+        return (None if per_epoch is None else self.epoch * per_epoch), float(self.epoch)
 
 
 @dataclass(frozen=True)
@@ -58,11 +187,37 @@ class AtStep(Trigger):
 
     step: int
 
+    kind: ClassVar[str] = "step"
+    data_key: ClassVar[str] = "step"
+    unit: ClassVar[str] = "step"
+
+    @classmethod
+    def from_data(cls, value: Any, where: str) -> Trigger:
+        return at_step(value)
+
     def to_data(self) -> Any:
         return {"step": self.step}
 
     def describe(self) -> str:
         return f"step {self.step}"
+
+    def due(self, clock: Clock) -> str | None:
+        return f"step {self.step}" if clock.step >= self.step else None
+
+    def at_start(self) -> bool:
+        return self.step == 0
+
+    def order_value(self) -> float:
+        return float(self.step)
+
+    def position(
+        self, total_steps: int | None, total_epochs: int | None
+    ) -> tuple[float | None, float | None]:
+        per_epoch = total_steps / total_epochs if total_steps and total_epochs else None
+        return float(self.step), (None if per_epoch is None else self.step / per_epoch)
+
+    def waits_for_epoch(self, total_steps: int | None) -> bool:
+        return False
 
 
 @dataclass(frozen=True)
@@ -71,11 +226,48 @@ class AtFraction(Trigger):
 
     fraction: float
 
+    kind: ClassVar[str] = "fraction"
+    data_key: ClassVar[str] = "fraction"
+    needs_run_length: ClassVar[bool] = True
+
+    @classmethod
+    def from_data(cls, value: Any, where: str) -> Trigger:
+        return at_fraction(value)
+
     def to_data(self) -> Any:
         return {"fraction": self.fraction}
 
     def describe(self) -> str:
         return f"{self.fraction:.0%} of training"
+
+    def due(self, clock: Clock) -> str | None:
+        if clock.total_steps:
+            done = clock.step / clock.total_steps
+        elif clock.total_epochs and clock.at_epoch_start:
+            done = clock.epoch / clock.total_epochs
+        else:
+            return None
+        return f"{self.fraction:.0%} of training" if done >= self.fraction else None
+
+    def at_start(self) -> bool:
+        return self.fraction == 0
+
+    def order_value(self) -> float:
+        return self.fraction
+
+    def position(
+        self, total_steps: int | None, total_epochs: int | None
+    ) -> tuple[float | None, float | None]:
+        return (
+            None if not total_steps else self.fraction * total_steps,
+            None if not total_epochs else self.fraction * total_epochs,
+        )
+
+    def expected_epoch(self, total_epochs: int, steps_per_epoch: int) -> float:
+        return self.fraction * total_epochs
+
+    def waits_for_epoch(self, total_steps: int | None) -> bool:
+        return not total_steps
 
 
 @dataclass(frozen=True)
@@ -90,12 +282,54 @@ class OnPlateau(Trigger):
     max_epoch: int | None = None
     metric: str = "val_loss"
 
+    kind: ClassVar[str] = "plateau"
+    data_key: ClassVar[str] = "plateau"
+
+    @classmethod
+    def from_data(cls, value: Any, where: str) -> Trigger:
+        if not isinstance(value, Mapping):
+            raise ScheduleError(
+                f"{where}: 'plateau' takes a mapping, got {value!r}; expected on_plateau() "
+                "arguments by name; hint: {'plateau': {'patience': 2}}"
+            )
+        known = [f.name for f in fields(cls)]
+        bad = [k for k in value if k not in known]
+        if bad:
+            raise ScheduleError(
+                f"{where}: unknown plateau option {bad[0]!r}; expected some of {sorted(known)}; "
+                f"nearest: {nearest(str(bad[0]), known, n=1)[0]!r}"
+            )
+        return on_plateau(**value)
+
     def to_data(self) -> Any:
         return {"plateau": {f.name: getattr(self, f.name) for f in fields(self)}}
 
     def describe(self) -> str:
         cap = "" if self.max_epoch is None else f", at most epoch {self.max_epoch}"
         return f"{self.metric} plateau ({self.patience} evals{cap})"
+
+    def due(self, clock: Clock) -> str | None:
+        if not clock.at_epoch_start:
+            return None
+        if clock.plateaued:
+            return f"plateau of {self.metric}"
+        if self.max_epoch is not None and clock.epoch >= self.max_epoch:
+            return f"epoch {self.max_epoch} (plateau cap)"
+        return None
+
+    def expected_epoch(self, total_epochs: int, steps_per_epoch: int) -> float | None:
+        return None if self.max_epoch is None else float(self.max_epoch)
+
+    def watches(self) -> str:
+        return self.metric
+
+    def track(self, tracker: PlateauTracker, value: float) -> bool:
+        tracker.patience, tracker.min_delta, tracker.mode = (
+            self.patience,
+            self.min_delta,
+            self.mode,
+        )
+        return tracker.update(value)
 
 
 def at_epoch(epoch: int) -> AtEpoch:
@@ -148,31 +382,27 @@ def on_plateau(
 
 
 def trigger_from_data(data: Any, where: str) -> Trigger:
+    """The trigger written as ``data``: a trigger, an epoch number, or ``{key: value}`` with
+    a key of :data:`TRIGGER_READERS` (``epoch``, ``step``, ``fraction``, ``plateau``...).
+
+    Example:
+        >>> trigger_from_data({"step": 100}, "stage 1")
+        AtStep(step=100)
+    """
     if isinstance(data, Trigger):
         return data
     if isinstance(data, int) and not isinstance(data, bool):
         return at_epoch(data)
     if isinstance(data, Mapping) and len(data) == 1:
         ((key, value),) = data.items()
-        if key == "epoch":
-            return at_epoch(value)
-        if key == "step":
-            return at_step(value)
-        if key == "fraction":
-            return at_fraction(value)
-        if key == "plateau":
-            if not isinstance(value, Mapping):
-                raise ScheduleError(f"{where}: 'plateau' takes a mapping, got {value!r}")
-            known = {f.name for f in fields(OnPlateau)}
-            bad = [k for k in value if k not in known]
-            if bad:
-                raise ScheduleError(
-                    f"{where}: unknown plateau option {bad[0]!r}; expected some of {sorted(known)}"
-                )
-            return on_plateau(**value)
+        if (reader := TRIGGER_READERS.get(key)) is not None:
+            return reader(value, where)
+    keys = ", ".join(f"{{{k!r}: ...}}" for k in TRIGGER_READERS)
+    hint = ""
+    if isinstance(data, Mapping) and len(data) == 1:
+        hint = f"; nearest: {nearest(str(next(iter(data))), list(TRIGGER_READERS), n=1)[0]!r}"
     raise ScheduleError(
-        f"{where}: {data!r} is not a trigger; expected an epoch number, or one of "
-        "{'epoch': N}, {'step': N}, {'fraction': F}, {'plateau': {...}}"
+        f"{where}: {data!r} is not a trigger; expected an epoch number, or one of {keys}{hint}"
     )
 
 

@@ -1,5 +1,5 @@
 """The training batches and the loss that an :func:`freezeflow.auto` schedule measures when a
-stage begins (:class:`~freezeflow.unfreezer.auto.Probe`), made from ``fit()``'s arguments.
+stage begins (:class:`~freezeflow.unfreezer.planner.Probe`), made from ``fit()``'s arguments.
 
 Batches are drawn from the training *dataset* with their own seeded generator, never from
 the loader's iterator, so measuring changes neither the order of the epoch's batches nor any
@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from freezeflow.training.batch import split_batch, to_device
-from freezeflow.unfreezer.auto import Probe
+from freezeflow.unfreezer.planner import Probe
 
 __all__ = ["probe_for", "probe_over"]
 

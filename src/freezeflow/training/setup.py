@@ -18,8 +18,14 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
 
 from freezeflow.distributed.process_group import world_size
-from freezeflow.errors import CheckpointError, OptimizerError, ScheduleError, TrainingError
-from freezeflow.schedules.auto import AutoSchedule
+from freezeflow.errors import (
+    FreezeflowError,
+    OptimizerError,
+    OptimizerTypeError,
+    ScheduleError,
+    TrainingArgumentError,
+    TrainingTypeError,
+)
 from freezeflow.schedules.schedule import Schedule, Stage
 from freezeflow.training.caching import FeatureCaching
 from freezeflow.training.callbacks import ProgressBar
@@ -80,12 +86,12 @@ def check_data(train_data: Iterable[Any]) -> None:
     # not iter(train_data) is train_data: iter() of a DataLoader draws its base seed from
     # the RNG, which would shift every random number of a run seeded before fit()
     if not isinstance(train_data, Iterable) or isinstance(train_data, Iterator):
-        raise TrainingError(
+        raise TrainingTypeError(
             f"train_data must be re-iterable (a DataLoader, a list of batches...), got "
             f"{type(train_data).__name__}; hint: a generator is used up after one epoch"
         )
     if batch_count(train_data) == 0:
-        raise TrainingError(
+        raise TrainingArgumentError(
             f"train_data is empty (len 0, a {type(train_data).__name__}); hint: check the "
             "dataset, and drop_last= with a batch size larger than the dataset"
         )
@@ -107,14 +113,8 @@ def build_optimizer(
             )
         if schedule.model is not model:
             raise ScheduleError("the unfreezer was built over another model than fit()'s")
+        schedule.set_run_length(total_steps or None, epochs)
         return schedule, schedule.optimizer
-    if isinstance(schedule, AutoSchedule) and schedule.settings.epochs != epochs:
-        raise ScheduleError(
-            f"fit(epochs={epochs}) but the ff.auto schedule was given a budget of "
-            f"{schedule.settings.epochs} epochs, and its stages are placed within that budget; "
-            f"expected the same number of epochs; hint: ff.auto(epochs={epochs}), or "
-            f"fit(epochs={schedule.settings.epochs})"
-        )
     if schedule is not None:
         u = GradualUnfreezer(
             model, schedule, optimizer, total_epochs=epochs, total_steps=total_steps or None
@@ -125,7 +125,11 @@ def build_optimizer(
     factory: Callable[[Any], Any] = torch.optim.AdamW if optimizer is None else optimizer
     built = factory([p for p in model.parameters() if p.requires_grad])
     if not isinstance(built, Optimizer):
-        raise OptimizerError(f"the optimizer factory returned {built!r}, not an Optimizer")
+        raise OptimizerTypeError(
+            f"the optimizer factory returned {built!r} of type {type(built).__name__}, not a "
+            "torch.optim.Optimizer; hint: optimizer=torch.optim.AdamW, or a function of the "
+            "parameters that returns an optimizer"
+        )
     return None, built
 
 
@@ -133,9 +137,10 @@ def _split_scheduler(scheduler: SchedulerArg) -> tuple[Any, Interval]:
     if not isinstance(scheduler, tuple):
         return scheduler, "epoch"
     if len(scheduler) != 2 or scheduler[1] not in ("batch", "epoch"):
-        raise TrainingError(
+        raise TrainingArgumentError(
             f"fit(scheduler={scheduler!r}): expected a scheduler, a factory, or a pair "
-            "(scheduler or factory, 'batch' or 'epoch')"
+            "(scheduler or factory, 'batch' or 'epoch'); hint: scheduler=(sched, 'batch') "
+            "steps it after every optimizer step"
         )
     return scheduler
 
@@ -146,13 +151,15 @@ def build_scheduler(
     """The LR scheduler (built from a factory if need be, attached to the unfreezer) and the
     interval it steps at."""
     given, interval = _split_scheduler(scheduler)
-    if given is None:
-        return None, interval
+    if given is None:  # the schedule's own LR curve, if it brings one (ff.auto's cosine)
+        own = None if unfreezer is None else unfreezer.lr_scheduler()
+        return own, "batch"
     built = given if isinstance(given, (LRScheduler, ReduceLROnPlateau)) else given(optimizer)
     if not isinstance(built, (LRScheduler, ReduceLROnPlateau)):
-        raise OptimizerError(
+        raise OptimizerTypeError(
             "scheduler must be an LR scheduler or a factory f(optimizer) returning one, "
-            f"got {built!r}"
+            f"got {built!r} of type {type(built).__name__}; hint: scheduler=lambda opt: "
+            "torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=10)"
         )
     if isinstance(built, ReduceLROnPlateau) and interval == "batch":
         raise OptimizerError(
@@ -174,18 +181,26 @@ def amp_dtype(amp: bool | str | None, device: torch.device) -> torch.dtype | Non
         amp = "fp16" if device.type == "cuda" and not torch.cuda.is_bf16_supported() else "bf16"
     dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16}
     if amp not in dtypes:
-        raise TrainingError(f"fit(amp={amp!r}): expected None, True, False, 'bf16' or 'fp16'")
+        raise TrainingArgumentError(
+            f"fit(amp={amp!r}): expected None, True, False, 'bf16' or 'fp16'; hint: None "
+            "uses mixed precision on CUDA only"
+        )
     return dtypes[amp]
 
 
-def _feature(what: str, value: Any, cls: type[Callback], error: type[Exception]) -> Callback | None:
+def _feature(
+    what: str, value: Any, cls: type[Callback], error: type[FreezeflowError]
+) -> Callback | None:
     if value is True:
         return cls()
     if value is False or value is None:
         return None
     if isinstance(value, cls):
         return value
-    raise error(f"fit({what}={value!r}): expected True, False or a {cls.__name__}")
+    raise error(
+        f"fit({what}={value!r}): expected True, False or a {cls.__name__}, got a "
+        f"{type(value).__name__}; hint: fit({what}={cls.__name__}(...)) to configure it"
+    )
 
 
 def feature_callbacks(
@@ -203,11 +218,12 @@ def feature_callbacks(
     if isinstance(checkpoint, (str, os.PathLike)):
         checkpoint = Checkpoint(Path(checkpoint))
     elif checkpoint is not None and not isinstance(checkpoint, Checkpoint):
-        raise CheckpointError(
-            f"fit(checkpoint={checkpoint!r}): expected a directory or a Checkpoint(...)"
+        raise TrainingTypeError(
+            f"fit(checkpoint={checkpoint!r}): expected a directory or a Checkpoint(...), got a "
+            f"{type(checkpoint).__name__}; hint: checkpoint='runs/ckpt'"
         )
-    caching = _feature("cache", cache, FeatureCaching, TrainingError)
-    bar = _feature("progress", progress, ProgressBar, TrainingError)
+    caching = _feature("cache", cache, FeatureCaching, TrainingTypeError)
+    bar = _feature("progress", progress, ProgressBar, TrainingTypeError)
     if any(isinstance(cb, ProgressBar) for cb in callbacks):
         bar = None
     out: list[Callback] = [DistributedTraining()] if world_size() > 1 else []

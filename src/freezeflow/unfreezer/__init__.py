@@ -8,16 +8,19 @@
 - :mod:`~freezeflow.unfreezer.transition`: :class:`Transition`, a recorded stage change.
 - :mod:`~freezeflow.unfreezer.state`: the saved state, to resume mid-schedule.
 - :mod:`~freezeflow.unfreezer.plan`: what a schedule will do, before training.
-- :mod:`~freezeflow.unfreezer.auto`: the decisions of an :func:`~freezeflow.auto` schedule.
+- :mod:`~freezeflow.unfreezer.planner`: stage planners, chosen once per unfreezer by the
+  schedule: what each stage trains and at which LR scales.
+- :mod:`~freezeflow.unfreezer.auto`: the planner of an :func:`~freezeflow.auto` schedule.
 
 Builds on :mod:`freezeflow.core` and :mod:`freezeflow.schedules`; never imports the training
 loop or the integrations.
 """
 
-from freezeflow.unfreezer.auto import AutoPlanner, Decision, Probe
+from freezeflow.unfreezer.auto import AutoPlanner, Decision
 from freezeflow.unfreezer.gradual import GradualUnfreezer
 from freezeflow.unfreezer.layout import GroupSpec, Layout, default_no_decay, param_groups
 from freezeflow.unfreezer.plan import Plan, StagePlan, plan
+from freezeflow.unfreezer.planner import Probe, StagePlanner, register_planner
 from freezeflow.unfreezer.transition import Transition
 
 __all__ = [
@@ -29,8 +32,10 @@ __all__ = [
     "Plan",
     "Probe",
     "StagePlan",
+    "StagePlanner",
     "Transition",
     "default_no_decay",
     "param_groups",
     "plan",
+    "register_planner",
 ]

@@ -1,12 +1,17 @@
 """The decisions of :func:`freezeflow.auto`: which window of blocks a stage unfreezes, at which
 LR per block, and (with ``refreeze``) which converged window freezes again.
 
-The :class:`~freezeflow.GradualUnfreezer` owns one :class:`AutoPlanner` when its schedule is
-an :class:`~freezeflow.schedules.auto.AutoSchedule` and asks it, when an ``auto<k>`` stage
-begins, for the stage's trainable set and per-block LR scales. Measuring needs training
-batches and the loss: a :class:`Probe`, which ``fit()`` gives the unfreezer
-(:meth:`~freezeflow.GradualUnfreezer.set_probe`). Without one the planner falls back to the
-window nearest the output, and says so in the decision.
+:class:`AutoPlanner` is the stage planner (:mod:`freezeflow.unfreezer.planner`) that
+:class:`~freezeflow.schedules.auto.AutoSchedule` names: the unfreezer asks it, when an
+``auto<k>`` stage begins, for the stage's trainable set and per-block LR scales. Measuring
+needs training batches and the loss: a :class:`~freezeflow.unfreezer.planner.Probe`, which
+``fit()`` gives the unfreezer (:meth:`~freezeflow.GradualUnfreezer.set_probe`). Without one
+the planner falls back to the window nearest the output, and says so in the decision. Its
+in-stage cosine is an LR scheduler (:meth:`AutoPlanner.lr_scheduler`) that ``fit()``
+attaches when the run brings none.
+
+This is the only module besides :mod:`freezeflow.schedules.auto` that names the auto
+schedule's class (an import contract).
 
 Every decision leaves the model, the optimizer and the random generators as it found them:
 the trials train copies of nothing; they train the model in place and then copy every
@@ -21,14 +26,24 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import nn
+from torch.optim import Optimizer
 
-from freezeflow.core.index import ModelIndex
 from freezeflow.errors import OptimizerError, ScheduleError, StateError
 from freezeflow.schedules.auto import STAGE_LR_FACTORS, AutoSchedule, stage_caps
+from freezeflow.schedules.schedule import Schedule
 from freezeflow.unfreezer.layout import Layout
+from freezeflow.unfreezer.lr_schedulers import StageLR
+from freezeflow.unfreezer.planner import (
+    PlannedStage,
+    Probe,
+    StageChoice,
+    StagePlanner,
+    StageTime,
+    register_planner,
+)
 
-__all__ = ["AutoPlanner", "Decision", "Probe"]
+__all__ = ["AutoPlanner", "Decision"]
 
 MIN_SCALE = 0.1
 """The smallest LR scale a block of a new window gets (relative gradient norm over the
@@ -36,20 +51,6 @@ window's largest)."""
 CONVERGED = 0.5
 """With ``refreeze``: a window whose relative gradient norm fell below this fraction of its
 value when it was unfrozen has converged."""
-
-
-@dataclass(frozen=True)
-class Probe:
-    """Training batches and the loss, for the decisions of ``ff.auto``.
-
-    Args:
-        batches: ``batches(n, seed)`` returns ``n`` training batches, the same ones for the
-            same seed, already on the model's device.
-        loss: ``loss(model, batch)``, a scalar tensor (the training loss of one batch).
-    """
-
-    batches: Callable[[int, int], Sequence[Any]]
-    loss: Callable[[nn.Module, Any], Tensor]
 
 
 @dataclass(frozen=True)
@@ -84,21 +85,26 @@ def _split(items: list[int], parts: int) -> list[tuple[int, ...]]:
     return out
 
 
-class AutoPlanner:
+@register_planner("auto")
+class AutoPlanner(StagePlanner):
     """Decides the ``auto`` stages of one unfreezer (see :func:`freezeflow.auto`)."""
 
-    def __init__(self, model: nn.Module, schedule: AutoSchedule, lay: Layout) -> None:
+    warns_overlap = False  # its stages re-select every candidate by design
+
+    def __init__(self, model: nn.Module, schedule: Schedule, layout: Layout) -> None:
+        if not isinstance(schedule, AutoSchedule):
+            raise ScheduleError(
+                f"the 'auto' stage planner applies schedules made by ff.auto(), got "
+                f"{type(schedule).__name__}; hint: build it with ff.auto(epochs)"
+            )
+        super().__init__(model, schedule, layout)
         self.settings = schedule.settings
-        idx = ModelIndex.build(model)
-        self.block_names = [b.name for b in idx.blocks]
-        # the block of each parameter, as the layout grouped it (its auto stages set lr_decay,
-        # so every group has one; a tied parameter is on the output side)
-        block_of = {j: g.block for g in lay.groups if g.block is not None for j in g.params}
-        candidates = lay.selected_ids[1]
+        self.block_names = list(layout.block_names)
+        candidates = layout.selected_ids[1]
         self.block_params: dict[int, tuple[int, ...]] = {}
-        for j in sorted(candidates):
-            self.block_params.setdefault(block_of[j], ())
-            self.block_params[block_of[j]] += (j,)
+        for j in sorted(candidates):  # the layout's block of each parameter (tied: output side)
+            b = layout.param_block[j]
+            self.block_params[b] = (*self.block_params.get(b, ()), j)
         self.windows = _split(sorted(self.block_params), self.settings.windows)
         later = len(schedule) - 1
         if len(self.windows) < later:
@@ -108,9 +114,21 @@ class AutoPlanner:
                 "unfreezing at least one block; hint: a longer schedule needs a deeper model, "
                 "or split it with ff.set_blocks"
             )
-        self.layout = lay
-        self.probe: Probe | None = None
         self.decisions: list[Decision] = []
+
+    def check_run(self, total_steps: int | None, total_epochs: int | None) -> None:
+        budget = self.settings.epochs
+        if total_epochs is not None and total_epochs != budget:
+            raise ScheduleError(
+                f"the run lasts {total_epochs} epochs but the ff.auto schedule was given a "
+                f"budget of {budget} epochs, and its stages are placed within that budget; "
+                f"expected the same number of epochs; hint: ff.auto(epochs={total_epochs}), "
+                f"or train for {budget} epochs (fit(epochs={budget}))"
+            )
+
+    @property
+    def needs_probe(self) -> bool:
+        return self.probe is None
 
     # ------------------------------------------------------------------ views
     def window_name(self, w: int) -> str:
@@ -132,12 +150,10 @@ class AutoPlanner:
     def window_params(self, w: int) -> frozenset[int]:
         return frozenset(j for b in self.windows[w] for j in self.block_params[b])
 
-    def trained_later(
-        self, trainable: frozenset[int], stage_index: int, n_stages: int
-    ) -> frozenset[int]:
+    def trained_later(self, trainable: frozenset[int], stage_index: int) -> frozenset[int]:
         """What may still train: what trains now, and every window a later stage may pick."""
         out = set(trainable)
-        if stage_index + 1 < n_stages:
+        if stage_index + 1 < len(self.schedule):
             for w in self.remaining():
                 out |= self.window_params(w)
         return frozenset(out)
@@ -147,26 +163,28 @@ class AutoPlanner:
         caps = stage_caps(self.settings.epochs)
         return caps[k] if k < len(caps) else self.settings.epochs
 
-    def anneal(
-        self,
-        optimizer: torch.optim.Optimizer,
-        stage_index: int,
-        stage_start: tuple[int, int],
-        step: int,
-        per_epoch: float | None,
-    ) -> None:
-        """Set every group's LR to its base LR times the stage's cosine (1x down to 0.1x over
-        the stage's expected length): stage ``stage_index`` began at ``stage_start`` (epoch,
-        step), ``step`` steps are done, ``per_epoch`` steps make an epoch (None: unknown,
-        and the LRs are left alone)."""
-        if not self.settings.anneal or not per_epoch:
-            return
-        epoch0, step0 = stage_start
-        length = max(1.0, (self.stage_end_epoch(stage_index) - epoch0) * per_epoch)
-        done = min(1.0, (step - step0) / length)
-        factor = MIN_SCALE + (1 - MIN_SCALE) * 0.5 * (1 + math.cos(math.pi * done))
-        for group in optimizer.param_groups:
-            group["lr"] = float(group["base_lr"]) * factor
+    def lr_scheduler(self, optimizer: Optimizer, now: Callable[[], StageTime]) -> StageLR | None:
+        """The in-stage cosine (``anneal``): every group's LR goes from its base LR down to
+        0.1x over the stage's expected length (to its cap, or the budget's end), restarting
+        at each stage; None with ``anneal=False``. Flat while the run's length is unknown."""
+        if not self.settings.anneal:
+            return None
+
+        def curve_for() -> Callable[[int], float]:
+            t = now()
+            if not (t.total_steps and t.total_epochs):
+                return lambda n: 1.0
+            per_epoch = t.total_steps / t.total_epochs
+            length = max(1.0, (self.stage_end_epoch(t.stage_index) - t.started[0]) * per_epoch)
+
+            def cosine(n: int) -> float:
+                done = min(1.0, n / length)
+                return MIN_SCALE + (1 - MIN_SCALE) * 0.5 * (1 + math.cos(math.pi * done))
+
+            return cosine
+
+        t = now()
+        return StageLR(optimizer, curve_for, steps_done=max(0, t.step - t.started[1]))
 
     # ------------------------------------------------------------------ measuring
     def _params(self, ids: frozenset[int] | set[int]) -> list[nn.Parameter]:
@@ -231,13 +249,14 @@ class AutoPlanner:
         return sum(losses) / len(losses)
 
     # ------------------------------------------------------------------ deciding
-    def decide(self, k: int, model: nn.Module) -> tuple[frozenset[int], dict[int, float], str]:
-        """Decide stage ``k`` of ``model``: its trainable set (indices into the layout's
-        parameters), the LR scale of each block of the new window, and the one-line
-        explanation."""
+    def choose(self, k: int, trainable: frozenset[int]) -> StageChoice:
+        """Decide stage ``k``: its trainable set (indices into the layout's parameters), the
+        LR scale of each block of the new window, and the one-line explanation."""
+        if k == 0:  # the head, as written
+            return StageChoice(self.layout.trainable_ids[0])
         s = self.settings
         lay = self.layout
-        trainable = frozenset(i for i, p in enumerate(lay.params) if p.requires_grad)
+        model = self.model
         remaining = self.remaining()
         lr = s.lr * STAGE_LR_FACTORS[k]
         if not remaining:  # more stages than windows: nothing left to add
@@ -303,7 +322,28 @@ class AutoPlanner:
         )
         self.decisions.append(decision)
         off = frozenset(j for w in refrozen for j in self.window_params(w))
-        return (trainable - off) | self.window_params(chosen), scales, text
+        return StageChoice((trainable - off) | self.window_params(chosen), scales, text)
+
+    def planned(self, k: int, before: frozenset[int]) -> PlannedStage:
+        """Stage ``k`` as far as it is decided: the head stage as written; a decided stage
+        as decided; a stage still to come trains what the one before it trains, and lists
+        the windows it will choose from."""
+        if k == 0:
+            return PlannedStage(self.layout.trainable_ids[0], {})
+        scales: dict[int, float] = {}
+        for made in self.decisions:
+            if made.stage_index <= k:
+                scales.update({b: made.scales[self.block_names[b]] for b in made.blocks})
+        d = next((made for made in self.decisions if made.stage_index == k), None)
+        if d is None:
+            windows = ", ".join(self.window_name(w) for w in range(len(self.windows)))
+            return PlannedStage(
+                before, scales, f"decided when the stage begins, one window of: {windows}"
+            )
+        off = frozenset(j for w in d.refrozen for j in self.window_params(w))
+        return PlannedStage(
+            (before - off) | self.window_params(d.window), scales, f"decided: {d.text}"
+        )
 
     def _converged(self, rgn: dict[int, float]) -> tuple[int, ...]:
         """The earliest trainable window, when its relative gradient norm fell below
@@ -317,14 +357,6 @@ class AutoPlanner:
         old = sum(then.rgn.get(n, 0.0) for n in names)
         new = sum(rgn.get(b, 0.0) for b in self.windows[w])
         return (w,) if old > 0 and new < CONVERGED * old else ()
-
-    def scale_of(self, k: int, block: int | None) -> float | None:
-        """The LR scale decided for ``block`` when stage ``k`` began, or None when it was not
-        decided then (a block of an earlier window keeps its scale)."""
-        for d in self.decisions:
-            if d.stage_index == k and block in d.blocks:
-                return d.scales[self.block_names[block]]
-        return None
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> list[dict[str, Any]]:

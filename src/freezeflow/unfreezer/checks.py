@@ -21,7 +21,7 @@ from torch.optim import Optimizer
 
 from freezeflow.errors import FreezeflowWarning, ModelChangedError, ScheduleError, quote_list
 from freezeflow.schedules.schedule import Schedule
-from freezeflow.schedules.triggers import AtEpoch, AtFraction, AtStep, OnPlateau, Trigger
+from freezeflow.schedules.triggers import Trigger
 from freezeflow.unfreezer.layout import Layout
 from freezeflow.unfreezer.lr_schedulers import Schedulers, has_scheduler
 from freezeflow.unfreezer.transition import Transition
@@ -101,33 +101,9 @@ def check_model(model: nn.Module, layout: Layout, held: frozenset[int]) -> None:
 # --------------------------------------------------------------------------- the schedule
 
 
-def _position(
-    trigger: Trigger, total_steps: int | None, total_epochs: int | None
-) -> tuple[float | None, float | None]:
-    """(step, epoch) at which ``trigger`` fires, each None where the run's length does not
-    tell; (None, None) for a plateau, which may fire at any time."""
-    per_epoch = total_steps / total_epochs if total_steps and total_epochs else None
-    if isinstance(trigger, AtStep):
-        return float(trigger.step), None if per_epoch is None else trigger.step / per_epoch
-    if isinstance(trigger, AtEpoch):
-        return None if per_epoch is None else trigger.epoch * per_epoch, float(trigger.epoch)
-    if isinstance(trigger, AtFraction):
-        return (
-            None if not total_steps else trigger.fraction * total_steps,
-            None if not total_epochs else trigger.fraction * total_epochs,
-        )
-    return None, None
-
-
-def _native(trigger: Trigger) -> str:
-    if isinstance(trigger, AtStep):
-        return "step"
-    return "epoch" if isinstance(trigger, AtEpoch) else ""
-
-
 def _at(trigger: Trigger, unit: str, value: float) -> str:
     """``trigger`` described, with its position in ``unit`` when that is not its own."""
-    shown = f" ({unit} {value:g})" if _native(trigger) != unit else ""
+    shown = f" ({unit} {value:g})" if trigger.unit != unit else ""
     return trigger.describe() + shown
 
 
@@ -142,7 +118,7 @@ def check_stage_order(
     names = schedule.names
     seen: list[tuple[int, float | None, float | None]] = []
     for k, stage in enumerate(schedule.stages):
-        step, epoch = _position(stage.start, total_steps, total_epochs)
+        step, epoch = stage.start.position(total_steps, total_epochs)
         if k == 0:
             continue
         for j, step_j, epoch_j in seen:
@@ -168,8 +144,7 @@ def check_stage_order(
                 "stage, across kinds of trigger; hint: reorder the stages, or give them the "
                 "same kind of trigger"
             )
-        if not isinstance(stage.start, OnPlateau):
-            seen.append((k, step, epoch))
+        seen.append((k, step, epoch))
 
 
 def overlap_warning(schedule: Schedule, layout: Layout) -> str | None:
@@ -213,7 +188,7 @@ def run_for_no_step(schedule: Schedule, entered: list[int]) -> str | None:
     (stages of one kind entered together are epochs skipped on purpose)."""
     for j, k in itertools.pairwise(entered):
         first, then = schedule.stages[j].start, schedule.stages[k].start
-        if type(first) is not type(then):
+        if first.kind != then.kind:
             names = schedule.names
             return (
                 f"stage {k} ({names[k]!r}, {then.describe()}) started right after stage {j} "
@@ -249,7 +224,7 @@ def steps_without_epochs(schedule: Schedule, after: int, total_steps: int | None
     ``total_steps``), or None."""
     for k in range(after + 1, len(schedule)):
         t = schedule.stages[k].start
-        if isinstance(t, (AtEpoch, OnPlateau)) or (isinstance(t, AtFraction) and not total_steps):
+        if t.waits_for_epoch(total_steps):
             return (
                 f"step() was called before any on_epoch_start(), but stage {k} "
                 f"({schedule.names[k]!r}) starts at {t.describe()}, and epochs are counted by "

@@ -22,7 +22,6 @@ Saving and restoring mid-schedule: :mod:`freezeflow.unfreezer.state`.
 from __future__ import annotations
 
 import math
-import warnings
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
@@ -30,6 +29,7 @@ from typing import Any
 
 from torch import nn
 from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LRScheduler
 
 from freezeflow.core.freezing import NormMode, check_norm_mode, freeze_params, unfreeze_params
 from freezeflow.core.policy import PolicyLike
@@ -40,14 +40,13 @@ from freezeflow.errors import (
     ScheduleError,
     check_int,
 )
-from freezeflow.schedules.auto import AutoSchedule
 from freezeflow.schedules.schedule import Schedule, Stage
-from freezeflow.schedules.triggers import AtEpoch, AtFraction, AtStep, OnPlateau, PlateauTracker
+from freezeflow.schedules.triggers import Clock, PlateauTracker
 from freezeflow.unfreezer import checks
-from freezeflow.unfreezer.auto import AutoPlanner, Decision, Probe
 from freezeflow.unfreezer.layout import Layout, layout
 from freezeflow.unfreezer.lr_schedulers import Scheduler, Schedulers, has_scheduler
 from freezeflow.unfreezer.optimizer import OptimizerFactory, adopt_layout
+from freezeflow.unfreezer.planner import Probe, StagePlanner, StageTime, planner_for
 from freezeflow.unfreezer.state import STATE_FORMAT, apply_state, capture, fingerprint, read_state
 from freezeflow.unfreezer.transition import Transition
 
@@ -138,6 +137,8 @@ class GradualUnfreezer:
             )
         checks.check_stage_order(schedule, total_steps, total_epochs)
         lay = layout(model, schedule, no_decay)  # raises before anything changes
+        planner = planner_for(model, schedule, lay)  # chosen once, by the schedule's kind
+        planner.check_run(total_steps, total_epochs)
 
         self.model = model
         self.schedule = schedule
@@ -158,9 +159,7 @@ class GradualUnfreezer:
         self._epoch_seen = False  # on_epoch_start (or a loaded state) has counted an epoch
         self._step_checked = False  # the first step() checks the model
         self._resumed = False  # a state was loaded: the next epoch may be any
-        self._auto = (
-            AutoPlanner(model, schedule, lay) if isinstance(schedule, AutoSchedule) else None
-        )
+        self._planner = planner
 
         if isinstance(optimizer, Optimizer) and scheduler is None and has_scheduler(optimizer):
             self._once.given.add("scheduler")  # adopt_layout warns about it now
@@ -169,7 +168,7 @@ class GradualUnfreezer:
         )
         self._schedulers = Schedulers(self.optimizer, template)
         self._enter(0, "start")
-        if self._auto is None and (overlap := checks.overlap_warning(schedule, lay)):
+        if planner.warns_overlap and (overlap := checks.overlap_warning(schedule, lay)):
             self._once.warn("overlap", overlap)
         if scheduler is not None:
             self.attach(scheduler)
@@ -190,14 +189,14 @@ class GradualUnfreezer:
     # ------------------------------------------------------------------ stages
     def _enter(self, k: int, reason: str) -> Transition:
         lay, stage = self.layout, self.schedule.stages[k]
-        now, scales = lay.trainable_ids[k], None
-        if self._auto is not None and k > 0:  # decided now, before anything changes
-            now, scales, why = self._auto.decide(k, self.model)
-            reason = f"{reason}; {why}"
+        before = self.trainable_ids() if self.stage_index >= 0 else frozenset()
+        choice = self._planner.choose(k, before)  # decided now, before anything changes
+        now, scales = choice.trainable, choice.scales
+        if choice.note:
+            reason = f"{reason}; {choice.note}"
         if self.stage_index < 0:  # at the start, freeze everything the first stage does not train
             off, on = frozenset(range(len(lay.params))) - now, now
         else:
-            before = frozenset(i for i, p in enumerate(lay.params) if p.requires_grad)
             off, on = before - now, now - before
         if off:
             leaving = [lay.params[i] for i in sorted(off)]
@@ -208,13 +207,13 @@ class GradualUnfreezer:
             unfreeze_params(self.model, [lay.params[i] for i in sorted(on)])
         if stage.reset_state:
             self.optimizer.state = defaultdict(dict)
-        lrs: dict[str, float] = {}
+        lrs_at: dict[int, str] = {}
         for i, (spec, group) in enumerate(zip(lay.groups, self.optimizer.param_groups)):
             if not any(j in now for j in spec.params):
                 continue
             block = -1 if spec.block is None else spec.block
             scale = lay.scale(stage, spec) if scales is None else scales.get(block)
-            if scale is None:  # ff.auto: a block of an earlier window keeps its scale
+            if scale is None:  # a block the planner did not decide now keeps its scale
                 scale = float(group["lr_scale"])
             new_base = stage.lr * scale
             old_base = float(group.get("base_lr", new_base))
@@ -222,14 +221,14 @@ class GradualUnfreezer:
                 self._schedulers.rescale(i, new_base / old_base)
             group["base_lr"] = new_base
             group["lr_scale"] = scale
-            if self._auto is not None and self._auto.settings.anneal:
-                group["lr"] = new_base  # the stage's cosine starts at 1x
             group["weight_decay"] = lay.weight_decay(
                 self.schedule, k, spec, self.default_weight_decay
             )
-            lrs[spec.name] = float(group["lr"])
+            lrs_at[i] = spec.name
         self.stage_index = k
         self._stage_start = (self.epoch, self.global_step)
+        self._schedulers.stage_changed()  # a scheduler following the stages starts its curve
+        lrs = {name: float(self.optimizer.param_groups[i]["lr"]) for i, name in lrs_at.items()}
         self._plateau.reset()
         self._plateau_ready = False
         t = Transition(
@@ -257,29 +256,16 @@ class GradualUnfreezer:
         self._listeners.append(fn)
 
     def _due(self, k: int, at_epoch_start: bool) -> str | None:
-        trig = self.schedule.stages[k].start
-        if isinstance(trig, AtEpoch):
-            return (
-                f"epoch {trig.epoch}"
-                if self.epoch >= trig.epoch and (at_epoch_start or self.epoch > trig.epoch)
-                else None
+        return self.schedule.stages[k].start.due(
+            Clock(
+                epoch=self.epoch,
+                step=self.global_step,
+                total_steps=self.total_steps,
+                total_epochs=self.total_epochs,
+                plateaued=self._plateau_ready,
+                at_epoch_start=at_epoch_start,
             )
-        if isinstance(trig, AtStep):
-            return f"step {trig.step}" if self.global_step >= trig.step else None
-        if isinstance(trig, AtFraction):
-            if self.total_steps:
-                done = self.global_step / self.total_steps
-            elif self.total_epochs and at_epoch_start:
-                done = self.epoch / self.total_epochs
-            else:
-                return None
-            return f"{trig.fraction:.0%} of training" if done >= trig.fraction else None
-        if isinstance(trig, OnPlateau) and at_epoch_start:
-            if self._plateau_ready:
-                return f"plateau of {trig.metric}"
-            if trig.max_epoch is not None and self.epoch >= trig.max_epoch:
-                return f"epoch {trig.max_epoch} (plateau cap)"
-        return None
+        )
 
     def _advance(self, at_epoch_start: bool, checked: bool = False) -> list[Transition]:
         out: list[Transition] = []
@@ -348,13 +334,6 @@ class GradualUnfreezer:
         except ModelChangedError:
             self.global_step -= 1
             raise
-        if self._auto is not None and not self._schedulers.attached:
-            per_epoch = None
-            if self.total_steps and self.total_epochs:
-                per_epoch = self.total_steps / self.total_epochs
-            self._auto.anneal(
-                self.optimizer, self.stage_index, self._stage_start, self.global_step, per_epoch
-            )
         return out
 
     def catch_up(self, step: int) -> list[Transition]:
@@ -386,14 +365,15 @@ class GradualUnfreezer:
         if self.stage_index + 1 >= len(self.schedule):
             return False
         trig = self.schedule.stages[self.stage_index + 1].start
-        if not isinstance(trig, OnPlateau):
+        if trig.watches() is None:
             return False
         value = float(value)
         if not math.isfinite(value):
-            raise ScheduleError(f"observe({value!r}): the metric must be finite")
-        tracker = self._plateau
-        tracker.patience, tracker.min_delta, tracker.mode = trig.patience, trig.min_delta, trig.mode
-        if tracker.update(value):
+            raise ScheduleError(
+                f"observe({value!r}): the metric must be finite; hint: a NaN or infinite "
+                "validation metric usually means training diverged (lower the LR)"
+            )
+        if trig.track(self._plateau, value):
             self._plateau_ready = True
         return self._plateau_ready
 
@@ -405,8 +385,7 @@ class GradualUnfreezer:
         epoch, a step or a fraction, or there is no next stage."""
         if self.stage_index + 1 >= len(self.schedule):
             return None
-        trigger = self.schedule.stages[self.stage_index + 1].start
-        return trigger.metric if isinstance(trigger, OnPlateau) else None
+        return self.schedule.stages[self.stage_index + 1].start.watches()
 
     @property
     def stage_name(self) -> str:
@@ -414,58 +393,91 @@ class GradualUnfreezer:
         return self.schedule.names[self.stage_index]
 
     @property
-    def stage(self) -> int:
-        """Deprecated: use :attr:`stage_index`."""
-        warnings.warn(
-            "GradualUnfreezer.stage is deprecated; use GradualUnfreezer.stage_index",
-            DeprecationWarning,
-            stacklevel=2,
-        )
-        return self.stage_index
-
-    @property
     def n_trainable(self) -> int:
         """Trainable parameter values now."""
         return sum(p.numel() for p in self.layout.params if p.requires_grad)
+
+    def trainable_ids(self) -> frozenset[int]:
+        """Indices (into :attr:`layout`'s parameters) of the parameters trainable now."""
+        return frozenset(i for i, p in enumerate(self.layout.params) if p.requires_grad)
 
     def trained_later(self) -> list[nn.Parameter]:
         """Every parameter that is trainable now or in a stage still to come: the rest of
         the model stays frozen until the schedule ends (the part ``fit(cache=True)`` computes
         once for all the remaining stages)."""
-        if self._auto is not None:
-            now = frozenset(i for i, p in enumerate(self.layout.params) if p.requires_grad)
-            ids = self._auto.trained_later(now, self.stage_index, len(self.schedule))
-        else:
-            ids = frozenset().union(*self.layout.trainable_ids[max(self.stage_index, 0) :])
+        ids = self._planner.trained_later(self.trainable_ids(), self.stage_index)
         return [self.layout.params[i] for i in sorted(ids)]
 
-    # ------------------------------------------------------------------ ff.auto
+    def check_run(self, total_steps: int | None, total_epochs: int | None) -> None:
+        """Check that a run of this length suits the schedule (an ``ff.auto`` budget is the
+        run's epochs); ``fit()`` calls it for an unfreezer built elsewhere.
+
+        Raises:
+            ScheduleError: it does not; nothing has changed then.
+        """
+        checks.check_stage_order(self.schedule, total_steps, total_epochs)
+        self._planner.check_run(total_steps, total_epochs)
+
+    def set_run_length(self, total_steps: int | None, total_epochs: int | None) -> None:
+        """Give an unfreezer built without them the run's length (``fit()`` does): checked
+        with :meth:`check_run` first, then kept where the unfreezer did not know it."""
+        self.check_run(total_steps, total_epochs)
+        self.total_steps = self.total_steps or total_steps
+        self.total_epochs = self.total_epochs or total_epochs
+
+    def time(self) -> StageTime:
+        """Where the run is: the stage and where it began, the epoch and step now, the
+        run's length where known."""
+        return StageTime(
+            stage_index=self.stage_index,
+            started=self._stage_start,
+            epoch=self.epoch,
+            step=self.global_step,
+            total_steps=self.total_steps,
+            total_epochs=self.total_epochs,
+        )
+
+    def lr_scheduler(self) -> LRScheduler | None:
+        """The LR scheduler the schedule brings for runs that bring none (``ff.auto``'s
+        in-stage cosine), built over the optimizer and attached; None when it brings none.
+        Step it after every optimizer step; ``fit()`` and the Lightning callback do when you
+        give them no scheduler of your own."""
+        built = self._planner.lr_scheduler(self.optimizer, self.time)
+        if built is not None:
+            self.attach(built)
+        return built
+
+    # ------------------------------------------------------------------ the planner
     def set_probe(self, probe: Probe) -> None:
-        """Give an :func:`freezeflow.auto` schedule the training batches and loss its
-        decisions measure (:class:`~freezeflow.unfreezer.auto.Probe`). ``fit()`` and the
-        integrations do it; without a probe each ``auto`` stage takes the window of blocks
-        nearest the output. A no-op for other schedules."""
+        """Give a planner that measures (``ff.auto``) the training batches and loss its
+        decisions use (:class:`~freezeflow.unfreezer.Probe`). ``fit()`` and the integrations
+        do it when :attr:`needs_probe`; without a probe each ``auto`` stage takes the window
+        of blocks nearest the output. Harmless for other schedules."""
         if not isinstance(probe, Probe):
-            raise OptimizerError(f"set_probe() takes a freezeflow.unfreezer.Probe, got {probe!r}")
-        if self._auto is not None:
-            self._auto.probe = probe
+            raise OptimizerError(
+                f"set_probe() takes a freezeflow.unfreezer.Probe, got {probe!r} of type "
+                f"{type(probe).__name__}; hint: ff.unfreezer.Probe(batches=..., loss=...)"
+            )
+        self._planner.set_probe(probe)
 
     @property
-    def planner(self) -> AutoPlanner | None:
-        """The :class:`~freezeflow.unfreezer.AutoPlanner` of an :func:`freezeflow.auto`
-        schedule (its windows of blocks, its decisions), or None for other schedules."""
-        return self._auto
+    def planner(self) -> StagePlanner:
+        """The stage planner the schedule named (:mod:`freezeflow.unfreezer.planner`): what
+        each stage trains and at which LR scales; for ``ff.auto``, its windows of blocks and
+        decisions."""
+        return self._planner
 
     @property
     def needs_probe(self) -> bool:
-        """Whether the schedule is an :func:`freezeflow.auto` one still without a probe."""
-        return self._auto is not None and self._auto.probe is None
+        """Whether the planner measures (``ff.auto``) and has no probe yet."""
+        return self._planner.needs_probe
 
     @property
-    def decisions(self) -> list[Decision]:
-        """What the stages of an :func:`freezeflow.auto` schedule decided so far (empty for
-        other schedules)."""
-        return [] if self._auto is None else list(self._auto.decisions)
+    def decisions(self) -> list[Any]:
+        """What the planner decided so far (``ff.auto``: one
+        :class:`~freezeflow.unfreezer.auto.Decision` per stage begun; empty for fixed
+        schedules)."""
+        return list(self._planner.decisions)
 
     @property
     def group_names(self) -> list[str]:
@@ -480,7 +492,7 @@ class GradualUnfreezer:
         from freezeflow.unfreezer.plan import Plan
 
         return Plan.build(
-            self.model, self.schedule, self.layout, self.default_weight_decay, self.decisions
+            self.model, self.schedule, self.layout, self.default_weight_decay, self._planner
         )
 
     # ------------------------------------------------------------------ state
@@ -502,7 +514,7 @@ class GradualUnfreezer:
             **capture(self.model, self.layout, self.optimizer),
             "history": [asdict(t) for t in self.history],
             "stage_start": list(self._stage_start),
-            **({} if self._auto is None else {"auto": self._auto.state_dict()}),
+            "planner": self._planner.state_dict(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -514,8 +526,7 @@ class GradualUnfreezer:
                 a GradualUnfreezer state; nothing has changed then.
         """
         state = read_state(state, self.model, self.layout, self.schedule, self.optimizer)
-        if self._auto is not None:  # checked first: a malformed state changes nothing
-            self._auto.load_state_dict(state.get("auto"))
+        self._planner.load_state_dict(state.get("planner"))  # first: a bad one changes nothing
         self.history = apply_state(state, self.model, self.layout, self.optimizer)
         self.stage_index = int(state["stage_index"])
         self.epoch = int(state["epoch"])

@@ -16,13 +16,13 @@ torch (a failure there names the attribute and the torch version).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, TypeAlias
 
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
 
-from freezeflow.errors import OptimizerError
+from freezeflow.errors import OptimizerError, OptimizerTypeError
 
 __all__ = [
     "CHILDREN",
@@ -36,6 +36,7 @@ __all__ = [
     "PlateauByLargestDrop",
     "Scheduler",
     "Schedulers",
+    "StageLR",
     "check_group_lists",
     "check_scheduler",
     "has_scheduler",
@@ -120,11 +121,14 @@ def has_scheduler(optimizer: Optimizer) -> bool:
 
 
 def check_scheduler(scheduler: object, optimizer: Optimizer) -> None:
-    """Raise :class:`~freezeflow.errors.OptimizerError` unless ``scheduler`` is a torch LR
-    scheduler bound to ``optimizer`` (or to a wrapper around it)."""
+    """Raise :class:`~freezeflow.errors.OptimizerTypeError` unless ``scheduler`` is a torch
+    LR scheduler, :class:`~freezeflow.errors.OptimizerError` unless it is bound to
+    ``optimizer`` (or to a wrapper around it)."""
     if not isinstance(scheduler, (LRScheduler, ReduceLROnPlateau)):
-        raise OptimizerError(
-            f"scheduler must be a torch.optim.lr_scheduler scheduler, got {scheduler!r}"
+        raise OptimizerTypeError(
+            f"scheduler must be a torch.optim.lr_scheduler scheduler, got {scheduler!r} of "
+            f"type {type(scheduler).__name__}; hint: build one over unfreezer.optimizer, e.g. "
+            "CosineAnnealingLR(unfreezer.optimizer, T_max=10)"
         )
     bound: Any = scheduler.optimizer
     # a wrapper sharing our param groups (accelerate's AcceleratedOptimizer, which the
@@ -265,6 +269,14 @@ class Schedulers:
         if scheduler not in self.attached:
             self.attached.append(scheduler)
 
+    def stage_changed(self) -> None:
+        """After a stage change (and its rescaling): let every attached scheduler whose LR
+        curve follows the stages (:class:`StageLR`) start the new stage's curve."""
+        for top in self.attached:
+            for s in schedulers_in(top):
+                if isinstance(s, StageLR):
+                    s.stage_changed()
+
     def rescale(self, index: int, ratio: float) -> None:
         """Multiply every LR-valued quantity of group ``index`` by ``ratio``: its LR keys and
         the matching entry of every attached scheduler's LR lists (floors excluded)."""
@@ -281,3 +293,57 @@ class Schedulers:
                     if isinstance(values, list) and id(values) not in seen and index < len(values):
                         seen.add(id(values))
                         values[index] = values[index] * ratio
+
+
+# --------------------------------------------------------------------------- a stage's curve
+
+
+class StageLR(LRScheduler):
+    """An LR scheduler whose curve restarts at every stage: each group trains at
+    ``base_lr * curve(n)`` after ``n`` steps of the stage running. ``curve_for()`` gives the
+    running stage's curve; it is asked again after every stage change, and after a load
+    (lazily, at the next step, once the unfreezer's own state is back). A stage planner
+    supplies one for runs that bring no scheduler (``ff.auto``'s in-stage cosine); attached to
+    the unfreezer like any scheduler, its base LRs follow the stages' base LRs, so every LR
+    still comes from the unfreezer's formula times this scheduler's factor.
+
+    Step it after each optimizer step, as any per-batch scheduler. ``steps_done``: steps of
+    the running stage already done when it is built (after a resume).
+    """
+
+    def __init__(
+        self,
+        optimizer: Optimizer,
+        curve_for: Callable[[], Callable[[int], float]],
+        steps_done: int = 0,
+    ) -> None:
+        self.curve_for = curve_for
+        self.stage_begin = -steps_done
+        self._curve: Callable[[int], float] | None = None
+        super().__init__(optimizer)
+
+    def _factor(self) -> float:
+        if self._curve is None:
+            self._curve = self.curve_for()
+        return float(self._curve(max(0, self.last_epoch - self.stage_begin)))
+
+    def get_lr(self) -> list[float]:  # type: ignore[override]
+        factor = self._factor()
+        return [float(base) * factor for base in self.base_lrs]
+
+    def stage_changed(self) -> None:
+        """A stage began: its curve starts now, at its own first value."""
+        self.stage_begin, self._curve = self.last_epoch, None
+        lrs = self.get_lr()
+        for group, lr in zip(self.optimizer.param_groups, lrs):
+            group["lr"] = lr
+        setattr(self, LAST_LR, lrs)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            k: v for k, v in self.__dict__.items() if k not in ("optimizer", "curve_for", "_curve")
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.__dict__.update(state_dict)
+        self._curve = None

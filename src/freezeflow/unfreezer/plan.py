@@ -3,22 +3,17 @@
 from __future__ import annotations
 
 import html
-import warnings
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from torch import nn
 from torch.optim import Optimizer
 
-from freezeflow.core.index import ModelIndex
 from freezeflow.core.policy import PolicyLike
-from freezeflow.schedules.auto import AutoSchedule
 from freezeflow.schedules.schedule import Schedule, Stage
-from freezeflow.schedules.triggers import AtEpoch, AtFraction, AtStep, OnPlateau
-from freezeflow.unfreezer.auto import AutoPlanner, Decision
 from freezeflow.unfreezer.layout import Layout, layout
 from freezeflow.unfreezer.optimizer import weight_decay_of
+from freezeflow.unfreezer.planner import StagePlanner, planner_for
 
 __all__ = ["Plan", "StagePlan", "plan"]
 
@@ -44,16 +39,6 @@ class StagePlan:
     def percent(self) -> float:
         return 100.0 * self.n_trainable / self.total if self.total else 0.0
 
-    @property
-    def trainable(self) -> int:
-        """Deprecated: use :attr:`n_trainable`."""
-        warnings.warn(
-            "StagePlan.trainable is deprecated; use StagePlan.n_trainable",
-            DeprecationWarning,
-            stacklevel=2,
-        )
-        return self.n_trainable
-
 
 @dataclass(frozen=True)
 class Plan:
@@ -72,49 +57,32 @@ class Plan:
         schedule: Schedule,
         lay: Layout,
         weight_decay: float = 0.0,
-        decisions: Sequence[Decision] = (),
+        planner: StagePlanner | None = None,
     ) -> Plan:
         """The plan of ``schedule`` resolved as ``lay`` on ``model``; ``weight_decay`` is the
-        optimizer's, which decay groups get while no stage sets one. For an
-        :func:`freezeflow.auto` schedule, ``decisions`` are those made so far: a stage not
-        decided yet lists the windows it will choose from."""
-        auto = AutoPlanner(model, schedule, lay) if isinstance(schedule, AutoSchedule) else None
-        decided = {d.stage_index: d for d in decisions}
-        idx = ModelIndex.build(model)
-        block_of = idx.block_of_alias()
-        param_block: dict[int, int] = {}
-        for a, b in enumerate(block_of):
-            param_block.setdefault(idx.alias_param[a], b)
+        optimizer's, which decay groups get while no stage sets one. ``planner`` is the
+        running unfreezer's (with what it decided so far); by default a new one, so a stage
+        a planner decides while training shows what it will choose from."""
+        planner = planner_for(model, schedule, lay) if planner is None else planner
         total = sum(p.numel() for p in lay.params)
         out = []
         prev: frozenset[int] = frozenset()
-        scales: dict[int, float] = {}  # ff.auto: the LR scale decided for each block
         for k, stage in enumerate(schedule.stages):
-            now = lay.trainable_ids[k]
-            policy = repr(stage.trainable) + (" (exclusive)" if stage.exclusive else "")
-            if auto is not None and k > 0:
-                now, policy = (
-                    prev,
-                    "decided when the stage begins, one window of: "
-                    + ", ".join(auto.window_name(w) for w in range(len(auto.windows))),
-                )
-                if (d := decided.get(k)) is not None:
-                    off = frozenset(j for w in d.refrozen for j in auto.window_params(w))
-                    now = (prev - off) | auto.window_params(d.window)
-                    policy = f"decided: {d.text}"
-                    for b in d.blocks:
-                        scales[b] = d.scales[idx.blocks[b].name]
-            new = now - prev
-            blocks = sorted({param_block.get(i, -1) for i in new} - {-1})
+            planned = planner.planned(k, prev)
+            now, scales = planned.trainable, planned.scales
+            policy = planned.policy
+            if policy is None:
+                policy = repr(stage.trainable) + (" (exclusive)" if stage.exclusive else "")
+            blocks = sorted({lay.param_block[i] for i in now - prev})
             groups = []
             for g in lay.groups:
                 if any(i in now for i in g.params):
+                    block = -1 if g.block is None else g.block
+                    lr = lay.lr(stage, g) if scales is None else stage.lr * scales.get(block, 1.0)
                     groups.append(
                         (
                             g.name,
-                            lay.lr(stage, g)
-                            if auto is None
-                            else stage.lr * scales.get(-1 if g.block is None else g.block, 1.0),
+                            lr,
                             lay.weight_decay(schedule, k, g, weight_decay),
                             sum(lay.params[i].numel() for i in g.params),
                         )
@@ -125,7 +93,7 @@ class Plan:
                     name=schedule.names[k],
                     start=stage.start.describe(),
                     policy=policy,
-                    new_blocks=tuple(idx.blocks[b].name for b in blocks),
+                    new_blocks=tuple(lay.block_names[b] for b in blocks),
                     n_trainable=sum(lay.params[i].numel() for i in now),
                     total=total,
                     groups=tuple(groups),
@@ -133,7 +101,7 @@ class Plan:
                 )
             )
             prev = now
-        overlaps = lay.overlaps if auto is None else ()  # auto stages re-select by design
+        overlaps = lay.overlaps if planner.warns_overlap else ()
         return cls(type(model).__name__, tuple(out), overlaps, schedule)
 
     def __str__(self) -> str:
@@ -191,16 +159,8 @@ class Plan:
         previous stage's start + 1)."""
         out: list[float] = []
         for s in self.schedule.stages:
-            t = s.start
-            if isinstance(t, AtEpoch):
-                x = float(t.epoch)
-            elif isinstance(t, AtStep):
-                x = t.step / steps_per_epoch
-            elif isinstance(t, AtFraction):
-                x = t.fraction * total_epochs
-            elif isinstance(t, OnPlateau) and t.max_epoch is not None:
-                x = float(t.max_epoch)
-            else:
+            x = s.start.expected_epoch(total_epochs, steps_per_epoch)
+            if x is None:
                 x = (out[-1] + 1.0) if out else 0.0
             out.append(max(x, out[-1] if out else 0.0))
         return out
