@@ -5,8 +5,9 @@ everything a call could change, and a check that reports exactly what did.
 
 - a model: every parameter (bit-exact, by every name, tied names included, and which object
   each name holds), its ``requires_grad`` flag and gradient, every buffer, every module (which
-  object is at each path, its ``training`` flag and the mode freezeflow locked it in), its
-  blocks (``ff.find_blocks``, which ``ff.set_blocks`` overrides);
+  object is at each path, its settings as ``extra_repr()`` shows them, its ``training`` flag
+  and the mode freezeflow locked it in), its blocks (``ff.find_blocks``, which
+  ``ff.set_blocks`` overrides);
 - an optimizer: its defaults, each param group's hyper-parameters and members (by identity,
   reported by name) and the per-parameter state;
 - an LR scheduler: its ``state_dict()``;
@@ -226,6 +227,9 @@ def _model_parts(model: nn.Module) -> dict[str, Part]:
         "modules": {
             n or "<root>": Ref(m, type(m).__name__)
             for n, m in model.named_modules(remove_duplicate=False)
+        },
+        "module settings": {
+            n or "<root>": m.extra_repr() for n, m in model.named_modules(remove_duplicate=False)
         },
         "training modes": {
             n or "<root>": (m.training, ff.core.norm_mode(m))

@@ -102,6 +102,10 @@ CHANGES: dict[str, tuple[Callable[[Any, Any, Any, Path], object], str]] = {
         lambda m, o, s, p: ff.freeze(m, "stem", norm="frozen"),
         r"training modes: stem\.1: .* -> \(False, 'frozen'\)",
     ),
+    "a module's settings": (
+        lambda m, o, s, p: setattr(m.stem[1], "eps", 0.1),
+        r"module settings: stem\.1: '4, eps=1e-05.* -> '4, eps=0\.1",
+    ),
     "a module replaced": (
         lambda m, o, s, p: setattr(m, "head", nn.Linear(4, 3)),
         r"modules: head: <Linear",
@@ -260,7 +264,7 @@ def test_fit_refuses_before_building_anything_or_writing(key: str, tmp_path: Pat
             schedule=schedule,
             optimizer=opt,
             scheduler=sched,
-            checkpoint=folder,
+            callbacks=[ff.Checkpoint(folder)],
         )
 
 

@@ -17,6 +17,8 @@ from _fit_worker import (
     tiny_model,
     tiny_schedule,
 )
+from models import snapshot
+from snapshot import Snapshot
 from torch import nn
 
 import freezeflow as ff
@@ -30,10 +32,6 @@ from freezeflow.training.setup import seed_everything
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 
-def params(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
-
-
 # --------------------------------------------------------------------------- learning
 
 
@@ -45,12 +43,12 @@ class FrozenWatch(Callback):
         self.checked = 0
 
     def on_train_start(self, run: Run) -> None:
-        self.start = params(run.model)
+        self.start = snapshot(run.model, buffers=True)
 
     def on_epoch_end(self, run: Run) -> None:
         if run.progress.history.epochs[-1]["stage"] != "head":
             return
-        now = params(run.model)
+        now = snapshot(run.model, buffers=True)
         for k, v in now.items():
             if k.startswith("head."):
                 assert not torch.equal(v, self.start[k]), k
@@ -290,8 +288,8 @@ def test_nothing_trainable_and_no_schedule_is_refused_before_anything_changes(
 ) -> None:
     model = tiny_model()
     model.requires_grad_(False)
-    before = params(model)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    snap = Snapshot.take(model, opt, tmp_path / "ckpt")
     for optimizer in (None, torch.optim.SGD, opt):
         with pytest.raises(TrainingError) as info:
             fit(
@@ -304,11 +302,7 @@ def test_nothing_trainable_and_no_schedule_is_refused_before_anything_changes(
         assert "hint: pass schedule=[ff.Stage('2', lr=1e-3)]" in msg
         assert "ff.unfreeze(model, '2') before fit()" in msg
         assert "empty parameter list" not in msg
-    # nothing changed: no checkpoint folder, weights, flags and optimizer as they were
-    assert not (tmp_path / "ckpt").exists()
-    assert all(torch.equal(v, before[k]) for k, v in params(model).items())
-    assert not any(p.requires_grad for p in model.parameters())
-    assert opt.state_dict()["state"] == {} and len(opt.param_groups) == 1
+    snap.assert_unchanged()  # no checkpoint folder; weights, flags and optimizer as they were
     with pytest.raises(TrainingError, match="Identity with no parameters at all"):
         fit(nn.Identity(), tiny_data(), epochs=1, progress=False)
     # with a schedule the same frozen model trains (the schedule unfreezes its stages)
