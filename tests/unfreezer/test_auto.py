@@ -1,7 +1,7 @@
 """``ff.auto``: the decision rule on toy models (a planted block is chosen first, a plateau
 moves the stage on, a converged window freezes again), decisions that leave the model, the
 optimizer and the random generators as they were, resuming to the same decisions, and bad
-input refused before anything changes."""
+input refused before anything changes. (The knobs themselves: tests/schedules/test_auto.py.)"""
 
 from __future__ import annotations
 
@@ -248,26 +248,6 @@ def test_the_schedule_round_trips_and_its_state_loads_only_on_the_same_knobs() -
     again = ff.GradualUnfreezer(planted(), ff.auto(9, refreeze=True, seed=3))
     again.load_state_dict(state)
     assert again.decisions == uf.decisions
-
-
-@pytest.mark.parametrize(
-    ("call", "match"),
-    [
-        (lambda: ff.auto(1), r"auto\(epochs\): expected an integer >= 2, got 1"),
-        (lambda: ff.auto(7, windows=1), r"windows=1.*2 stages after the head"),
-        (lambda: ff.auto(7, lr=0), r"auto\(lr=0\): expected a finite number in \(0, 1\)"),
-        (
-            lambda: ff.auto(7, refreeze="yes"),  # type: ignore[arg-type]
-            r"auto\(refreeze='yes'\): expected True or False",
-        ),
-        (lambda: ff.auto(7, metric=""), r"auto\(metric=''\)"),
-        (lambda: ff.Schedule.from_dict({"auto": {"epoch": 7}}), r"nearest: 'epochs'"),
-        (lambda: ff.Schedule.from_dict({"auto": {}}), r"missing required key 'epochs'"),
-    ],
-)
-def test_bad_knobs_are_refused(call: Any, match: str) -> None:
-    with pytest.raises(ScheduleError, match=match):
-        call()
 
 
 def test_fit_refuses_a_budget_other_than_its_epochs_and_changes_nothing() -> None:
