@@ -1,5 +1,6 @@
-"""Checkpoints: atomic writes, safe loads, retention, refusals, and resuming across processes
-(including after SIGKILL at random moments)."""
+"""The Checkpoint callback: what a checkpoint holds, retention, refusals, and resuming across
+processes (including after SIGKILL at random moments). (Atomic writes, safe loads, the
+manifest: tests/training/test_checkpoint_files.py.)"""
 
 from __future__ import annotations
 
@@ -24,7 +25,6 @@ from freezeflow.errors import CheckpointError
 from freezeflow.training.checkpoint import Checkpoint
 from freezeflow.training.checkpoint_files import (
     MANIFEST,
-    atomic_save,
     checkpoint_name,
     find_checkpoint,
     load_checkpoint,
@@ -75,22 +75,7 @@ def refused(directory: Path, match: str, **kw: Any) -> None:
         train(directory, **kw)
 
 
-# --------------------------------------------------------------------------- atomic writes
-
-
-def test_atomic_save_loads_weights_only_and_leaves_no_temp_file(tmp_path: Path) -> None:
-    path = atomic_save({"x": torch.arange(3), "meta": [1, "a", None]}, tmp_path / "a.pt")
-    assert torch.load(path, weights_only=True)["meta"] == [1, "a", None]
-    assert [p.name for p in tmp_path.iterdir()] == ["a.pt"]
-
-
-def test_failed_atomic_save_keeps_the_old_file(tmp_path: Path) -> None:
-    path = atomic_save({"v": 1}, tmp_path / "a.pt")
-    old = path.read_bytes()
-    with pytest.raises(Exception, match=r"pickle|lambda"):
-        atomic_save({"v": lambda: 0}, path)  # cannot be pickled: fails mid-write
-    assert path.read_bytes() == old
-    assert [p.name for p in tmp_path.iterdir()] == ["a.pt"]
+# --------------------------------------------------------------------------- what it holds
 
 
 def test_checkpoint_holds_everything_and_loads_weights_only(tmp_path: Path) -> None:
@@ -209,12 +194,6 @@ def test_pickled_objects_are_refused(tmp_path: Path) -> None:
         load_checkpoint(bad)
     with pytest.raises(CheckpointError, match=r"refused to load .*evil\.pt"):
         train(tmp_path, epochs=2, resume=bad)
-
-
-def test_not_a_checkpoint(tmp_path: Path) -> None:
-    torch.save({"weights": torch.zeros(2)}, tmp_path / "w.pt")
-    with pytest.raises(CheckpointError, match=r"w\.pt.*not a freezeflow checkpoint"):
-        load_checkpoint(tmp_path / "w.pt")
 
 
 def test_checkpoint_of_another_model_or_schedule(tmp_path: Path) -> None:

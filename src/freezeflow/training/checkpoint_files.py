@@ -17,6 +17,7 @@ import json
 import os
 import re
 import tempfile
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
@@ -99,17 +100,25 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        if "weights_only" in str(exc) or "Weights only" in str(exc):
+        # torch.save writes a zip archive; anything else (random bytes, a file cut short) is
+        # corrupt, whatever the unpickler of torch's legacy format says about it
+        archive = zipfile.is_zipfile(path)
+        if archive and ("weights_only" in str(exc) or "Weights only" in str(exc)):
             raise CheckpointError(
                 f"refused to load {str(path)!r}: it holds pickled objects other than tensors "
                 "and plain containers, and loading it would run arbitrary code "
                 "(torch.load(weights_only=True) refused it); hint: only resume from files "
                 "that fit() wrote"
             ) from exc
+        detail = (
+            f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+            if archive
+            else "not the zip archive torch.save writes"
+        )
         raise CheckpointError(
             f"cannot read checkpoint {str(path)!r} ({path.stat().st_size} bytes): it is "
-            f"truncated or corrupt ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); "
-            "hint: resume from an older checkpoint with resume=<path>"
+            f"truncated or corrupt ({detail}); hint: resume from an older checkpoint with "
+            "resume=<path>"
         ) from exc
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         found = data.get("format") if isinstance(data, dict) else type(data).__name__
