@@ -137,10 +137,10 @@ def with_freezeflow(
         model,
         loader,
         val_data=val_loader,
-        schedule=uf,
+        unfreezer=uf,
         epochs=EPOCHS,
         scheduler=scheduler,  # type: ignore[arg-type]
-        cache=not classic,
+        callbacks=[] if classic else [ff.callbacks.FeatureCaching()],
         progress=False,
     )
     for t in history.transitions:
@@ -197,7 +197,8 @@ def run_full(model: nn.Module, train: Dataset[Any], val: Images) -> nn.Module:
         val_data=val_loader,
         epochs=EPOCHS,
         optimizer=opt,
-        scheduler=(LambdaLR(opt, factor), "batch"),
+        scheduler=LambdaLR(opt, factor),
+        scheduler_interval="batch",
         progress=False,
     )
     return model

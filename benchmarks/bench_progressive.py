@@ -49,9 +49,9 @@ def run(args: argparse.Namespace, schedule: ff.Schedule, cache: bool) -> tuple[f
         model,
         train,
         val_data=test,
-        schedule=unfreezer,
+        unfreezer=unfreezer,
         epochs=args.epochs,
-        cache=cache,
+        callbacks=[ff.callbacks.FeatureCaching()] if cache else [],
         progress=False,
     )
     return time.perf_counter() - t, history.epochs[-1]["metrics"]["val_accuracy"]

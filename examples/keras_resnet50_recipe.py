@@ -153,7 +153,7 @@ def main(argv: Sequence[str] | None = None) -> ff.History:
         schedule=schedule,
         optimizer=keras_adam,
         epochs=args.head_epochs + args.finetune_epochs,
-        progress=ff.callbacks.ProgressBar(tqdm=False),
+        callbacks=[ff.callbacks.ProgressBar(tqdm=False)],
     )
 
     print(ff.summary(model))

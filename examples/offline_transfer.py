@@ -12,8 +12,8 @@ network access, twice, on the same data and for the same number of epochs:
 2. **freezeflow**: gradual unfreezing with discriminative LRs (head, then the top blocks,
    then the upper half of the network), an LR cosine within each stage, norm layers in eval
    mode with their ImageNet statistics, weight decay off biases and norms, and the frozen
-   blocks computed once and cached (``fit(cache=True)``; the random flips are two cached
-   views, ``ff.Views``).
+   blocks computed once and cached (``ff.callbacks.FeatureCaching()``; the random flips are
+   two cached views, ``ff.Views``).
 
 Both train on random horizontal flips of the images (``--flip``).
 
@@ -226,11 +226,12 @@ def run_recipe(
         model,
         loader,
         val_data=val,
-        schedule=unfreezer,
+        unfreezer=unfreezer,
         epochs=args.epochs,
-        scheduler=(scheduler, "batch") if scheduler is not None else None,  # the tutorial: none
+        scheduler=scheduler,  # the tutorial: none
+        scheduler_interval="batch",
         loss_fn=nn.CrossEntropyLoss(label_smoothing=0.0 if classic else args.label_smoothing),
-        cache=not classic and not args.no_cache,
+        callbacks=[] if classic or args.no_cache else [ff.callbacks.FeatureCaching()],
         progress=not args.quiet,
     )
     seconds = time.perf_counter() - start

@@ -327,8 +327,7 @@ history = ff.fit(
     schedule=schedule,
     epochs=EPOCHS,
     device=DEVICE,
-    callbacks=[probe],
-    progress=ff.callbacks.ProgressBar(tqdm=False),
+    callbacks=[probe, ff.callbacks.ProgressBar(tqdm=False)],
 )
 
 # %% [markdown]

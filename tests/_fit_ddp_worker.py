@@ -132,9 +132,11 @@ def staged_fit(out: Path, directory: str, epochs: int, resume: bool = False) -> 
         epochs=epochs,
         schedule=schedule(),
         scheduler=lambda opt: ReduceLROnPlateau(opt, patience=0, factor=0.5),
-        callbacks=[rec, ff.callbacks.EarlyStopping("val_loss", patience=5)],
-        checkpoint=ff.Checkpoint(out / directory, keep_best="val_accuracy"),
-        resume=resume,
+        callbacks=[
+            rec,
+            ff.callbacks.EarlyStopping("val_loss", patience=5),
+            ff.Checkpoint(out / directory, keep_best="val_accuracy", resume=resume),
+        ],
         device="cpu",
     )
     return {
@@ -168,8 +170,7 @@ def scenario_plain() -> dict[str, Any]:
         DataLoader(data, batch_size=BATCH, sampler=sampler),
         epochs=2,
         optimizer=lambda params: torch.optim.SGD(params, lr=0.1),
-        callbacks=[rec],
-        cache=True,
+        callbacks=[rec, ff.callbacks.FeatureCaching()],
         progress=False,
         device="cpu",
     )

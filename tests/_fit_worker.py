@@ -132,9 +132,7 @@ def main(argv: list[str]) -> int:
         schedule=make_schedule(),
         val_data=val,
         epochs=args.epochs,
-        callbacks=callbacks,
-        checkpoint=ff.Checkpoint(args.dir, keep_last=2),
-        resume=args.resume,
+        callbacks=[*callbacks, ff.Checkpoint(args.dir, keep_last=2, resume=args.resume)],
         progress=False,
     )
     if args.out:

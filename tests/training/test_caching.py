@@ -1,5 +1,5 @@
-"""fit(cache=True): the same training as without the cache, and a one-line reason when a
-stage cannot be cached."""
+"""fit(callbacks=[FeatureCaching()]): the same training as without the cache, and a one-line
+reason when a stage cannot be cached."""
 
 from __future__ import annotations
 
@@ -54,7 +54,13 @@ def run(
         eval_frozen=True,  # dropout in frozen blocks off: the prefix is deterministic
     )
     history = fit(
-        model, train, val_data=val, schedule=unfreezer, epochs=4, cache=cached, progress=False
+        model,
+        train,
+        val_data=val,
+        unfreezer=unfreezer,
+        epochs=4,
+        callbacks=[FeatureCaching()] if cached else [],
+        progress=False,
     )
     return history, model
 
@@ -173,9 +179,9 @@ def test_no_cache_file_outlives_a_failed_fit(interrupt: bool, tmp_path: Path) ->
             model,
             DataLoader(data(48), batch_size=8, shuffle=True),
             val_data=val,
-            schedule=unfreezer,
+            unfreezer=unfreezer,
             epochs=4,
-            cache=FeatureCaching(tmp_path, max_bytes=0),
+            callbacks=[FeatureCaching(tmp_path, max_bytes=0)],
             progress=False,
         )
 
@@ -227,10 +233,10 @@ def test_a_failed_cached_epoch_puts_the_model_back() -> None:
         fit(
             model,
             DataLoader(data(48), batch_size=8),
-            schedule=unfreezer,
+            unfreezer=unfreezer,
             epochs=1,
             loss_fn=flaky,
-            cache=True,
+            callbacks=[FeatureCaching()],
             progress=False,
         )
     assert info.traceback  # the traceback (and the loop's frames) is still alive here

@@ -15,7 +15,7 @@ from _fit_worker import tiny_data, tiny_model, tiny_schedule
 from torch import nn
 
 import freezeflow as ff
-from freezeflow.errors import TrainingError
+from freezeflow.errors import TrainingArgumentError, TrainingError, TrainingTypeError
 from freezeflow.training.callbacks import EarlyStopping, ProgressBar
 from freezeflow.training.loop import fit
 from freezeflow.training.run import Callback, Progress, Run
@@ -165,17 +165,19 @@ def test_early_stopping_names_missing_metric() -> None:
 
 
 @pytest.mark.parametrize(
-    ("kwargs", "match"),
+    ("kwargs", "error", "match"),
     [
-        ({"patience": 0}, r"EarlyStopping\(patience=\).*got 0"),
-        ({"patience": True}, r"EarlyStopping\(patience=\).*got True"),
-        ({"min_delta": -1.0}, r"min_delta=-1.0"),
-        ({"min_delta": math.nan}, r"min_delta=nan"),
-        ({"mode": "up"}, r"mode='up'"),
+        ({"patience": 0}, TrainingArgumentError, r"EarlyStopping\(patience=\).*got 0"),
+        ({"patience": True}, TrainingTypeError, r"EarlyStopping\(patience=\).*got True"),
+        ({"min_delta": -1.0}, TrainingArgumentError, r"min_delta=-1.0"),
+        ({"min_delta": math.nan}, TrainingArgumentError, r"min_delta=nan"),
+        ({"mode": "up"}, TrainingArgumentError, r"mode='up'.*'min' for a loss"),
     ],
 )
-def test_early_stopping_refuses_bad_arguments(kwargs: dict[str, Any], match: str) -> None:
-    with pytest.raises(TrainingError, match=match):
+def test_early_stopping_refuses_bad_arguments(
+    kwargs: dict[str, Any], error: type[Exception], match: str
+) -> None:
+    with pytest.raises(error, match=match):
         EarlyStopping("val_loss", **kwargs)
 
 
@@ -218,7 +220,7 @@ def test_plain_progress_lines_without_tqdm(capsys: pytest.CaptureFixture[str]) -
         schedule=tiny_schedule(),
         val_data=tiny_data(32),
         epochs=2,
-        progress=bar,
+        callbacks=[bar],
     )
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith("fit: Sequential (58 parameters) on cpu, 2 epochs")
@@ -258,8 +260,7 @@ def test_progress_bar_prints_notes_interruptions_and_stops() -> None:
         tiny_model(),
         tiny_data(),
         epochs=3,
-        callbacks=[Note()],
-        progress=ProgressBar(tqdm=False, every=100, file=out),
+        callbacks=[Note(), ProgressBar(tqdm=False, every=100, file=out)],
     )
     lines = out.getvalue().splitlines()
     assert "hello from epoch 0" in lines and "hello from epoch 1" in lines
@@ -270,13 +271,13 @@ def test_progress_bar_prints_notes_interruptions_and_stops() -> None:
     out = io.StringIO()
     stop = EarlyStopping("train_loss", patience=1, mode="max")
     history = fit(
-        tiny_model(), tiny_data(), epochs=5, callbacks=[stop], progress=ProgressBar(file=out)
+        tiny_model(), tiny_data(), epochs=5, callbacks=[stop, ProgressBar(file=out)]
     )
     assert out.getvalue().splitlines()[-1] == history.stop_reason
 
 
 def test_progress_bar_refuses_a_bad_every() -> None:
-    with pytest.raises(TrainingError, match=r"ProgressBar\(every=\).*got 0"):
+    with pytest.raises(TrainingArgumentError, match=r"ProgressBar\(every=\).*got 0"):
         ProgressBar(every=0)
 
 
@@ -307,9 +308,7 @@ def test_callback_states_go_through_checkpoints(tmp_path: Path) -> None:
             model,
             tiny_data(),
             epochs=epochs,
-            callbacks=[a, b],
-            checkpoint=tmp_path,
-            resume=resume,
+            callbacks=[a, ff.Checkpoint(tmp_path, resume=resume), b],
             progress=False,
         )
         return a, b

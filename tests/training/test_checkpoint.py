@@ -21,7 +21,7 @@ from snapshot import unchanged
 from torch import nn
 
 import freezeflow as ff
-from freezeflow.errors import CheckpointError
+from freezeflow.errors import CheckpointError, TrainingArgumentError, TrainingTypeError
 from freezeflow.training.checkpoint import Checkpoint
 from freezeflow.training.checkpoint_files import (
     MANIFEST,
@@ -52,14 +52,20 @@ def train(
     train_data, val = make_loaders(n_train=64)
     model = kw.pop("model", None) or make_model()
     seed_everything(0)
+    checkpoint = Checkpoint(
+        directory,
+        every=every,
+        keep_last=keep_last,
+        keep_best=keep_best,
+        resume=kw.pop("resume", False),
+    )
     history = fit(
         model,
         train_data,
         schedule=kw.pop("schedule", make_schedule()),
         val_data=val,
         epochs=epochs,
-        callbacks=callbacks,
-        checkpoint=Checkpoint(directory, every=every, keep_last=keep_last, keep_best=keep_best),
+        callbacks=[*callbacks, checkpoint],
         progress=False,
         **kw,
     )
@@ -117,9 +123,10 @@ def test_checkpoint_every_and_at_the_end(tmp_path: Path) -> None:
     ]
 
 
-def test_a_directory_path_is_a_checkpoint_with_the_defaults(tmp_path: Path) -> None:
+def test_a_checkpoint_with_the_defaults(tmp_path: Path) -> None:
     train_data, _ = make_loaders(n_train=64)
-    fit(make_model(), train_data, epochs=5, checkpoint=str(tmp_path / "run"), progress=False)
+    ckpt = Checkpoint(str(tmp_path / "run"))
+    fit(make_model(), train_data, epochs=5, callbacks=[ckpt], progress=False)
     assert sorted(p.name for p in (tmp_path / "run").glob("*.pt")) == [
         checkpoint_name(e)
         for e in (3, 4, 5)  # every epoch, the last 3 kept
@@ -127,20 +134,28 @@ def test_a_directory_path_is_a_checkpoint_with_the_defaults(tmp_path: Path) -> N
 
 
 @pytest.mark.parametrize(
-    ("kwargs", "match"),
+    ("kwargs", "error", "match"),
     [
-        ({"every": 0}, r"Checkpoint\(every=\).*got 0"),
-        ({"every": True}, r"Checkpoint\(every=\).*got True"),
-        ({"keep_last": 0}, r"Checkpoint\(keep_last=\).*got 0.*None to keep every file"),
-        ({"keep_last": True}, r"Checkpoint\(keep_last=\).*got True"),
-        ({"keep_last": 2.0}, r"Checkpoint\(keep_last=\).*got 2.0"),
-        ({"keep_best": ("score", "up")}, r"keep_best=\('score', 'up'\).*min or max"),
+        ({"every": 0}, TrainingArgumentError, r"Checkpoint\(every=\).*got 0"),
+        ({"every": True}, TrainingTypeError, r"Checkpoint\(every=\).*got True of type bool"),
+        (
+            {"keep_last": 0},
+            TrainingArgumentError,
+            r"Checkpoint\(keep_last=\).*got 0.*None to keep every file",
+        ),
+        ({"keep_last": True}, TrainingTypeError, r"Checkpoint\(keep_last=\).*got True"),
+        ({"keep_last": 2.0}, TrainingTypeError, r"Checkpoint\(keep_last=\).*got 2.0"),
+        (
+            {"keep_best": ("score", "up")},
+            TrainingArgumentError,
+            r"keep_best=\('score', 'up'\).*'min' or 'max'",
+        ),
     ],
 )
 def test_checkpoint_refuses_bad_arguments(
-    tmp_path: Path, kwargs: dict[str, Any], match: str
+    tmp_path: Path, kwargs: dict[str, Any], error: type[Exception], match: str
 ) -> None:
-    with pytest.raises(CheckpointError, match=match):
+    with pytest.raises(error, match=match):
         Checkpoint(tmp_path, **kwargs)
     assert not list(tmp_path.iterdir())
 
@@ -162,7 +177,7 @@ def test_resume_finds_latest_by_scanning_without_manifest(tmp_path: Path) -> Non
     (tmp_path / MANIFEST).unlink()
     assert find_checkpoint(True, tmp_path) == tmp_path / "epoch-0003.pt"
     assert find_checkpoint(tmp_path / "epoch-0001.pt", None) == tmp_path / "epoch-0001.pt"
-    with pytest.raises(CheckpointError, match=r"needs checkpoint="):
+    with pytest.raises(CheckpointError, match=r"needs the checkpoint directory"):
         find_checkpoint(True, None)
     with pytest.raises(CheckpointError, match="does not exist"):
         find_checkpoint(tmp_path / "nope.pt", None)

@@ -22,7 +22,12 @@ from snapshot import Snapshot
 from torch import nn
 
 import freezeflow as ff
-from freezeflow.errors import CheckpointError, OptimizerError, ScheduleError, TrainingError
+from freezeflow.errors import (
+    OptimizerError,
+    TrainingArgumentError,
+    TrainingError,
+    TrainingTypeError,
+)
 from freezeflow.training.checkpoint_files import find_checkpoint, load_checkpoint
 from freezeflow.training.history import History
 from freezeflow.training.loop import fit
@@ -114,10 +119,8 @@ def test_accumulate_and_batch_scheduler() -> None:
         epochs=2,
         accumulate=2,
         optimizer=lambda ps: torch.optim.SGD(ps, lr=0.1),
-        scheduler=(
-            lambda opt: torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5),
-            "batch",
-        ),
+        scheduler=lambda opt: torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5),
+        scheduler_interval="batch",
         callbacks=[Lr()],
         progress=False,
     )
@@ -189,7 +192,7 @@ def test_nan_loss_names_epoch_and_batch_and_saves_nothing(tmp_path: Path) -> Non
         return loss * math.nan if calls == 3 else loss  # epoch 1 (resumed), batch 2
 
     model = tiny_model()
-    fit(model, tiny_data(), epochs=1, checkpoint=tmp_path, progress=False)
+    fit(model, tiny_data(), epochs=1, callbacks=[ff.Checkpoint(tmp_path)], progress=False)
     before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
     with pytest.raises(TrainingError, match=r"loss is nan at epoch 1, batch 2") as info:
         fit(
@@ -197,8 +200,7 @@ def test_nan_loss_names_epoch_and_batch_and_saves_nothing(tmp_path: Path) -> Non
             tiny_data(),
             epochs=3,
             loss_fn=flaky,
-            checkpoint=tmp_path,
-            resume=True,
+            callbacks=[ff.Checkpoint(tmp_path, resume=True)],
             progress=False,
         )
     assert "lower the learning rate" in str(info.value)
@@ -206,16 +208,20 @@ def test_nan_loss_names_epoch_and_batch_and_saves_nothing(tmp_path: Path) -> Non
 
 
 @pytest.mark.parametrize(
-    ("data", "match"),
+    ("data", "error", "match"),
     [
-        ([], "train_data is empty"),
-        (torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.zeros(0, 4))), "empty"),
-        ((b for b in tiny_data()), "re-iterable"),
+        ([], TrainingArgumentError, "train_data is empty"),
+        (
+            torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.zeros(0, 4))),
+            TrainingArgumentError,
+            "empty",
+        ),
+        ((b for b in tiny_data()), TrainingTypeError, "re-iterable.*got generator"),
     ],
     ids=["empty-list", "empty-loader", "generator"],
 )
-def test_bad_training_data(data: Any, match: str) -> None:
-    with pytest.raises(TrainingError, match=match):
+def test_bad_training_data(data: Any, error: type[Exception], match: str) -> None:
+    with pytest.raises(error, match=match):
         fit(tiny_model(), data, epochs=1, progress=False)
 
 
@@ -229,7 +235,8 @@ def test_iterable_without_len_that_yields_nothing() -> None:
 
 
 def test_batch_that_is_not_a_pair() -> None:
-    with pytest.raises(TrainingError, match=r"\(inputs, targets\) pair, got a tuple of length 3"):
+    match = r"\(inputs, targets\) pair, got a tuple of length 3"
+    with pytest.raises(TrainingTypeError, match=match):
         fit(tiny_model(), [(torch.zeros(2, 4),) * 3], epochs=1, progress=False)
 
 
@@ -259,28 +266,36 @@ def test_device_mismatch() -> None:
 def test_bad_arguments() -> None:
     model = tiny_model()
     uf = ff.GradualUnfreezer(model, tiny_schedule())
-    with pytest.raises(ScheduleError, match="pass it alone"):
-        fit(model, tiny_data(), epochs=1, schedule=uf, optimizer=torch.optim.SGD)
-    with pytest.raises(ScheduleError, match="another model"):
-        fit(tiny_model(), tiny_data(), epochs=1, schedule=uf)
-    with pytest.raises(TrainingError, match=r"fit\(epochs=\).*got 0"):
+    with pytest.raises(TrainingArgumentError, match="unfreezer= and also optimizer="):
+        fit(model, tiny_data(), epochs=1, unfreezer=uf, optimizer=torch.optim.SGD)
+    with pytest.raises(TrainingArgumentError, match="unfreezer= and also schedule="):
+        fit(model, tiny_data(), epochs=1, unfreezer=uf, schedule=tiny_schedule())
+    with pytest.raises(TrainingArgumentError, match="another model"):
+        fit(tiny_model(), tiny_data(), epochs=1, unfreezer=uf)
+    with pytest.raises(TrainingTypeError, match=r"schedule=\) got a GradualUnfreezer.*unfreezer="):
+        fit(model, tiny_data(), epochs=1, schedule=uf)  # type: ignore[arg-type]
+    with pytest.raises(TrainingTypeError, match=r"fit\(unfreezer=.*expected a GradualUnfreezer"):
+        fit(model, tiny_data(), epochs=1, unfreezer=tiny_schedule())  # type: ignore[arg-type]
+    with pytest.raises(TrainingArgumentError, match=r"fit\(epochs=\).*got 0"):
         fit(model, tiny_data(), epochs=0)
-    with pytest.raises(TrainingError, match=r"fit\(accumulate=\).*got True"):
+    with pytest.raises(TrainingTypeError, match=r"fit\(accumulate=\).*got True of type bool"):
         fit(model, tiny_data(), epochs=1, accumulate=True)
-    with pytest.raises(TrainingError, match="amp='fp8'"):
+    with pytest.raises(TrainingArgumentError, match="amp='fp8'"):
         fit(model, tiny_data(), epochs=1, amp="fp8")  # type: ignore[arg-type]
     step_lr = lambda opt: torch.optim.lr_scheduler.StepLR(opt, 1)  # noqa: E731
-    with pytest.raises(TrainingError, match=r"fit\(scheduler=.*'batch' or 'epoch'"):
-        fit(model, tiny_data(), epochs=1, scheduler=(step_lr, "step"))  # type: ignore[arg-type]
+    with pytest.raises(TrainingTypeError, match=r"not a tuple.*scheduler_interval='batch'"):
+        fit(model, tiny_data(), epochs=1, scheduler=(step_lr, "batch"))  # type: ignore[arg-type]
+    with pytest.raises(TrainingArgumentError, match=r"scheduler_interval='step'.*'epoch' or"):
+        fit(model, tiny_data(), epochs=1, scheduler=step_lr, scheduler_interval="step")  # type: ignore[arg-type]
     plateau = lambda opt: torch.optim.lr_scheduler.ReduceLROnPlateau(opt)  # noqa: E731
     with pytest.raises(OptimizerError, match="ReduceLROnPlateau steps once per epoch"):
-        fit(model, tiny_data(), epochs=1, scheduler=(plateau, "batch"))
-    with pytest.raises(TrainingError, match=r"fit\(cache='yes'\).*FeatureCaching"):
-        fit(model, tiny_data(), epochs=1, cache="yes")  # type: ignore[arg-type]
-    with pytest.raises(TrainingError, match=r"fit\(progress=1\).*ProgressBar"):
+        fit(model, tiny_data(), epochs=1, scheduler=plateau, scheduler_interval="batch")
+    with pytest.raises(TrainingTypeError, match=r"fit\(progress=1\).*True or False.*ProgressBar"):
         fit(model, tiny_data(), epochs=1, progress=1)  # type: ignore[arg-type]
-    with pytest.raises(CheckpointError, match=r"fit\(checkpoint=3\).*Checkpoint"):
-        fit(model, tiny_data(), epochs=1, checkpoint=3)  # type: ignore[arg-type]
+    with pytest.raises(TrainingTypeError, match=r"holds 3 of type int, not a Callback"):
+        fit(model, tiny_data(), epochs=1, callbacks=[3])  # type: ignore[list-item]
+    with pytest.raises(TrainingArgumentError, match=r"2 Checkpoint callbacks"):
+        fit(model, tiny_data(), epochs=1, callbacks=[ff.Checkpoint("a"), ff.Checkpoint("b")])
 
 
 def test_nothing_trainable_and_no_schedule_is_refused_before_anything_changes(
@@ -294,7 +309,7 @@ def test_nothing_trainable_and_no_schedule_is_refused_before_anything_changes(
         with pytest.raises(TrainingError) as info:
             fit(
                 model, tiny_data(), epochs=1, optimizer=optimizer, progress=False,
-                checkpoint=tmp_path / "ckpt",
+                callbacks=[ff.Checkpoint(tmp_path / "ckpt")],
             )  # fmt: skip
         msg = str(info.value)
         assert "Sequential whose 4 parameter tensors are all frozen" in msg, msg
@@ -330,9 +345,7 @@ def test_no_random_number_is_drawn_before_the_first_epoch(tmp_path: Path) -> Non
         val_data=val,
         schedule=make_schedule(),
         epochs=1,
-        callbacks=[Spy()],
-        checkpoint=tmp_path,
-        cache=True,
+        callbacks=[Spy(), ff.Checkpoint(tmp_path), ff.callbacks.FeatureCaching()],
         progress=False,
     )
     assert torch.equal(seen[0], before)
@@ -341,10 +354,12 @@ def test_no_random_number_is_drawn_before_the_first_epoch(tmp_path: Path) -> Non
 @pytest.mark.parametrize(
     "old",
     [
-        "unfreezer",
         "norm",
         "eval_frozen",
-        "scheduler_interval",
+        "checkpoint",
+        "resume",
+        "cache",
+        "grad_clip",
         "checkpoint_dir",
         "checkpoint_every",
         "keep_last",
@@ -362,12 +377,12 @@ def test_a_removed_argument_is_named(old: str) -> None:
 
 
 @pytest.mark.parametrize("eval_frozen", [False, True])
-def test_a_gradual_unfreezer_as_schedule_is_used_as_built(eval_frozen: bool) -> None:
+def test_a_gradual_unfreezer_given_is_used_as_built(eval_frozen: bool) -> None:
     model = tiny_model()
     uf = ff.GradualUnfreezer(
         model, tiny_schedule(), torch.optim.SGD, eval_frozen=eval_frozen, total_epochs=2
     )
-    history = fit(model, tiny_data(), schedule=uf, epochs=1, progress=False)
+    history = fit(model, tiny_data(), unfreezer=uf, epochs=1, progress=False)
     assert history.transitions == [{"kind": "transition", **t.to_dict()} for t in uf.history]
     assert isinstance(uf.optimizer, torch.optim.SGD)
     assert uf.optimizer.state_dict()["state"] == {}  # SGD without momentum keeps no state
@@ -375,8 +390,8 @@ def test_a_gradual_unfreezer_as_schedule_is_used_as_built(eval_frozen: bool) -> 
     assert model.training and model[0].training is not eval_frozen  # frozen Linear locked
 
 
-def test_scheduler_pair_steps_each_batch_and_a_bare_one_each_epoch() -> None:
-    def lrs(scheduler: Any) -> list[float]:
+def test_scheduler_steps_each_batch_or_each_epoch_as_its_interval_says() -> None:
+    def lrs(scheduler: Any, interval: Any = "epoch") -> list[float]:
         seen: list[float] = []
 
         class Lr(Callback):
@@ -390,16 +405,16 @@ def test_scheduler_pair_steps_each_batch_and_a_bare_one_each_epoch() -> None:
             epochs=2,
             optimizer=opt,
             scheduler=scheduler,
+            scheduler_interval=interval,
             callbacks=[Lr()],
             progress=False,
         )
         return seen
 
     halve = lambda opt: torch.optim.lr_scheduler.StepLR(opt, 1, gamma=0.5)  # noqa: E731
-    per_batch, per_epoch = lrs((halve, "batch")), lrs(halve)
+    per_batch, per_epoch = lrs(halve, "batch"), lrs(halve)
     assert per_batch == pytest.approx([0.5**k for k in range(1, 9)])
     assert per_epoch == [1.0] * 4 + [0.5] * 4
-    assert lrs((halve, "epoch")) == per_epoch
 
 
 # --------------------------------------------------------------------------- Ctrl-C, output
@@ -425,9 +440,7 @@ def test_ctrl_c_saves_and_resume_is_bit_exact(tmp_path: Path) -> None:
             schedule=make_schedule(),
             val_data=val,
             epochs=3,
-            callbacks=callbacks,
-            checkpoint=tmp_path / "ckpt",
-            resume=resume,
+            callbacks=[*callbacks, ff.Checkpoint(tmp_path / "ckpt", resume=resume)],
             progress=False,
         )
         return model, h

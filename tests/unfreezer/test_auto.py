@@ -63,21 +63,32 @@ def data(n: int = 512, seed: int = 1) -> DataLoader[Any]:
 def fit_auto(
     net: nn.Module, epochs: int = 7, **kwargs: Any
 ) -> tuple[ff.History, ff.GradualUnfreezer]:
-    fit_args = {k: kwargs.pop(k) for k in ("checkpoint", "resume", "callbacks") if k in kwargs}
+    callbacks = list(kwargs.pop("callbacks", []))
+    if "checkpoint" in kwargs:
+        callbacks.append(
+            ff.Checkpoint(kwargs.pop("checkpoint"), resume=kwargs.pop("resume", False))
+        )
     loader = data()
     uf = ff.GradualUnfreezer(
         net, ff.auto(epochs, lr=0.02, **kwargs), total_epochs=epochs, total_steps=epochs * 16
     )
     ff.training.seed_everything(0)
     history = ff.fit(
-        net, loader, epochs=epochs, schedule=uf, val_data=loader, progress=False, **fit_args
+        net,
+        loader,
+        epochs=epochs,
+        unfreezer=uf,
+        val_data=loader,
+        callbacks=callbacks,
+        progress=False,
     )
     return history, uf
 
 
 def window_of(uf: ff.GradualUnfreezer, block: int) -> int:
-    assert uf.planner is not None
-    return next(w for w, blocks in enumerate(uf.planner.windows) if block in blocks)
+    planner = uf.planner
+    assert isinstance(planner, ff.unfreezer.AutoPlanner)
+    return next(w for w, blocks in enumerate(planner.windows) if block in blocks)
 
 
 def test_the_planted_block_is_chosen_first() -> None:
@@ -102,7 +113,9 @@ def test_without_a_probe_the_window_nearest_the_output_is_taken() -> None:
     uf = ff.GradualUnfreezer(net, ff.auto(7))
     (t,) = uf.on_epoch_start(2)
     assert uf.planner is not None
-    assert uf.decisions[0].window == len(uf.planner.windows) - 1
+    planner = uf.planner
+    assert isinstance(planner, ff.unfreezer.AutoPlanner)
+    assert uf.decisions[0].window == len(planner.windows) - 1
     assert "no probe batches" in t.reason
     assert linear(net, 5).weight.requires_grad and not linear(net, 0).weight.requires_grad
 
@@ -276,7 +289,8 @@ def test_set_probe_takes_a_probe() -> None:
 def test_the_history_plot_names_the_window_each_stage_unfroze() -> None:
     pytest.importorskip("matplotlib")
     history, uf = fit_auto(planted())
-    assert uf.planner is not None
+    planner = uf.planner
+    assert isinstance(planner, ff.unfreezer.AutoPlanner)
     texts = {t.get_text() for ax in history.plot().axes for t in ax.texts}
     for d in uf.decisions:
-        assert f" auto{d.stage_index}: +{uf.planner.window_name(d.window)}" in texts
+        assert f" auto{d.stage_index}: +{planner.window_name(d.window)}" in texts

@@ -11,7 +11,7 @@ its features (``checkpoint``, ``caching``, ``torchrun``, ``callbacks``), what th
 from freezeflow.training.batch import accuracy
 from freezeflow.training.cache import FeatureCache
 from freezeflow.training.caching import FeatureCaching
-from freezeflow.training.callbacks import EarlyStopping, ProgressBar
+from freezeflow.training.callbacks import ClipGradNorm, EarlyStopping, ProgressBar
 from freezeflow.training.checkpoint import Checkpoint
 from freezeflow.training.checkpoint_files import find_checkpoint, load_checkpoint
 from freezeflow.training.history import History
@@ -24,6 +24,7 @@ from freezeflow.training.views import Views
 __all__ = [
     "Callback",
     "Checkpoint",
+    "ClipGradNorm",
     "EarlyStopping",
     "FeatureCache",
     "FeatureCaching",

@@ -1,6 +1,7 @@
-"""The callbacks that come with :func:`~freezeflow.fit`: :class:`EarlyStopping` and
-:class:`ProgressBar` (checkpoints: :class:`~freezeflow.training.checkpoint.Checkpoint`; the
-feature cache: :class:`~freezeflow.training.caching.FeatureCaching`).
+"""The callbacks that come with :func:`~freezeflow.fit`: :class:`EarlyStopping`,
+:class:`ClipGradNorm` and :class:`ProgressBar` (checkpoints:
+:class:`~freezeflow.training.checkpoint.Checkpoint`; the feature cache:
+:class:`~freezeflow.training.caching.FeatureCaching`).
 
 A callback is a :class:`Callback` (defined with the run in :mod:`freezeflow.training.run`,
 where the order of the hooks is documented) that overrides the hooks it needs.
@@ -13,13 +14,58 @@ import sys
 import time
 from typing import Any, Literal, TextIO
 
+import torch
+
 from freezeflow.distributed.process_group import world_size
-from freezeflow.errors import TrainingError, check_int
+from freezeflow.errors import MissingDependencyError, TrainingArgumentError, check_int
 from freezeflow.schedules.triggers import PlateauTracker
 from freezeflow.training.run import Callback, Run
 from freezeflow.unfreezer.gradual import Transition
 
-__all__ = ["Callback", "EarlyStopping", "ProgressBar"]
+__all__ = ["Callback", "ClipGradNorm", "EarlyStopping", "ProgressBar"]
+
+
+class ClipGradNorm(Callback):
+    """Clip the norm of the trainable parameters' gradients to ``max_norm`` before every
+    optimizer step (after unscaling them under fp16 mixed precision).
+
+    Args:
+        max_norm: the largest total gradient norm (a finite number > 0).
+        norm_type: the p of the p-norm (2.0: Euclidean; ``math.inf``: the largest entry).
+
+    Example:
+        >>> import torch, freezeflow as ff
+        >>> data = [(torch.randn(4, 3), torch.tensor([0, 1, 0, 1]))] * 2
+        >>> clip = ff.callbacks.ClipGradNorm(1.0)
+        >>> _ = ff.fit(torch.nn.Linear(3, 2), data, epochs=1, callbacks=[clip], progress=False)
+        >>> clip.last_norm is not None
+        True
+    """
+
+    def __init__(self, max_norm: float, norm_type: float = 2.0) -> None:
+        for what, value in (("max_norm", max_norm), ("norm_type", norm_type)):
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, (int, float))
+                or math.isnan(value)
+                or value <= 0
+                or (what == "max_norm" and math.isinf(value))
+            ):
+                raise TrainingArgumentError(
+                    f"ClipGradNorm({what}={value!r}): expected a number > 0"
+                    + (" (finite)" if what == "max_norm" else "")
+                    + "; hint: ClipGradNorm(1.0) is a common choice for fine-tuning"
+                )
+        self.max_norm, self.norm_type = float(max_norm), float(norm_type)
+        self.last_norm: float | None = None
+        """The total norm before clipping at the last step."""
+
+    def on_before_optimizer_step(self, run: Run) -> None:
+        opt = run.optimizer
+        run.scaler.unscale_(opt)
+        params = [p for g in opt.param_groups for p in g["params"] if p.grad is not None]
+        total = torch.nn.utils.clip_grad_norm_(params, self.max_norm, self.norm_type)
+        self.last_norm = float(total)
 
 
 class EarlyStopping(Callback):
@@ -41,11 +87,17 @@ class EarlyStopping(Callback):
         min_delta: float = 0.0,
         mode: Literal["min", "max"] = "min",
     ) -> None:
-        check_int("EarlyStopping(patience=)", patience, 1, TrainingError)
+        check_int("EarlyStopping(patience=)", patience, 1, TrainingArgumentError)
         if not math.isfinite(min_delta) or min_delta < 0:
-            raise TrainingError(f"EarlyStopping(min_delta={min_delta!r}): expected >= 0")
+            raise TrainingArgumentError(
+                f"EarlyStopping(min_delta={min_delta!r}): expected a finite number >= 0; "
+                "hint: 0.0 counts any improvement"
+            )
         if mode not in ("min", "max"):
-            raise TrainingError(f"EarlyStopping(mode={mode!r}): expected 'min' or 'max'")
+            raise TrainingArgumentError(
+                f"EarlyStopping(mode={mode!r}): expected 'min' or 'max'; hint: 'min' for a "
+                "loss, 'max' for an accuracy"
+            )
         self.metric = metric
         self.tracker = PlateauTracker(patience, min_delta, mode)
 
@@ -73,8 +125,8 @@ def _si(n: float) -> str:
 class ProgressBar(Callback):
     """Console output: a tqdm bar per epoch (stage, loss, LR, images/s), a line per stage
     change, a line per note and a one-line summary per epoch. ``fit()`` adds one
-    (``progress=True``, the default); pass ``progress=ProgressBar(...)`` to set it up,
-    ``progress=False`` for none. Under ``torchrun`` only rank 0 prints.
+    (``progress=True``, the default); put a ``ProgressBar(...)`` in ``callbacks=`` to set it
+    up, ``progress=False`` for none. Under ``torchrun`` only rank 0 prints.
 
     Without tqdm (an optional dependency: ``pip install 'freezeflow[progress]'``), or with
     ``tqdm=False``, it prints a plain line every ``every`` batches instead (default: about
@@ -90,7 +142,7 @@ class ProgressBar(Callback):
         >>> out = io.StringIO()
         >>> data = [(torch.randn(4, 3), torch.tensor([0, 1, 0, 1]))] * 2
         >>> bar = ff.callbacks.ProgressBar(tqdm=False, every=1, file=out)
-        >>> _ = ff.fit(torch.nn.Linear(3, 2), data, epochs=1, progress=bar, device="cpu")
+        >>> _ = ff.fit(torch.nn.Linear(3, 2), data, epochs=1, callbacks=[bar], device="cpu")
         >>> print(out.getvalue().splitlines()[0])
         fit: Linear (8 parameters) on cpu, 1 epochs
     """
@@ -104,14 +156,16 @@ class ProgressBar(Callback):
                 from tqdm.auto import tqdm as tqdm_cls
             except ImportError:
                 if tqdm:
-                    raise TrainingError(
+                    raise MissingDependencyError(
                         "ProgressBar(tqdm=True) needs tqdm; hint: pip install "
                         "'freezeflow[progress]'"
                     ) from None
             else:
                 self._tqdm = tqdm_cls
         self.every = (
-            None if every is None else check_int("ProgressBar(every=)", every, 1, TrainingError)
+            None
+            if every is None
+            else check_int("ProgressBar(every=)", every, 1, TrainingArgumentError)
         )
         self.file = file
         self._bar: Any = None

@@ -24,7 +24,13 @@ import torch
 
 import freezeflow.training.checkpoint_files as files
 from freezeflow.distributed.process_group import barrier, is_distributed, is_main_process
-from freezeflow.errors import CheckpointError, StateError, check_int
+from freezeflow.errors import (
+    CheckpointError,
+    StateError,
+    TrainingArgumentError,
+    TrainingTypeError,
+    check_int,
+)
 from freezeflow.training.checkpoint_files import FORMAT, load_checkpoint
 from freezeflow.training.rng import data_generators, rng_state, set_rng_state
 from freezeflow.training.run import Callback, Run
@@ -104,7 +110,10 @@ def restore(run: Run, path: str | Path) -> None:
         run.model.load_state_dict(ckpt["model"])
         run.optimizer.load_state_dict(ckpt["optimizer"])
         if (ckpt["scheduler"] is None) != (run.scheduler is None):
-            raise StateError("one of the checkpoint and this run has an LR scheduler")
+            raise StateError(
+                f"the checkpoint holds {'no' if ckpt['scheduler'] is None else 'an'} LR "
+                f"scheduler state and this run has {'one' if run.scheduler else 'none'}"
+            )
         if run.scheduler is not None:
             run.scheduler.load_state_dict(ckpt["scheduler"])
         run.scaler.load_state_dict(ckpt["scaler"])
@@ -127,9 +136,10 @@ def restore(run: Run, path: str | Path) -> None:
 
 
 class Checkpoint(Callback):
-    """Save checkpoints of a :func:`~freezeflow.fit` run: ``fit(checkpoint=Checkpoint(...))``,
-    or ``fit(checkpoint=directory)`` for the defaults; ``fit(resume=True)`` goes on from the
-    latest one.
+    """Save checkpoints of a :func:`~freezeflow.fit` run, and resume from one:
+    ``fit(..., callbacks=[Checkpoint("runs/x")])``; ``Checkpoint("runs/x", resume=True)`` goes
+    on from the latest one. ``fit`` runs it after every other callback, wherever it stands in
+    the list.
 
     Saves after every ``every`` epochs, at the end of training (the last epoch, early
     stopping, or Ctrl-C), and keeps the last ``keep_last`` files (``None``: all) plus the
@@ -144,6 +154,9 @@ class Checkpoint(Callback):
         keep_last: how many recent checkpoints to keep (``None``: all).
         keep_best: a metric name (mode ``"min"`` if it ends in ``loss``, else ``"max"``) or
             a ``(name, mode)`` pair; the best checkpoint by it is kept too.
+        resume: ``True`` to go on from the latest checkpoint in ``directory`` (a fresh start
+            when there is none), or the path of a checkpoint file or directory to go on from
+            (its run continues in ``directory``); ``False``: a fresh run.
 
     Raises:
         CheckpointError: ``every`` or ``keep_last`` is not an integer >= 1 (a bool is not),
@@ -170,21 +183,37 @@ class Checkpoint(Callback):
         every: int = 1,
         keep_last: int | None = 3,
         keep_best: str | tuple[str, Literal["min", "max"]] | None = None,
+        resume: bool | str | os.PathLike[str] = False,
     ) -> None:
-        check_int("Checkpoint(every=)", every, 1, CheckpointError)
+        check_int("Checkpoint(every=)", every, 1, TrainingArgumentError)
         if keep_last is not None:
             check_int(
                 "Checkpoint(keep_last=)",
                 keep_last,
                 1,
-                CheckpointError,
+                TrainingArgumentError,
                 "or None to keep every file",
             )
         if isinstance(keep_best, str):
             keep_best = (keep_best, "min" if keep_best.endswith("loss") else "max")
         if keep_best is not None and keep_best[1] not in ("min", "max"):
-            raise CheckpointError(f"Checkpoint(keep_best={keep_best!r}): mode must be min or max")
+            raise TrainingArgumentError(
+                f"Checkpoint(keep_best={keep_best!r}): expected the mode 'min' or 'max'; hint: "
+                "keep_best=('val_loss', 'min') or ('val_accuracy', 'max')"
+            )
+        if not isinstance(resume, (bool, str, os.PathLike)):
+            raise TrainingTypeError(
+                f"Checkpoint(resume={resume!r}): expected True, False or the path of a "
+                f"checkpoint file or directory, got a {type(resume).__name__}; hint: "
+                "resume=True goes on from the latest checkpoint in the directory"
+            )
+        if not isinstance(directory, (str, os.PathLike)):
+            raise TrainingTypeError(
+                f"Checkpoint({directory!r}): expected the directory to write checkpoints in, "
+                f"got a {type(directory).__name__}; hint: Checkpoint('runs/demo')"
+            )
         self.directory = Path(directory)
+        self.resume = resume if isinstance(resume, bool) else Path(resume)
         self.every, self.keep_last, self.keep_best = every, keep_last, keep_best
         self.files: list[dict[str, Any]] = []
         self._saved: tuple[int, int] | None = None
@@ -220,7 +249,8 @@ class Checkpoint(Callback):
         if not run.progress.resumed and (manifest is not None or ours):
             raise CheckpointError(
                 f"{str(self.directory)!r} already holds checkpoints of another run; hint: "
-                "resume=True to go on with it, or choose another checkpoint directory"
+                "Checkpoint(directory, resume=True) to go on with it, or choose another "
+                "checkpoint directory"
             )
         if manifest is not None:
             self.files = [f for f in manifest["files"] if (self.directory / f["name"]).is_file()]

@@ -184,15 +184,19 @@ def read_manifest(directory: Path) -> dict[str, Any] | None:
     path = directory / MANIFEST
     if not path.is_file():
         return None
+    hint = "hint: delete it to resume from the newest epoch-*.pt file, or pass resume=<file>"
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-        if data["format"] != _MANIFEST_FORMAT:
-            raise ValueError(f"format {data['format']!r}")
+        found = data["format"]
     except (ValueError, KeyError, TypeError) as exc:
         raise CheckpointError(
-            f"the checkpoint manifest {str(path)!r} is corrupt ({exc}); hint: delete it to "
-            "resume from the newest epoch-*.pt file, or pass resume=<file>"
+            f"the checkpoint manifest {str(path)!r} is corrupt ({exc}); {hint}"
         ) from exc
+    if found != _MANIFEST_FORMAT:
+        raise CheckpointError(
+            f"the checkpoint manifest {str(path)!r} is corrupt (format {found!r}, expected "
+            f"{_MANIFEST_FORMAT!r}); {hint}"
+        )
     return dict(data)
 
 
@@ -206,7 +210,8 @@ def find_checkpoint(resume: bool | str | Path, directory: str | Path | None) -> 
     if resume is True:
         if directory is None:
             raise CheckpointError(
-                "resume=True needs checkpoint=; hint: or pass resume=<checkpoint file>"
+                "resume=True needs the checkpoint directory to look in; hint: "
+                "Checkpoint(directory, resume=True), or resume=<checkpoint file>"
             )
         where = Path(directory)
     else:

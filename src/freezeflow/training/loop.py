@@ -11,11 +11,9 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -24,7 +22,7 @@ from torch.nn import functional as F
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 
-from freezeflow.errors import TrainingError, check_int
+from freezeflow.errors import TrainingArgumentError, TrainingError, check_int
 from freezeflow.schedules.schedule import Schedule, Stage
 from freezeflow.training.batch import (
     batch_size,
@@ -34,9 +32,7 @@ from freezeflow.training.batch import (
     split_batch,
     to_device,
 )
-from freezeflow.training.caching import FeatureCaching
-from freezeflow.training.callbacks import ProgressBar
-from freezeflow.training.checkpoint import Checkpoint, restore
+from freezeflow.training.checkpoint import restore
 from freezeflow.training.checkpoint_files import find_checkpoint
 from freezeflow.training.history import History
 from freezeflow.training.probe import probe_for
@@ -48,7 +44,9 @@ from freezeflow.training.setup import (
     batch_count,
     build_optimizer,
     build_scheduler,
+    build_unfreezer,
     check_data,
+    check_interval,
     feature_callbacks,
     pick_device,
 )
@@ -63,21 +61,19 @@ def fit(
     train_data: Iterable[Any],
     *,
     epochs: int,
-    schedule: Schedule | Sequence[Stage] | GradualUnfreezer | None = None,
+    schedule: Schedule | Sequence[Stage] | None = None,
+    unfreezer: GradualUnfreezer | None = None,
     optimizer: Optimizer | OptimizerFactory | type[Optimizer] | None = None,
     scheduler: SchedulerArg = None,
+    scheduler_interval: Literal["epoch", "batch"] = "epoch",
     loss_fn: Callable[[Any, Any], Tensor] = F.cross_entropy,
     val_data: Iterable[Any] | None = None,
     metrics: Mapping[str, Metric] | None = None,
     device: str | torch.device = "auto",
     amp: bool | Literal["bf16", "fp16"] | None = None,
-    grad_clip: float | None = None,
     accumulate: int = 1,
     callbacks: Sequence[Callback] = (),
-    checkpoint: str | os.PathLike[str] | Checkpoint | None = None,
-    resume: bool | str | Path = False,
-    cache: bool | FeatureCaching = False,
-    progress: bool | ProgressBar = True,
+    progress: bool = True,
 ) -> History:
     """Train ``model`` on ``train_data`` for ``epochs`` epochs, following a schedule.
 
@@ -92,17 +88,21 @@ def fit(
             the model is called as ``model(inputs)``.
         epochs: total number of epochs (a resumed run goes on up to this number).
         schedule: what trains when: a :class:`~freezeflow.Schedule` or a list of
-            :class:`~freezeflow.Stage` (``fit`` builds the
-            :class:`~freezeflow.GradualUnfreezer`, with ``total_epochs`` and, when
-            ``len(train_data)`` is known, ``total_steps``), or a ``GradualUnfreezer`` you
-            built (to choose ``norm=``, ``eval_frozen=``, ``no_decay=``; its optimizer is
-            used). ``None``: everything trainable trains.
+            :class:`~freezeflow.Stage`; ``fit`` builds the
+            :class:`~freezeflow.GradualUnfreezer` (with ``total_epochs`` and, when
+            ``len(train_data)`` is known, ``total_steps``). ``None`` (and no ``unfreezer``):
+            everything trainable trains.
+        unfreezer: a :class:`~freezeflow.GradualUnfreezer` you built (to choose ``norm=``,
+            ``eval_frozen=``, ``no_decay=``); its schedule and optimizer are used, and it is
+            told the run's length. Not with ``schedule=`` or ``optimizer=``.
         optimizer: an optimizer, or a class / factory called with the param groups
-            (default ``torch.optim.AdamW``); not with a ``GradualUnfreezer``.
-        scheduler: an LR scheduler over the optimizer, or a factory ``f(optimizer)``, stepped
-            once per epoch; or a pair ``(scheduler or factory, "batch")`` to step it after
-            every optimizer step. ``ReduceLROnPlateau`` is given the plateau metric
-            (``val_loss``, else ``train_loss``).
+            (default ``torch.optim.AdamW``).
+        scheduler: an LR scheduler over the optimizer, or a factory ``f(optimizer)``.
+            ``ReduceLROnPlateau`` is given the plateau metric (``val_loss``, else
+            ``train_loss``). None: the schedule's own LR curve when it has one (``ff.auto``'s
+            in-stage cosine), else a constant LR per stage.
+        scheduler_interval: step ``scheduler`` once per epoch (``"epoch"``) or after every
+            optimizer step (``"batch"``).
         loss_fn: ``loss_fn(outputs, targets)``, a scalar tensor.
         val_data: batches to evaluate on after each epoch (``val_loss`` and metrics).
         metrics: ``{name: fn(outputs, targets)}`` averaged over validation samples and logged
@@ -110,19 +110,16 @@ def fit(
         device: ``"auto"`` (CUDA, then MPS, then CPU) or a torch device.
         amp: mixed precision: ``"bf16"``, ``"fp16"`` (with a ``GradScaler``), ``True`` (bf16
             where supported) or ``False``. ``None``: on for CUDA, off elsewhere.
-        grad_clip: clip the gradient norm of the trainable parameters to this value.
         accumulate: batches per optimizer step (gradient accumulation).
-        callbacks: :class:`~freezeflow.callbacks.Callback` objects, called in order.
-        checkpoint: a directory to save checkpoints in, or a
-            :class:`~freezeflow.Checkpoint` (``every=``, ``keep_last=``, ``keep_best=``).
-        resume: ``True`` to go on from the latest checkpoint in ``checkpoint``'s directory (a
-            fresh start when there is none), or the path of a checkpoint file or directory.
-        cache: ``True`` (or a :class:`~freezeflow.training.FeatureCaching` to choose where
-            large caches go) when your training inputs are deterministic: the frozen prefix
-            of the model is computed once per stage and the rest trains on its output. When a
-            stage cannot be cached, ``fit`` says why in one line and trains normally.
-        progress: print progress (``False``: nothing), or a
+        callbacks: :class:`~freezeflow.callbacks.Callback` objects, called in order, and the
+            features, each a callback: :class:`~freezeflow.Checkpoint` (saves, and resumes
+            with ``resume=``; run last), :class:`~freezeflow.training.FeatureCaching` (when
+            your training inputs are deterministic, the frozen prefix of the model is
+            computed once per stage and the rest trains on its output; run first),
+            :class:`~freezeflow.callbacks.ClipGradNorm`,
+            :class:`~freezeflow.callbacks.EarlyStopping`, a
             :class:`~freezeflow.callbacks.ProgressBar` set up your way.
+        progress: print progress (``False``: nothing).
 
     Returns:
         The :class:`~freezeflow.History`; ``history.interrupted`` is true after Ctrl-C.
@@ -146,33 +143,35 @@ def fit(
         >>> [(t["name"], t["epoch"]) for t in history.transitions]
         [('stage0', 0), ('stage1', 2)]
     """
-    check_int("fit(epochs=)", epochs, 1, TrainingError)
-    check_int("fit(accumulate=)", accumulate, 1, TrainingError)
+    check_int("fit(epochs=)", epochs, 1, TrainingArgumentError)
+    check_int("fit(accumulate=)", accumulate, 1, TrainingArgumentError)
+    interval = check_interval(scheduler_interval)
     check_data(train_data)
-    _check_something_trains(model, schedule)
-    hooks, ckpt = feature_callbacks(callbacks, checkpoint, cache, progress)
+    _check_something_trains(model, schedule or unfreezer)
+    hooks, ckpt = feature_callbacks(callbacks, progress)
     dev = rank_device(pick_device(device))
     model.to(dev)
     train_data, val_data = shard_data(train_data, val_data)  # no-op without torchrun
     n_batches = batch_count(train_data)
     steps = n_batches and epochs * math.ceil(n_batches / accumulate)
-    unfreezer, opt = build_optimizer(model, schedule, optimizer, epochs, steps)
+    unfreezer = build_unfreezer(model, schedule, unfreezer, optimizer, epochs, steps)
+    opt = unfreezer.optimizer if unfreezer is not None else build_optimizer(model, optimizer)
     if unfreezer is not None and unfreezer.needs_probe:  # what an ff.auto schedule measures
         unfreezer.set_probe(probe_for(train_data, loss_fn, dev))
     dtype = amp_dtype(amp, dev)
-    sched, interval = build_scheduler(scheduler, opt, unfreezer)
+    sched, interval = build_scheduler(scheduler, interval, opt, unfreezer)
     scaler = torch.amp.GradScaler(dev.type, enabled=dtype == torch.float16)
     run = Run(
         model=model, optimizer=opt, unfreezer=unfreezer, scheduler=sched,
         scheduler_interval=interval, scaler=scaler, amp_dtype=dtype, device=dev,
         train_data=train_data, val_data=val_data, loss_fn=loss_fn, metrics=metrics,
-        epochs=epochs, accumulate=accumulate, grad_clip=grad_clip, callbacks=tuple(hooks),
+        epochs=epochs, accumulate=accumulate, callbacks=tuple(hooks),
         batches_per_epoch=n_batches,
     )  # fmt: skip
     p = run.progress
     for t in unfreezer.history if unfreezer is not None else []:  # the first stage's start
         p.history.add_transition(t)
-    path = find_checkpoint(resume, ckpt.directory if ckpt is not None else None)
+    path = None if ckpt is None else find_checkpoint(ckpt.resume, ckpt.directory)
     if path is not None:
         restore(run, path)
     try:
@@ -312,10 +311,7 @@ def _train_batch(run: Run, batch: Any, started: float) -> None:
 
 def _optimizer_step(run: Run) -> None:
     opt = run.optimizer
-    if run.grad_clip is not None:
-        run.scaler.unscale_(opt)
-        params = [p for g in opt.param_groups for p in g["params"] if p.grad is not None]
-        torch.nn.utils.clip_grad_norm_(params, run.grad_clip)
+    run.emit("on_before_optimizer_step")
     run.scaler.step(opt)
     run.scaler.update()
     opt.zero_grad(set_to_none=True)

@@ -16,6 +16,7 @@ Order of the hooks in one ``fit()``::
       each batch:
         on_batch_start
         train_forward                     (loop hook: the DDP module instead of the model)
+        on_before_optimizer_step          (gradients complete, before the optimizer steps)
         on_stage_change                   (when a step trigger fires after the step)
         on_batch_end
       on_evaluate_start
@@ -101,6 +102,10 @@ class Callback:
     def on_batch_end(self, run: Run) -> None:
         """After a batch: ``run.progress.batch`` counts the batches done, ``loss`` and
         ``batch_size`` describe this one."""
+
+    def on_before_optimizer_step(self, run: Run) -> None:
+        """The step's gradients are complete (accumulated, and unscaled when the callback
+        calls ``run.scaler.unscale_(run.optimizer)``); the optimizer steps next."""
 
     def on_stage_change(self, run: Run, transition: Transition) -> None:
         """After the unfreezer enters a new stage (model and optimizer already updated)."""
@@ -256,7 +261,6 @@ class Run:
     metrics: Mapping[str, Metric] | None
     epochs: int
     accumulate: int
-    grad_clip: float | None
     callbacks: tuple[Callback, ...]
     batches_per_epoch: int | None = None
     """``len(train_data)`` when known."""

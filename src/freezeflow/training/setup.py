@@ -5,10 +5,8 @@ run."""
 
 from __future__ import annotations
 
-import os
 import random
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from pathlib import Path
 from typing import Any, Literal, TypeAlias
 
 import numpy as np
@@ -19,10 +17,8 @@ from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
 
 from freezeflow.distributed.process_group import world_size
 from freezeflow.errors import (
-    FreezeflowError,
     OptimizerError,
     OptimizerTypeError,
-    ScheduleError,
     TrainingArgumentError,
     TrainingTypeError,
 )
@@ -41,7 +37,9 @@ __all__ = [
     "batch_count",
     "build_optimizer",
     "build_scheduler",
+    "build_unfreezer",
     "check_data",
+    "check_interval",
     "feature_callbacks",
     "pick_device",
     "seed_everything",
@@ -50,9 +48,7 @@ __all__ = [
 Scheduler: TypeAlias = "LRScheduler | ReduceLROnPlateau"
 SchedulerFactory: TypeAlias = Callable[[Optimizer], Any]
 Interval: TypeAlias = Literal["batch", "epoch"]
-SchedulerArg: TypeAlias = (
-    "Scheduler | SchedulerFactory | tuple[Scheduler | SchedulerFactory, Interval] | None"
-)
+SchedulerArg: TypeAlias = "Scheduler | SchedulerFactory | None"
 
 
 def pick_device(device: str | torch.device = "auto") -> torch.device:
@@ -97,31 +93,59 @@ def check_data(train_data: Iterable[Any]) -> None:
         )
 
 
-def build_optimizer(
+def build_unfreezer(
     model: nn.Module,
-    schedule: Schedule | Sequence[Stage] | GradualUnfreezer | None,
+    schedule: Schedule | Sequence[Stage] | None,
+    unfreezer: GradualUnfreezer | None,
     optimizer: Optimizer | OptimizerFactory | type[Optimizer] | None,
     epochs: int,
     total_steps: int | None,
-) -> tuple[GradualUnfreezer | None, Optimizer]:
-    """The unfreezer (given, built from the schedule, or none) and the optimizer."""
+) -> GradualUnfreezer | None:
+    """The unfreezer of the run: the one given (told the run's length, checked against
+    it), one built from ``schedule``, or None (no schedule: what is trainable trains)."""
     if isinstance(schedule, GradualUnfreezer):
-        if optimizer is not None:
-            raise ScheduleError(
-                "fit() got a GradualUnfreezer as schedule= and also optimizer=; hint: the "
-                "unfreezer holds its optimizer, pass it alone"
-            )
-        if schedule.model is not model:
-            raise ScheduleError("the unfreezer was built over another model than fit()'s")
-        schedule.set_run_length(total_steps or None, epochs)
-        return schedule, schedule.optimizer
-    if schedule is not None:
-        u = GradualUnfreezer(
-            model, schedule, optimizer, total_epochs=epochs, total_steps=total_steps or None
+        raise TrainingTypeError(
+            "fit(schedule=) got a GradualUnfreezer; expected a Schedule or a list of Stage; "
+            "hint: pass the unfreezer you built as fit(unfreezer=...)"
         )
-        return u, u.optimizer
+    if unfreezer is not None:
+        if not isinstance(unfreezer, GradualUnfreezer):
+            raise TrainingTypeError(
+                f"fit(unfreezer={unfreezer!r}): expected a GradualUnfreezer, got a "
+                f"{type(unfreezer).__name__}; hint: a schedule goes in fit(schedule=...)"
+            )
+        if schedule is not None or optimizer is not None:
+            given = " and ".join(
+                n for n, v in (("schedule=", schedule), ("optimizer=", optimizer)) if v is not None
+            )
+            raise TrainingArgumentError(
+                f"fit() got unfreezer= and also {given}; expected the unfreezer alone (it "
+                "holds its schedule and its optimizer); hint: drop "
+                f"{given}, or build the unfreezer with them"
+            )
+        if unfreezer.model is not model:
+            theirs, ours = type(unfreezer.model).__name__, type(model).__name__
+            raise TrainingArgumentError(
+                f"fit(unfreezer=...) was built over another model ({theirs}) than fit()'s "
+                f"({ours}); expected the same model object; hint: "
+                "GradualUnfreezer(model, schedule) with fit()'s model"
+            )
+        unfreezer.set_run_length(total_steps or None, epochs)
+        return unfreezer
+    if schedule is None:
+        return None
+    return GradualUnfreezer(
+        model, schedule, optimizer, total_epochs=epochs, total_steps=total_steps or None
+    )
+
+
+def build_optimizer(
+    model: nn.Module, optimizer: Optimizer | OptimizerFactory | type[Optimizer] | None
+) -> Optimizer:
+    """The optimizer of a run without a schedule: the one given, or one built by the class
+    or factory given (default ``torch.optim.AdamW``) over the trainable parameters."""
     if isinstance(optimizer, Optimizer):
-        return None, optimizer
+        return optimizer
     factory: Callable[[Any], Any] = torch.optim.AdamW if optimizer is None else optimizer
     built = factory([p for p in model.parameters() if p.requires_grad])
     if not isinstance(built, Optimizer):
@@ -130,30 +154,38 @@ def build_optimizer(
             "torch.optim.Optimizer; hint: optimizer=torch.optim.AdamW, or a function of the "
             "parameters that returns an optimizer"
         )
-    return None, built
+    return built
 
 
-def _split_scheduler(scheduler: SchedulerArg) -> tuple[Any, Interval]:
-    if not isinstance(scheduler, tuple):
-        return scheduler, "epoch"
-    if len(scheduler) != 2 or scheduler[1] not in ("batch", "epoch"):
+def check_interval(interval: object) -> Interval:
+    """``interval`` when it is ``"epoch"`` or ``"batch"``."""
+    if interval not in ("epoch", "batch"):
         raise TrainingArgumentError(
-            f"fit(scheduler={scheduler!r}): expected a scheduler, a factory, or a pair "
-            "(scheduler or factory, 'batch' or 'epoch'); hint: scheduler=(sched, 'batch') "
-            "steps it after every optimizer step"
+            f"fit(scheduler_interval={interval!r}): expected 'epoch' or 'batch'; hint: "
+            "'batch' steps the scheduler after every optimizer step"
         )
-    return scheduler
+    return interval
 
 
 def build_scheduler(
-    scheduler: SchedulerArg, optimizer: Optimizer, unfreezer: GradualUnfreezer | None
+    scheduler: SchedulerArg,
+    interval: Interval,
+    optimizer: Optimizer,
+    unfreezer: GradualUnfreezer | None,
 ) -> tuple[Any, Interval]:
     """The LR scheduler (built from a factory if need be, attached to the unfreezer) and the
-    interval it steps at."""
-    given, interval = _split_scheduler(scheduler)
-    if given is None:  # the schedule's own LR curve, if it brings one (ff.auto's cosine)
+    interval it steps at; without one, the schedule's own curve, if it brings one
+    (``ff.auto``'s in-stage cosine), stepped after every optimizer step."""
+    if isinstance(scheduler, tuple):
+        raise TrainingTypeError(
+            f"fit(scheduler={scheduler!r}): expected an LR scheduler or a factory, not a "
+            "tuple; hint: fit(scheduler=sched, scheduler_interval='batch') steps it after "
+            "every optimizer step"
+        )
+    if scheduler is None:
         own = None if unfreezer is None else unfreezer.lr_scheduler()
         return own, "batch"
+    given = scheduler
     built = given if isinstance(given, (LRScheduler, ReduceLROnPlateau)) else given(optimizer)
     if not isinstance(built, (LRScheduler, ReduceLROnPlateau)):
         raise OptimizerTypeError(
@@ -163,8 +195,8 @@ def build_scheduler(
         )
     if isinstance(built, ReduceLROnPlateau) and interval == "batch":
         raise OptimizerError(
-            "ReduceLROnPlateau steps once per epoch; hint: scheduler=(scheduler, 'epoch'), or "
-            "the scheduler alone"
+            "ReduceLROnPlateau steps once per epoch, on the validation loss; expected "
+            "scheduler_interval='epoch'; hint: leave scheduler_interval out"
         )
     if unfreezer is not None:
         unfreezer.attach(built)
@@ -188,46 +220,45 @@ def amp_dtype(amp: bool | str | None, device: torch.device) -> torch.dtype | Non
     return dtypes[amp]
 
 
-def _feature(
-    what: str, value: Any, cls: type[Callback], error: type[FreezeflowError]
-) -> Callback | None:
-    if value is True:
-        return cls()
-    if value is False or value is None:
-        return None
-    if isinstance(value, cls):
-        return value
-    raise error(
-        f"fit({what}={value!r}): expected True, False or a {cls.__name__}, got a "
-        f"{type(value).__name__}; hint: fit({what}={cls.__name__}(...)) to configure it"
-    )
-
-
 def feature_callbacks(
-    callbacks: Sequence[Callback],
-    checkpoint: str | os.PathLike[str] | Checkpoint | None,
-    cache: bool | FeatureCaching,
-    progress: bool | ProgressBar,
+    callbacks: Sequence[Callback], progress: bool
 ) -> tuple[list[Callback], Checkpoint | None]:
     """Every callback of the run, in the order they run, and the checkpoint callback.
 
-    The order: the DDP glue (under torchrun), the feature cache, ``callbacks``, the progress
-    output (unless ``callbacks`` holds a :class:`ProgressBar`; rank 0 only), the checkpoint
-    (last, so that it saves the other callbacks' states as of the epoch's end).
+    The order: the DDP glue (under torchrun), the feature cache (a
+    :class:`~freezeflow.training.caching.FeatureCaching` in ``callbacks``), the other
+    ``callbacks`` in their order, the progress output (``progress=True`` and no
+    :class:`ProgressBar` in ``callbacks``; rank 0 only), the :class:`Checkpoint` in
+    ``callbacks`` (last, so that it saves the other callbacks' states as of the epoch's end).
     """
-    if isinstance(checkpoint, (str, os.PathLike)):
-        checkpoint = Checkpoint(Path(checkpoint))
-    elif checkpoint is not None and not isinstance(checkpoint, Checkpoint):
+    if not isinstance(progress, bool):
         raise TrainingTypeError(
-            f"fit(checkpoint={checkpoint!r}): expected a directory or a Checkpoint(...), got a "
-            f"{type(checkpoint).__name__}; hint: checkpoint='runs/ckpt'"
+            f"fit(progress={progress!r}): expected True or False, got a "
+            f"{type(progress).__name__}; hint: put a ProgressBar(...) in callbacks= to set it up"
         )
-    caching = _feature("cache", cache, FeatureCaching, TrainingTypeError)
-    bar = _feature("progress", progress, ProgressBar, TrainingTypeError)
-    if any(isinstance(cb, ProgressBar) for cb in callbacks):
-        bar = None
+    if isinstance(callbacks, Callback) or not isinstance(callbacks, (list, tuple)):
+        raise TrainingTypeError(
+            f"fit(callbacks={callbacks!r}): expected a list of Callback objects; hint: "
+            "callbacks=[ff.Checkpoint('runs/x')]"
+        )
+    for cb in callbacks:
+        if not isinstance(cb, Callback):
+            raise TrainingTypeError(
+                f"fit(callbacks=...) holds {cb!r} of type {type(cb).__name__}, not a Callback; "
+                "hint: subclass ff.callbacks.Callback"
+            )
+    found: dict[type, list[Callback]] = {}
+    for cls in (Checkpoint, FeatureCaching):
+        found[cls] = [cb for cb in callbacks if isinstance(cb, cls)]
+        if len(found[cls]) > 1:
+            raise TrainingArgumentError(
+                f"fit(callbacks=...) holds {len(found[cls])} {cls.__name__} callbacks; expected "
+                f"at most one; hint: keep one {cls.__name__}"
+            )
+    checkpoint = next((cb for cb in callbacks if isinstance(cb, Checkpoint)), None)
+    caching = found[FeatureCaching]
+    rest = [cb for cb in callbacks if not isinstance(cb, (Checkpoint, FeatureCaching))]
+    bar = [] if not progress or any(isinstance(cb, ProgressBar) for cb in rest) else [ProgressBar()]
     out: list[Callback] = [DistributedTraining()] if world_size() > 1 else []
-    out += [caching] if caching is not None else []
-    out += list(callbacks) + ([bar] if bar is not None else [])
-    out += [checkpoint] if checkpoint is not None else []
+    out += caching + rest + bar + ([checkpoint] if checkpoint is not None else [])
     return on_this_rank(out), checkpoint
