@@ -1,4 +1,5 @@
-"""One rank of the 2-process gloo runs of test_distributed.py (started as a subprocess).
+"""One rank of the 2-process gloo runs of tests/distributed/test_ddp.py (a subprocess; the
+process-group helpers and sharding: tests/_distributed_worker.py).
 
 Usage: python _ddp_worker.py OUT_DIR SCENARIO[,SCENARIO...]  with MASTER_ADDR, MASTER_PORT,
 RANK, WORLD_SIZE set. Writes OUT_DIR/rank<r>.pt: {scenario: result}.
@@ -9,7 +10,6 @@ Scenarios:
 - guarded_eval: guarded in eval mode (comparable with reference()).
 - plain: the same run with DistributedDataParallel built once, before the late unfreezes.
 - mismatch: rank 1 gets another schedule; the transition's check must raise on every rank.
-- helpers: all_reduce_mean, world_size/rank, distributed_sampler.
 - compiled: guarded, with the DDP module compiled (aot_eager) after each re-wrap.
 - fsdp: FSDP2 fully_shard over a model with frozen and trainable parameters, across a
   transition.
@@ -143,24 +143,6 @@ def scenario_mismatch() -> dict[str, Any]:
     return {"error": None}
 
 
-def scenario_helpers() -> dict[str, Any]:
-    mean = ffd.all_reduce_mean(float(ffd.rank()))
-    tmean = ffd.all_reduce_mean(torch.tensor([1.0, 2.0]) * (ffd.rank() + 1))
-    data = torch.utils.data.TensorDataset(torch.arange(10))
-    sampler = ffd.distributed_sampler(data, shuffle=True, seed=3)
-    assert sampler is not None
-    sampler.set_epoch(0)
-    ffd.barrier()
-    return {
-        "mean": mean,
-        "tmean": tmean,
-        "rank": ffd.rank(),
-        "world": ffd.world_size(),
-        "main": ffd.is_main_process(),
-        "indices": list(sampler),
-    }
-
-
 def scenario_fsdp() -> dict[str, Any]:
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
@@ -202,8 +184,6 @@ def main() -> None:
                     results[name] = train(make_net(), "guarded", eval_mode=True)
                 elif name == "mismatch":
                     results[name] = scenario_mismatch()
-                elif name == "helpers":
-                    results[name] = scenario_helpers()
                 elif name == "fsdp":
                     results[name] = scenario_fsdp()
                 else:

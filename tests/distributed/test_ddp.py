@@ -1,5 +1,6 @@
-"""freezeflow.distributed: DDP re-wrapping at stage transitions, the rank-consistency check,
-the helpers, and FSDP2 across a transition.
+"""freezeflow.distributed.ddp: DDP re-wrapping at stage transitions, the rank-consistency
+check, and FSDP2 across a transition (the process-group helpers and sharding:
+test_process_group.py, test_sharding.py).
 
 The multi-process tests start 2 gloo ranks on CPU as subprocesses (tests/_ddp_worker.py)
 once per module, run every scenario in that process group, and compare what each rank saved.
@@ -13,16 +14,16 @@ from typing import Any
 
 import _ddp_worker as worker
 import pytest
-from paths import TESTS
 import torch
 from _two_ranks import run_two_ranks
+from paths import TESTS
 from torch import nn
 
 import freezeflow as ff
 import freezeflow.distributed as ffd
 
 WORKER = TESTS / "_ddp_worker.py"
-FAST = "guarded,guarded_eval,plain,mismatch,helpers,fsdp"
+FAST = "guarded,guarded_eval,plain,mismatch,fsdp"
 
 
 def launch(scenarios: str, out: Path, timeout: float = 150.0) -> list[dict[str, Any]]:
@@ -104,14 +105,6 @@ def test_ranks_that_disagree_on_the_trainable_set_raise_on_every_rank(
         assert "hint:" in msg
 
 
-def test_helpers_under_two_ranks(ranks: list[dict[str, Any]]) -> None:
-    h0, h1 = ranks[0]["helpers"], ranks[1]["helpers"]
-    assert (h0["rank"], h1["rank"], h0["world"], h0["main"], h1["main"]) == (0, 1, 2, True, False)
-    assert h0["mean"] == h1["mean"] == 0.5
-    torch.testing.assert_close(h0["tmean"], torch.tensor([1.5, 3.0]))
-    assert sorted(h0["indices"] + h1["indices"]) == list(range(10))
-
-
 def test_fsdp2_mixed_frozen_and_trainable_across_transitions(
     ranks: list[dict[str, Any]],
 ) -> None:
@@ -158,15 +151,8 @@ def _unfreezer(model: nn.Module) -> ff.GradualUnfreezer:
     return ff.GradualUnfreezer(model, sched, lambda g: torch.optim.SGD(g, lr=0.1))
 
 
-def test_helpers_are_noops_without_a_process_group() -> None:
-    assert not ffd.is_distributed()
-    assert (ffd.rank(), ffd.world_size(), ffd.is_main_process()) == (0, 1, True)
-    assert ffd.all_reduce_mean(2.5) == 2.5
-    t = torch.tensor([1.0, 2.0])
-    assert ffd.all_reduce_mean(t) is t
-    ffd.barrier()
-    assert ffd.distributed_sampler(torch.utils.data.TensorDataset(torch.arange(4))) is None
-    ffd.verify_trainable(_mlp(), 3)
+def test_verify_trainable_is_a_noop_without_a_process_group() -> None:
+    ffd.verify_trainable(_mlp(), 3)  # (the process-group helpers: test_process_group.py)
 
 
 def test_wrapper_without_a_process_group_calls_the_model_and_follows_transitions() -> None:

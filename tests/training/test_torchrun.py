@@ -17,14 +17,13 @@ from typing import Any
 
 import _fit_ddp_worker as worker
 import pytest
-from paths import TESTS
 import torch
 from _two_ranks import run_two_ranks
+from paths import TESTS
 from torch.nn import functional as F
 from torch.utils.data import DataLoader
 
 import freezeflow as ff
-import freezeflow.distributed as ffd
 
 WORKER = TESTS / "_fit_ddp_worker.py"
 
@@ -172,21 +171,6 @@ def test_ranks_with_different_batch_counts_fail_on_every_rank(ranks: Any) -> Non
 
 
 # --------------------------------------------------------------------------- 1 process
-
-
-def test_helpers_without_a_process_group_change_nothing() -> None:
-    loader = DataLoader(worker.dataset(10, 0), batch_size=4, shuffle=True)
-    assert ffd.shard_loader(loader, train=True) == (loader, None)
-    assert ffd.all_gather_objects({"a": 1.0}) == [{"a": 1.0}]
-    ffd.broadcast_buffers(worker.Net())  # no-op
-
-
-def test_unpadded_shard_sampler_splits_exactly() -> None:
-    data = worker.dataset(37, 0)
-    shards = [list(ffd.UnpaddedShardSampler(data, 3, r)) for r in range(3)]
-    assert [len(s) for s in shards] == [13, 12, 12]
-    assert sorted(i for s in shards for i in s) == list(range(37))
-    assert len(ffd.UnpaddedShardSampler(data, 3, 2)) == 12
 
 
 def test_fit_without_a_process_group_is_unchanged() -> None:
