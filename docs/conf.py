@@ -7,9 +7,14 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import sys
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import freezeflow
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import sources  # noqa: E402  (docs/sources.py: the numbers of the result pages)
 
 if TYPE_CHECKING:
     from sphinx.application import Sphinx
@@ -31,8 +36,10 @@ source_suffix = {".md": "markdown"}
 root_doc = "index"
 exclude_patterns = ["_build", "img/*.txt"]
 
-myst_enable_extensions = ["colon_fence", "deflist"]
+myst_enable_extensions = ["colon_fence", "deflist", "substitution"]
 myst_heading_anchors = 3
+# {{ key }} in a page: a number or table from the committed benchmark outputs (docs/sources.py)
+myst_substitutions = sources.substitutions()
 
 # The docstrings are Google style with reStructuredText roles (:func:`freeze`); napoleon
 # reads the sections, Sphinx resolves the roles into links.
@@ -49,7 +56,8 @@ default_role = "code"
 
 html_theme = "furo"
 html_title = f"freezeflow {release}"
-html_static_path: list[str] = []
+html_static_path = ["_static"]
+html_css_files = ["freezeflow.css"]
 
 
 # --------------------------------------------------------------------------- links by identity
@@ -143,7 +151,21 @@ def _forget(app: Sphinx, env: BuildEnvironment) -> None:
     _DOCUMENTED.clear()
 
 
+def _no_builtin_docstrings(
+    app: Sphinx, what: str, name: str, obj: object, options: Any, lines: list[str]
+) -> None:
+    """A constant or type alias without a docstring of its own would show its type's (``str``'s
+    under ``__version__``, ``Union``'s under ``PolicyLike``): drop it, and keep the text the
+    API page writes under the directive."""
+    if what not in ("data", "attribute") or not lines:
+        return
+    inherited = inspect.getdoc(type(obj))
+    if inherited and "\n".join(lines).strip() == inspect.cleandoc(inherited).strip():
+        lines.clear()
+
+
 def setup(app: Sphinx) -> dict[str, object]:
     app.connect("env-updated", _forget)
+    app.connect("autodoc-process-docstring", _no_builtin_docstrings)
     app.connect("missing-reference", _resolve_by_identity)
     return {"parallel_read_safe": True}

@@ -1,0 +1,153 @@
+"""Every result number the docs show, read from the benchmark outputs committed beside the
+benchmarks (``benchmarks/results/``), never typed into a page.
+
+``substitutions()`` is what docs/conf.py gives MyST (``myst_substitutions``): a page writes
+``{{ auto.lite0.auto.test }}`` and the build puts ``85.9%`` there, or ``{{ table.auto }}`` on a
+line of its own for a whole table. ``tests/e2e/test_docs_numbers.py`` checks that the result
+pages type no accuracy or time of their own, and that every key they use exists.
+
+The sources:
+
+- ``benchmarks/results/demo/``: one run of the demo (``freezeflow demo``, the same as
+  ``nox -s demo``): ``output.txt`` is what it printed, ``offline_transfer.json`` and
+  ``offline_transfer.png`` what it saved, ``run.json`` where and when it ran;
+- ``benchmarks/results/bench_auto.json``: the rows ``nox -s bench -- auto`` writes
+  (``benchmarks/bench_auto.py``), one per task and method.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+DEMO = RESULTS / "demo"
+
+TASKS = ("lite0", "lite1", "noise")  # the order bench_auto.py runs and describes them
+METHODS = ("auto", "tuned", "fastai", "full", "classic")
+
+
+def load(path: Path) -> Any:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def pct(x: float) -> str:
+    return f"{100 * x:.1f}%"
+
+
+def secs(x: float) -> str:
+    return f"{x:,.0f} s" if x >= 1000 else f"{x:.0f} s"
+
+
+def points(a: float, b: float) -> str:
+    """``a - b`` in percentage points of accuracy (both fractions), one decimal."""
+    return f"{100 * a - 100 * b:.1f}"
+
+
+def ratio(a: float, b: float) -> str:
+    return f"{a / b:.2f}"
+
+
+def _table(header: list[str], align: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(align) + "|"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- the demo
+
+
+def demo() -> dict[str, str]:
+    run = load(DEMO / "run.json")
+    recipes = {r["name"]: r for r in load(DEMO / "offline_transfer.json")}
+    out: dict[str, str] = {
+        "demo.date": run["date"],
+        "demo.machine": run["machine"],
+        "demo.commit": run["commit"][:7],
+        "demo.command": run["command"],
+        "demo.total": secs(run["total_seconds"]),
+        "demo.minutes": f"{run['total_seconds'] / 60:.0f}",
+        "demo.note": run.get("note", ""),
+    }
+    rows = []
+    for name, r in recipes.items():
+        final = r["stages"][-1]["test_accuracy"]
+        out[f"demo.{name}.final"] = pct(final)
+        out[f"demo.{name}.seconds"] = secs(r["seconds"])
+        for s in r["stages"]:
+            out[f"demo.{name}.{s['stage']}"] = pct(s["test_accuracy"])
+            rows.append(
+                [name, s["stage"], s["epochs"], f"{s['trainable']:,}", pct(s["test_accuracy"])]
+            )
+    if {"classic", "freezeflow"} <= recipes.keys():
+        c, f = recipes["classic"], recipes["freezeflow"]
+        out["demo.gain"] = points(f["stages"][-1]["test_accuracy"], c["stages"][-1]["test_accuracy"])
+        out["demo.ratio"] = ratio(f["seconds"], c["seconds"])
+    out["table.demo.stages"] = _table(
+        ["recipe", "stage", "epochs", "trainable parameters", "test accuracy"],
+        ["---", "---", "---", "---:", "---:"],
+        rows,
+    )
+    out["table.demo.final"] = _table(
+        ["recipe", "final test accuracy", "wall time"],
+        ["---", "---:", "---:"],
+        [
+            [n, pct(r["stages"][-1]["test_accuracy"]), secs(r["seconds"])]
+            for n, r in recipes.items()
+        ],
+    )
+    return out
+
+
+# --------------------------------------------------------------------------- ff.auto
+
+
+def bench_auto() -> dict[str, str]:
+    rows = load(RESULTS / "bench_auto.json")
+    by = {(r["task"], r["method"]): r for r in rows}
+    out: dict[str, str] = {"auto.date": rows[0]["date"], "auto.machine": rows[0]["machine"]}
+    table = []
+    for task in TASKS:
+        for method in METHODS:
+            r = by.get((task, method))
+            if r is None:
+                continue
+            key = f"auto.{task}.{method}"
+            out[f"{key}.val"] = pct(r["val_accuracy"])
+            out[f"{key}.test"] = pct(r["test_accuracy"])
+            out[f"{key}.seconds"] = secs(r["seconds"])
+            label = "tuned (last k)" if method == "tuned" and task != "lite0" else method
+            busy = "*" if "busy" in r else ""
+            table.append(
+                [
+                    task,
+                    f"**{label}**" if method == "auto" else label,
+                    pct(r["val_accuracy"]),
+                    f"**{pct(r['test_accuracy'])}**" if method == "auto" else pct(r["test_accuracy"]),
+                    secs(r["seconds"]) + busy,
+                ]
+            )
+            if method != "auto" and (task, "auto") in by:
+                a = by[(task, "auto")]
+                out[f"{key}.behind"] = points(a["test_accuracy"], r["test_accuracy"])
+                out[f"{key}.time_ratio"] = ratio(a["seconds"], r["seconds"])
+    out["table.auto"] = _table(
+        ["task", "method", "validation accuracy", "test accuracy", "wall time"],
+        ["---", "---", "---:", "---:", "---:"],
+        table,
+    )
+    out["auto.busy"] = "; ".join(
+        f"{r['task']} {r['method']}: {r['busy']}" for r in rows if "busy" in r
+    )
+    return out
+
+
+def substitutions() -> dict[str, str]:
+    return {**demo(), **bench_auto()}
+
+
+if __name__ == "__main__":
+    for key, value in substitutions().items():
+        print(f"{key} = {value}")
