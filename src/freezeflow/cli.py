@@ -32,7 +32,7 @@ from typing import Any
 
 from torch import nn
 
-from freezeflow.errors import CliError, FreezeflowError
+from freezeflow.errors import CliError, FreezeflowError, FreezeflowTypeError
 
 __all__ = ["build_model", "demo_script", "main"]
 
@@ -86,7 +86,10 @@ def _torchvision(arch: str, num_classes: int | None) -> nn.Module:
     except (TypeError, ValueError) as exc:
         raise CliError(f"cannot build torchvision:{arch}: {exc}") from exc
     if not isinstance(model, nn.Module):  # pragma: no cover - torchvision builds modules
-        raise CliError(f"torchvision:{arch} did not build an nn.Module")
+        raise FreezeflowTypeError(
+            f"torchvision:{arch} built {type(model).__name__}, not an nn.Module; hint: pick a "
+            "classification model (torchvision.models.list_models())"
+        )
     return model
 
 
@@ -113,7 +116,10 @@ def _timm(arch: str, num_classes: int | None) -> nn.Module:
     except (TypeError, ValueError, RuntimeError) as exc:
         raise CliError(f"cannot build timm:{arch}: {exc}") from exc
     if not isinstance(model, nn.Module):  # pragma: no cover - timm builds modules
-        raise CliError(f"timm:{arch} did not build an nn.Module")
+        raise FreezeflowTypeError(
+            f"timm:{arch} built {type(model).__name__}, not an nn.Module; hint: pick a model "
+            "from timm.list_models()"
+        )
     return model
 
 

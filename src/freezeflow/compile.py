@@ -13,7 +13,8 @@ from typing import Any, cast
 import torch
 from torch import nn
 
-from freezeflow.errors import DistributedError, FreezeflowWarning
+from freezeflow._torch_internals import recompile_limit as _dynamo_recompile_limit
+from freezeflow.errors import FreezeflowWarning, TrainingArgumentError
 from freezeflow.unfreezer.gradual import GradualUnfreezer
 from freezeflow.unfreezer.transition import Transition
 
@@ -28,13 +29,9 @@ __all__ = [
 
 def recompile_limit() -> int:
     """Dynamo's per-function limit on compiled variants (``recompile_limit``, called
-    ``cache_size_limit`` before torch 2.6)."""
-    cfg = torch._dynamo.config
-    for key in ("recompile_limit", "cache_size_limit"):
-        value = getattr(cfg, key, None)
-        if isinstance(value, int):
-            return value
-    return 8
+    ``cache_size_limit`` before torch 2.6), read from torch's private Dynamo config by
+    :func:`freezeflow._torch_internals.recompile_limit`."""
+    return _dynamo_recompile_limit()
 
 
 def distinct_trainable_sets(unfreezer: GradualUnfreezer) -> int:
@@ -84,7 +81,7 @@ class _CompiledModel:
         self.resets = 0
 
     def on_transition(self, transition: Transition) -> None:
-        torch._dynamo.reset()
+        torch.compiler.reset()
         self.compiled = cast(nn.Module, torch.compile(self.model, **self.kwargs))
         self.resets += 1
 
@@ -128,7 +125,7 @@ def compile_for_unfreezing(
     """``torch.compile(model, **compile_kwargs)`` that stays correct and compiled across
     stage transitions.
 
-    With ``reset_on_transition`` (default) each transition calls ``torch._dynamo.reset()``
+    With ``reset_on_transition`` (default) each transition calls ``torch.compiler.reset()``
     and compiles the model again, so every stage starts with a full recompile budget (the
     reset is process-wide: other compiled functions recompile on their next call too).
     Without it, Dynamo's own guards on ``requires_grad`` recompile at each transition and
@@ -138,8 +135,11 @@ def compile_for_unfreezing(
     module after every re-wrap).
     """
     if unfreezer.model is not model:
-        raise DistributedError(
-            "the unfreezer manages another model than the one given to compile_for_unfreezing()"
+        raise TrainingArgumentError(
+            f"the unfreezer manages another model ({type(unfreezer.model).__name__} at "
+            f"{id(unfreezer.model):#x}) than the one given to compile_for_unfreezing() "
+            f"({type(model).__name__} at {id(model):#x}); expected the same object; hint: build "
+            "the GradualUnfreezer over the model you compile"
         )
     check_recompile_limit(
         unfreezer, modes=modes, reset_on_transition=reset_on_transition, stacklevel=3

@@ -1,8 +1,14 @@
 """The exceptions freezeflow raises.
 
-Every error derives from :class:`FreezeflowError` and also from the builtin that fits
-(``ValueError``, ``TypeError``, ``RuntimeError``...), so ``except ValueError`` keeps working.
-Messages name the offending value, say what was expected and end with a hint.
+Every error derives from :class:`FreezeflowError` and also from exactly one builtin kind:
+a wrong *type* is a ``TypeError`` (the ``...TypeError`` classes, all under
+:class:`FreezeflowTypeError`), a wrong *value* a ``ValueError``, a state that does not let the
+work go on a ``RuntimeError``, a missing optional package an ``ImportError``, a name not in a
+selection a ``KeyError``; so ``except ValueError`` keeps working. Messages name the offending
+value, say what was expected and end with a hint. ``tests/test_errors.py`` walks the package
+and checks both: every exception class is here and fits this family, and no ``raise`` under
+``src/`` raises a builtin exception directly (an abstract method's ``NotImplementedError``
+and ``__main__``'s ``SystemExit`` aside).
 """
 
 from __future__ import annotations
@@ -17,17 +23,24 @@ __all__ = [
     "DistributedError",
     "EmptySelectionError",
     "FreezeflowError",
+    "FreezeflowTypeError",
     "FreezeflowWarning",
     "HeadError",
     "HeadNotFoundError",
+    "MissingDependencyError",
     "ModelChangedError",
+    "NotSelectedError",
     "OptimizerError",
+    "OptimizerTypeError",
     "PolicyError",
     "PolicyTypeError",
     "ScheduleError",
+    "ScheduleTypeError",
     "StateError",
     "TiedParameterError",
+    "TrainingArgumentError",
     "TrainingError",
+    "TrainingTypeError",
 ]
 
 
@@ -37,6 +50,12 @@ class FreezeflowError(Exception):
 
 class FreezeflowWarning(UserWarning):
     """Base class of every warning emitted by freezeflow."""
+
+
+class FreezeflowTypeError(FreezeflowError, TypeError):
+    """An argument is of the wrong type; the message names the argument, the type expected
+    and the value found. Base of every ``...TypeError`` here, and raised as itself for an
+    argument of no family below (an unfreezer's listener or probe, a head's size)."""
 
 
 class PolicyError(FreezeflowError, ValueError):
@@ -51,16 +70,35 @@ class TiedParameterError(PolicyError):
     """A policy selects one name of a shared (tied) parameter and excludes another."""
 
 
-class PolicyTypeError(FreezeflowError, TypeError):
-    """Something that is not a policy was given where a policy was expected."""
+class NotSelectedError(FreezeflowError, KeyError):
+    """A name that is not one of a :class:`~freezeflow.core.Selection`'s parameters was
+    looked up in it (a ``KeyError``, as a mapping's lookup raises)."""
+
+    def __str__(self) -> str:  # the message as written, not KeyError's repr of it
+        return str(self.args[0]) if self.args else ""
+
+
+class PolicyTypeError(FreezeflowTypeError):
+    """Something that is not a policy (or not a model, a module type, a pattern...) was given
+    where a policy or one of its arguments was expected."""
 
 
 class ScheduleError(FreezeflowError, ValueError):
     """A stage or schedule is invalid, or does not fit the model it is bound to."""
 
 
+class ScheduleTypeError(FreezeflowTypeError):
+    """Something that is not a stage, a trigger, a flag or a number was given where a
+    schedule expected one."""
+
+
 class OptimizerError(FreezeflowError, ValueError):
     """An optimizer or LR scheduler does not fit the model or the unfreezer."""
+
+
+class OptimizerTypeError(FreezeflowTypeError):
+    """Something that is not an optimizer, an LR scheduler or a factory of one was given
+    where one was expected (or a factory built something else)."""
 
 
 class ModelChangedError(FreezeflowError, RuntimeError):
@@ -81,6 +119,16 @@ class TrainingError(FreezeflowError, RuntimeError):
     """Training cannot go on (non-finite loss, empty data, wrong shapes or devices)."""
 
 
+class TrainingArgumentError(FreezeflowError, ValueError):
+    """An argument of :func:`~freezeflow.fit`, of a training callback or of an integration
+    has a wrong value (``amp='fp8'``, ``EarlyStopping(mode='up')``...)."""
+
+
+class TrainingTypeError(FreezeflowTypeError):
+    """An argument of :func:`~freezeflow.fit`, of a training callback, of the DDP helpers or
+    of an integration has the wrong type (a generator as ``train_data``, a non-module...)."""
+
+
 class DistributedError(TrainingError):
     """Ranks disagree (on the stage or on the trainable set), or DDP cannot be built."""
 
@@ -99,9 +147,38 @@ class CliError(FreezeflowError, ValueError):
     """A command-line argument is wrong (unknown model, missing demo script...)."""
 
 
-class CacheRefused(Exception):  # noqa: N818 - a refusal with a reason, not an error
+class MissingDependencyError(FreezeflowError, ImportError):
+    """An optional package that a feature needs is not installed; the hint names the
+    ``pip install`` that brings it."""
+
+
+class CacheRefused(FreezeflowError, RuntimeError):  # noqa: N818 - a refusal with a reason
     """A model or loader cannot be feature-cached; ``str()`` is the reason. Raised and caught
-    inside :func:`~freezeflow.fit`, which then trains that stage uncached."""
+    inside :func:`~freezeflow.fit`, which then trains that stage uncached (and by
+    :class:`~freezeflow.training.FeatureCache` to whoever builds one directly)."""
+
+
+# The TypeError sibling of each value family, for check_int (a family without one uses
+# FreezeflowTypeError itself).
+_TYPE_ERRORS: dict[type[FreezeflowError], type[FreezeflowTypeError]] = {
+    PolicyError: PolicyTypeError,
+    ScheduleError: ScheduleTypeError,
+    OptimizerError: OptimizerTypeError,
+    TrainingArgumentError: TrainingTypeError,
+    TrainingError: TrainingTypeError,
+}
+
+
+def type_error_for(error: type[FreezeflowError]) -> type[FreezeflowTypeError]:
+    """The ``TypeError`` class of the family ``error`` belongs to: ``PolicyTypeError`` for
+    :class:`PolicyError` and its subclasses, :class:`FreezeflowTypeError` for a family
+    without one (``error`` itself when it already is a type error)."""
+    if issubclass(error, FreezeflowTypeError):
+        return error
+    for cls in error.__mro__:
+        if cls in _TYPE_ERRORS:
+            return _TYPE_ERRORS[cls]
+    return FreezeflowTypeError
 
 
 def nearest(word: str, candidates: Iterable[str], n: int = 3) -> list[str]:
@@ -129,10 +206,17 @@ def check_int(
     error: type[FreezeflowError] = ScheduleError,
     hint: str = "",
 ) -> int:
-    """``value`` when it is an integer ``>= low`` (a bool is not), else raise ``error``
-    naming ``what``, the value, what was expected and ``hint``. The one check of "a count"
-    or "an index" argument."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        tail = f"; hint: {hint}" if hint else ""
+    """``value`` when it is an integer ``>= low``, else an error naming ``what``, the value,
+    what was expected and ``hint``: ``error`` (a value error) for an integer below ``low``,
+    the ``TypeError`` of its family (:func:`type_error_for`) for anything that is not an
+    integer (a bool, a float, a string...). The one check of "a count" or "an index"
+    argument."""
+    tail = f"; hint: {hint}" if hint else ""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise type_error_for(error)(
+            f"{what}: expected an integer >= {low}, got {value!r} of type "
+            f"{type(value).__name__}{tail}"
+        )
+    if value < low:
         raise error(f"{what}: expected an integer >= {low}, got {value!r}{tail}")
     return value

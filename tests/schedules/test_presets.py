@@ -402,14 +402,6 @@ def test_progressive_freezing_freezes_the_first_blocks_in_turn() -> None:
         (lambda: ff.presets.ulmfit(2, epochs_per_stage=0), r"ulmfit\(epochs_per_stage\).*got 0"),
         (lambda: ff.presets.two_stage(head_epochs=0), r"two_stage\(head_epochs\).*got 0"),
         (lambda: ff.presets.chain_thaw("fc", ["a"], head_epochs=0), r"chain_thaw\(head_epochs\)"),
-        (
-            lambda: ff.presets.chain_thaw("fc", ["a"], epochs_per_stage=True),
-            r"chain_thaw\(epochs_per_stage\).*got True",
-        ),
-        (
-            lambda: ff.presets.chain_thaw("fc", "layer4"),
-            r"chain_thaw\(parts='layer4'\): expected a list of policies.*\['layer4'\]",
-        ),
         (lambda: ff.presets.layerwise_decay(lr_decay=1.5), r"lr_decay"),
         (lambda: ff.presets.two_stage(lr=-1.0), r"Stage\(lr\)=-1\.0"),
     ],
@@ -422,8 +414,6 @@ def test_progressive_freezing_freezes_the_first_blocks_in_turn() -> None:
         "ulmfit-epochs",
         "two-stage-epochs",
         "chain-head-epochs",
-        "chain-epochs-bool",
-        "chain-parts-str",
         "llrd-decay",
         "two-stage-lr",
     ],
@@ -432,3 +422,25 @@ def test_presets_check_their_arguments(build: Callable[[], ff.Schedule], match: 
     with pytest.raises(ff.ScheduleError, match=match) as info:
         build()
     assert isinstance(info.value, ValueError)
+
+
+@pytest.mark.parametrize(
+    ("build", "match"),
+    [
+        (
+            lambda: ff.presets.chain_thaw("fc", ["a"], epochs_per_stage=True),
+            r"chain_thaw\(epochs_per_stage\).*got True of type bool",
+        ),
+        (
+            lambda: ff.presets.chain_thaw("fc", "layer4"),
+            r"chain_thaw\(parts='layer4'\): expected a list of policies.*\['layer4'\]",
+        ),
+    ],
+    ids=["chain-epochs-bool", "chain-parts-str"],
+)
+def test_presets_check_the_types_of_their_arguments(
+    build: Callable[[], ff.Schedule], match: str
+) -> None:
+    with pytest.raises(ff.errors.ScheduleTypeError, match=match) as info:
+        build()
+    assert isinstance(info.value, TypeError) and not isinstance(info.value, ValueError)

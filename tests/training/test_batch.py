@@ -7,16 +7,16 @@ from typing import Any
 import pytest
 import torch
 
-from freezeflow.errors import TrainingError
+from freezeflow.errors import TrainingTypeError
 from freezeflow.training.batch import accuracy, batch_size, metric_fns, split_batch, to_device
 
 
 def test_split_batch_takes_pairs_and_names_what_else_it_got() -> None:
     x, y = torch.zeros(2, 3), torch.ones(2)
     assert split_batch((x, y)) == (x, y) and split_batch([x, y]) == (x, y)
-    with pytest.raises(TrainingError, match="got a tuple of length 3"):
+    with pytest.raises(TrainingTypeError, match="got a tuple of length 3"):
         split_batch((x, y, y))
-    with pytest.raises(TrainingError, match="got a Tensor;"):
+    with pytest.raises(TrainingTypeError, match="got a Tensor;"):
         split_batch(x)
 
 

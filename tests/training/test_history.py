@@ -7,7 +7,7 @@ import sys
 import pytest
 from _fit_worker import tiny_data, tiny_model, tiny_schedule
 
-from freezeflow.errors import TrainingError
+from freezeflow.errors import MissingDependencyError, TrainingArgumentError
 from freezeflow.training.history import History
 from freezeflow.training.loop import fit
 from freezeflow.training.setup import seed_everything
@@ -73,17 +73,17 @@ def test_interruption_and_stop_reason_survive_json() -> None:
 
 @pytest.mark.parametrize("text", ['{"format": "other/1"}', "[1, 2]"])
 def test_from_json_refuses_what_is_not_a_history(text: str) -> None:
-    with pytest.raises(TrainingError, match="not a freezeflow History"):
+    with pytest.raises(TrainingArgumentError, match=r"not a freezeflow History.*to_json"):
         History.from_json(text)
 
 
 def test_history_to_dataframe_without_pandas(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "pandas", None)
-    with pytest.raises(TrainingError, match="needs pandas"):
+    with pytest.raises(MissingDependencyError, match="needs pandas"):
         History().to_dataframe()
 
 
 def test_plot_without_matplotlib(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
-    with pytest.raises(TrainingError, match="needs matplotlib"):
+    with pytest.raises(MissingDependencyError, match="needs matplotlib"):
         History().plot()

@@ -625,8 +625,8 @@ BAD_INPUT: list[tuple[str, BadBuild, type[Exception], str]] = [
     (
         "not-an-optimizer",
         lambda m, o: ff.GradualUnfreezer(m, three_stage(), 42),  # type: ignore[arg-type]
-        ff.OptimizerError,
-        r"got 42",
+        ff.errors.OptimizerTypeError,
+        r"got 42 of type int",
     ),
     (
         "factory-returns-junk",
@@ -635,8 +635,8 @@ BAD_INPUT: list[tuple[str, BadBuild, type[Exception], str]] = [
             three_stage(),
             lambda groups: "sgd",  # type: ignore[arg-type,return-value]
         ),
-        ff.OptimizerError,
-        r"returned 'sgd', not a torch\.optim\.Optimizer",
+        ff.errors.OptimizerTypeError,
+        r"returned 'sgd' of type str, not a torch\.optim\.Optimizer",
     ),
     (
         "bad-norm-mode",
@@ -653,8 +653,8 @@ BAD_INPUT: list[tuple[str, BadBuild, type[Exception], str]] = [
     (
         "total-epochs-bool",
         lambda m, o: ff.GradualUnfreezer(m, three_stage(), o, total_epochs=True),
-        ff.ScheduleError,
-        r"GradualUnfreezer\(total_epochs\): expected an integer >= 1, got True",
+        ff.errors.ScheduleTypeError,
+        r"GradualUnfreezer\(total_epochs\): expected an integer >= 1, got True of type bool",
     ),
 ]
 
@@ -689,7 +689,7 @@ def test_hook_arguments_are_checked() -> None:
     uf = _uf(_sched(1))
     with pytest.raises(ff.ScheduleError, match=r"on_epoch_start\(epoch\): .* >= 0, got -1"):
         uf.on_epoch_start(-1)
-    with pytest.raises(ff.ScheduleError, match=r"on_epoch_start\(epoch\): .* got '1'"):
+    with pytest.raises(ff.errors.ScheduleTypeError, match=r"on_epoch_start\(epoch\): .* got '1'"):
         uf.on_epoch_start("1")  # type: ignore[arg-type]
     assert uf.stage_index == 0
 

@@ -490,7 +490,7 @@ def test_check_group_lists_names_the_list() -> None:
 
 
 def test_check_scheduler_refuses_what_is_not_a_scheduler() -> None:
-    with pytest.raises(ff.OptimizerError, match=r"got 'cosine'"):
+    with pytest.raises(ff.errors.OptimizerTypeError, match=r"got 'cosine' of type str"):
         ffl.check_scheduler("cosine", _optimizer())
 
 

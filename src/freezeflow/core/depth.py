@@ -15,7 +15,7 @@ from torch import nn
 
 from freezeflow.core.index import ModelIndex
 from freezeflow.core.policy import Cache, FreezePolicy, PolicyLike, Result, as_policy, from_aliases
-from freezeflow.errors import PolicyError, PolicyTypeError
+from freezeflow.errors import PolicyError, PolicyTypeError, check_int
 
 __all__ = ["Blocks", "Layers", "blocks", "first", "last", "layers"]
 
@@ -163,5 +163,4 @@ def layers(
 
 
 def _check_count(kind: str, n: object) -> None:
-    if not isinstance(n, int) or isinstance(n, bool) or n <= 0:
-        raise PolicyError(f"{kind}() takes a positive number of blocks, got {n!r}; hint: {kind}(2)")
+    check_int(f"{kind}() (a number of blocks)", n, 1, PolicyError, f"{kind}(2)")

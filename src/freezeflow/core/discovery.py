@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
+from freezeflow._torch_internals import NORM_BASE
 from freezeflow.errors import PolicyError, nearest, quote_list
 
 __all__ = [
@@ -28,7 +29,7 @@ __all__ = [
 ]
 
 NORM_TYPES: tuple[type[nn.Module], ...] = (
-    nn.modules.batchnorm._NormBase,
+    NORM_BASE,
     nn.GroupNorm,
     nn.LayerNorm,
     nn.LocalResponseNorm,

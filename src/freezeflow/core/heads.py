@@ -9,7 +9,14 @@ from __future__ import annotations
 
 from torch import nn
 
-from freezeflow.errors import HeadError, HeadNotFoundError, nearest, quote_list
+from freezeflow.errors import (
+    FreezeflowTypeError,
+    HeadError,
+    HeadNotFoundError,
+    check_int,
+    nearest,
+    quote_list,
+)
 
 __all__ = ["HEAD_ATTRS", "replace_head"]
 
@@ -18,21 +25,20 @@ HEAD_ATTRS: tuple[str, ...] = ("fc", "classifier", "head", "heads", "_fc")
 
 
 def _check_positive_int(value: object, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise HeadError(
-            f"{what} must be a positive int, got {value!r} ({type(value).__name__}); "
-            f"hint: pass e.g. {what}=10"
-        )
-    return value
+    return check_int(what, value, 1, HeadError, f"pass e.g. {what}=10")
 
 
 def _check_dropout(value: object) -> float:
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and 0.0 <= value < 1.0:
-        return float(value)
-    raise HeadError(
-        f"dropout must be a float in [0, 1), got {value!r} ({type(value).__name__}); "
-        "hint: dropout=0.0 disables it"
-    )
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise FreezeflowTypeError(
+            f"dropout must be a float in [0, 1), got {value!r} of type {type(value).__name__}; "
+            "hint: dropout=0.0 disables it"
+        )
+    if not 0.0 <= value < 1.0:
+        raise HeadError(
+            f"dropout must be a float in [0, 1), got {value!r}; hint: dropout=0.0 disables it"
+        )
+    return float(value)
 
 
 def _final_linear(module: nn.Module, path: str) -> tuple[str, nn.Linear] | str:
@@ -112,7 +118,9 @@ def replace_head(
         The new head module (the ``nn.Linear`` or ``nn.Sequential`` now in the model).
 
     Raises:
-        HeadError: ``num_classes``, ``hidden`` or ``dropout`` is invalid.
+        HeadError: ``num_classes``, ``hidden`` or ``dropout`` is out of range
+            (:class:`~freezeflow.errors.FreezeflowTypeError`: not a number), or ``attr``
+            is empty (``FreezeflowTypeError``: not a string).
         HeadNotFoundError: no replaceable head was found (a ``HeadError``, so also a
             ``ValueError``). The model is unchanged whenever an error is raised.
 
@@ -138,8 +146,16 @@ def replace_head(
     found: tuple[str, nn.Linear] | str
 
     if attr is not None:
-        if not isinstance(attr, str) or not attr:
-            raise HeadError(f"attr must be a non-empty dotted module path, got {attr!r}")
+        if not isinstance(attr, str):
+            raise FreezeflowTypeError(
+                f"attr must be a dotted module path, got {attr!r} of type {type(attr).__name__}; "
+                "hint: attr='classifier' or attr='head.fc'"
+            )
+        if not attr:
+            raise HeadError(
+                "attr must be a non-empty dotted module path, got ''; hint: leave attr out to "
+                "search the usual head attributes"
+            )
         names = [n for n, _ in model.named_modules() if n]
         try:
             target = model.get_submodule(attr)

@@ -8,6 +8,8 @@ from typing import Any, overload
 import torch
 from torch import nn
 
+from freezeflow.errors import NotSelectedError
+
 __all__ = ["Selection"]
 
 
@@ -47,12 +49,19 @@ class Selection(Mapping[str, nn.Parameter]):
         self._model_name = model_name
         self._total = total
 
+    def _not_selected(self, key: object) -> str:
+        return (
+            f"{key!r} is not one of the {len(self._names)} parameter names selected on "
+            f"{self._model_name}; expected a selected name (or one of its aliases); hint: "
+            "list(selection) gives them"
+        )
+
     # -- Mapping -------------------------------------------------------------------------
     def __getitem__(self, key: str) -> nn.Parameter:
         for i, names in enumerate(self._aliases):
             if key in names:
                 return self._params[i]
-        raise KeyError(key)
+        raise NotSelectedError(self._not_selected(key))
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._names)
@@ -109,7 +118,7 @@ class Selection(Mapping[str, nn.Parameter]):
         for names in self._aliases:
             if name in names:
                 return names
-        raise KeyError(name)
+        raise NotSelectedError(self._not_selected(name))
 
     @property
     def numel(self) -> int:

@@ -86,7 +86,10 @@ def _import_type(path: str, where_: str) -> type[nn.Module]:
             "e.g. 'torch.nn.BatchNorm2d'"
         ) from exc
     if not (isinstance(obj, type) and issubclass(obj, nn.Module)):
-        raise PolicyError(f"{where_}: {path!r} is not an nn.Module subclass")
+        raise PolicyError(
+            f"{where_}: {path!r} is not an nn.Module subclass (it is {obj!r}); expected a module "
+            "type; hint: e.g. 'torch.nn.BatchNorm2d'"
+        )
     return obj
 
 

@@ -26,9 +26,10 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from freezeflow._torch_internals import compiled_original
 from freezeflow.compile import CompiledForUnfreezing
 from freezeflow.distributed.process_group import collective_device, is_distributed
-from freezeflow.errors import DistributedError
+from freezeflow.errors import DistributedError, TrainingArgumentError, TrainingTypeError
 from freezeflow.unfreezer.gradual import GradualUnfreezer
 from freezeflow.unfreezer.transition import Transition
 
@@ -49,12 +50,15 @@ def unwrap(model: Any) -> nn.Module:
             model = model.model
         elif isinstance(model, DistributedDataParallel):
             model = model.module
-        elif hasattr(model, "_orig_mod") and isinstance(model, nn.Module):
-            model = model._orig_mod
+        elif (original := compiled_original(model)) is not None:
+            model = original
         elif isinstance(model, nn.Module):
             return model
         else:
-            raise DistributedError(f"unwrap() expects a module, got {type(model).__name__}")
+            raise TrainingTypeError(
+                f"unwrap() expects a module, got {model!r} of type {type(model).__name__}; "
+                "hint: pass the model, a DistributedDataParallel or a compiled model"
+            )
 
 
 # --------------------------------------------------------------------------- consistency
@@ -168,14 +172,17 @@ class DDPWrapper:
         **ddp_kwargs: Any,
     ) -> None:
         if isinstance(model, (DistributedDataParallel, DDPWrapper)):
-            raise DistributedError(
-                "wrap_ddp() takes the plain model, not a DistributedDataParallel; hint: pass "
+            raise TrainingArgumentError(
+                f"wrap_ddp() takes the plain model, not a {type(model).__name__}; hint: pass "
                 "ddp.module and let freezeflow build DDP"
             )
         if not isinstance(model, nn.Module):
-            raise DistributedError(f"wrap_ddp() needs an nn.Module, got {type(model).__name__}")
+            raise TrainingTypeError(
+                f"wrap_ddp() needs an nn.Module, got {model!r} of type {type(model).__name__}; "
+                "hint: pass the model itself, not its parameters or state_dict"
+            )
         if unfreezer is not None and unfreezer.model is not model:
-            raise DistributedError(
+            raise TrainingArgumentError(
                 "the unfreezer manages another model than the one given to wrap_ddp(); hint: "
                 "build both over the same (unwrapped) model"
             )
@@ -282,7 +289,7 @@ class DDPWrapper:
         # autograd hooks (an old reducer whose forward is not called is inert anyway)
         del old
         if self.compile_kwargs is not None and self.rebuilds > 0:
-            torch._dynamo.reset()
+            torch.compiler.reset()
         if is_distributed() and any(self._flags):
             try:
                 kwargs = dict(self.ddp_kwargs)

@@ -17,7 +17,7 @@ from torch.utils.data import (
 )
 
 from freezeflow.distributed.process_group import is_distributed, rank, world_size
-from freezeflow.errors import DistributedError
+from freezeflow.errors import TrainingTypeError
 
 __all__ = ["UnpaddedShardSampler", "distributed_sampler", "shard_loader"]
 
@@ -37,7 +37,7 @@ def distributed_sampler(
     if not is_distributed():
         return None
     if not isinstance(dataset, Sized):
-        raise DistributedError(
+        raise TrainingTypeError(
             f"distributed_sampler needs a dataset with a length, got {type(dataset).__name__}; "
             "hint: shard an IterableDataset yourself (e.g. by rank() and world_size())"
         )
@@ -71,7 +71,9 @@ def _rebuildable(loader: DataLoader[Any]) -> str | None:
         return f"a custom batch_sampler ({type(loader.batch_sampler).__name__})"
     sampler = loader.sampler
     if isinstance(sampler, RandomSampler):
-        if sampler.replacement or sampler._num_samples is not None:
+        # the public num_samples is len(dataset) unless num_samples= was given; given as
+        # len(dataset) it draws the same permutation as the default, so rebuilding is exact
+        if sampler.replacement or sampler.num_samples != len(data):
             return "a RandomSampler with replacement= or num_samples="
         return None
     if type(sampler) is not SequentialSampler:

@@ -338,7 +338,11 @@ class FreezeflowCallback(StrictMetric, Callback):
         if state is None:
             return
         if not isinstance(state, dict):
-            raise StateError(f"not a FreezeflowCallback state: {state_dict!r}")
+            raise StateError(
+                f"not a FreezeflowCallback state: its 'unfreezer' is {state!r} of type "
+                f"{type(state).__name__}, expected a dict; hint: resume from a checkpoint that "
+                "FreezeflowCallback saved"
+            )
         if self.unfreezer is not None:
             # strategies that restore callbacks after setup (e.g. DeepSpeed) land here
             self.unfreezer.load_state_dict(state)
@@ -367,10 +371,17 @@ def _probe(trainer: pl.Trainer, pl_module: pl.LightningModule) -> Probe:
                 else:
                     setattr(pl_module, name, value)
         value = out.get("loss") if isinstance(out, Mapping) else out
-        if not isinstance(value, Tensor):
+        if value is None:
             raise TrainingError(
                 f"ff.auto measures the training loss, but training_step returned {out!r}; "
-                "expected the loss or a dict with 'loss' (automatic optimization)"
+                "expected the loss or a dict with 'loss'; hint: ff.auto needs automatic "
+                "optimization, where training_step returns the loss"
+            )
+        if not isinstance(value, Tensor):
+            raise TrainingTypeError(
+                f"ff.auto measures the training loss, but training_step returned {out!r}, "
+                f"whose loss is a {type(value).__name__}; expected a tensor; hint: return the "
+                "loss tensor itself, not loss.item()"
             )
         return value
 

@@ -235,7 +235,11 @@ class FreezeflowTrainerCallback(StrictMetric, TrainerCallback):
             )
         state = json.loads(path.read_text(encoding="utf-8"))
         if not isinstance(state, dict):
-            raise StateError(f"{str(path)!r} is not a freezeflow state")
+            raise StateError(
+                f"{str(path)!r} is not a freezeflow state: it holds a {type(state).__name__}, "
+                "expected a JSON object; hint: resume from a checkpoint folder that "
+                "FreezeflowTrainerCallback saved"
+            )
         self._pending = state
         self._resumed = True
 
@@ -527,10 +531,17 @@ def _probe(loader: Any, model: nn.Module) -> Probe:
     def loss(net: nn.Module, batch: Any) -> torch.Tensor:
         out = net(**batch) if isinstance(batch, dict) else None
         value = getattr(out, "loss", None)
-        if not isinstance(value, torch.Tensor):
+        if value is None:
             raise TrainingError(
                 "ff.auto measures the training loss, but the model returned no loss for a "
-                "training batch; expected batches with labels, as the Trainer trains on"
+                "training batch; expected batches with labels, as the Trainer trains on; hint: "
+                "check that the training dataset has a labels column"
+            )
+        if not isinstance(value, torch.Tensor):
+            raise TrainingTypeError(
+                f"ff.auto measures the training loss, but the model's loss is {value!r} of "
+                f"type {type(value).__name__}; expected a tensor; hint: the model's output "
+                "should hold loss as a tensor"
             )
         return value
 

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 from freezeflow.core.depth import blocks, last
 from freezeflow.core.policy import PolicyLike, everything
-from freezeflow.errors import ScheduleError, check_int
+from freezeflow.errors import ScheduleError, ScheduleTypeError, check_int
 from freezeflow.schedules.schedule import Schedule, Stage
 from freezeflow.schedules.triggers import at_fraction
 
@@ -112,7 +112,7 @@ def chain_thaw(
     check_int("chain_thaw(head_epochs)", head_epochs, 1)
     check_int("chain_thaw(epochs_per_stage)", epochs_per_stage, 1)
     if isinstance(parts, str) or not isinstance(parts, Sequence):
-        raise ScheduleError(
+        raise ScheduleTypeError(
             f"chain_thaw(parts={parts!r}): expected a list of policies, one per stage; hint: "
             f"chain_thaw(head, [{parts!r}]) for a single part"
         )

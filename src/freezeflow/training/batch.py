@@ -14,7 +14,7 @@ from typing import Any
 
 from torch import Tensor
 
-from freezeflow.errors import TrainingError
+from freezeflow.errors import TrainingError, TrainingTypeError
 from freezeflow.training.run import Metric, Run
 
 __all__ = [
@@ -29,11 +29,11 @@ __all__ = [
 
 
 def split_batch(batch: Any) -> tuple[Any, Any]:
-    """``(inputs, targets)`` of a batch, or a :class:`TrainingError` saying what it is."""
+    """``(inputs, targets)`` of a batch, or a :class:`TrainingTypeError` saying what it is."""
     if isinstance(batch, (tuple, list)) and len(batch) == 2:
         return batch[0], batch[1]
     size = f" of length {len(batch)}" if isinstance(batch, (tuple, list)) else ""
-    raise TrainingError(
+    raise TrainingTypeError(
         f"a batch must be an (inputs, targets) pair, got a {type(batch).__name__}{size}; "
         "hint: a Dataset's __getitem__ should return (input, target)"
     )
@@ -78,11 +78,15 @@ def forward(run: Run, net: Callable[[Any], Any], inputs: Any) -> Any:
 def compute_loss(run: Run, outputs: Any, targets: Any) -> Tensor:
     """``run.loss_fn(outputs, targets)``, checked to be a scalar tensor."""
     loss = run.loss_fn(outputs, targets)
-    if not isinstance(loss, Tensor) or loss.ndim != 0:
-        got = f"a tensor of shape {tuple(loss.shape)}" if isinstance(loss, Tensor) else repr(loss)
+    if not isinstance(loss, Tensor):
+        raise TrainingTypeError(
+            f"loss_fn returned {loss!r} of type {type(loss).__name__}, expected a scalar tensor; "
+            "hint: return the loss tensor itself, e.g. nn.CrossEntropyLoss()"
+        )
+    if loss.ndim != 0:
         raise TrainingError(
-            f"loss_fn returned {got}, expected a scalar tensor; hint: reduce it "
-            "(reduction='mean', or .mean())"
+            f"loss_fn returned a tensor of shape {tuple(loss.shape)}, expected a scalar tensor; "
+            "hint: reduce it (reduction='mean', or .mean())"
         )
     return loss
 

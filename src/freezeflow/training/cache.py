@@ -35,8 +35,9 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from freezeflow._torch_internals import NORM_BASE
 from freezeflow.core.discovery import is_norm_layer
-from freezeflow.errors import CacheRefused
+from freezeflow.errors import CacheRefused, TrainingError
 from freezeflow.training.prefix import Cut, frozen_prefix
 from freezeflow.training.rng import rng_state, same_rng_state, set_rng_state
 from freezeflow.training.views import Views
@@ -188,11 +189,7 @@ class FeatureCache:
         # batch statistics: a norm layer in train mode makes each output depend on its batch
         for m in self.cut.modules:
             for sub in m.modules():
-                if (
-                    is_norm_layer(sub)
-                    and sub.training
-                    and isinstance(sub, nn.modules.batchnorm._NormBase)
-                ):
+                if is_norm_layer(sub) and sub.training and isinstance(sub, NORM_BASE):
                     raise CacheRefused(
                         f"a {type(sub).__name__} in the frozen prefix is in train mode, so its "
                         "output depends on the batch and its statistics move (norm='ignore' or "
@@ -354,7 +351,11 @@ class CachedEpoch(Iterator[tuple[torch.Tensor, torch.Tensor]]):
         idx = next(self.order)
         features, targets = self.cache.features, self.cache.targets
         if features is None or targets is None:
-            raise RuntimeError("the cache was closed during the epoch")
+            raise TrainingError(
+                "the cache was closed during the epoch (features or targets are None); "
+                "expected it open until the epoch ends; hint: close() a FeatureCache only "
+                "after iterating over it"
+            )
         if self.views is not None:  # one draw per sample, in order, as the uncached loader's
             idx = idx + self.n * torch.tensor([self.views.draw() for _ in range(len(idx))])
         return features[idx].to(self.cache.device), targets[idx]

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from freezeflow.distributed.process_group import world_size
-from freezeflow.errors import CacheRefused, TrainingError, check_int
+from freezeflow.errors import CacheRefused, TrainingArgumentError, check_int
 from freezeflow.training.cache import CachedEpoch, FeatureCache
 from freezeflow.training.prefix import frozen_prefix
 from freezeflow.training.run import Callback, Run
@@ -49,7 +49,8 @@ class FeatureCaching(Callback):
             memory.
 
     Raises:
-        TrainingError: ``max_bytes`` is not an integer >= 0.
+        TrainingArgumentError: ``max_bytes`` is an integer < 0 (``TrainingTypeError``: not
+            an integer).
 
     Example:
         >>> FeatureCaching(max_bytes=1 << 20).max_bytes
@@ -58,7 +59,9 @@ class FeatureCaching(Callback):
 
     def __init__(self, directory: str | Path | None = None, max_bytes: int = 2 << 30) -> None:
         self.directory = directory
-        self.max_bytes = check_int("FeatureCaching(max_bytes=)", max_bytes, 0, TrainingError)
+        self.max_bytes = check_int(
+            "FeatureCaching(max_bytes=)", max_bytes, 0, TrainingArgumentError
+        )
         self.enabled = True
         self.cache: FeatureCache | None = None
         self.val_cache: FeatureCache | None = None

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from freezeflow.errors import TrainingError
+from freezeflow.errors import MissingDependencyError, TrainingArgumentError
 from freezeflow.unfreezer.gradual import Transition
 
 __all__ = ["History"]
@@ -84,7 +84,11 @@ class History:
         """Read what :meth:`to_json` wrote."""
         data = json.loads(text)
         if not isinstance(data, dict) or data.get("format") != _HISTORY_FORMAT:
-            raise TrainingError(f"not a freezeflow History (expected format {_HISTORY_FORMAT!r})")
+            found = data.get("format") if isinstance(data, dict) else type(data).__name__
+            raise TrainingArgumentError(
+                f"not a freezeflow History (found {found!r}, expected format "
+                f"{_HISTORY_FORMAT!r}); hint: pass what History.to_json() wrote"
+            )
         return cls(list(data["records"]), bool(data["interrupted"]), data["stop_reason"])
 
     def to_dataframe(self) -> Any:
@@ -93,7 +97,7 @@ class History:
         try:
             import pandas as pd
         except ImportError:
-            raise TrainingError(
+            raise MissingDependencyError(
                 "History.to_dataframe() needs pandas; hint: pip install pandas, or use "
                 "History.to_dicts()"
             ) from None
@@ -112,7 +116,7 @@ class History:
         try:
             from matplotlib.figure import Figure
         except ImportError:
-            raise TrainingError(
+            raise MissingDependencyError(
                 "History.plot() needs matplotlib; hint: pip install 'freezeflow[plot]'"
             ) from None
         epochs = self.epochs

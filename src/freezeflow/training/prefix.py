@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from freezeflow.core.discovery import find_blocks
-from freezeflow.errors import CacheRefused
+from freezeflow.errors import CacheRefused, TrainingError
 
 __all__ = ["Cut", "frozen_prefix"]
 
@@ -70,7 +70,11 @@ class _Replay:
 
     def __call__(self, *args: Any, **kwargs: Any) -> torch.Tensor:
         if self.features is None:
-            raise RuntimeError("no cached features set for this forward pass")
+            raise TrainingError(
+                "the frozen prefix was replayed with no cached features set for this forward "
+                "pass; expected handle.features set inside Cut.replaying(); hint: this is a "
+                "freezeflow bug if fit() raised it, please report it"
+            )
         return self.features
 
 

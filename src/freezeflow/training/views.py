@@ -9,6 +9,8 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset, get_worker_info
 
+from freezeflow.errors import TrainingTypeError
+
 __all__ = ["Views"]
 
 
@@ -46,13 +48,14 @@ class Views(Dataset[Any]):
         generator: torch.Generator | None = None,
     ) -> None:
         if not (hasattr(dataset, "__getitem__") and hasattr(dataset, "__len__")):
-            raise TypeError(
+            raise TrainingTypeError(
                 f"Views(dataset={type(dataset).__name__}): expected a map-style dataset "
-                "(with __getitem__ and __len__)"
+                "(with __getitem__ and __len__); hint: wrap an iterable dataset's samples in a "
+                "list, or cache without views"
             )
         views = list(views)
         if not views or not all(callable(v) for v in views):
-            raise TypeError(
+            raise TrainingTypeError(
                 f"Views(views={views!r}): expected a non-empty sequence of functions of a "
                 "sample's inputs; hint: include the identity, lambda x: x, for the sample itself"
             )

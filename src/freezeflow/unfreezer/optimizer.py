@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from torch.optim import Optimizer
 
-from freezeflow.errors import FreezeflowWarning, OptimizerError
+from freezeflow.errors import FreezeflowWarning, OptimizerError, OptimizerTypeError
 from freezeflow.schedules.schedule import Schedule
 from freezeflow.unfreezer.layout import Layout
 from freezeflow.unfreezer.lr_schedulers import (
@@ -93,14 +93,18 @@ def _build(
         torch.optim.AdamW if optimizer is None else optimizer
     )
     if not callable(factory):
-        raise OptimizerError(
+        raise OptimizerTypeError(
             f"optimizer must be a torch.optim.Optimizer, an optimizer class or a "
-            f"factory taking param groups, got {optimizer!r}"
+            f"factory taking param groups, got {factory!r} of type {type(factory).__name__}; "
+            "hint: optimizer=torch.optim.AdamW, or functools.partial(torch.optim.SGD, "
+            "momentum=0.9)"
         )
     built = factory(groups)
     if not isinstance(built, Optimizer):
-        raise OptimizerError(
-            f"the optimizer factory returned {built!r}, not a torch.optim.Optimizer"
+        raise OptimizerTypeError(
+            f"the optimizer factory returned {built!r} of type {type(built).__name__}, not a "
+            "torch.optim.Optimizer; hint: the factory takes the param groups and returns "
+            "e.g. torch.optim.AdamW(groups)"
         )
     return built
 
