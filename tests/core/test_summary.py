@@ -166,5 +166,12 @@ def test_summary_of_vit_counts_loose_parameters_in_the_first_block() -> None:
 
 
 def test_bad_unit_is_rejected(cnn: SmallCNN) -> None:
-    with pytest.raises(ff.PolicyError, match="'modules'"):
+    with pytest.raises(ff.PolicyError, match=r"'modules'.*hint"):
         ff.summary(cnn, by="modules")  # type: ignore[arg-type]
+
+
+def test_counts_have_one_name(cnn: SmallCNN) -> None:
+    # n_trainable only: no alias under the name used before the rename
+    s = ff.summary(cnn)
+    assert s.n_trainable == sum(r.n_trainable for r in s.rows)
+    assert not hasattr(s, "trainable") and not hasattr(s.rows[0], "trainable")

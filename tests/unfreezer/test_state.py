@@ -1,5 +1,5 @@
-"""freezeflow.unfreezer.state: what GradualUnfreezer.state_dict() holds, states of the earlier
-format still load, and a state that does not fit is refused before anything changes.
+"""freezeflow.unfreezer.state: what GradualUnfreezer.state_dict() holds, that it loads, and
+that a state that does not fit (another format included) is refused before anything changes.
 (Resuming bit-identically is tests/test_resume.py.)"""
 
 from __future__ import annotations
@@ -77,27 +77,18 @@ def test_state_loads_into_a_fresh_unfreezer() -> None:
     assert _view(other) == _view(uf)
 
 
-def _format_1(state: dict[str, Any]) -> dict[str, Any]:
-    """The same state as the first format wrote it."""
-    old = {k: v for k, v in state.items() if k not in ("stage_index", "trainable_names")}
-    old["format"] = "freezeflow.GradualUnfreezer/1"
-    old["stage"] = state["stage_index"]
-    old["trainable"] = state["trainable_names"]
-    old["history"] = [
-        {
-            ("stage" if k == "stage_index" else "trainable" if k == "n_trainable" else k): v
-            for k, v in t.items()
-        }
-        for t in state["history"]
-    ]
-    return old
-
-
-def test_a_state_of_the_first_format_loads() -> None:
-    uf = _at_stage_1()
-    other = _fresh()
-    other.load_state_dict(_format_1(uf.state_dict()))
-    assert _view(other) == _view(uf)
+@pytest.mark.parametrize(
+    "state",
+    [{"format": "freezeflow.GradualUnfreezer/1"}, {"stage_index": 1}, [1, 2], None],
+    ids=["another-format", "no-format", "list", "none"],
+)
+def test_what_is_not_a_state_of_this_format_is_refused(state: Any) -> None:
+    uf = _fresh()
+    before = _view(uf)
+    match = rf"not a GradualUnfreezer state.*{STATE_FORMAT}"
+    with pytest.raises(ff.errors.StateError, match=match):
+        uf.load_state_dict(state)
+    assert _view(uf) == before
 
 
 @pytest.mark.parametrize(

@@ -1,5 +1,5 @@
-"""freezeflow.unfreezer.transition: a stage change as a record, read back with the keys used
-before the renames too, and the deprecated attribute names."""
+"""freezeflow.unfreezer.transition: a stage change as a record, read back exactly as
+Transition.to_dict() wrote it (one set of keys: nothing was released under other names)."""
 
 from __future__ import annotations
 
@@ -33,31 +33,28 @@ def test_record_and_back() -> None:
     assert Transition.from_dict(record) == T
 
 
-def test_records_with_the_old_keys_are_read() -> None:
-    old = {
-        "stage": 1,
-        "name": "body",
-        "epoch": 2,
-        "step": 14,
-        "trainable": 120,
-        "lrs": {"stage1/decay": 1e-3},
-        "reason": "epoch 2",
-    }
-    assert Transition.from_dict(old) == T
-
-
 def test_a_record_missing_a_field_is_refused() -> None:
     record = T.to_dict()
     del record["reason"]
-    with pytest.raises(ff.errors.StateError, match=r"lacks \['reason'\]"):
+    with pytest.raises(ff.errors.StateError, match=r"lacks \['reason'\].*to_dict\(\)"):
         Transition.from_dict(record)
 
 
-def test_old_attribute_names_are_deprecated_aliases() -> None:
-    with pytest.warns(DeprecationWarning, match=r"Transition\.stage_index"):
-        assert T.stage == 1
-    with pytest.warns(DeprecationWarning, match=r"Transition\.n_trainable"):
-        assert T.trainable == 120
+def test_a_record_with_other_keys_is_refused() -> None:
+    # the keys before stage_index and n_trainable were named so are not read back
+    record = T.to_dict()
+    record["stage"] = record.pop("stage_index")
+    record["trainable"] = record.pop("n_trainable")
+    with pytest.raises(ff.errors.StateError) as info:
+        Transition.from_dict(record)
+    message = str(info.value)
+    assert "lacks ['stage_index', 'n_trainable']" in message
+    assert "unknown keys ['stage', 'trainable']" in message
+
+
+def test_only_the_current_attribute_names() -> None:
+    assert not hasattr(T, "stage") and not hasattr(T, "trainable")
+    assert {"stage_index", "n_trainable"} <= set(T.to_dict())
 
 
 def test_the_unfreezer_records_what_it_applied() -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import html
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -16,15 +15,6 @@ from freezeflow.core.index import ModelIndex
 from freezeflow.errors import PolicyError
 
 __all__ = ["Summary", "SummaryRow", "summary"]
-
-
-def _deprecated(owner: str, value: int) -> int:
-    warnings.warn(
-        f"{owner}.trainable is deprecated; use {owner}.n_trainable",
-        DeprecationWarning,
-        stacklevel=3,
-    )
-    return value
 
 
 @dataclass(frozen=True)
@@ -46,11 +36,6 @@ class SummaryRow:
             return "trainable"
         return "frozen" if self.n_trainable == 0 else "partial"
 
-    @property
-    def trainable(self) -> int:
-        """Deprecated: use :attr:`n_trainable`."""
-        return _deprecated("SummaryRow", self.n_trainable)
-
 
 @dataclass(frozen=True)
 class Summary:
@@ -67,11 +52,6 @@ class Summary:
     @property
     def frozen(self) -> int:
         return self.total - self.n_trainable
-
-    @property
-    def trainable(self) -> int:
-        """Deprecated: use :attr:`n_trainable`."""
-        return _deprecated("Summary", self.n_trainable)
 
     def _table(self) -> tuple[list[str], list[list[str]], list[str]]:
         head = ["#", self.unit[:-1], "params", "trainable", "status", "norm"]
@@ -142,7 +122,10 @@ def summary(model: nn.Module, *, by: Literal["blocks", "layers"] = "blocks") -> 
         ResNet: 513,000 of 11,689,512 parameters trainable (11,176,512 frozen)
     """
     if by not in ("blocks", "layers"):
-        raise PolicyError(f"summary(by={by!r}): expected 'blocks' or 'layers'")
+        raise PolicyError(
+            f"summary(by={by!r}): expected 'blocks' or 'layers'; hint: 'layers' shows every "
+            "leaf module with parameters"
+        )
     idx = ModelIndex.build(model)
     unit_of = idx.block_of_alias() if by == "blocks" else idx.layer_of_alias()
     names = [b.name for b in idx.blocks] if by == "blocks" else list(idx.layers)

@@ -24,9 +24,6 @@ from freezeflow.unfreezer.transition import Transition
 __all__ = ["STATE_FORMAT", "apply_state", "capture", "fingerprint", "read_state"]
 
 STATE_FORMAT = "freezeflow.GradualUnfreezer/2"
-_FORMAT_1 = "freezeflow.GradualUnfreezer/1"
-"""The format before ``stage`` became ``stage_index`` and ``trainable`` ``trainable_names``
-(and, in the history, ``n_trainable``); still read."""
 _GROUP_KEYS = ("name", "base_lr", "lr_scale", "weight_decay", *LR_KEYS)
 
 
@@ -59,33 +56,22 @@ def capture(model: nn.Module, layout: Layout, optimizer: Optimizer) -> dict[str,
     }
 
 
-def _upgrade(state: dict[str, Any]) -> dict[str, Any]:
-    """A format-1 state in the current format."""
-    out = {k: v for k, v in state.items() if k not in ("stage", "trainable")}
-    out["format"] = STATE_FORMAT
-    out["stage_index"] = state["stage"]
-    out["trainable_names"] = state["trainable"]
-    return out
-
-
 def read_state(
     state: object, model: nn.Module, layout: Layout, schedule: Schedule, optimizer: Optimizer
 ) -> dict[str, Any]:
     """Check that ``state`` is an unfreezer state saved for this model, schedule and group
-    layout; returns it in the current format.
+    layout; returns it.
 
     Raises:
         StateError: it is not an unfreezer state, or was saved for another model, schedule
             or group layout, or names parameters, modules or groups this model lacks.
     """
     found = state.get("format") if isinstance(state, dict) else type(state).__name__
-    if not isinstance(state, dict) or found not in (STATE_FORMAT, _FORMAT_1):
+    if not isinstance(state, dict) or found != STATE_FORMAT:
         raise StateError(
             f"not a GradualUnfreezer state (found {found!r}, expected {STATE_FORMAT!r}); "
             "hint: pass what unfreezer.state_dict() returned"
         )
-    if found == _FORMAT_1:
-        state = _upgrade(state)
     mine = fingerprint(layout, schedule)
     theirs = state.get("fingerprint", {})
     for key in ("model", "schedule", "groups"):
@@ -101,7 +87,9 @@ def read_state(
     if unknown or bad_modules or len(state["groups"]) != len(optimizer.param_groups):
         raise StateError(
             "the state names parameters, modules or groups this model does not have: "
-            f"{sorted(unknown)[:3] or bad_modules[:3]}"
+            f"{sorted(unknown)[:3] or bad_modules[:3] or len(state['groups'])} (this optimizer "
+            f"has {len(optimizer.param_groups)} groups); expected a state saved from this "
+            "model; hint: rebuild the same model (same head) and schedule before loading"
         )
     return state
 
@@ -119,7 +107,10 @@ def apply_state(
     try:
         restore_norm_modes(model, state["norm_modes"])  # checks everything first
     except PolicyError as exc:
-        raise StateError(f"the state's norm modes do not fit this model: {exc}") from exc
+        raise StateError(
+            f"the state's norm modes do not fit this model: {exc}; hint: load a state saved "
+            "from this model"
+        ) from exc
     names = set(state["trainable_names"])
     for n, p in zip(layout.names, layout.params):
         p.requires_grad_(n in names)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from typing import Any
@@ -10,9 +9,6 @@ from typing import Any
 from freezeflow.errors import StateError
 
 __all__ = ["Transition"]
-
-_RENAMED = {"stage": "stage_index", "trainable": "n_trainable"}
-"""Keys of records written before the renames (old -> new), still read back."""
 
 
 @dataclass(frozen=True)
@@ -49,35 +45,18 @@ class Transition:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Transition:
-        """Read :meth:`to_dict`'s output back (records with the old keys ``stage`` and
-        ``trainable`` too).
+        """Read :meth:`to_dict`'s output back.
 
         Raises:
-            StateError: a field is missing.
+            StateError: a field is missing, or a key is not a field.
         """
-        known = {f.name for f in fields(cls)}
-        values = {_RENAMED.get(k, k): v for k, v in data.items()}
-        missing = sorted(known - values.keys())
-        if missing:
-            raise StateError(f"a transition record lacks {missing}: {dict(data)!r}")
-        return cls(**{k: values[k] for k in known})
-
-    @property
-    def stage(self) -> int:
-        """Deprecated: use :attr:`stage_index`."""
-        warnings.warn(
-            "Transition.stage is deprecated; use Transition.stage_index",
-            DeprecationWarning,
-            stacklevel=2,
-        )
-        return self.stage_index
-
-    @property
-    def trainable(self) -> int:
-        """Deprecated: use :attr:`n_trainable`."""
-        warnings.warn(
-            "Transition.trainable is deprecated; use Transition.n_trainable",
-            DeprecationWarning,
-            stacklevel=2,
-        )
-        return self.n_trainable
+        known = [f.name for f in fields(cls)]
+        missing = [k for k in known if k not in data]
+        unknown = [k for k in data if k not in known]
+        if missing or unknown:
+            raise StateError(
+                f"a transition record lacks {missing} and has unknown keys {unknown}: "
+                f"{dict(data)!r}; expected the keys {known}; hint: pass what "
+                "Transition.to_dict() wrote"
+            )
+        return cls(**{k: data[k] for k in known})
