@@ -36,7 +36,7 @@ from torch import nn
 from freezeflow.core.discovery import is_norm_layer
 from freezeflow.core.policy import PolicyLike, as_policy
 from freezeflow.core.selection import Selection
-from freezeflow.errors import PolicyError
+from freezeflow.errors import PolicyError, PolicyTypeError
 
 __all__ = [
     "NormMode",
@@ -105,6 +105,16 @@ def check_norm_mode(norm: object) -> None:
             f"norm={norm!r} is not a norm mode; expected one of {', '.join(map(repr, _MODES))}; "
             "hint: 'eval' keeps frozen BatchNorm statistics fixed (Keras), 'train' keeps norm "
             "layers trainable (fastai train_bn)"
+        )
+
+
+def _check_flag(call: str, name: str, value: object) -> None:
+    """Refuse a switch that is not a bool (a string such as ``"no"`` is truthy), before
+    anything changes."""
+    if not isinstance(value, bool):
+        raise PolicyTypeError(
+            f"{call}({name}={value!r}): expected True or False, got a {type(value).__name__}; "
+            f"hint: {name}=True"
         )
 
 
@@ -215,6 +225,7 @@ def freeze_params(
         False
     """
     check_norm_mode(norm)
+    _check_flag("freeze_params", "eval_frozen", eval_frozen)
     chosen = _model_params(model, params, "freeze_params")
     if norm == "train":
         norm_params = {
@@ -262,6 +273,7 @@ def unfreeze_params(
         >>> [p.requires_grad for p in net.parameters()]
         [False, False, True, True]
     """
+    _check_flag("unfreeze_params", "include_frozen_norm", include_frozen_norm)
     given = _model_params(model, params, "unfreeze_params")
     sticky = set()
     if not include_frozen_norm:
@@ -334,6 +346,8 @@ def freeze(
         ['fc.weight', 'fc.bias']
     """
     check_norm_mode(norm)
+    _check_flag("freeze", "eval_frozen", eval_frozen)
+    _check_flag("freeze", "allow_empty", allow_empty)
     selection = as_policy(policy).select(model, allow_empty=allow_empty)
     done = freeze_params(model, selection.params, norm=norm, eval_frozen=eval_frozen)
     return _subset(model, selection, done)
@@ -362,6 +376,8 @@ def unfreeze(
         >>> ff.unfreeze(model, "layer4").numel
         8393728
     """
+    _check_flag("unfreeze", "include_frozen_norm", include_frozen_norm)
+    _check_flag("unfreeze", "allow_empty", allow_empty)
     selection = as_policy(policy).select(model, allow_empty=allow_empty)
     done = unfreeze_params(model, selection.params, include_frozen_norm=include_frozen_norm)
     return _subset(model, selection, done)
