@@ -433,3 +433,29 @@ class StopAfter(Callback):
     def on_epoch_end(self, run: Run) -> None:
         if run.progress.epoch >= self.epochs:
             run.progress.stop = f"stopped after {self.epochs} epochs"
+
+
+def staged(*starts: Any) -> ff.Schedule:
+    """A schedule over :class:`Net`: the head, then body.1, body.0 and the stem at
+    ``starts``."""
+    policies = ["head", "body.1", "body.0", "stem"]
+    return ff.Schedule(
+        [ff.Stage(policies[0], lr=1e-2)]
+        + [ff.Stage(policies[k + 1], lr=1e-3, start=s) for k, s in enumerate(starts)]
+    )
+
+
+def staged_unfreezer(schedule: ff.Schedule, **kw: Any) -> ff.GradualUnfreezer:
+    """An unfreezer of ``schedule`` over a fresh :class:`Net` and its SGD."""
+    model = make_net()
+    return ff.GradualUnfreezer(model, schedule, torch.optim.SGD(model.parameters(), lr=0.1), **kw)
+
+
+def drive(uf: ff.GradualUnfreezer, epochs: int, steps: int) -> list[tuple[int, int, int]]:
+    """(stage, epoch, global step) of every transition, driving epochs x steps."""
+    seen = []
+    for e in range(epochs):
+        seen += [(t.stage_index, t.epoch, t.step) for t in uf.on_epoch_start(e)]
+        for _ in range(steps):
+            seen += [(t.stage_index, t.epoch, t.step) for t in uf.step()]
+    return seen

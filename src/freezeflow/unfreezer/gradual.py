@@ -21,8 +21,6 @@ Saving and restoring mid-schedule: :mod:`freezeflow.unfreezer.state`.
 
 from __future__ import annotations
 
-import math
-from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from typing import Any
@@ -31,29 +29,30 @@ from torch import nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
-from freezeflow.core.freezing import NormMode, check_norm_mode, freeze_params, unfreeze_params
+from freezeflow.core.freezing import NormMode, check_norm_mode
 from freezeflow.core.policy import PolicyLike
 from freezeflow.errors import (
-    ModelChangedError,
     OptimizerError,
     PolicyError,
     ScheduleError,
     check_int,
 )
 from freezeflow.schedules.schedule import Schedule, Stage
-from freezeflow.schedules.triggers import Clock, PlateauTracker
+from freezeflow.schedules.triggers import PlateauTracker
 from freezeflow.unfreezer import checks
+from freezeflow.unfreezer.hooks import LoopHooks
 from freezeflow.unfreezer.layout import Layout, layout
 from freezeflow.unfreezer.lr_schedulers import Scheduler, Schedulers, has_scheduler
 from freezeflow.unfreezer.optimizer import OptimizerFactory, adopt_layout
 from freezeflow.unfreezer.planner import Probe, StagePlanner, StageTime, planner_for
+from freezeflow.unfreezer.stages import apply_stage
 from freezeflow.unfreezer.state import STATE_FORMAT, apply_state, capture, fingerprint, read_state
 from freezeflow.unfreezer.transition import Transition
 
 __all__ = ["GradualUnfreezer", "OptimizerFactory", "Transition"]
 
 
-class GradualUnfreezer:
+class GradualUnfreezer(LoopHooks):
     """Applies a :class:`~freezeflow.Schedule` to a model and its optimizer.
 
     On construction it checks everything, then freezes all but the first stage's parameters
@@ -188,47 +187,28 @@ class GradualUnfreezer:
 
     # ------------------------------------------------------------------ stages
     def _enter(self, k: int, reason: str) -> Transition:
-        lay, stage = self.layout, self.schedule.stages[k]
-        before = self.trainable_ids() if self.stage_index >= 0 else frozenset()
-        choice = self._planner.choose(k, before)  # decided now, before anything changes
-        now, scales = choice.trainable, choice.scales
+        before = self.trainable_ids() if self.stage_index >= 0 else None
+        choice = self._planner.choose(k, before or frozenset())  # decided before any change
         if choice.note:
             reason = f"{reason}; {choice.note}"
-        if self.stage_index < 0:  # at the start, freeze everything the first stage does not train
-            off, on = frozenset(range(len(lay.params))) - now, now
-        else:
-            off, on = before - now, now - before
-        if off:
-            leaving = [lay.params[i] for i in sorted(off)]
-            freeze_params(self.model, leaving, norm=self.norm, eval_frozen=self.eval_frozen)
-            for p in leaving:  # frozen parameters hold no optimizer state (memory back)
-                self.optimizer.state.pop(p, None)
-        if on:
-            unfreeze_params(self.model, [lay.params[i] for i in sorted(on)])
-        if stage.reset_state:
-            self.optimizer.state = defaultdict(dict)
-        lrs_at: dict[int, str] = {}
-        for i, (spec, group) in enumerate(zip(lay.groups, self.optimizer.param_groups)):
-            if not any(j in now for j in spec.params):
-                continue
-            block = -1 if spec.block is None else spec.block
-            scale = lay.scale(stage, spec) if scales is None else scales.get(block)
-            if scale is None:  # a block the planner did not decide now keeps its scale
-                scale = float(group["lr_scale"])
-            new_base = stage.lr * scale
-            old_base = float(group.get("base_lr", new_base))
-            if old_base > 0 and new_base != old_base:
-                self._schedulers.rescale(i, new_base / old_base)
-            group["base_lr"] = new_base
-            group["lr_scale"] = scale
-            group["weight_decay"] = lay.weight_decay(
-                self.schedule, k, spec, self.default_weight_decay
-            )
-            lrs_at[i] = spec.name
+        active = apply_stage(
+            self.model,
+            self.layout,
+            self.optimizer,
+            self._schedulers,
+            self.schedule,
+            k,
+            before,
+            choice.trainable,
+            choice.scales,
+            norm=self.norm,
+            eval_frozen=self.eval_frozen,
+            default_weight_decay=self.default_weight_decay,
+        )
         self.stage_index = k
         self._stage_start = (self.epoch, self.global_step)
         self._schedulers.stage_changed()  # a scheduler following the stages starts its curve
-        lrs = {name: float(self.optimizer.param_groups[i]["lr"]) for i, name in lrs_at.items()}
+        lrs = {name: float(self.optimizer.param_groups[i]["lr"]) for i, name in active.items()}
         self._plateau.reset()
         self._plateau_ready = False
         t = Transition(
@@ -255,32 +235,6 @@ class GradualUnfreezer:
             raise OptimizerError(f"add_listener() takes a callable, got {fn!r}")
         self._listeners.append(fn)
 
-    def _due(self, k: int, at_epoch_start: bool) -> str | None:
-        return self.schedule.stages[k].start.due(
-            Clock(
-                epoch=self.epoch,
-                step=self.global_step,
-                total_steps=self.total_steps,
-                total_epochs=self.total_epochs,
-                plateaued=self._plateau_ready,
-                at_epoch_start=at_epoch_start,
-            )
-        )
-
-    def _advance(self, at_epoch_start: bool, checked: bool = False) -> list[Transition]:
-        out: list[Transition] = []
-        while self.stage_index + 1 < len(self.schedule):
-            reason = self._due(self.stage_index + 1, at_epoch_start)
-            if reason is None:
-                break
-            if not out and not checked:
-                self.check_model()
-            out.append(self._enter(self.stage_index + 1, reason))
-        entered = [t.stage_index for t in out]
-        if len(out) > 1 and (warning := checks.run_for_no_step(self.schedule, entered)):
-            self._once.warn("order", warning)
-        return out
-
     def check_model(self) -> None:
         """Check that the model's parameters are still the ones the unfreezer was built over
         (cheap: by identity, no tensor work). Called at every epoch start, at the first
@@ -292,101 +246,7 @@ class GradualUnfreezer:
         """
         checks.check_model(self.model, self.layout, self._held)
 
-    # ------------------------------------------------------------------ hooks
-    def on_epoch_start(self, epoch: int) -> list[Transition]:
-        """Tell the unfreezer epoch ``epoch`` (0-based) begins; returns the transitions it
-        made (empty when none).
-
-        Raises:
-            ScheduleError: ``epoch`` is before the last epoch started (the first epoch after
-                :meth:`load_state_dict` may be any); nothing has changed then.
-            ModelChangedError: see :meth:`check_model`.
-        """
-        check_int("on_epoch_start(epoch)", epoch, 0)
-        if not self._resumed:
-            checks.check_epoch(epoch, self.epoch)
-        self.check_model()
-        self.epoch, self._epoch_seen, self._resumed = epoch, True, False
-        return self._advance(at_epoch_start=True, checked=True)
-
-    def step(self) -> list[Transition]:
-        """Call after each optimizer step; returns the transitions it made (step and
-        fraction triggers start here, mid-epoch).
-
-        Warns (once) when steps come before any :meth:`on_epoch_start` while a stage waits
-        for an epoch, which would then never start.
-
-        Raises:
-            ModelChangedError: see :meth:`check_model`; the step is not counted then.
-        """
-        if not self._step_checked:
-            self.check_model()
-            self._step_checked = True
-        if not self._epoch_seen and (
-            warning := checks.steps_without_epochs(
-                self.schedule, self.stage_index, self.total_steps
-            )
-        ):
-            self._once.warn("epochs", warning)
-        self.global_step += 1
-        try:
-            out = self._advance(at_epoch_start=False)
-        except ModelChangedError:
-            self.global_step -= 1
-            raise
-        return out
-
-    def catch_up(self, step: int) -> list[Transition]:
-        """Count optimizer steps up to ``step``, a training framework's own count of them
-        (Lightning's ``trainer.global_step``, the Trainer's ``state.global_step``): one
-        :meth:`step` per step not counted yet. Returns the transitions made.
-
-        Example:
-            >>> import torch.nn as nn, freezeflow as ff
-            >>> net = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 1))
-            >>> two = [ff.Stage("1", lr=1), ff.Stage("0", lr=1, start=ff.at_step(3))]
-            >>> uf = ff.GradualUnfreezer(net, two)
-            >>> [t.step for t in uf.catch_up(5)], uf.global_step, uf.catch_up(5)
-            ([3], 5, [])
-        """
-        check_int("catch_up(step)", step, 0)
-        out: list[Transition] = []
-        while self.global_step < step:
-            out += self.step()
-        return out
-
-    def observe(self, value: float) -> bool:
-        """Report a validation metric (for a next stage that starts on a plateau).
-
-        Returns:
-            True when the plateau is reached; the stage then starts at the next
-            :meth:`on_epoch_start`.
-        """
-        if self.stage_index + 1 >= len(self.schedule):
-            return False
-        trig = self.schedule.stages[self.stage_index + 1].start
-        if trig.watches() is None:
-            return False
-        value = float(value)
-        if not math.isfinite(value):
-            raise ScheduleError(
-                f"observe({value!r}): the metric must be finite; hint: a NaN or infinite "
-                "validation metric usually means training diverged (lower the LR)"
-            )
-        if trig.track(self._plateau, value):
-            self._plateau_ready = True
-        return self._plateau_ready
-
     # ------------------------------------------------------------------ views
-    @property
-    def waiting_for(self) -> str | None:
-        """The metric the next stage's plateau trigger waits for (feed it to
-        :meth:`observe` after each evaluation), or None when the next stage starts on an
-        epoch, a step or a fraction, or there is no next stage."""
-        if self.stage_index + 1 >= len(self.schedule):
-            return None
-        return self.schedule.stages[self.stage_index + 1].start.watches()
-
     @property
     def stage_name(self) -> str:
         """Name of the stage running now."""

@@ -1,0 +1,164 @@
+"""The hooks a training loop calls on a :class:`~freezeflow.GradualUnfreezer` (at each epoch
+start, after each optimizer step, after each evaluation) and the stage changes they make:
+each stage after the running one starts when its trigger says it is due
+(:meth:`~freezeflow.schedules.triggers.Trigger.due`), in order.
+
+:class:`LoopHooks` is the part of the unfreezer that counts epochs and steps; the unfreezer
+(:mod:`freezeflow.unfreezer.gradual`) supplies the stage change itself (``_enter``) and the
+model check.
+"""
+
+from __future__ import annotations
+
+import math
+
+from freezeflow.errors import ModelChangedError, ScheduleError, check_int
+from freezeflow.schedules.schedule import Schedule
+from freezeflow.schedules.triggers import Clock, PlateauTracker
+from freezeflow.unfreezer import checks
+from freezeflow.unfreezer.transition import Transition
+
+__all__ = ["LoopHooks"]
+
+
+class LoopHooks:
+    """Epoch and step counting, trigger checks and plateau tracking of an unfreezer."""
+
+    schedule: Schedule
+    stage_index: int
+    epoch: int
+    global_step: int
+    total_steps: int | None
+    total_epochs: int | None
+    _plateau: PlateauTracker
+    _plateau_ready: bool
+    _epoch_seen: bool
+    _step_checked: bool
+    _resumed: bool
+    _once: checks.Once
+
+    def _enter(self, k: int, reason: str) -> Transition:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def check_model(self) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _due(self, k: int, at_epoch_start: bool) -> str | None:
+        return self.schedule.stages[k].start.due(
+            Clock(
+                epoch=self.epoch,
+                step=self.global_step,
+                total_steps=self.total_steps,
+                total_epochs=self.total_epochs,
+                plateaued=self._plateau_ready,
+                at_epoch_start=at_epoch_start,
+            )
+        )
+
+    def _advance(self, at_epoch_start: bool, checked: bool = False) -> list[Transition]:
+        out: list[Transition] = []
+        while self.stage_index + 1 < len(self.schedule):
+            reason = self._due(self.stage_index + 1, at_epoch_start)
+            if reason is None:
+                break
+            if not out and not checked:
+                self.check_model()
+            out.append(self._enter(self.stage_index + 1, reason))
+        entered = [t.stage_index for t in out]
+        if len(out) > 1 and (warning := checks.run_for_no_step(self.schedule, entered)):
+            self._once.warn("order", warning)
+        return out
+
+    # ------------------------------------------------------------------ hooks
+    def on_epoch_start(self, epoch: int) -> list[Transition]:
+        """Tell the unfreezer epoch ``epoch`` (0-based) begins; returns the transitions it
+        made (empty when none).
+
+        Raises:
+            ScheduleError: ``epoch`` is before the last epoch started (the first epoch after
+                :meth:`load_state_dict` may be any); nothing has changed then.
+            ModelChangedError: see :meth:`check_model`.
+        """
+        check_int("on_epoch_start(epoch)", epoch, 0)
+        if not self._resumed:
+            checks.check_epoch(epoch, self.epoch)
+        self.check_model()
+        self.epoch, self._epoch_seen, self._resumed = epoch, True, False
+        return self._advance(at_epoch_start=True, checked=True)
+
+    def step(self) -> list[Transition]:
+        """Call after each optimizer step; returns the transitions it made (step and
+        fraction triggers start here, mid-epoch).
+
+        Warns (once) when steps come before any :meth:`on_epoch_start` while a stage waits
+        for an epoch, which would then never start.
+
+        Raises:
+            ModelChangedError: see :meth:`check_model`; the step is not counted then.
+        """
+        if not self._step_checked:
+            self.check_model()
+            self._step_checked = True
+        if not self._epoch_seen and (
+            warning := checks.steps_without_epochs(
+                self.schedule, self.stage_index, self.total_steps
+            )
+        ):
+            self._once.warn("epochs", warning)
+        self.global_step += 1
+        try:
+            out = self._advance(at_epoch_start=False)
+        except ModelChangedError:
+            self.global_step -= 1
+            raise
+        return out
+
+    def catch_up(self, step: int) -> list[Transition]:
+        """Count optimizer steps up to ``step``, a training framework's own count of them
+        (Lightning's ``trainer.global_step``, the Trainer's ``state.global_step``): one
+        :meth:`step` per step not counted yet. Returns the transitions made.
+
+        Example:
+            >>> import torch.nn as nn, freezeflow as ff
+            >>> net = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 1))
+            >>> two = [ff.Stage("1", lr=1), ff.Stage("0", lr=1, start=ff.at_step(3))]
+            >>> uf = ff.GradualUnfreezer(net, two)
+            >>> [t.step for t in uf.catch_up(5)], uf.global_step, uf.catch_up(5)
+            ([3], 5, [])
+        """
+        check_int("catch_up(step)", step, 0)
+        out: list[Transition] = []
+        while self.global_step < step:
+            out += self.step()
+        return out
+
+    def observe(self, value: float) -> bool:
+        """Report a validation metric (for a next stage that starts on a plateau).
+
+        Returns:
+            True when the plateau is reached; the stage then starts at the next
+            :meth:`on_epoch_start`.
+        """
+        if self.stage_index + 1 >= len(self.schedule):
+            return False
+        trig = self.schedule.stages[self.stage_index + 1].start
+        if trig.watches() is None:
+            return False
+        value = float(value)
+        if not math.isfinite(value):
+            raise ScheduleError(
+                f"observe({value!r}): the metric must be finite; hint: a NaN or infinite "
+                "validation metric usually means training diverged (lower the LR)"
+            )
+        if trig.track(self._plateau, value):
+            self._plateau_ready = True
+        return self._plateau_ready
+
+    @property
+    def waiting_for(self) -> str | None:
+        """The metric the next stage's plateau trigger waits for (feed it to
+        :meth:`observe` after each evaluation), or None when the next stage starts on an
+        epoch, a step or a fraction, or there is no next stage."""
+        if self.stage_index + 1 >= len(self.schedule):
+            return None
+        return self.schedule.stages[self.stage_index + 1].start.watches()
