@@ -425,7 +425,8 @@ STAGE_BAD_VALUES: dict[str, st.SearchStrategy[Any]] = {
         st.sampled_from(["epoch", "step"]).flatmap(
             lambda k: st.one_of(st.integers(max_value=-1), not_ints).map(lambda v: {k: v})
         ),
-        st.one_of(st.floats(max_value=0.0), st.floats(min_value=1.0), not_numbers).map(
+        # (0.0 is a fraction, refused as "the beginning of training, 0%")
+        st.one_of(st.floats(max_value=-1e-300), st.floats(min_value=1.0), not_numbers).map(
             lambda v: {"fraction": v}
         ),
     ),
@@ -434,6 +435,15 @@ STAGE_BAD_VALUES: dict[str, st.SearchStrategy[Any]] = {
     ),
     "reset_state": not_bools.filter(lambda v: not isinstance(v, bool) and v is not None),
     "exclusive": not_bools.filter(lambda v: not isinstance(v, bool) and v is not None),
+}
+PLATEAU_BAD_VALUES: dict[str, st.SearchStrategy[Any]] = {
+    "patience": st.one_of(st.integers(max_value=0), not_ints.filter(lambda v: v is not None)),
+    # (a bool min_delta and any metric are accepted: see the known gaps below)
+    "min_delta": st.one_of(
+        st.floats(max_value=-1e-300), st.just(math.inf), st.just(math.nan), st.text(max_size=3)
+    ),
+    "mode": st.one_of(st.text(max_size=4), st.integers()).filter(lambda m: m not in ("min", "max")),
+    "max_epoch": st.one_of(st.integers(max_value=-1), st.floats(), st.text(max_size=3)),
 }
 _STAGE_KEYS = {
     "trainable",
@@ -452,7 +462,14 @@ def bad_stages(draw: st.DrawFn) -> tuple[dict[str, Any], Any]:
     """A second stage with one bad key or value (the offending value: inside a trigger's
     mapping, its value)."""
     stage: dict[str, Any] = {"trainable": "body.1", "lr": 1e-3, "start": 1}
-    kind = draw(st.sampled_from([*STAGE_BAD_VALUES, "unknown key", "trainable"]))
+    kind = draw(st.sampled_from([*STAGE_BAD_VALUES, "unknown key", "trainable", "plateau"]))
+    if kind == "plateau":  # one bad option of an on_plateau start
+        option, value = draw(
+            st.sampled_from(sorted(PLATEAU_BAD_VALUES)).flatmap(
+                lambda k: PLATEAU_BAD_VALUES[k].map(lambda v: (k, v))
+            )
+        )
+        return {**stage, "start": {"plateau": {option: value}}}, value
     if kind == "unknown key":
         key = draw(
             st.text("abcdefghijklmnopqrstuvwxyz_", min_size=1, max_size=10).filter(
