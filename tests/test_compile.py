@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 import torch
+from models import snapshot
 from torch import nn
 
 import freezeflow as ff
@@ -52,10 +53,6 @@ def _train(
         uf.step()
 
 
-def _snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {n: p.detach().clone() for n, p in model.named_parameters()}
-
-
 def test_recompile_limit_reads_dynamo_config() -> None:
     with torch._dynamo.config.patch(recompile_limit=5):
         assert ffc.recompile_limit() == 5
@@ -84,10 +81,10 @@ def test_layer_unfrozen_at_stage_2_trains_under_compile() -> None:
     net = ffc.compile_for_unfreezing(model, uf, backend="aot_eager")
     _train(net, uf, 6)  # stages 0 and 1
     assert uf.stage_index == 2 and ffd.unwrap(net) is model
-    before = _snapshot(model)
+    before = snapshot(model)
     _train(net, uf, 3)  # stage 2: block 0 trains for the first time
     assert net.resets == 2
-    after = _snapshot(model)
+    after = snapshot(model)
     assert not torch.equal(before["0.0.weight"], after["0.0.weight"])
     assert all(not torch.equal(before[n], after[n]) for n in after)
 
@@ -109,14 +106,14 @@ def test_every_stage_is_compiled_only_with_reset_on_transition(reset: bool) -> N
     model = _chain(5)
     uf = _gradual(model, 5)
     graphs, backend = _counting_backend()
-    start = _snapshot(model)
+    start = snapshot(model)
     with torch._dynamo.config.patch(recompile_limit=2), warnings.catch_warnings():
         warnings.simplefilter("ignore", ff.FreezeflowWarning)
         net = ffc.compile_for_unfreezing(model, uf, reset_on_transition=reset, backend=backend)
         _train(net, uf, 10)
     assert len(graphs) == (5 if reset else 2)
     # either way every parameter trained (Dynamo guards on requires_grad in this torch)
-    end = _snapshot(model)
+    end = snapshot(model)
     assert all(not torch.equal(start[n], end[n]) for n in end)
 
 
@@ -126,9 +123,9 @@ def test_layer_unfrozen_at_stage_2_trains_under_inductor() -> None:
     uf = _gradual(model, 3, every=2)
     net = ffc.compile_for_unfreezing(model, uf)  # default backend: inductor
     _train(net, uf, 4)
-    before = _snapshot(model)
+    before = snapshot(model)
     _train(net, uf, 2)
-    after = _snapshot(model)
+    after = snapshot(model)
     assert uf.stage_index == 2
     assert not torch.equal(before["0.0.weight"], after["0.0.weight"])
 

@@ -8,8 +8,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from paths import TESTS
 import torch
+from models import snapshot
+from paths import TESTS
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -101,10 +102,6 @@ def trainer(tmp_path: Path, epochs: int, callbacks: list[Any], **kw: Any) -> Any
     return pl.Trainer(callbacks=callbacks, **defaults)
 
 
-def snapshot(module: nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in module.state_dict().items()}
-
-
 class Recorder(pl.Callback):
     """Placed after FreezeflowCallback: sees each epoch/step after the transitions."""
 
@@ -121,7 +118,7 @@ class Recorder(pl.Callback):
 
     def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
         e = trainer.current_epoch
-        self.at_epoch_start[e] = snapshot(pl_module.net)
+        self.at_epoch_start[e] = snapshot(pl_module.net, buffers=True)
         self.trainable[e] = {n for n, p in pl_module.net.named_parameters() if p.requires_grad}
         self.groups.append([g["name"] for g in trainer.optimizers[0].param_groups])
 
@@ -132,7 +129,7 @@ class Recorder(pl.Callback):
         )
 
     def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
-        self.at_epoch_end[trainer.current_epoch] = snapshot(pl_module.net)
+        self.at_epoch_end[trainer.current_epoch] = snapshot(pl_module.net, buffers=True)
 
 
 def changed(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], prefix: str) -> bool:
@@ -151,7 +148,7 @@ def test_transitions_at_scheduled_epochs_frozen_bit_identical(tmp_path: Path) ->
     lit = Lit()
     cb = FreezeflowCallback(TWO_STAGES, module_attr="net")
     rec = Recorder()
-    initial = snapshot(lit.net)
+    initial = snapshot(lit.net, buffers=True)
     trainer(tmp_path, 4, [cb, rec]).fit(lit, loader())
 
     uf = cb.unfreezer
@@ -243,7 +240,10 @@ def test_resume_keeps_trainable_and_groups_and_matches_uninterrupted(tmp_path: P
     # the frozen norm layer is still locked in eval mode after the restore
     assert not res_lit.net.backbone[4].training
     # the rest of the run is bit-identical: weights, buffers, LRs, momentum buffers
-    final_full, final_res = snapshot(full_lit.net), snapshot(res_lit.net)
+    final_full, final_res = (
+        snapshot(full_lit.net, buffers=True),
+        snapshot(res_lit.net, buffers=True),
+    )
     for k, v in final_full.items():
         assert torch.equal(v, final_res[k]), k
     assert full_rec.lrs[-EPOCH_BATCHES:] == res_rec.lrs

@@ -10,8 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from paths import TESTS
 import torch
+from models import snapshot
+from paths import TESTS
+from snapshot import Snapshot
 
 pytest.importorskip("transformers")
 pytest.importorskip("accelerate")
@@ -89,10 +91,6 @@ def linear(step: int, total: int) -> float:
     return max(0.0, (total - step) / (total - WARMUP))
 
 
-def snapshot(model: Any) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
-
-
 class Recorder(transformers.TrainerCallback):
     def __init__(self) -> None:
         self.lrs: list[tuple[int, float, list[float]]] = []
@@ -113,7 +111,7 @@ class Recorder(transformers.TrainerCallback):
         self.trainable[epoch] = {n for n, p in model.named_parameters() if p.requires_grad}
 
     def on_epoch_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
-        self.at_epoch_end[round(state.epoch) - 1] = snapshot(kw["model"])
+        self.at_epoch_end[round(state.epoch) - 1] = snapshot(kw["model"], buffers=True)
 
 
 def changed(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], prefix: str) -> bool:
@@ -130,7 +128,7 @@ def test_encoder_unfrozen_at_epoch_2_and_linear_schedule_drives_every_group(
         ff.Stage("bert.encoder.layer", lr=2e-3, start=2, name="encoder"),
     ]
     model = bert()
-    initial = snapshot(model)
+    initial = snapshot(model, buffers=True)
     rec = Recorder()
     epochs = 4
     trainer = FreezeflowTrainer(
@@ -220,7 +218,7 @@ def test_resume_restores_trainable_layers_and_matches_uninterrupted(tmp_path: Pa
         assert rec.groups == full_rec.groups
         assert cb.unfreezer.history == full_cb.unfreezer.history
         assert rec.lrs == full_rec.lrs[2 * STEPS_PER_EPOCH :]
-        final, expected = snapshot(model), snapshot(full_model)
+        final, expected = snapshot(model, buffers=True), snapshot(full_model, buffers=True)
         for k, v in expected.items():
             assert torch.equal(v, final[k]), (plain, k)
 
@@ -317,7 +315,7 @@ def test_plain_trainer_resuming_a_checkpoint_outside_output_dir(tmp_path: Path) 
     model, cb = run(tmp_path / "told", ckpt, resume_from_checkpoint=str(ckpt))
     assert cb.unfreezer is not None and full_cb.unfreezer is not None
     assert cb.unfreezer.history == full_cb.unfreezer.history
-    final, expected = snapshot(model), snapshot(full_model)
+    final, expected = snapshot(model, buffers=True), snapshot(full_model, buffers=True)
     for k, v in expected.items():
         assert torch.equal(v, final[k]), k
 
@@ -401,7 +399,7 @@ def test_under_ddp_a_plain_trainer_and_other_wrappers_are_refused(
     other = bert()
     trainer = FreezeflowTrainer(model=other, args=args, train_dataset=Data(), schedule=stages)
     trainer.create_optimizer()
-    before = snapshot(other)
+    snaps = [Snapshot.take(model, opt), Snapshot.take(other, trainer.optimizer)]
     monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
     monkeypatch.setattr(torch.distributed, "get_world_size", lambda group=None: 2)
     state, control = transformers.TrainerState(), transformers.TrainerControl()
@@ -416,8 +414,8 @@ def test_under_ddp_a_plain_trainer_and_other_wrappers_are_refused(
     msg = str(info.value)
     assert "the Trainer wrapped the model in BertForSequenceClassification, not " in msg
     assert "hint: leave those options out with FreezeflowTrainer" in msg
-    after = snapshot(other)
-    assert all(torch.equal(v, after[k]) for k, v in before.items())
+    for snap in snaps:  # both models and optimizers as they were (tests/snapshot.py)
+        snap.assert_unchanged()
     assert trainer.freezeflow_ddp is None
 
 
