@@ -7,7 +7,9 @@ dependency groups it needs; what is missing is installed into the shared environ
 (a stamp file per requirement set remembers it, keyed on pyproject.toml and the torch pins).
 Torch is pinned to the release that lies on this project's build machines (pip takes it from
 local disk); users get the range declared in pyproject.toml. `lint` needs no torch and keeps a
-small environment of its own.
+small environment of its own, and so does `build` (the sdist and wheel, checked).
+`wheel_tests` is the exception: it installs the built wheel, torch with the same pins, into
+a fresh environment of its own and runs the tests against it, then deletes that environment.
 """
 
 from __future__ import annotations
@@ -140,6 +142,7 @@ def lint(session: nox.Session) -> None:
         "docs/conf.py",
         "docs/gen_figures.py",
         "noxfile.py",
+        "tools",
     ]
     session.run("ruff", "check", *paths)
     session.run("ruff", "format", "--check", *paths)
@@ -169,6 +172,62 @@ def docs(session: nox.Session) -> None:
         env=env,
         external=True,
     )
+
+
+def build_and_check(session: nox.Session, outdir: Path) -> Path:
+    """Build the sdist, then the wheel from it (as an installer building from the sdist
+    would), into ``outdir`` (emptied first); check both with twine and tools/check_dist.py.
+    Needs the ``release`` group in the session. Returns the wheel."""
+    shutil.rmtree(outdir, ignore_errors=True)
+    session.run("python", "-m", "build", "--outdir", str(outdir), str(ROOT))
+    session.run("twine", "check", "--strict", *map(str, sorted(outdir.iterdir())))
+    session.run("python", str(ROOT / "tools" / "check_dist.py"), str(outdir))
+    (wheel,) = outdir.glob("*.whl")
+    return wheel
+
+
+@nox.session(python="3.11")
+def build(session: nox.Session) -> None:
+    """The sdist and the wheel, into dist/, and their checks: ``twine check --strict``, then
+    tools/check_dist.py (the wheel holds the package with py.typed and its metadata, no
+    tests, docs or data; the sdist holds no environment, cache or build folder)."""
+    session.install(*group("release"))
+    build_and_check(session, ROOT / "dist")
+
+
+@nox.session(python="3.11")
+def wheel_tests(session: nox.Session) -> None:
+    """The test suite (not slow) against the BUILT WHEEL, installed into this session's
+    fresh environment with torch from the same pins as .nox/_torch (pip takes them from
+    local disk); no editable install, no src/ on the path: FREEZEFLOW_EXPECT_INSTALLED=1
+    makes tests/e2e/test_install.py fail if the tests or their subprocesses import
+    freezeflow from anywhere but this environment's site-packages. Doctests run against
+    src/ in `tests`, not here. The environment (~5.5 GB, torch's build) is deleted after."""
+    try:
+        session.install(*group("release"))
+        wheel = build_and_check(session, Path(session.create_tmp()) / "dist")
+        # one resolve with the exact torch pins, so nothing can pull another torch
+        session.install(*TORCH, f"{wheel}[{ALL_EXTRAS}]", *group("test"))
+        session.run(
+            "python",
+            "-c",
+            "import freezeflow, sysconfig; from pathlib import Path; "
+            "f = Path(freezeflow.__file__).resolve(); "
+            "print(f'freezeflow {freezeflow.__version__} from {f}'); "
+            "assert f.is_relative_to(Path(sysconfig.get_paths()['purelib']).resolve()), f",
+        )
+        session.run(
+            "pytest",
+            "-m",
+            "not slow",
+            "tests",
+            *session.posargs,
+            env={"FREEZEFLOW_EXPECT_INSTALLED": "1", "OMP_NUM_THREADS": "2"},
+        )
+    finally:
+        location = getattr(session.virtualenv, "location", None)
+        if location:
+            shutil.rmtree(location, ignore_errors=True)
 
 
 BENCHMARKS = {"auto": ("benchmarks/bench_auto.py", ("bench",))}

@@ -4,6 +4,7 @@ share (a byte-counting comm hook, the way they end) and the checks their tests s
 from __future__ import annotations
 
 import os
+import site
 import socket
 import subprocess
 import sys
@@ -18,7 +19,18 @@ import torch
 from torch._C._distributed_c10d import GradBucket
 from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
 
-SRC = Path(__file__).resolve().parents[1] / "src"
+import freezeflow
+
+
+def package_path() -> str:
+    """The PYTHONPATH under which a worker imports the freezeflow this process imported: its
+    folder when that is src/ of a checkout not installed (a no-op under an editable
+    install), nothing more when freezeflow comes from site-packages (the installed wheel of
+    `nox -s wheel_tests`, which the workers then import too)."""
+    folder = Path(freezeflow.__file__).resolve().parents[1]
+    installed = {Path(p).resolve() for p in (*site.getsitepackages(), site.getusersitepackages())}
+    paths = [] if folder in installed else [str(folder)]
+    return os.pathsep.join(p for p in [*paths, os.environ.get("PYTHONPATH", "")] if p)
 
 
 def _free_port() -> int:
@@ -47,7 +59,7 @@ def run_two_ranks(
                 "LOCAL_RANK": str(r),
                 "WORLD_SIZE": "2",
                 "OMP_NUM_THREADS": "1",
-                "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")]),
+                "PYTHONPATH": package_path(),
             }
             procs.append(
                 subprocess.Popen(
