@@ -1,6 +1,6 @@
-"""The two extension seams, proved from outside the package: a new kind of trigger and a new
-stage planner, both defined in this test module with no change under src/, run through
-``plan()``, ``fit()``, a checkpoint and a resume.
+"""The extension seams, proved from outside the package: a new kind of trigger, a new stage
+planner and a new selector, all defined in this test module with no change under src/, run
+through schedule data, ``plan()``, ``fit()``, a checkpoint and a resume.
 
 - :class:`AtHalfEpoch` (a trigger): a stage starts half way through an epoch. It is one
   subclass: its data form registers itself, and the schedule, the unfreezer, the order
@@ -8,6 +8,8 @@ stage planner, both defined in this test module with no change under src/, run t
 - :class:`OnlyNewest` (a planner) with :class:`NewestOnlySchedule`: each stage trains only
   what it selects (earlier stages' parameters freeze again), and every choice is recorded
   in the unfreezer's state, so a resumed run knows what was decided before it stopped.
+- :class:`AtLeast` (a selector): parameters with at least ``n`` values; its data form
+  registers itself, so schedules that use it are written to and read from data.
 """
 
 from __future__ import annotations
@@ -24,7 +26,9 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import freezeflow as ff
-from freezeflow.errors import StateError
+from freezeflow.core.index import ModelIndex
+from freezeflow.core.policy import Cache, FreezePolicy, Result
+from freezeflow.errors import PolicyError, StateError
 from freezeflow.schedules.triggers import Clock, Trigger
 from freezeflow.unfreezer.planner import PlannedStage, StageChoice, StagePlanner, register_planner
 
@@ -108,12 +112,38 @@ class NewestOnlySchedule(ff.Schedule):
     planner = "only_newest"
 
 
+@dataclass(frozen=True, repr=False)
+class AtLeast(FreezePolicy):
+    """Parameters with at least ``n`` values."""
+
+    n: int
+
+    data_key: ClassVar[str] = "at_least"
+
+    def _eval(self, idx: ModelIndex, cache: Cache) -> Result:
+        params = frozenset(i for i, p in enumerate(idx.params) if p.numel() >= self.n)
+        aliases = frozenset(a for a in range(len(idx.aliases)) if idx.alias_param[a] in params)
+        return params, aliases
+
+    def to_data(self) -> Any:
+        return {"at_least": self.n}
+
+    @classmethod
+    def from_data(cls, value: Any, where: str) -> FreezePolicy:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise PolicyError(f"{where}: expected a count, got {value!r}")
+        return cls(value)
+
+    def __repr__(self) -> str:
+        return f"at_least({self.n})"
+
+
 def model() -> nn.Sequential:
     torch.manual_seed(0)
     return nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2))
 
 
-def data() -> DataLoader[tuple[torch.Tensor, ...]]:
+def data_loader() -> DataLoader[tuple[torch.Tensor, ...]]:
     g = torch.Generator().manual_seed(1)
     x = torch.randn(BATCHES * 8, 4, generator=g)
     y = (x[:, 0] > 0).long()
@@ -135,7 +165,7 @@ def run(net: nn.Module, folder: Path, *, stop: int | None = None, resume: bool =
     ff.training.seed_everything(0)
     return ff.fit(
         net,
-        data(),
+        data_loader(),
         epochs=EPOCHS,
         schedule=NewestOnlySchedule(stages()),
         callbacks=callbacks,
@@ -193,3 +223,32 @@ def test_checkpoint_and_resume_carry_the_new_planner_and_trigger(tmp_path: Path)
     for (name, p), q in zip(whole.named_parameters(), resumed.parameters()):
         assert torch.equal(p, q), name
     assert not any(math.isnan(float(p.detach().sum())) for p in resumed.parameters())
+
+
+def test_a_new_selector_is_data_combines_and_trains() -> None:
+    net = model()
+    big = {n for n, p in net.named_parameters() if p.numel() >= 16}
+    assert set(AtLeast(16).select(net).names) == big
+    assert set((AtLeast(16) - "0").select(net).names) == big - {"0.weight"}
+    sched = ff.Schedule(
+        [ff.Stage("4", lr=1e-2), ff.Stage(AtLeast(16) | "4", lr=1e-3, start=1, name="big")]
+    )
+    data = sched.to_dict()
+    assert data["stages"][1]["trainable"] == {"or": [{"at_least": 16}, "4"]}
+    assert ff.Schedule.from_dict(data) == sched
+    with pytest.raises(PolicyError, match=r"stage 1\.trainable\.or\[0\]\.at_least: expected"):
+        ff.Schedule.from_dict(
+            {
+                "stages": [
+                    data["stages"][0],
+                    {**data["stages"][1], "trainable": {"or": [{"at_least": "x"}, "4"]}},
+                ]
+            }
+        )
+    with pytest.raises(PolicyError, match=r"nearest: 'at_least'"):
+        ff.Schedule.from_dict(
+            {"stages": [data["stages"][0], {**data["stages"][1], "trainable": {"at_lest": 3}}]}
+        )
+    ff.training.seed_everything(0)
+    ff.fit(net, data_loader(), epochs=2, schedule=sched, progress=False)
+    assert {n for n, p in net.named_parameters() if p.requires_grad} == big | {"4.weight", "4.bias"}

@@ -11,15 +11,14 @@ parameters; see :meth:`FreezePolicy.select` for how tied parameters are decided.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from functools import lru_cache
-from typing import TypeAlias
+from typing import Any, ClassVar, TypeAlias
 
 from torch import nn
 
 from freezeflow.core.index import ModelIndex
+from freezeflow.core.matching import fullmatch, glob_regex, match_names
 from freezeflow.core.selection import Selection
 from freezeflow.errors import (
     EmptySelectionError,
@@ -31,6 +30,7 @@ from freezeflow.errors import (
 )
 
 __all__ = [
+    "POLICY_READERS",
     "Cache",
     "FreezePolicy",
     "Name",
@@ -39,9 +39,7 @@ __all__ = [
     "as_policy",
     "everything",
     "from_aliases",
-    "fullmatch",
     "index_for",
-    "match_names",
     "name",
     "nothing",
 ]
@@ -50,12 +48,42 @@ Ids: TypeAlias = frozenset[int]
 Result: TypeAlias = tuple[Ids, Ids]  # (parameter indices, alias indices)
 Cache: TypeAlias = dict["FreezePolicy", Result]
 
+POLICY_READERS: dict[str, Callable[[Any, str], FreezePolicy]] = {}
+"""How each kind of policy defined outside :mod:`freezeflow.core.serialize` is read from data,
+by the key of its data form; a :class:`FreezePolicy` subclass with a ``data_key`` registers
+itself."""
+
 
 class FreezePolicy:
     """Base class of all policies. Build them with the constructors (:func:`name`,
     :func:`regex`, :func:`of_type`, :func:`blocks`, :func:`where`...), not directly."""
 
     __slots__ = ()
+
+    data_key: ClassVar[str] = ""
+    """The key of the data form ``{data_key: value}`` of a new kind of policy. A subclass
+    that sets it, :meth:`to_data` and :meth:`from_data` is written and read by
+    :func:`~freezeflow.core.serialize.policy_to_data` and
+    :func:`~freezeflow.core.serialize.policy_from_data` (and so by schedule files) with no
+    change to freezeflow; the built-in kinds are written by that module."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.data_key and "data_key" in cls.__dict__:
+            POLICY_READERS[cls.data_key] = cls.from_data
+
+    def to_data(self) -> Any:
+        """The policy as plain data, ``{data_key: value}`` (see :attr:`data_key`)."""
+        raise PolicyError(
+            f"{self!r} cannot be written as data (a where() predicate is code, and "
+            f"{type(self).__name__} sets no data_key); hint: use name(), regex(), of_type() "
+            "or depth policies in schedules you save"
+        )
+
+    @classmethod
+    def from_data(cls, value: Any, where: str) -> FreezePolicy:
+        """The policy of ``{data_key: value}``; ``where`` names the place for errors."""
+        raise PolicyError(f"{where}: {cls.__name__} cannot be read from data")
 
     # -- algebra -------------------------------------------------------------------------
     def __or__(self, other: PolicyLike) -> FreezePolicy:
@@ -332,55 +360,6 @@ def nothing() -> FreezePolicy:
     return _NOTHING
 
 
-@lru_cache(maxsize=512)
-def _glob_regex(pattern: str) -> re.Pattern[str]:
-    """``*`` matches within one dotted component, ``**`` across components, ``?`` one
-    character, ``[...]`` a character class."""
-    out: list[str] = []
-    i = 0
-    while i < len(pattern):
-        c = pattern[i]
-        if pattern.startswith("**", i):
-            out.append(".*")
-            i += 2
-            continue
-        if c == "*":
-            out.append("[^.]*")
-        elif c == "?":
-            out.append("[^.]")
-        elif c == "[":
-            end = pattern.find("]", i + 1)
-            if end == -1:
-                raise PolicyError(
-                    f"glob pattern {pattern!r} has an unclosed '['; hint: escape it as [[] or "
-                    "use regex()"
-                )
-            body = pattern[i + 1 : end]
-            if body.startswith("!"):
-                body = "^." + body[1:]  # like '?', a negated class never matches the dot
-            out.append(f"[{body}]")
-            i = end + 1
-            continue
-        else:
-            out.append(re.escape(c))
-        i += 1
-    return re.compile("".join(out))
-
-
-def fullmatch(rx: re.Pattern[str]) -> Callable[[str], bool]:
-    return lambda s: rx.fullmatch(s) is not None
-
-
-def match_names(idx: ModelIndex, match: Callable[[str], bool]) -> tuple[set[int], bool]:
-    """Aliases whose own name, or the path of a module enclosing them, matches."""
-    modules = {path for path in idx.modules if path and match(path)}
-    hits = set()
-    for a, alias in enumerate(idx.aliases):
-        if match(alias) or any(m in modules for m in idx.ancestors(a)):
-            hits.add(a)
-    return hits, bool(modules)
-
-
 @dataclass(frozen=True, repr=False)
 class Name(FreezePolicy):
     patterns: tuple[str, ...]
@@ -389,7 +368,7 @@ class Name(FreezePolicy):
     def _eval(self, idx: ModelIndex, cache: Cache) -> Result:
         hits: set[int] = set()
         for pattern in self.patterns:
-            rx = _glob_regex(pattern)
+            rx = glob_regex(pattern)
             found, _ = match_names(idx, fullmatch(rx))
             if not found and self.strict:
                 owners = {a.rpartition(".")[0] for a in idx.aliases}
@@ -440,5 +419,5 @@ def name(*patterns: str, strict: bool = True) -> FreezePolicy:
                 f"name() takes non-empty strings, got {p!r} of type {type(p).__name__}; "
                 "hint: name('layer4', 'fc')"
             )
-        _glob_regex(p)
+        glob_regex(p)
     return Name(tuple(patterns), strict)

@@ -13,14 +13,8 @@ from torch import nn
 
 from freezeflow.core.discovery import is_norm_layer
 from freezeflow.core.index import ModelIndex
-from freezeflow.core.policy import (
-    Cache,
-    FreezePolicy,
-    Result,
-    from_aliases,
-    fullmatch,
-    match_names,
-)
+from freezeflow.core.matching import fullmatch, match_names
+from freezeflow.core.policy import Cache, FreezePolicy, Result, from_aliases
 from freezeflow.errors import PolicyError, PolicyTypeError, nearest, quote_list
 
 __all__ = ["NormLayers", "OfType", "Regex", "Where", "norm_layers", "of_type", "regex", "where"]
@@ -58,7 +52,8 @@ def regex(pattern: str, *, strict: bool = True) -> FreezePolicy:
     """
     if not isinstance(pattern, str):
         raise PolicyTypeError(
-            f"regex() takes a string, got {pattern!r} of type {type(pattern).__name__}"
+            f"regex() takes a string, got {pattern!r} of type {type(pattern).__name__}; "
+            r"hint: regex(r'layer4\..*')"
         )
     try:
         re.compile(pattern)
@@ -152,6 +147,7 @@ def where(
     """
     if not callable(predicate):
         raise PolicyTypeError(
-            f"where() takes a callable (name, param, module) -> bool, got {predicate!r}"
+            f"where() takes a callable (name, param, module) -> bool, got {predicate!r} of type "
+            f"{type(predicate).__name__}; hint: where(lambda name, p, m: p.ndim == 1)"
         )
     return Where(predicate, label)

@@ -9,6 +9,7 @@ from torch import nn
 
 from freezeflow.core.depth import Blocks, Layers, blocks, first, last, layers
 from freezeflow.core.policy import (
+    POLICY_READERS,
     Complement,
     Difference,
     FreezePolicy,
@@ -22,7 +23,7 @@ from freezeflow.core.policy import (
     nothing,
 )
 from freezeflow.core.selectors import NormLayers, OfType, Regex, norm_layers, of_type, regex
-from freezeflow.errors import PolicyError
+from freezeflow.errors import PolicyError, nearest
 
 __all__ = ["policy_from_data", "policy_to_data"]
 
@@ -67,10 +68,7 @@ def policy_to_data(policy: FreezePolicy) -> Any:
         return {"minus": [policy_to_data(policy.left), policy_to_data(policy.right)]}
     if isinstance(policy, Complement):
         return {"not": policy_to_data(policy.inner)}
-    raise PolicyError(
-        f"{policy!r} cannot be written as data (a where() predicate is code); hint: use "
-        "name(), regex(), of_type() or depth policies in schedules you save"
-    )
+    return policy.to_data()  # a kind with a data_key of its own, or an error
 
 
 def _import_type(path: str, where_: str) -> type[nn.Module]:
@@ -111,9 +109,17 @@ def policy_from_data(data: Any, where_: str = "policy") -> FreezePolicy:
         return name(*data)
     if isinstance(data, dict) and data:
         # the kind of policy is its first key that names one (YAML keeps any key order)
-        key = next((k for k in data if k in _KINDS), next(iter(data)))
+        known = (*_KINDS, *POLICY_READERS)
+        key = next((k for k in data if k in known), next(iter(data)))
         rest = {k: v for k, v in data.items() if k != key}
         sub = f"{where_}.{key}"
+        if key in POLICY_READERS and key not in _KINDS:
+            if rest:
+                raise PolicyError(
+                    f"{where_}: unknown option {next(iter(rest))!r} beside {key!r}; expected "
+                    f"{{{key}: value}} alone; hint: the value holds the policy's arguments"
+                )
+            return POLICY_READERS[key](data[key], sub)
 
         def strict() -> bool:
             value = rest.get("strict", True)
@@ -126,13 +132,20 @@ def policy_from_data(data: Any, where_: str = "policy") -> FreezePolicy:
 
         def parts(value: Any) -> list[FreezePolicy]:
             if not isinstance(value, list) or not value:
-                raise PolicyError(f"{sub}: expected a non-empty list of policies, got {value!r}")
+                raise PolicyError(
+                    f"{sub}: expected a non-empty list of policies, got {value!r}; hint: "
+                    f"{{{key}: [layer3, layer4]}}"
+                )
             return [policy_from_data(v, f"{sub}[{i}]") for i, v in enumerate(value)]
 
         def extra(allowed: set[str]) -> None:
             bad = [k for k in rest if k not in allowed]
             if bad:
-                raise PolicyError(f"{where_}: unknown option {bad[0]!r} for {key!r}")
+                raise PolicyError(
+                    f"{where_}: unknown option {bad[0]!r} for {key!r}; expected some of "
+                    f"{sorted(allowed)}; hint: options sit beside the key, e.g. "
+                    "{name: head, strict: false}"
+                )
 
         if key == "name":
             extra({"strict"})
@@ -152,7 +165,10 @@ def policy_from_data(data: Any, where_: str = "policy") -> FreezePolicy:
             if key in ("first", "last"):
                 return (first if key == "first" else last)(value, among=among)
             if not (isinstance(value, list) and len(value) == 2):
-                raise PolicyError(f"{sub}: expected [start, stop], got {value!r}")
+                raise PolicyError(
+                    f"{sub}: expected [start, stop], got {value!r}; hint: {key}: [-2, null] "
+                    "is the last two"
+                )
             return (blocks if key == "blocks" else layers)(*value, among=among)
         if key in ("or", "and"):
             extra(set())
@@ -165,13 +181,20 @@ def policy_from_data(data: Any, where_: str = "policy") -> FreezePolicy:
             extra(set())
             ps = parts(data[key])
             if len(ps) != 2:
-                raise PolicyError(f"{sub}: expected [policy, policy_to_remove], got {data[key]!r}")
+                raise PolicyError(
+                    f"{sub}: expected [policy, policy_to_remove], got {data[key]!r}; hint: "
+                    "{minus: [everything, norm_layers]}"
+                )
             return ps[0] - ps[1]
         if key == "not":
             extra(set())
             return ~policy_from_data(data[key], sub)
+    keys = [*_KINDS, *POLICY_READERS]
+    near = ""
+    if isinstance(data, dict) and data:
+        near = f"; nearest: {nearest(str(next(iter(data))), keys, n=1)[0]!r}"
     raise PolicyError(
         f"{where_}: {data!r} is not a policy; expected a name, a list of names, "
-        "'everything', 'norm_layers', or a mapping with one of the keys name, regex, type, "
-        "blocks, layers, first, last, or, and, minus, not"
+        "'everything', 'norm_layers', or a mapping with one of the keys "
+        f"{', '.join(keys)}{near}"
     )
