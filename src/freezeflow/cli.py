@@ -167,7 +167,10 @@ def build_model(spec: str, num_classes: int | None = None) -> nn.Module:
     """
     source, arch = _split(spec)
     if num_classes is not None and num_classes < 1:
-        raise CliError(f"--num-classes must be a positive integer, got {num_classes}")
+        raise CliError(
+            f"--num-classes must be a positive integer, got {num_classes}; hint: --num-classes "
+            "10, or leave it out to keep the model's head"
+        )
     if source == "timm":
         return _timm(arch, num_classes)
     if source == "transformers":
@@ -192,7 +195,10 @@ def _plan(args: argparse.Namespace) -> int:
 
     path = Path(args.schedule)
     if not path.is_file():
-        raise CliError(f"schedule file {str(path)!r} does not exist")
+        raise CliError(
+            f"schedule file {str(path)!r} does not exist; expected the path of a YAML schedule; "
+            "hint: Schedule.to_yaml() writes one"
+        )
     schedule = Schedule.from_yaml(path)  # ScheduleError on bad YAML or keys
     model = build_model(args.model, args.num_classes)
     print(plan(model, schedule))

@@ -194,10 +194,12 @@ def test_current_is_the_module_to_call_and_follows_manual_changes() -> None:
 def test_wrap_rejects_ddp_modules_and_foreign_unfreezers() -> None:
     model = _mlp()
     uf = _unfreezer(model)
-    with pytest.raises(ffd.DistributedError, match="plain model"):
+    with pytest.raises(ff.errors.TrainingArgumentError, match="plain model, not a DDPWrapper"):
         ffd.wrap_ddp(ffd.wrap_ddp(model, uf))  # type: ignore[arg-type]
-    with pytest.raises(ffd.DistributedError, match="another model"):
+    with pytest.raises(ff.errors.TrainingArgumentError, match="another model"):
         ffd.wrap_ddp(_mlp(), uf)
+    with pytest.raises(ff.errors.TrainingTypeError, match="got 'model' of type str"):
+        ffd.wrap_ddp("model")  # type: ignore[arg-type]
     assert issubclass(ffd.DistributedError, ff.FreezeflowError)
 
 
@@ -225,5 +227,5 @@ def test_unwrap_nested_wrappers() -> None:
         warnings.simplefilter("ignore")
         compiled = torch.compile(model, backend="eager")
     assert ffd.unwrap(compiled) is model
-    with pytest.raises(ffd.DistributedError):
+    with pytest.raises(ff.errors.TrainingTypeError, match="got 42 of type int"):
         ffd.unwrap(42)

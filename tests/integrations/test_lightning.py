@@ -19,7 +19,12 @@ pytest.importorskip("lightning.pytorch")
 import lightning.pytorch as pl
 
 import freezeflow as ff
-from freezeflow.errors import OptimizerError, TrainingError
+from freezeflow.errors import (
+    OptimizerError,
+    TrainingArgumentError,
+    TrainingError,
+    TrainingTypeError,
+)
 from freezeflow.integrations.lightning import FreezeflowCallback
 
 EPOCH_BATCHES = 3
@@ -318,8 +323,12 @@ def test_optimizer_over_other_parameters_is_reported(tmp_path: Path) -> None:
     cb = FreezeflowCallback(TWO_STAGES, module_attr="net")
     with pytest.raises(OptimizerError, match="module_attr='net'"):
         trainer(tmp_path, 1, [cb]).fit(Extra(), loader())
-    with pytest.raises(TrainingError, match="no attribute"):
+    with pytest.raises(TrainingArgumentError, match=r"no attribute 'nope'.*hint"):
         FreezeflowCallback(TWO_STAGES, module_attr="nope").module(Lit())
+    with pytest.raises(TrainingTypeError, match=r"gave 3 of type int, not an nn\.Module"):
+        FreezeflowCallback(TWO_STAGES, module_attr=lambda m: 3).module(Lit())
+    with pytest.raises(TrainingTypeError, match="got 3 of type int"):
+        FreezeflowCallback(TWO_STAGES, module_attr=3)  # type: ignore[arg-type]
 
 
 # --------------------------------------------------------------------------- DDP, 2 ranks

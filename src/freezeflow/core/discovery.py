@@ -322,7 +322,8 @@ def set_blocks(model: nn.Module, blocks: Sequence[str | Sequence[str]]) -> None:
                 near = quote_list(nearest(n, [*modules, *params]))
                 raise PolicyError(
                     f"set_blocks(): {n!r} is not a module or parameter of "
-                    f"{type(model).__name__}; nearest: {near}"
+                    f"{type(model).__name__}; nearest: {near}; hint: blocks are named by the "
+                    "dotted paths of model.named_modules() or model.named_parameters()"
                 )
         out.append(Block(name="+".join(names), modules=tuple(mods), params=tuple(loose)))
     _OVERRIDES[model] = tuple(out)

@@ -99,7 +99,10 @@ def _rebuild_ddp(strategy: DDPStrategy) -> None:
     """
     module = strategy.lightning_module
     if module is None:  # pragma: no cover - only after teardown
-        raise TrainingError("the DDP strategy holds no LightningModule to wrap")
+        raise TrainingError(
+            "the DDP strategy holds no LightningModule to wrap; expected one between setup and "
+            "teardown; hint: this is a freezeflow bug if Trainer.fit raised it, please report it"
+        )
     strategy.model = module  # the old wrapper goes (its reducer with it)
     if any(p.requires_grad for p in module.parameters()):
         strategy.configure_ddp()
@@ -228,7 +231,8 @@ class FreezeflowCallback(StrictMetric, Callback):
         if len(optimizers) != 1:
             raise TrainingError(
                 f"FreezeflowCallback needs exactly one optimizer from configure_optimizers, "
-                f"got {len(optimizers)}"
+                f"got {len(optimizers)}; hint: return one optimizer (with its LR scheduler, "
+                "if any): the unfreezer rebuilds its param groups stage by stage"
             )
         optimizer = optimizers[0]
         schedulers = [

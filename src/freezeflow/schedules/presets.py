@@ -168,7 +168,8 @@ def progressive_freezing(
     numbers = all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in (start, end))
     if not numbers or not (0.0 < start < end < 1.0 or (n_blocks == 1 and 0.0 < start < 1.0)):
         raise ScheduleError(
-            f"progressive_freezing(start={start!r}, end={end!r}): expected 0 < start < end < 1"
+            f"progressive_freezing(start={start!r}, end={end!r}): expected 0 < start < end < 1; "
+            "hint: fractions of the run, e.g. start=0.1, end=0.9"
         )
     stages = [Stage(everything(), lr=lr, lr_decay=lr_decay, weight_decay=weight_decay, name="all")]
     for i in range(n_blocks):

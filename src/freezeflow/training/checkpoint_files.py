@@ -96,7 +96,10 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"checkpoint file {str(path)!r} does not exist")
+        raise CheckpointError(
+            f"checkpoint file {str(path)!r} does not exist; hint: resume=True finds the newest "
+            "checkpoint in the directory"
+        )
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
@@ -123,7 +126,8 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         found = data.get("format") if isinstance(data, dict) else type(data).__name__
         raise CheckpointError(
-            f"{str(path)!r} is not a freezeflow checkpoint (format {found!r}, expected {FORMAT!r})"
+            f"{str(path)!r} is not a freezeflow checkpoint (format {found!r}, expected "
+            f"{FORMAT!r}); hint: resume from a file that fit() wrote"
         )
     return data
 
@@ -219,7 +223,10 @@ def find_checkpoint(resume: bool | str | Path, directory: str | Path | None) -> 
         if where.is_file():
             return where
         if not where.is_dir():
-            raise CheckpointError(f"cannot resume: {str(where)!r} does not exist")
+            raise CheckpointError(
+                f"cannot resume: {str(where)!r} does not exist; expected a checkpoint file or "
+                "directory; hint: resume=True starts afresh when the directory holds none"
+            )
     manifest = read_manifest(where) if where.is_dir() else None
     if manifest is not None:
         latest = where / str(manifest["latest"])
@@ -234,4 +241,7 @@ def find_checkpoint(resume: bool | str | Path, directory: str | Path | None) -> 
         return where / found[-1]
     if resume is True:
         return None
-    raise CheckpointError(f"cannot resume: no checkpoint in {str(where)!r}")
+    raise CheckpointError(
+        f"cannot resume: no checkpoint in {str(where)!r}; expected epoch-*.pt files there; "
+        "hint: resume=True starts afresh when there is none"
+    )
