@@ -459,7 +459,7 @@ allowed in an abstract method (a body of a docstring and the raise) only."""
 
 DATA_READERS = {
     ("core/serialize.py", "_import_type"): "resolves a module type named in policy data",
-    ("integrations/transformers.py", "resume_from"): "reads the state file of a checkpoint",
+    ("integrations/_hf_callback.py", "resume_from"): "reads the state file of a checkpoint",
 }
 """Functions that read plain data (JSON/YAML values, saved states) besides those named
 ``*from_data``, ``*from_dict``, ``*from_json``, ``*from_yaml`` or ``load_state_dict``:
