@@ -659,26 +659,39 @@ def _checkpointed(folder: Path) -> None:
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="issue 22, 'Check, then act': fit() builds the unfreezer (stage 0 frozen, the "
-    "optimizer's groups rebuilt) before the Checkpoint callback refuses its folder "
-    "(training/setup.py and checkpoint.py were being rewritten at the time)",
-)
-@pytest.mark.parametrize("spoil", ["another run's folder", "a truncated file"])
-def test_a_refused_checkpoint_folder_leaves_model_and_optimizer(spoil: str, tmp_path: Path) -> None:
-    folder = tmp_path / "run"
+def _spoilt(spoil: str, folder: Path) -> tuple[Path, bool]:
+    """A checkpoint folder (or what stands for one) that fit() must refuse, and whether the
+    run resumes from it."""
+    if spoil == "a file as the folder":
+        folder.write_text("not a folder")
+        return folder, False
     _checkpointed(folder)
-    resume = spoil == "a truncated file"
-    if resume:
-        (latest,) = folder.glob("epoch-*.pt")
+    (latest,) = folder.glob("epoch-*.pt")
+    if spoil == "a truncated file":
         latest.write_bytes(latest.read_bytes()[:1000])
-    model = make_net()
+    elif spoil == "random bytes":
+        latest.write_bytes(bytes(range(256)) * 8)
+    return folder, spoil != "another run's folder"
+
+
+@pytest.mark.parametrize(
+    "spoil",
+    [
+        "another run's folder",
+        "a truncated file",
+        "random bytes",
+        "another model",
+        "a file as the folder",
+    ],
+)
+def test_a_refused_checkpoint_leaves_model_optimizer_and_files(spoil: str, tmp_path: Path) -> None:
+    """fit() reads and checks the checkpoint folder before it builds anything (issue 22)."""
+    folder, resume = _spoilt(spoil, tmp_path / "run")
+    model = make_net(classes=5 if spoil == "another model" else 3)
     opt = torch.optim.AdamW(model.parameters())
     data = [(torch.randn(4, 3, 8, 8), torch.randint(0, 3, (4,)))]
     checkpoint = ff.Checkpoint(folder, resume=resume)
-    with unchanged(model, opt, folder), pytest.raises(ff.errors.CheckpointError):
+    with unchanged(model, opt, folder), pytest.raises(ff.errors.CheckpointError) as info:
         ff.fit(
             model,
             data,
@@ -686,5 +699,34 @@ def test_a_refused_checkpoint_folder_leaves_model_and_optimizer(spoil: str, tmp_
             schedule=three_stage(),
             optimizer=opt,
             callbacks=[checkpoint],
+            progress=False,
+        )
+    assert str(folder) in str(info.value)
+    if spoil == "random bytes":
+        assert "truncated or corrupt" in str(info.value)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason="the schedule's fingerprint is checked by the unfreezer's load_state_dict, after "
+    "fit() built the unfreezer (stage 0 frozen, the optimizer's groups rebuilt); checking it "
+    "first needs the schedule's fingerprint outside unfreezer/state.py",
+)
+def test_a_checkpoint_of_another_schedule_leaves_model_and_optimizer(tmp_path: Path) -> None:
+    folder = tmp_path / "run"
+    _checkpointed(folder)
+    model = make_net()
+    opt = torch.optim.AdamW(model.parameters())
+    data = [(torch.randn(4, 3, 8, 8), torch.randint(0, 3, (4,)))]
+    other = ff.Schedule([ff.Stage("head", lr=1e-2), ff.Stage("body.1", lr=1e-3, start=1)])
+    with unchanged(model, opt, folder), pytest.raises(ff.errors.CheckpointError):
+        ff.fit(
+            model,
+            data,
+            epochs=2,
+            schedule=other,
+            optimizer=opt,
+            callbacks=[ff.Checkpoint(folder, resume=True)],
             progress=False,
         )

@@ -73,12 +73,14 @@ def train(
 
 
 def refused(directory: Path, match: str, **kw: Any) -> None:
-    """:func:`train` with ``kw``, refused with a CheckpointError matching ``match``: the files
-    under ``directory`` and every random state as they were (tests/snapshot.py; ``train``
-    seeds with 0 before fit(), so a refusal that draws nothing leaves the seed-0 states)."""
+    """:func:`train` with ``kw``, refused with a CheckpointError matching ``match``: the
+    model, the files under ``directory`` and every random state as they were
+    (tests/snapshot.py; ``train`` seeds with 0 before fit(), so a refusal that draws nothing
+    leaves the seed-0 states)."""
+    model = make_model()
     seed_everything(0)
-    with unchanged(folder=directory), pytest.raises(CheckpointError, match=match):
-        train(directory, **kw)
+    with unchanged(model, folder=directory), pytest.raises(CheckpointError, match=match):
+        train(directory, model=model, **kw)
 
 
 # --------------------------------------------------------------------------- what it holds
@@ -162,8 +164,6 @@ def test_checkpoint_refuses_bad_arguments(
 
 def test_fresh_run_refuses_a_directory_with_checkpoints(tmp_path: Path) -> None:
     train(tmp_path, epochs=1)
-    # files only: the model is changed before the folder is checked (issue 22; see
-    # tests/e2e/test_refusals.py)
     refused(tmp_path, r"already holds checkpoints.*resume=True", epochs=1)
 
 
@@ -190,8 +190,6 @@ def test_truncated_checkpoint_is_named_and_nothing_is_overwritten(tmp_path: Path
     train(tmp_path, epochs=2)
     latest = tmp_path / "epoch-0002.pt"
     latest.write_bytes(latest.read_bytes()[:1000])
-    # files only: the model is changed before the checkpoint is read (issue 22; see
-    # tests/e2e/test_refusals.py)
     refused(tmp_path, r"epoch-0002\.pt.*truncated or corrupt", epochs=4, resume=True)
 
 

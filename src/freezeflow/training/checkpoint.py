@@ -77,19 +77,8 @@ def checkpoint_state(run: Run) -> dict[str, Any]:
     }
 
 
-def restore(run: Run, path: str | Path) -> None:
-    """Load the checkpoint at ``path`` into ``run`` through each part's ``load_state_dict``
-    (model, optimizer, scheduler, unfreezer, scaler, progress, callbacks), and put back the
-    RNG states and the gradients accumulated so far.
-
-    Raises:
-        CheckpointError: the file is unreadable or unsafe, or it was saved for another
-            model, schedule or optimizer; the message names the file. The model is left
-            untouched when the model's or the schedule's fingerprint differs.
-    """
-    path = Path(path)
-    ckpt = load_checkpoint(path)
-    mine, theirs = _model_shapes(run.model), ckpt["shapes"]
+def _check_model(path: Path, ckpt: dict[str, Any], model: torch.nn.Module) -> None:
+    mine, theirs = _model_shapes(model), ckpt["shapes"]
     if mine != theirs:
         missing = sorted(set(mine) - set(theirs))[:3]
         extra = sorted(set(theirs) - set(mine))[:3]
@@ -99,6 +88,22 @@ def restore(run: Run, path: str | Path) -> None:
             f"model: {extra}, other shapes: {reshaped}); hint: build the same model (same "
             "head) before resuming, or use another checkpoint directory"
         )
+
+
+def restore(run: Run, path: str | Path, ckpt: dict[str, Any] | None = None) -> None:
+    """Load the checkpoint at ``path`` (``ckpt``: its contents, when already read) into
+    ``run`` through each part's ``load_state_dict`` (model, optimizer, scheduler, unfreezer,
+    scaler, progress, callbacks), and put back the RNG states and the gradients accumulated
+    so far.
+
+    Raises:
+        CheckpointError: the file is unreadable or unsafe, or it was saved for another
+            model, schedule or optimizer; the message names the file. The model is left
+            untouched when the model's or the schedule's fingerprint differs.
+    """
+    path = Path(path)
+    ckpt = load_checkpoint(path) if ckpt is None else ckpt
+    _check_model(path, ckpt, run.model)
     if (ckpt["unfreezer"] is None) != (run.unfreezer is None):
         raise CheckpointError(
             f"{str(path)!r} was saved {'with' if run.unfreezer is None else 'without'} a "
@@ -238,6 +243,40 @@ class Checkpoint(Callback):
         sign = 1.0 if self.keep_best[1] == "min" else -1.0
         return str(min(scored, key=lambda f: sign * f["value"])["name"])
 
+    def preflight(self, model: torch.nn.Module) -> tuple[Path, dict[str, Any]] | None:
+        """What :func:`~freezeflow.fit` checks before it changes anything: the checkpoint to
+        resume from, found, read and made for ``model`` (returned with its contents), or, for
+        a fresh start (``None``), a directory that is not a file and holds no checkpoints of
+        another run.
+
+        Raises:
+            CheckpointError: the directory is a file or holds another run's checkpoints, or
+                the checkpoint is missing, unreadable, unsafe or saved for another model.
+        """
+        if self.directory.exists() and not self.directory.is_dir():
+            raise CheckpointError(
+                f"Checkpoint({str(self.directory)!r}) is a file, not a directory to save "
+                "checkpoints in; hint: Checkpoint('runs/name') names a folder (made if missing)"
+            )
+        path = files.find_checkpoint(self.resume, self.directory)
+        if path is None:
+            if self.directory.is_dir() and (
+                files.read_manifest(self.directory) is not None
+                or files.checkpoint_files(self.directory)
+            ):
+                raise CheckpointError(self._not_ours())
+            return None
+        ckpt = load_checkpoint(path)
+        _check_model(path, ckpt, model)
+        return path, ckpt
+
+    def _not_ours(self) -> str:
+        return (
+            f"{str(self.directory)!r} already holds checkpoints of another run; hint: "
+            "Checkpoint(directory, resume=True) to go on with it, or choose another "
+            "checkpoint directory"
+        )
+
     def on_train_start(self, run: Run) -> None:
         main = is_main_process()
         if main:
@@ -247,11 +286,7 @@ class Checkpoint(Callback):
         manifest = files.read_manifest(self.directory)
         ours = files.checkpoint_files(self.directory)
         if not run.progress.resumed and (manifest is not None or ours):
-            raise CheckpointError(
-                f"{str(self.directory)!r} already holds checkpoints of another run; hint: "
-                "Checkpoint(directory, resume=True) to go on with it, or choose another "
-                "checkpoint directory"
-            )
+            raise CheckpointError(self._not_ours())
         if manifest is not None:
             self.files = [f for f in manifest["files"] if (self.directory / f["name"]).is_file()]
             listed = {f["name"] for f in self.files}

@@ -33,7 +33,6 @@ from freezeflow.training.batch import (
     to_device,
 )
 from freezeflow.training.checkpoint import restore
-from freezeflow.training.checkpoint_files import find_checkpoint
 from freezeflow.training.history import History
 from freezeflow.training.probe import probe_for
 from freezeflow.training.rng import data_generators, rng_state, set_rng_state
@@ -47,6 +46,7 @@ from freezeflow.training.setup import (
     build_unfreezer,
     check_data,
     check_interval,
+    check_watched_metrics,
     feature_callbacks,
     pick_device,
 )
@@ -149,6 +149,7 @@ def fit(
     check_data(train_data)
     _check_something_trains(model, schedule or unfreezer)
     hooks, ckpt = feature_callbacks(callbacks, progress)
+    resume = None if ckpt is None else ckpt.preflight(model)  # refused before any change
     dev = rank_device(pick_device(device))
     model.to(dev)
     train_data, val_data = shard_data(train_data, val_data)  # no-op without torchrun
@@ -156,6 +157,7 @@ def fit(
     steps = n_batches and epochs * math.ceil(n_batches / accumulate)
     unfreezer = build_unfreezer(model, schedule, unfreezer, optimizer, epochs, steps)
     opt = unfreezer.optimizer if unfreezer is not None else build_optimizer(model, optimizer)
+    notes = check_watched_metrics(unfreezer, val_data)
     if unfreezer is not None and unfreezer.needs_probe:  # what an ff.auto schedule measures
         unfreezer.set_probe(probe_for(train_data, loss_fn, dev))
     dtype = amp_dtype(amp, dev)
@@ -171,9 +173,10 @@ def fit(
     p = run.progress
     for t in unfreezer.history if unfreezer is not None else []:  # the first stage's start
         p.history.add_transition(t)
-    path = None if ckpt is None else find_checkpoint(ckpt.resume, ckpt.directory)
-    if path is not None:
-        restore(run, path)
+    for message in notes:
+        run.note(message)
+    if resume is not None:
+        restore(run, *resume)
     try:
         try:
             run.emit("on_train_start")
@@ -384,8 +387,9 @@ def _end_epoch(run: Run) -> None:
         images_per_s=p.samples / max(p.seconds, 1e-9),
     )
     u = run.unfreezer
-    if u is not None and u.waiting_for is not None:
-        u.observe(p.metric(u.waiting_for, "the on_plateau trigger"))
+    watched = None if u is None else u.waiting_for
+    if u is not None and watched is not None and (watched in logs or run.val_data is not None):
+        u.observe(p.metric(watched, "the on_plateau trigger"))  # else: its cap decides
     if isinstance(run.scheduler, ReduceLROnPlateau):
         run.scheduler.step(logs.get("val_loss", logs["train_loss"]))
     elif run.scheduler is not None and run.scheduler_interval == "epoch":
