@@ -46,7 +46,6 @@ from freezeflow.training.setup import (
     build_unfreezer,
     check_data,
     check_interval,
-    check_watched_metrics,
     feature_callbacks,
     pick_device,
 )
@@ -157,7 +156,6 @@ def fit(
     steps = n_batches and epochs * math.ceil(n_batches / accumulate)
     unfreezer = build_unfreezer(model, schedule, unfreezer, optimizer, epochs, steps)
     opt = unfreezer.optimizer if unfreezer is not None else build_optimizer(model, optimizer)
-    notes = check_watched_metrics(unfreezer, val_data)
     if unfreezer is not None and unfreezer.needs_probe:  # what an ff.auto schedule measures
         unfreezer.set_probe(probe_for(train_data, loss_fn, dev))
     dtype = amp_dtype(amp, dev)
@@ -173,8 +171,6 @@ def fit(
     p = run.progress
     for t in unfreezer.history if unfreezer is not None else []:  # the first stage's start
         p.history.add_transition(t)
-    for message in notes:
-        run.note(message)
     if resume is not None:
         restore(run, *resume)
     try:
@@ -387,9 +383,8 @@ def _end_epoch(run: Run) -> None:
         images_per_s=p.samples / max(p.seconds, 1e-9),
     )
     u = run.unfreezer
-    watched = None if u is None else u.waiting_for
-    if u is not None and watched is not None and (watched in logs or run.val_data is not None):
-        u.observe(p.metric(watched, "the on_plateau trigger"))  # else: its cap decides
+    if u is not None and u.waiting_for is not None:
+        u.observe(p.metric(u.waiting_for, "the on_plateau trigger"))
     if isinstance(run.scheduler, ReduceLROnPlateau):
         run.scheduler.step(logs.get("val_loss", logs["train_loss"]))
     elif run.scheduler is not None and run.scheduler_interval == "epoch":
