@@ -693,6 +693,10 @@ def check_raise(path: Path, site: RaiseSite) -> str | None:
         return f"raises the builtin {cls.__name__}: use a freezeflow error"
     if site.message is None:
         return "raises an error without a message"
+    literal = isinstance(site.message, (ast.JoinedStr, ast.Constant))
+    hinted = "hint: " in ast.unparse(site.message)
+    if issubclass(cls, TypeError) and literal and not hinted and site.module != "errors.py":
+        return "a type error without a hint"
     if site.type_test is None or issubclass(cls, REASONS):
         return None
     shown = {ast.unparse(n) for n in ast.walk(site.message)} if site.message else set()
@@ -771,9 +775,11 @@ def f(x, error: type[PolicyError] = PolicyError):
     if x < 0 or not callable(x):
         raise PolicyError(f"x={x}")
     if isinstance(x, bool) or not isinstance(x, int):
-        raise PolicyTypeError(f"x={x!r}")
+        raise PolicyTypeError(f"x={x!r}; hint: an int")
     if not callable(x):
-        raise PolicyTypeError(f"expected a callable, got {type(None)}")
+        raise PolicyTypeError(f"expected a callable, got {type(None)}; hint: pass one")
+    if not callable(x):
+        raise PolicyTypeError(f"expected a callable, got {x!r}")
     if isinstance(x, str):
         pass
     else:
@@ -789,7 +795,7 @@ def stage_from_data(x):
     if not isinstance(x, dict):
         raise PolicyError(f"{x!r}: expected a mapping")
     if not isinstance(x, list):
-        raise PolicyTypeError(f"{x!r}: expected a list")
+        raise PolicyTypeError(f"{x!r}: expected a list; hint: [1]")
 
 
 class Base:
@@ -825,6 +831,7 @@ def test_the_checks_find_what_they_look_for(tmp_path: Path) -> None:
             "PolicyTypeError",
             "the message does not show the value whose type is wrong (('x',))",
         ),
+        ("f", "PolicyTypeError", "a type error without a hint"),
         ("f", "ValueError", "raises the builtin ValueError: use a freezeflow error"),
         ("f", "exc", None),
         ("f", "error", "raises an error without a message"),
