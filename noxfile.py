@@ -158,17 +158,48 @@ def typecheck(session: nox.Session) -> None:
 
 @nox.session(venv_backend="none")
 def docs(session: nox.Session) -> None:
-    """The documentation site (Sphinx + MyST), warnings as errors, into build/docs."""
+    """The documentation site into build/docs, checked: the figures rendered, the pages'
+    printed output, claims and numbers against their sources (tests/e2e/test_docs*.py), the
+    build with warnings and unresolved references as errors (-W -n), its internal links and
+    the FAQ's messages as rendered, then every page in headless Chromium at 1280 px
+    (docs/browser_check.py; Debian's chromium is installed first when none is on the PATH).
+    Screenshots of the main pages go to build/docs-screenshots."""
     env = torch_env(session, groups=("test", "docs"))
     session.run(tool("python"), "docs/gen_figures.py", env=env, external=True)
+    pages = ["test_docs.py", "test_docs_claims.py", "test_docs_numbers.py", "test_docs_examples.py"]
+    tests = [f"tests/e2e/{name}" for name in pages]
+    session.run(tool("pytest"), "-q", *tests, env=env, external=True)
+    site = str(ROOT / "build" / "docs")
     session.run(
         tool("sphinx-build"),
         "-W",
+        "-n",
+        "-E",
         "--keep-going",
         "-b",
         "html",
         "docs",
-        "build/docs",
+        site,
+        env=env,
+        external=True,
+    )
+    session.run(
+        tool("pytest"),
+        "-q",
+        "tests/e2e/test_docs_site.py",
+        env={**env, "FREEZEFLOW_DOCS_BUILD": site},
+        external=True,
+    )
+    session.run("bash", "docs/install_chromium.sh", external=True)
+    shots = ["index.html", "quickstart.html", "results.html", "model-zoo.html", "design.html"]
+    shots += ["faq.html", "integrations/lightning.html", "api/index.html"]
+    session.run(
+        tool("python"),
+        "docs/browser_check.py",
+        site,
+        "--screenshots",
+        str(ROOT / "build" / "docs-screenshots"),
+        *shots,
         env=env,
         external=True,
     )
