@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ast
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -86,10 +87,12 @@ def test_norm_base_holds_running_statistics_that_move_in_train_mode(norm: nn.Mod
     assert isinstance(norm, NORM_BASE)
     for attr in ("track_running_stats", "running_mean", "running_var", "momentum"):
         assert hasattr(norm, attr), _changed("nn.modules.batchnorm._NormBase", f"no {attr}")
-    before = norm.running_mean.clone()
+    running_mean = norm.get_buffer("running_mean")
+    before = running_mean.clone()
     shape = (3, 4, 5) if isinstance(norm, nn.InstanceNorm1d) else (3, 4, 2, 2)
-    norm.train()(torch.randn(shape))
-    assert not torch.equal(before, norm.running_mean)
+    norm.train()
+    norm(torch.randn(shape))
+    assert not torch.equal(before, norm.get_buffer("running_mean"))
 
 
 def test_norm_layers_are_found_through_norm_base() -> None:
@@ -111,7 +114,7 @@ def test_recompile_limit_reads_the_public_config_else_the_private_one() -> None:
         "torch._dynamo.config.recompile_limit", f"of {RECOMPILE_LIMIT_KEYS} only {found} exist"
     )
     # read from 2.14.1: the public torch.compiler.config.recompile_limit is an alias of it
-    public = getattr(torch.compiler, "config", None)
+    public: Any = getattr(torch.compiler, "config", None)
     assert hasattr(public, "recompile_limit"), _changed(
         "torch.compiler.config.recompile_limit", "the public setting is gone"
     )
@@ -236,15 +239,20 @@ def test_every_internal_is_documented() -> None:
     # right after its assignment)
     tree = ast.parse(Path(internals.__file__).read_text(encoding="utf-8"))
     documented = set()
-    for node, after in zip(tree.body, [*tree.body[1:], None]):
+    following: list[ast.stmt | None] = [*tree.body[1:], None]
+    for node, after in zip(tree.body, following):
         if isinstance(node, ast.FunctionDef):
             doc = ast.get_docstring(node) or ""
             if "public API" in doc:
                 documented.add(node.name)
-        target = node.target if isinstance(node, ast.AnnAssign) else None
+        target: ast.expr | None = node.target if isinstance(node, ast.AnnAssign) else None
         if isinstance(node, ast.Assign) and len(node.targets) == 1:
             target = node.targets[0]
-        doc_after = isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant)
-        if isinstance(target, ast.Name) and doc_after and isinstance(after.value.value, str):
+        doc_after = (
+            isinstance(after, ast.Expr)
+            and isinstance(after.value, ast.Constant)
+            and isinstance(after.value.value, str)
+        )
+        if isinstance(target, ast.Name) and doc_after:
             documented.add(target.id)
     assert set(internals.__all__) <= documented, set(internals.__all__) - documented

@@ -632,13 +632,16 @@ def raise_sites(path: Path, namespace: dict[str, Any]) -> list[RaiseSite]:
                 f"{module}:{node.lineno}: cannot tell what `raise {raised}` raises"
             )
         parent = parents.get(node)
-        type_test, tested = None, ()
+        type_test: str | None = None
+        tested: tuple[str, ...] = ()
         if isinstance(parent, ast.If):
             negated = node in parent.orelse
             if _type_test(parent.test, negated):
                 type_test = ast.unparse(parent.test)
                 tested = tuple(
-                    ast.unparse(c.args[0]) for c in ast.walk(parent.test) if _is_type_call(c)
+                    ast.unparse(c.args[0])
+                    for c in ast.walk(parent.test)
+                    if isinstance(c, ast.Call) and _is_type_call(c)
                 )
         message = call.args[0] if call is not None and call.args else None
         sites.append(
