@@ -742,6 +742,22 @@ def test_every_raise_raises_a_freezeflow_error() -> None:
     )
 
 
+def test_every_warning_is_a_freezeflow_warning() -> None:
+    found, wrong = 0, []
+    for path, namespace in _modules():
+        module = path.relative_to(PACKAGE).as_posix()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if not (isinstance(node, ast.Call) and ast.unparse(node.func) == "warnings.warn"):
+                continue
+            found += 1
+            given = [k.value for k in node.keywords if k.arg == "category"] + node.args[1:2]
+            category = eval(ast.unparse(given[0]), namespace) if given else UserWarning
+            if not issubclass(category, ff.FreezeflowWarning):
+                wrong.append(f"{module}:{node.lineno} warns with {category.__name__}")
+    assert found >= 5  # the walk sees the warnings there are
+    assert not wrong, wrong
+
+
 def _is_exception_base(base: ast.expr, namespace: dict[str, Any]) -> bool:
     try:
         found = eval(ast.unparse(base), namespace)
