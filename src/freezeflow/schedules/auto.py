@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import Any, Literal
 
 from freezeflow.core.depth import last
 from freezeflow.core.policy import everything
@@ -51,6 +51,7 @@ class AutoSettings:
     anneal: bool = True
     train_norms: bool = False
     metric: str = "val_loss"
+    mode: Literal["min", "max"] = "min"
     seed: int = 0
 
     def to_data(self) -> dict[str, Any]:
@@ -92,7 +93,7 @@ class AutoSchedule(Schedule):
                     candidates,
                     lr=s.lr * STAGE_LR_FACTORS[k],
                     lr_decay=1.0,  # one param group per block: the decided LRs are per block
-                    start=on_plateau(1, max_epoch=cap, metric=s.metric),
+                    start=on_plateau(1, mode=s.mode, max_epoch=cap, metric=s.metric),
                     name=f"auto{k}",
                 )
             )
@@ -150,6 +151,7 @@ def auto(
     anneal: bool = True,
     train_norms: bool = False,
     metric: str = "val_loss",
+    mode: Literal["min", "max"] | None = None,
     seed: int = 0,
 ) -> AutoSchedule:
     """A schedule that decides at run time what to unfreeze, when, and at which LR per block.
@@ -188,7 +190,9 @@ def auto(
         anneal: the LR cosine within each stage.
         train_norms: let norm layers train too (default: frozen, with their pretrained
             statistics, which suits small datasets).
-        metric: the validation metric whose plateau starts the next stage (lower is better).
+        metric: the validation metric whose plateau starts the next stage.
+        mode: ``"min"`` when lower ``metric`` is better, ``"max"`` when higher is (an
+            accuracy); None: ``"min"`` for a name ending in ``loss``, else ``"max"``.
         seed: seeds the choice of trial and probe batches and the trials themselves.
 
     Raises:
@@ -209,7 +213,17 @@ def auto(
         if not isinstance(value, bool):
             raise ScheduleError(f"auto({flag}={value!r}): expected True or False")
     if not isinstance(metric, str) or not metric:
-        raise ScheduleError(f"auto(metric={metric!r}): expected a metric name such as 'val_loss'")
+        raise ScheduleError(
+            f"auto(metric={metric!r}): expected a metric name such as 'val_loss'; hint: a "
+            "metric fit() logs: val_loss, or val_<name> of fit(metrics=...)"
+        )
+    if mode is None:
+        mode = "min" if metric.endswith("loss") else "max"
+    if mode not in ("min", "max"):
+        raise ScheduleError(
+            f"auto(mode={mode!r}): expected 'min' (lower {metric} is better), 'max' (higher "
+            "is better) or None; hint: None picks 'min' for a loss and 'max' otherwise"
+        )
     settings = AutoSettings(
         epochs=epochs,
         lr=_number("lr", lr, 0.0, 1.0),
@@ -220,6 +234,7 @@ def auto(
         anneal=anneal,
         train_norms=train_norms,
         metric=metric,
+        mode=mode,
         seed=seed,
     )
     return AutoSchedule(settings)

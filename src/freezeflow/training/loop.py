@@ -46,6 +46,7 @@ from freezeflow.training.setup import (
     build_unfreezer,
     check_data,
     check_interval,
+    check_watched_metrics,
     feature_callbacks,
     pick_device,
 )
@@ -146,6 +147,7 @@ def fit(
     check_int("fit(accumulate=)", accumulate, 1, TrainingArgumentError)
     interval = check_interval(scheduler_interval)
     check_data(train_data)
+    notes = check_watched_metrics(schedule, unfreezer, val_data, epochs)
     _check_something_trains(model, schedule or unfreezer)
     hooks, ckpt = feature_callbacks(callbacks, progress)
     resume = None if ckpt is None else ckpt.preflight(model)  # refused before any change
@@ -171,6 +173,8 @@ def fit(
     p = run.progress
     for t in unfreezer.history if unfreezer is not None else []:  # the first stage's start
         p.history.add_transition(t)
+    for message in notes:
+        run.note(message)
     if resume is not None:
         restore(run, *resume)
     try:
@@ -383,8 +387,9 @@ def _end_epoch(run: Run) -> None:
         images_per_s=p.samples / max(p.seconds, 1e-9),
     )
     u = run.unfreezer
-    if u is not None and u.waiting_for is not None:
-        u.observe(p.metric(u.waiting_for, "the on_plateau trigger"))
+    watched = None if u is None else u.waiting_for
+    if u is not None and watched is not None and (watched in logs or run.val_data is not None):
+        u.observe(p.metric(watched, "the on_plateau trigger"))  # else: its cap decides
     if isinstance(run.scheduler, ReduceLROnPlateau):
         run.scheduler.step(logs.get("val_loss", logs["train_loss"]))
     elif run.scheduler is not None and run.scheduler_interval == "epoch":

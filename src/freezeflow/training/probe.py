@@ -8,6 +8,7 @@ random stream training draws from; every rank of a torchrun job draws the same b
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -15,6 +16,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
+from freezeflow.errors import FreezeflowWarning
 from freezeflow.training.batch import split_batch, to_device
 from freezeflow.unfreezer.planner import Probe
 
@@ -26,6 +28,15 @@ def _draw(train_data: Iterable[Any], n: int, seed: int) -> list[Any]:
     dataset = getattr(loader, "dataset", None)
     size = loader.batch_size if loader is not None else None
     if dataset is not None and size and hasattr(dataset, "__len__") and len(dataset) > 0:
+        if n * size > len(dataset):
+            warnings.warn(
+                f"ff.auto's probe needs {n} batches of {size} ({n * size} samples) but the "
+                f"training data has {len(dataset)}, so the batches a trial is scored on repeat "
+                "samples it trained on (the scores flatter every window alike); hint: fewer "
+                "auto(trial_steps=, probe_batches=), or a smaller batch size",
+                FreezeflowWarning,
+                stacklevel=2,
+            )
         order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))
         picks = [int(i) for i in order.repeat(1 + (n * size) // len(dataset))[: n * size]]
         collate = loader.collate_fn if loader is not None else None

@@ -40,6 +40,7 @@ __all__ = [
     "build_unfreezer",
     "check_data",
     "check_interval",
+    "check_watched_metrics",
     "feature_callbacks",
     "pick_device",
     "seed_everything",
@@ -137,6 +138,45 @@ def build_unfreezer(
     return GradualUnfreezer(
         model, schedule, optimizer, total_epochs=epochs, total_steps=total_steps or None
     )
+
+
+def check_watched_metrics(
+    schedule: Schedule | Sequence[Stage] | None,
+    unfreezer: GradualUnfreezer | None,
+    val_data: Iterable[Any] | None,
+    epochs: int,
+) -> list[str]:
+    """Refuse, before anything changes, a stage that waits for a validation metric (a
+    plateau) when there is no validation data and nothing else will start it; return a note
+    for each stage that will start at its cap instead (``ff.auto`` without ``val_data``)."""
+    if val_data is not None:
+        return []
+    if isinstance(unfreezer, GradualUnfreezer):
+        sched, first = unfreezer.schedule, max(unfreezer.stage_index, 0) + 1
+    elif isinstance(schedule, (Schedule, list, tuple)):  # anything else: build_unfreezer says
+        sched, first = schedule if isinstance(schedule, Schedule) else Schedule(schedule), 1
+    else:
+        return []
+    notes = []
+    for k in range(first, len(sched)):
+        trigger = sched.stages[k].start
+        metric = trigger.watches()
+        if metric is None or not metric.startswith("val_"):
+            continue
+        name = sched.names[k]
+        if trigger.expected_epoch(epochs, 1) is None:
+            raise TrainingArgumentError(
+                f"stage {k} ({name!r}) starts on a plateau of {metric!r}, but fit() got no "
+                "val_data, so that metric is never logged and the stage would never start; "
+                "expected val_data= or a stage start that needs no validation; hint: pass "
+                "val_data= (a split of the training data), on_plateau(max_epoch=...) for a "
+                "cap, or metric='train_loss'"
+            )
+        notes.append(
+            f"no val_data: stage {k} ({name!r}) starts at its cap, {trigger.describe()}, "
+            f"not on a plateau of {metric}"
+        )
+    return notes
 
 
 def build_optimizer(

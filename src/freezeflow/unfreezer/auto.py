@@ -21,15 +21,17 @@ parameter and buffer back, bit for bit.
 from __future__ import annotations
 
 import math
+import random
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 from torch.optim import Optimizer
 
-from freezeflow.errors import OptimizerError, ScheduleError, StateError
+from freezeflow.errors import OptimizerError, ScheduleError, StateError, TrainingError
 from freezeflow.schedules.auto import STAGE_LR_FACTORS, AutoSchedule, stage_caps
 from freezeflow.schedules.schedule import Schedule
 from freezeflow.unfreezer.layout import Layout
@@ -105,15 +107,24 @@ class AutoPlanner(StagePlanner):
         for j in sorted(candidates):  # the layout's block of each parameter (tied: output side)
             b = layout.param_block[j]
             self.block_params[b] = (*self.block_params.get(b, ()), j)
-        self.windows = _split(sorted(self.block_params), self.settings.windows)
         later = len(schedule) - 1
-        if len(self.windows) < later:
+        if len(self.block_params) < later:
             raise ScheduleError(
                 f"ff.auto on {type(model).__name__}: {len(self.block_params)} block(s) below "
                 f"the head can train, but the schedule has {later} stages after the head, each "
                 "unfreezing at least one block; hint: a longer schedule needs a deeper model, "
                 "or split it with ff.set_blocks"
             )
+        asked = self.settings.windows
+        if asked > len(self.block_params):
+            raise ScheduleError(
+                f"auto(windows={asked}) cuts the blocks below the head into {asked} windows, but "
+                f"{type(model).__name__} has {len(self.block_params)} block(s) below the head "
+                f"that can train; expected windows <= {len(self.block_params)}; hint: "
+                f"auto(windows={len(self.block_params)}) (one block per window), or split the "
+                "model into more blocks with ff.set_blocks"
+            )
+        self.windows = _split(sorted(self.block_params), asked)
         self.decisions: list[Decision] = []
 
     def check_run(self, total_steps: int | None, total_epochs: int | None) -> None:
@@ -271,31 +282,42 @@ class AutoPlanner(StagePlanner):
             chosen, detail = remaining[-1], "no probe batches (the loop gave none): the window "
             detail += "nearest the output"
         else:
-            device_state = _rng_devices(lay.params)
-            with torch.random.fork_rng(devices=device_state):
-                seed = s.seed * 1000 + k
-                n = s.trial_steps + s.probe_batches
+            seed = s.seed * 1000 + k
+            n = s.trial_steps + s.probe_batches
+            trials: dict[int, float] = {}
+            # every random stream is left as found: torch's (CPU and CUDA), NumPy's global
+            # generator and Python's (a dataset may draw from them while probe batches load)
+            with _OtherRngs(), torch.random.fork_rng(devices=_rng_devices(lay.params)):
                 drawn = list(probe.batches(n, seed))
                 batches, scored = drawn[: s.trial_steps], drawn[s.trial_steps :]
-                rgn = self._rgn(model, probe, scored)
-                if s.refreeze and k >= 2:
-                    refrozen = self._converged(rgn)
-                keep = trainable - frozenset(j for w in refrozen for j in self.window_params(w))
-                before = self._score(model, probe, scored, seed)
-                trials = {
-                    w: self._trial(
-                        model, probe, keep | self.window_params(w), lr, batches, scored, seed
-                    )
-                    for w in remaining
-                }
-            chosen = min(trials, key=lambda w: (trials[w], -w))
-            others = ", ".join(
-                f"{self.window_name(w)} {trials[w]:.3f}" for w in remaining if w != chosen
-            )
-            detail = (
-                f"a {s.trial_steps}-step trial took the probe loss from {before:.3f} to "
-                f"{trials[chosen]:.3f}" + (f" (other windows: {others})" if others else "")
-            )
+                if batches and scored:
+                    rgn = self._rgn(model, probe, scored)
+                    if s.refreeze and k >= 2:
+                        refrozen = self._converged(rgn)
+                    off = frozenset(j for w in refrozen for j in self.window_params(w))
+                    keep = trainable - off
+                    before = self._score(model, probe, scored, seed)
+                    trials = {
+                        w: self._trial(
+                            model, probe, keep | self.window_params(w), lr, batches, scored, seed
+                        )
+                        for w in remaining
+                    }
+            if not trials:
+                chosen = remaining[-1]
+                detail = (
+                    f"the probe gave {len(drawn)} batch(es), fewer than a trial needs ({n}): "
+                    "the window nearest the output"
+                )
+            else:
+                chosen = self._best(k, trials, lr)
+                others = ", ".join(
+                    f"{self.window_name(w)} {trials[w]:.3f}" for w in remaining if w != chosen
+                )
+                detail = (
+                    f"a {s.trial_steps}-step trial took the probe loss from {before:.3f} to "
+                    f"{trials[chosen]:.3f}" + (f" (other windows: {others})" if others else "")
+                )
         blocks = self.windows[chosen]
         top = max((rgn.get(b, 0.0) for b in blocks), default=0.0)
         scales = {
@@ -345,6 +367,21 @@ class AutoPlanner(StagePlanner):
             (before - off) | self.window_params(d.window), scales, f"decided: {d.text}"
         )
 
+    def _best(self, k: int, trials: dict[int, float], lr: float) -> int:
+        """The window whose trial ended at the lowest finite probe loss (a tie: the one
+        nearer the output). A trial that diverged (NaN or infinite loss) never wins; when
+        every trial did, the windows cannot be compared and the stage is refused."""
+        finite = {w: v for w, v in trials.items() if math.isfinite(v)}
+        if not finite:
+            shown = ", ".join(f"{self.window_name(w)} {v}" for w, v in trials.items())
+            raise TrainingError(
+                f"ff.auto: every trial of stage {k} ended with a non-finite probe loss "
+                f"({shown}), so the windows cannot be compared; expected finite losses; hint: "
+                f"the trials train at the stage's LR ({lr:.0e}): lower auto(lr=...), or look "
+                "for NaN/inf in the inputs or the loss"
+            )
+        return min(finite, key=lambda w: (finite[w], -w))
+
     def _converged(self, rgn: dict[int, float]) -> tuple[int, ...]:
         """The earliest trainable window, when its relative gradient norm fell below
         :data:`CONVERGED` of its value when it was unfrozen and no window before it trains."""
@@ -387,6 +424,17 @@ class AutoPlanner(StagePlanner):
 
 def _rng_devices(params: Sequence[nn.Parameter]) -> list[int]:
     return sorted({p.device.index or 0 for p in params if p.device.type == "cuda"})
+
+
+class _OtherRngs:
+    """Put NumPy's global generator and Python's ``random`` back as they were on exit."""
+
+    def __enter__(self) -> None:
+        self.numpy, self.python = np.random.get_state(), random.getstate()
+
+    def __exit__(self, *exc: object) -> None:
+        np.random.set_state(self.numpy)
+        random.setstate(self.python)
 
 
 class _Restored:
