@@ -271,7 +271,8 @@ def test_transformers_model_type_when_installed(
     code, out, err = run(capsys, "inspect", "transformers:gpt2")
     assert (code, err) == (0, "")
     rows = [line.split()[1] for line in out.splitlines()[3:-2]]
-    assert rows == ["wte+wpe", *(f"h.{i}" for i in range(12)), "ln_f"]
+    # the base model has no head: its final norm goes with the last layer
+    assert rows == ["wte+wpe", *(f"h.{i}" for i in range(11)), "h.11+ln_f"]
 
 
 def test_transformers_unknown_type_is_one_clear_line(capsys: pytest.CaptureFixture[str]) -> None:

@@ -3,12 +3,18 @@ clear_blocks) and norm detection (freezeflow.core.discovery)."""
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Callable
+from typing import Any
+
 import pytest
+import torch
 import torchvision
 from models import RESNET18_BLOCKS, make_mlp, make_nested, make_small_cnn, make_tiny_lm
 from torch import nn
 
 import freezeflow as ff
+from freezeflow.core.meta import on_meta_device
 
 
 class VGGish(nn.Module):
@@ -256,3 +262,217 @@ def test_norm_merges_only_into_a_single_preceding_layer() -> None:
     net.add_module("body", nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 4)))
     net.add_module("ln", nn.LayerNorm(4))
     assert block_names(net) == ["conv+bn", "bn_again", "body", "ln"]
+
+
+# --------------------------------------------------------------------------- the families
+# Each family of architectures a rule exists for, built on the meta device (no memory, no
+# initialisation), checked by invariants: which modules share a block, what the head holds.
+
+
+def meta(build: Callable[[], nn.Module]) -> nn.Module:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with on_meta_device():
+            return build()
+
+
+def timm_model(name: str, **kwargs: Any) -> nn.Module:
+    timm = pytest.importorskip("timm")
+    return meta(lambda: timm.create_model(name, **kwargs))
+
+
+def hf_model(cls: str, config: str, **kwargs: Any) -> nn.Module:
+    tr = pytest.importorskip("transformers")
+    small = {"hidden_size": 32, "num_attention_heads": 2, "intermediate_size": 37, **kwargs}
+    cfg = getattr(tr, config)(**small)
+    return meta(lambda: getattr(tr, cls)(cfg))
+
+
+def block_holding(model: nn.Module, name: str) -> int:
+    (b,) = [i for i, block in enumerate(ff.find_blocks(model)) if block.covers(name)]
+    return b
+
+
+def params_under(model: nn.Module, *paths: str) -> list[str]:
+    return [n for n, _ in model.named_parameters() if any(n.startswith(p + ".") for p in paths)]
+
+
+@pytest.mark.parametrize(
+    ("arch", "stage"),
+    [("edgenext_xx_small", "stages.3.blocks"), ("efficientformer_l1", "stages.3.blocks")],
+)
+def test_units_of_several_types_are_a_block_each(arch: str, stage: str) -> None:
+    # EdgeNeXt ends a stage with a transposed-attention block after its conv blocks;
+    # EfficientFormer with 1d blocks after 2d ones (and a parameter-free Flat between)
+    model = timm_model(arch)
+    container = model.get_submodule(stage)
+    units = [
+        f"{stage}.{n}"
+        for n, c in container.named_children()
+        if next(c.parameters(), None) is not None
+    ]
+    assert len({type(model.get_submodule(u)) for u in units}) == 2
+    blocks = [block_holding(model, params_under(model, u)[0]) for u in units]
+    assert blocks == list(range(blocks[0], blocks[0] + len(units)))  # one each, in order
+    head = ff.find_blocks(model)[-1]
+    last2 = ff.last(2, among=~ff.name(*head.modules)).select(model).names
+    assert {n for n in last2 if n.startswith(stage)} == set(params_under(model, *units[-2:]))
+
+
+def test_a_mixed_stage_of_two_unit_types_is_walked_into() -> None:
+    model = timm_model("botnet26t_256")  # stages.2: a bottleneck, then a self-attention block
+    names = [b.name for b in ff.find_blocks(model)]
+    assert "stages.2.0" in names and "stages.2.1" in names and "stages.2" not in names
+
+
+@pytest.mark.parametrize(
+    ("cls", "config", "new"),
+    [
+        (
+            "DistilBertForSequenceClassification",
+            "DistilBertConfig",
+            ("pre_classifier", "classifier"),
+        ),
+        (
+            "DeiTForImageClassificationWithTeacher",
+            "DeiTConfig",
+            ("cls_classifier", "distillation_classifier"),
+        ),
+        ("BertForSequenceClassification", "BertConfig", ("classifier",)),
+    ],
+)
+def test_the_head_block_holds_every_new_head_layer(
+    cls: str, config: str, new: tuple[str, ...]
+) -> None:
+    extra = {"dim": 32, "hidden_dim": 37, "n_heads": 2} if config == "DistilBertConfig" else {}
+    if config == "DeiTConfig":
+        extra = {"image_size": 32, "patch_size": 8}
+    model = hf_model(cls, config, num_hidden_layers=3, n_layers=3, **extra)
+    head = ff.find_blocks(model)[-1]
+    body = getattr(model, model.base_model_prefix)
+    in_body = {id(p) for p in body.parameters()}
+    added = {n for n, p in model.named_parameters() if id(p) not in in_body}
+    assert added == set(params_under(model, *new))
+    # last(1), the head stage of a schedule, trains every new layer and nothing pretrained
+    assert set(ff.last(1).select(model).names) == added
+    assert head.modules == new
+
+
+def test_a_weight_shared_layer_is_one_block_between_embeddings_and_head() -> None:
+    # ALBERT (standard configuration): one layer, applied num_hidden_layers times
+    model = hf_model(
+        "AlbertForSequenceClassification", "AlbertConfig", num_hidden_layers=12, embedding_size=16
+    )
+    blocks = ff.find_blocks(model)
+    assert len(blocks) == 3
+    first = set(ff.first(1).select(model).names)
+    assert first == set(
+        params_under(model, "albert.embeddings", "albert.encoder.embedding_hidden_mapping_in")
+    )
+    shared = params_under(model, "albert.encoder.albert_layer_groups")
+    assert set(ff.blocks(1, 2).select(model).names) >= set(shared)
+    assert set(ff.last(1).select(model).names) == set(params_under(model, "classifier"))
+
+
+def test_parallel_branches_are_one_unit_per_multi_resolution_module() -> None:
+    model = timm_model("hrnet_w18_small")
+    names = [b.name for b in ff.find_blocks(model)]
+    modules = [
+        f"stage{s}.{i}" for s in (2, 3, 4) for i in range(len(model.get_submodule(f"stage{s}")))
+    ]
+    assert all(m in names for m in modules)  # each multi-resolution module is one block
+    assert not any("branches" in n or "fuse_layers" in n for n in names)
+    # lr_decay gives parallel branches of one module one LR: they are in one group
+    groups = ff.param_groups(model, lr=1.0, lr_decay=0.5)
+    of = {id(p): g["lr"] for g in groups for p in g["params"]}
+    branch_lrs = {
+        of[id(p)] for n, p in model.named_parameters() if n.startswith("stage2.0.branches.")
+    }
+    assert len(branch_lrs) == 1
+
+
+class TwoTowers(nn.Module):
+    """A CLIP-like model: a temperature on the model itself, two towers, two projections."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.logit_scale = nn.Parameter(torch.ones(()))
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, 4))
+        self.embed = nn.Linear(4, 4)
+        self.layers = nn.ModuleList(
+            nn.Sequential(nn.Linear(4, 4), nn.LayerNorm(4), nn.Linear(4, 4)) for _ in range(2)
+        )
+        self.head = nn.Linear(4, 2)
+
+
+def test_a_single_number_on_the_model_itself_goes_with_the_head() -> None:
+    model = TwoTowers()
+    blocks = ff.find_blocks(model)
+    assert "logit_scale" in blocks[-1].params and "logit_scale" not in blocks[0].params
+    assert "cls_token" in blocks[0].params  # a token is input side
+    assert "logit_scale" not in ff.first(1).select(model).names
+    clip = hf_model(
+        "CLIPModel",
+        "CLIPConfig",
+        text_config={"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
+                     "intermediate_size": 37},
+        vision_config={"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
+                       "intermediate_size": 37, "image_size": 32, "patch_size": 8},
+    )  # fmt: skip
+    assert block_holding(clip, "logit_scale") == len(ff.find_blocks(clip)) - 1
+
+
+@pytest.mark.parametrize(("arch", "stem"), [("dm_nfnet_f0", "stem"), ("fastvit_t8", "stem")])
+def test_a_stem_of_several_layers_is_one_block(arch: str, stem: str) -> None:
+    model = timm_model(arch)
+    first = ff.find_blocks(model)[0]
+    assert set(params_under(model, stem)) <= set(ff.first(1).select(model).names)
+    assert first.modules[0] == stem and len(first.modules) == 1
+
+
+class CrossStages(nn.Module):
+    """A CSPNet-like model: a stem, then stages that each begin with their own layers (a
+    downsampling conv, an expansion conv) before their units."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 4, 3)
+        self.stages = nn.Sequential(*(self._stage() for _ in range(3)))
+        self.head = nn.Linear(4, 2)
+
+    @staticmethod
+    def _stage() -> nn.Module:
+        stage = nn.Module()
+        stage.conv_down = nn.Conv2d(4, 4, 3)
+        stage.conv_exp = nn.Conv2d(4, 4, 1)
+        stage.blocks = nn.Sequential(
+            *(
+                nn.Sequential(nn.Conv2d(4, 4, 1), nn.BatchNorm2d(4), nn.Conv2d(4, 4, 3))
+                for _ in range(2)
+            )
+        )
+        return stage
+
+
+def test_the_first_stages_own_layers_are_a_block_apart_from_the_stem() -> None:
+    names = block_names(CrossStages())
+    assert names[:3] == ["stem", "stages.0.conv_down+stages.0.conv_exp", "stages.0.blocks.0"]
+    assert names.count("stages.1.conv_down+stages.1.conv_exp") == 1  # as in later stages
+
+
+@pytest.mark.parametrize(
+    ("arch", "head"),
+    [("eva02_tiny_patch14_224", ("fc_norm", "head")), ("vit_tiny_patch16_224", ("head",))],
+)
+def test_a_final_norm_named_for_the_head_joins_it(arch: str, head: tuple[str, ...]) -> None:
+    model = timm_model(arch, num_classes=10)
+    blocks = ff.find_blocks(model)
+    assert blocks[-1].modules == head
+    assert blocks[-2].name.startswith("blocks.")  # ViT's norm joins the last unit
+
+
+def test_a_headless_backbones_final_norm_joins_the_last_unit() -> None:
+    model = timm_model("vit_tiny_patch16_224", num_classes=0)
+    blocks = ff.find_blocks(model)
+    assert blocks[-1].modules == ("blocks.11", "norm")
+    assert len(blocks) == 1 + 12

@@ -10,6 +10,7 @@ from freezeflow.core.discovery import Block, clear_blocks, find_blocks, is_norm_
 from freezeflow.core.freezing import NormMode, freeze, frozen, norm_mode, unfreeze
 from freezeflow.core.heads import replace_head
 from freezeflow.core.index import ModelIndex
+from freezeflow.core.meta import on_meta_device
 from freezeflow.core.policy import FreezePolicy, PolicyLike, as_policy, everything, name, nothing
 from freezeflow.core.selection import Selection
 from freezeflow.core.selectors import norm_layers, of_type, regex, where
@@ -40,6 +41,7 @@ __all__ = [
     "norm_mode",
     "nothing",
     "of_type",
+    "on_meta_device",
     "policy_from_data",
     "policy_to_data",
     "regex",

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import functools
 import weakref
-from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from torch import nn
 
 from freezeflow._torch_internals import NORM_BASE
+from freezeflow.core.units import Entry, is_composite, walk
 from freezeflow.errors import PolicyError, nearest, quote_list
 
 __all__ = [
@@ -37,10 +37,6 @@ NORM_TYPES: tuple[type[nn.Module], ...] = (
 )
 """Module types treated as norm layers (BatchNorm*, InstanceNorm*, SyncBatchNorm, GroupNorm,
 LayerNorm, RMSNorm, LocalResponseNorm)."""
-
-_CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
-_UNIT_OWNERS = 3
-"""A repeated unit owns parameters in at least this many layers (a conv-norm pair has two)."""
 
 
 def is_norm_layer(module: nn.Module) -> bool:
@@ -83,205 +79,149 @@ class Block:
 _OVERRIDES: weakref.WeakKeyDictionary[nn.Module, tuple[Block, ...]] = weakref.WeakKeyDictionary()
 
 
-def _has_params(module: nn.Module) -> bool:
-    return next(module.parameters(), None) is not None
+HEAD_WORDS = frozenset({"head", "heads", "fc", "classifier", "pre", "logits"})
+"""First words of the names that make a child of the model after the last unit part of the
+head (``head_dist``, EVA's ``fc_norm``, DistilBERT's ``pre_classifier``); a ``norm``, a
+``conv_head`` or a ``final_conv`` there is a pretrained layer and joins the last unit."""
 
 
-def _param_children(module: nn.Module) -> list[tuple[str, nn.Module]]:
-    return [(n, c) for n, c in module.named_children() if _has_params(c)]
+def _first_word(path: str) -> str:
+    return path.rpartition(".")[2].split("_")[0].lower()
 
 
-def _owners(module: nn.Module) -> int:
-    """How many modules under ``module`` (itself included) own parameters directly."""
-    return sum(1 for m in module.modules() if next(m.parameters(recurse=False), None) is not None)
-
-
-def _is_composite(module: nn.Module) -> bool:
-    """Two or more modules under it (itself included) own parameters."""
-    return _owners(module) >= 2
-
-
-def _numbered(names: list[str]) -> bool:
-    """``b1``, ``b2``, ...: one stem, different trailing numbers."""
-    stems = {n.rstrip("0123456789") for n in names}
-    return len(stems) == 1 and all(n[len(n.rstrip("0123456789")) :] for n in names)
-
-
-def _is_repeated(module: nn.Module) -> bool:
-    """A container of repeated blocks.
-
-    A ``Sequential``/``ModuleList``/``ModuleDict`` with >= 2 composite children of one type
-    or >= 4 leaf layers of one type (VGG's ``features``); a *subclass* of ``Sequential`` (a
-    conv-norm-activation, a stem) needs its composite children to be units (>= 3
-    parameter-owning layers each). Any other module counts when its children are numbered
-    units of one type (timm's ``RegStage`` holding ``b1``, ``b2``, ...).
-    """
-    named = _param_children(module)
-    children = [c for _, c in named]
-    if not isinstance(module, _CONTAINERS):
-        return (
-            len(children) >= 2
-            and len({type(c) for c in children}) == 1
-            and not isinstance(children[0], _CONTAINERS)
-            and _numbered([n for n, _ in named])
-            and next(module.parameters(recurse=False), None) is None
-            and all(_owners(c) >= _UNIT_OWNERS for c in children)
-        )
-    exact = type(module) in _CONTAINERS
-    composite = Counter(
-        type(c) for c in children if _is_composite(c) and (exact or _owners(c) >= _UNIT_OWNERS)
-    )
-    leaves = Counter(type(c) for c in children if not _is_composite(c))
-    return any(v >= 2 for v in composite.values()) or any(v >= 4 for v in leaves.values())
-
-
-def _holds_units(module: nn.Module) -> bool:
-    """Whether a container of *units* lies inside ``module``: a repeated container whose
-    children all have at least three parameter-owning layers (a ConvNeXt stage's ``blocks``),
-    not the conv-norm pairs inside one unit (an MBConv's ``block``)."""
-    for m in module.modules():
-        if m is module or not _is_repeated(m):
-            continue
-        children = [c for _, c in _param_children(m)]
-        kinds = Counter(type(c) for c in children)
-        if max(kinds.values()) >= 2 and all(_owners(c) >= _UNIT_OWNERS for c in children):
-            return True
-    return False
-
-
-def _has_trunk(module: nn.Module) -> bool:
-    return any(_is_repeated(m) for m in module.modules())
-
-
-def _join(prefix: str, name: str) -> str:
-    return f"{prefix}.{name}" if prefix else name
-
-
-@dataclass
-class _Entry:
-    modules: list[str]
-    params: list[str] = field(default_factory=list)
-    unit: bool = False
-    """Emitted as one of the repeated units of a container (a ResNet basic block, a
-    transformer layer), not a stem, a downsampling layer, a final norm or a head."""
-
-
-def _walk(model: nn.Module) -> tuple[list[_Entry], list[str]]:
-    """Blocks in registration order, and the loose parameters seen before the first one."""
-    entries: list[_Entry] = []
-    pending: list[str] = []
-
-    def attach(module: nn.Module, prefix: str) -> None:
-        names = [_join(prefix, n) for n, _ in module.named_parameters(recurse=False)]
-        (entries[-1].params if entries else pending).extend(names)
-
-    def expand(container: nn.Module, prefix: str) -> None:
-        attach(container, prefix)
-        children = _param_children(container)
-        counts = Counter(type(c) for _, c in children)
-        top = max(counts.values())
-        for name, child in children:
-            path = _join(prefix, name)
-            if _is_repeated(child):
-                expand(child, path)
-            elif _holds_units(child):  # a stage: its downsampling layer, then its units
-                walk(child, path)
-            else:
-                entries.append(_Entry([path], unit=counts[type(child)] == top))
-
-    def walk(module: nn.Module, prefix: str) -> None:
-        attach(module, prefix)
-        children = _param_children(module)
-        # a sibling of the same type as a repeated one is a unit too (timm RegNet's ``s1``
-        # holds one block, ``s3`` several)
-        stages = {
-            type(c) for _, c in children if _is_repeated(c) and not isinstance(c, _CONTAINERS)
-        }
-        kinds = Counter(type(c) for _, c in children)
-        for name, child in children:
-            path = _join(prefix, name)
-            if _is_repeated(child):
-                expand(child, path)
-            elif _holds_units(child):
-                walk(child, path)
-            elif kinds[type(child)] >= 2 and _owners(child) >= _UNIT_OWNERS:
-                # a unit among siblings of its type (GoogLeNet's inception3a, inception3b...)
-                entries.append(_Entry([path], unit=True))
-            elif _has_trunk(child):
-                walk(child, path)
-            else:
-                entries.append(_Entry([path], unit=type(child) in stages))
-
-    walk(model, "")
-    return entries, pending
-
-
-def _merge(a: _Entry, b: _Entry) -> _Entry:
-    return _Entry(a.modules + b.modules, a.params + b.params, a.unit or b.unit)
-
-
-def _same_head(e: _Entry, head: _Entry, modules: dict[str, nn.Module]) -> bool:
+def _same_head(e: Entry, head: Entry, modules: dict[str, nn.Module]) -> bool:
     """``e`` is one more head beside ``head``: same type, same first word (LeViT's ``head``
     and ``head_dist``; not a ``pooler`` before a ``classifier``)."""
     a, b = e.modules[0], head.modules[0]
-    word = a.rpartition(".")[2].split("_")[0]
-    return type(modules[a]) is type(modules[b]) and word == b.rpartition(".")[2].split("_")[0]
+    return type(modules[a]) is type(modules[b]) and _first_word(a) == _first_word(b)
+
+
+def _body(model: nn.Module) -> str | None:
+    """The path of the pretrained body a task model names (transformers'
+    ``base_model_prefix``: ``bert`` in ``BertForSequenceClassification``), if it has one and
+    is not the body itself."""
+    prefix = getattr(model, "base_model_prefix", None)
+    if isinstance(prefix, str) and prefix and isinstance(getattr(model, prefix, None), nn.Module):
+        return prefix
+    return None
+
+
+def _head_start(tail: list[Entry], modules: dict[str, nn.Module], body: str | None) -> int:
+    """Where the head begins among the entries after the last unit.
+
+    The head is the last module with a sibling head of its type (LeViT's ``head`` and
+    ``head_dist``); it begins earlier at the first module of the model itself (not inside
+    its trunk) named as part of a head (:data:`HEAD_WORDS`) or, in a task model that names
+    its pretrained body, at the first module outside the body (every layer the task adds:
+    DistilBERT's ``pre_classifier`` and ``classifier``). A last module that is a norm layer
+    and not named as a head is no head: the model is a headless backbone, and its final norm
+    joins the last unit.
+    """
+    cut = next(i for i, e in enumerate(tail) if _same_head(e, tail[-1], modules))
+    for i, e in enumerate(tail):
+        outside = body is not None and not e.modules[0].startswith(body + ".")
+        named = "." not in e.modules[0] and _first_word(e.modules[0]) in HEAD_WORDS
+        if named or outside:
+            return min(i, cut)
+    if all(is_norm_layer(modules[m]) for m in tail[-1].modules) and body is None:
+        return len(tail)
+    return cut
 
 
 def _discover(model: nn.Module) -> list[Block]:
-    entries, pending = _walk(model)
+    entries, pending = walk(model)
     if not entries:  # a model that owns its parameters directly (e.g. a bare nn.Linear)
         return [Block(name="<root>", modules=("",))]
     entries[0].params[:0] = pending
     modules = dict(model.named_modules(remove_duplicate=False))
 
     # a norm layer right after a single leaf layer joins it (conv1 + bn1 = the stem)
-    merged: list[_Entry] = []
+    merged: list[Entry] = []
     for e in entries:
         prev = merged[-1] if merged else None
         if (
             prev is not None
             and len(e.modules) == 1
             and is_norm_layer(modules[e.modules[0]])
-            and not _is_composite(modules[prev.modules[-1]])
+            and not is_composite(modules[prev.modules[-1]])
             and not is_norm_layer(modules[prev.modules[-1]])
         ):
             merged[-1] = _merge(prev, e)
         else:
             merged.append(e)
 
+    # single layers repeated (VGG's convolutions) are units only in a model with no
+    # composite ones: before composite units, they are a stem of several convolutions
+    composite = [i for i, e in enumerate(merged) if e.unit and is_composite(modules[e.modules[0]])]
+    for e in merged[: composite[0] if composite else 0]:
+        e.unit = False
     units = [i for i, e in enumerate(merged) if e.unit]
     if units:
-        last = units[-1]
-        # a module whose parameters all belong to earlier blocks (T5's encoder.embed_tokens,
-        # tied to ``shared``) is no depth of its own, except after the last unit (a tied head)
-        seen: set[int] = set()
-        kept: list[_Entry] = []
-        for i, e in enumerate(merged):
-            owned = {id(p) for m in e.modules for p in modules[m].parameters()}
-            if i <= last and owned and owned <= seen and not e.params:
-                continue
-            seen |= owned
-            kept.append(e)
-        last = max(i for i, e in enumerate(kept) if e.unit)
-        first = min(i for i, e in enumerate(kept) if e.unit)
-        # what comes before the first unit is one block (the stem, the embeddings); after the
-        # last unit, the last module (and a sibling head: LeViT's head and head_dist) is the
-        # head, and what lies between (a final norm, a conv head, BERT's pooler) joins the
-        # last unit, as timm's own grouping does
-        stem, tail = kept[:first], kept[last + 1 :]
-        merged = kept[first : last + 1]
-        if stem:
-            merged.insert(0, functools.reduce(_merge, stem))
-        if tail:
-            cut = next(i for i, e in enumerate(tail) if _same_head(e, tail[-1], modules))
-            if cut:
-                merged[-1] = functools.reduce(_merge, tail[:cut], merged[-1])
-            merged.append(functools.reduce(_merge, tail[cut:]))
+        merged = _arrange(model, merged, modules)
+    _scalars_to_head(model, merged)
     return [
         Block(name="+".join(e.modules), modules=tuple(e.modules), params=tuple(e.params))
         for e in merged
     ]
+
+
+def _merge(a: Entry, b: Entry) -> Entry:
+    return Entry(a.modules + b.modules, a.params + b.params, a.unit or b.unit, a.stage)
+
+
+def _arrange(model: nn.Module, merged: list[Entry], modules: dict[str, nn.Module]) -> list[Entry]:
+    """The stem, the units and what lies between them, and the head."""
+    last = max(i for i, e in enumerate(merged) if e.unit)
+    # a module whose parameters all belong to earlier blocks (T5's encoder.embed_tokens,
+    # tied to ``shared``) is no depth of its own, except after the last unit (a tied head)
+    seen: set[int] = set()
+    kept: list[Entry] = []
+    for i, e in enumerate(merged):
+        owned = {id(p) for m in e.modules for p in modules[m].parameters()}
+        if i <= last and owned and owned <= seen and not e.params:
+            continue
+        seen |= owned
+        kept.append(e)
+    last = max(i for i, e in enumerate(kept) if e.unit)
+    first = min(i for i, e in enumerate(kept) if e.unit)
+    # what comes before the first unit is one block (the stem, the embeddings), but for
+    # the layers of the first unit's own stage (its downsampling layer, as in later stages);
+    # after the last unit comes the head (see _head_start), and what lies between (a final
+    # norm, a conv head, BERT's pooler) joins the last unit, as timm's own grouping does
+    stage = kept[first].stage
+    stem = [e for e in kept[:first] if stage is None or e.stage != stage]
+    entry = [e for e in kept[:first] if stage is not None and e.stage == stage]
+    tail = kept[last + 1 :]
+    out: list[Entry] = []
+    for e in kept[first : last + 1]:  # a stage's own layers before its units: one block
+        prev = out[-1] if out else None
+        if prev and not prev.unit and not e.unit and e.stage is not None and e.stage == prev.stage:
+            out[-1] = _merge(prev, e)
+        else:
+            out.append(e)
+    if entry:
+        out.insert(0, functools.reduce(_merge, entry))
+    if stem:
+        out.insert(0, functools.reduce(_merge, stem))
+    if tail:
+        cut = _head_start(tail, modules, _body(model))
+        if cut:
+            out[-1] = functools.reduce(_merge, tail[:cut], out[-1])
+        if cut < len(tail):
+            out.append(functools.reduce(_merge, tail[cut:]))
+    return out
+
+
+def _scalars_to_head(model: nn.Module, merged: list[Entry]) -> None:
+    """A single-number parameter of the model itself (CLIP's ``logit_scale``, SigLIP's
+    ``logit_bias``: a temperature or an offset of the output) belongs to the last block, not
+    to the stem where loose parameters seen first go (a ViT's ``cls_token`` stays there)."""
+    scalars = [n for n, p in model.named_parameters(recurse=False) if p.numel() == 1]
+    if not scalars or len(merged) < 2:
+        return
+    for e in merged[:-1]:
+        e.params = [n for n in e.params if n not in scalars]
+    merged[-1].params.extend(n for n in scalars if n not in merged[-1].params)
 
 
 def set_blocks(model: nn.Module, blocks: Sequence[str | Sequence[str]]) -> None:
@@ -338,16 +278,24 @@ def find_blocks(model: nn.Module) -> list[Block]:
     """The blocks of ``model`` from input to output, at the level of its repeated units.
 
     A *unit* is one of the repeated sub-networks a model is made of: a ResNet basic block, a
-    ConvNeXt or Swin block, an MBConv, a transformer layer. Discovery walks into every module
+    ConvNeXt or Swin block, an MBConv, a transformer layer; units of several types in one
+    stage (EdgeNeXt) are each a unit, one shared layer (ALBERT) is one, and a module running
+    parallel branches (HRNet) is one, its branches side by side at one depth
+    (``freezeflow.core.units`` says how they are found). Discovery walks into every module
     that holds units, however deep (a ConvNeXt stage is walked into: its downsampling layer is
     a block, then each of its units). Then:
 
     - what comes before the first unit is one block (the stem, the embeddings, loose
-      parameters such as a ViT's ``cls_token``);
-    - the last module is the head block (with a sibling head of its type: LeViT's ``head``
-      and ``head_dist``);
+      parameters such as a ViT's ``cls_token``), but for the first stage's own layers, a
+      block as in later stages; a module named ``stem`` is one block whatever it holds;
+    - the head is the last module with a sibling head of its type (LeViT's ``head`` and
+      ``head_dist``), from the first child of the model named as part of a head
+      (``HEAD_WORDS``: EVA's ``fc_norm``, DistilBERT's ``pre_classifier``) or, in a
+      transformers task model, from the first module outside its pretrained body (every layer
+      the task adds); a headless backbone's final norm is no head;
     - what lies between the last unit and the head (a final norm, a conv head, BERT's
       pooler) joins the last unit, as timm's own grouping does;
+    - a single-number parameter of the model itself (CLIP's ``logit_scale``) joins the head;
     - a module whose parameters all belong to earlier blocks (T5's ``encoder.embed_tokens``)
       adds no depth, except a tied output head;
     - a norm layer right after a single layer joins it (``conv1+bn1``); modules without

@@ -1,0 +1,236 @@
+"""Where a model's repeated units are: the walk behind block discovery.
+
+:func:`walk` goes through a model in registration order and emits an :class:`Entry` per
+candidate block, marking the *units* (the repeated sub-networks: a ResNet basic block, a
+ConvNeXt block, a transformer layer). :mod:`freezeflow.core.discovery` turns the entries into
+blocks (the stem, the head, what joins what). The rules, each with the architecture that
+needs it:
+
+- a ``Sequential``/``ModuleList``/``ModuleDict`` holds units when two or more of its children
+  are composite and of one type, or are each unit-sized (three or more parameter-owning
+  layers) whatever their types (EdgeNeXt's conv blocks then a transposed-attention block, a
+  ByobNet stage of a bottleneck then a self-attention block), or four or more are leaf
+  layers of one type (VGG's ``features``); a ``ModuleList`` whose single child is unit-sized
+  holds one unit applied as many times as the model says (ALBERT's one shared layer);
+- a module that is not a container holds units when its children are numbered units of one
+  type (timm's ``RegStage``: ``b1``, ``b2``...);
+- a module named ``stem`` is one block, whatever it holds (FastViT's three MobileOne blocks,
+  NFNet's four convolutions);
+- a module that runs parallel branches (a container ``branches`` of two or more paths, and
+  the layers that fuse them: HRNet's ``HighResolutionModule``) is one unit: its branches work
+  side by side, so they have one depth and, under ``lr_decay``, one LR;
+- every module that holds units somewhere inside is walked into, however deep; a stage walked
+  into from a container of stages names its entries' ``stage``, so that its downsampling
+  layers form a block of their own, also in the first stage (a CSPNet's ``stages.0``).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+from torch import nn
+
+__all__ = ["UNIT_OWNERS", "Entry", "is_composite", "owners", "walk"]
+
+_CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
+UNIT_OWNERS = 3
+"""A unit owns parameters in at least this many layers (a conv-norm pair has two)."""
+
+
+@dataclass
+class Entry:
+    """A candidate block: modules (dotted paths) and loose parameters."""
+
+    modules: list[str]
+    params: list[str] = field(default_factory=list)
+    unit: bool = False
+    """One of the repeated units of a container (a ResNet basic block, a transformer layer),
+    not a stem, a downsampling layer, a final norm or a head."""
+    stage: str | None = None
+    """The stage (a child of a container of stages) the entry was found in, if any."""
+
+
+class _Facts:
+    """What the walk asks of a module, computed once per module per walk (the questions
+    recurse through the whole model, and large models have thousands of modules)."""
+
+    def __init__(self) -> None:
+        self._owners: dict[int, int] = {}
+        self._repeated: dict[int, bool] = {}
+        self._trunk: dict[int, bool] = {}
+        self._holds: dict[int, bool] = {}
+
+    def owners(self, module: nn.Module) -> int:
+        hit = self._owners.get(id(module))
+        if hit is None:
+            own = next(module.parameters(recurse=False), None) is not None
+            hit = int(own) + sum(self.owners(c) for c in module.children())
+            self._owners[id(module)] = hit
+        return hit
+
+    def unit_sized(self, module: nn.Module) -> bool:
+        return self.owners(module) >= UNIT_OWNERS
+
+    def repeated(self, module: nn.Module) -> bool:
+        hit = self._repeated.get(id(module))
+        if hit is None:
+            hit = self._repeated[id(module)] = self._is_repeated(module)
+        return hit
+
+    def _is_repeated(self, module: nn.Module) -> bool:
+        named = param_children(module)
+        children = [c for _, c in named]
+        if not children:
+            return False
+        if not isinstance(module, _CONTAINERS):
+            return (
+                len(children) >= 2
+                and len({type(c) for c in children}) == 1
+                and not isinstance(children[0], _CONTAINERS)
+                and _numbered([n for n, _ in named])
+                and next(module.parameters(recurse=False), None) is None
+                and all(self.unit_sized(c) for c in children)
+            )
+        exact = type(module) in _CONTAINERS
+        if exact and len(children) >= 2 and all(self.unit_sized(c) for c in children):
+            return True  # units of several types (EdgeNeXt, ByobNet stages)
+        if type(module) is nn.ModuleList and len(children) == 1:
+            return self.unit_sized(children[0])  # one layer, shared (ALBERT)
+        composite = Counter(
+            type(c) for c in children if self.owners(c) >= 2 and (exact or self.unit_sized(c))
+        )
+        leaves = Counter(type(c) for c in children if self.owners(c) < 2)
+        return any(v >= 2 for v in composite.values()) or any(v >= 4 for v in leaves.values())
+
+    def holds_units(self, module: nn.Module) -> bool:
+        """A container of *units* lies inside ``module``: a repeated container whose
+        children all are unit-sized (a ConvNeXt stage's ``blocks``), not the conv-norm pairs
+        inside one unit (an MBConv's ``block``)."""
+        hit = self._holds.get(id(module))
+        if hit is None:
+            hit = any(self._units_container(m) or self.holds_units(m) for m in module.children())
+            self._holds[id(module)] = hit
+        return hit
+
+    def _units_container(self, m: nn.Module) -> bool:
+        if not self.repeated(m):
+            return False
+        children = [c for _, c in param_children(m)]
+        # repeated units of one type (a mixed container inside a unit, T5's self-attention
+        # and feed-forward sub-layers, is no stage), or one shared layer
+        alike = max(Counter(type(c) for c in children).values()) >= 2
+        single = len(children) == 1 and type(m) is nn.ModuleList
+        return (alike or single) and all(self.unit_sized(c) for c in children)
+
+    def trunk(self, module: nn.Module) -> bool:
+        """Any repeated container inside ``module`` (itself included)."""
+        hit = self._trunk.get(id(module))
+        if hit is None:
+            hit = self.repeated(module) or any(self.trunk(c) for c in module.children())
+            self._trunk[id(module)] = hit
+        return hit
+
+
+def owners(module: nn.Module) -> int:
+    """How many modules under ``module`` (itself included) own parameters directly."""
+    return sum(1 for m in module.modules() if next(m.parameters(recurse=False), None) is not None)
+
+
+def is_composite(module: nn.Module) -> bool:
+    """Two or more modules under it (itself included) own parameters."""
+    return owners(module) >= 2
+
+
+def param_children(module: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The children of ``module`` that hold parameters, with their names."""
+    return [(n, c) for n, c in module.named_children() if next(c.parameters(), None) is not None]
+
+
+def _numbered(names: list[str]) -> bool:
+    """``b1``, ``b2``, ...: one stem, different trailing numbers."""
+    stems = {n.rstrip("0123456789") for n in names}
+    return len(stems) == 1 and all(n[len(n.rstrip("0123456789")) :] for n in names)
+
+
+def _is_stem(name: str) -> bool:
+    """A module named ``stem`` (``stem``, ``stem_conv``) is the stem, one block, whatever it
+    holds (FastViT's three MobileOne blocks, NFNet's four convolutions)."""
+    return name.split("_")[0].lower() == "stem"
+
+
+def _parallel(module: nn.Module) -> bool:
+    """A module that runs parallel branches (HRNet's ``HighResolutionModule``: a container
+    ``branches`` of several paths, one per resolution, and the layers that fuse them): one
+    unit, since its branches work side by side at one depth."""
+    branches = getattr(module, "branches", None)
+    return isinstance(branches, _CONTAINERS) and len(branches) >= 2
+
+
+def _join(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if prefix else name
+
+
+def walk(model: nn.Module) -> tuple[list[Entry], list[str]]:
+    """Candidate blocks in registration order, and the loose parameters seen before the
+    first one."""
+    facts = _Facts()
+    entries: list[Entry] = []
+    pending: list[str] = []
+
+    def attach(module: nn.Module, prefix: str) -> None:
+        names = [_join(prefix, n) for n, _ in module.named_parameters(recurse=False)]
+        (entries[-1].params if entries else pending).extend(names)
+
+    def expand(container: nn.Module, prefix: str, stage: str | None) -> None:
+        attach(container, prefix)
+        children = param_children(container)
+        counts = Counter(type(c) for _, c in children)
+        top = max(counts.values())
+        mixed = sum(facts.unit_sized(c) for _, c in children) >= 2
+        # a stage like its siblings that hold units, with units of two types only (EdgeNeXt's
+        # last stage: a conv block, then a transposed-attention block) is walked into too
+        staged = {type(c) for _, c in children if facts.holds_units(c)}
+        for name, child in children:
+            path = _join(prefix, name)
+            if _is_stem(name):
+                entries.append(Entry([path], stage=stage))
+            elif _parallel(child):
+                entries.append(Entry([path], unit=True, stage=stage))
+            elif facts.repeated(child):
+                expand(child, path, stage)
+            elif facts.holds_units(child) or (type(child) in staged and facts.trunk(child)):
+                walk_into(child, path, path)  # a stage: its downsampling layer, then its units
+            else:
+                unit = counts[type(child)] == top or (mixed and facts.unit_sized(child))
+                entries.append(Entry([path], unit=unit, stage=stage))
+
+    def walk_into(module: nn.Module, prefix: str, stage: str | None) -> None:
+        attach(module, prefix)
+        children = param_children(module)
+        # a sibling of the same type as a repeated one is a unit too (timm RegNet's ``s1``
+        # holds one block, ``s3`` several)
+        stages = {
+            type(c) for _, c in children if facts.repeated(c) and not isinstance(c, _CONTAINERS)
+        }
+        kinds = Counter(type(c) for _, c in children)
+        for name, child in children:
+            path = _join(prefix, name)
+            if _is_stem(name):
+                entries.append(Entry([path], stage=stage))
+            elif _parallel(child):
+                entries.append(Entry([path], unit=True, stage=stage))
+            elif facts.repeated(child):
+                expand(child, path, stage)
+            elif facts.holds_units(child):
+                walk_into(child, path, stage)
+            elif kinds[type(child)] >= 2 and facts.unit_sized(child):
+                # a unit among siblings of its type (GoogLeNet's inception3a, inception3b...)
+                entries.append(Entry([path], unit=True, stage=stage))
+            elif facts.trunk(child):
+                walk_into(child, path, stage)
+            else:
+                entries.append(Entry([path], unit=type(child) in stages, stage=stage))
+
+    walk_into(model, "", None)
+    return entries, pending
