@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import freezeflow
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import sources  # noqa: E402  (docs/sources.py: the numbers of the result pages)
+import sources
 
 if TYPE_CHECKING:
     from sphinx.application import Sphinx

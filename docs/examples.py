@@ -167,7 +167,9 @@ def run_page(page: Path) -> list[Shown]:
 
     matplotlib.use("Agg")
     rel = page.relative_to(HERE).as_posix() if page.is_relative_to(HERE) else page.name
-    namespace: dict[str, object] = {"__name__": "__docs__", **stand_ins()}
+    import freezeflow as ff  # every page assumes `import freezeflow as ff`
+
+    namespace: dict[str, object] = {"__name__": "__docs__", "ff": ff, **stand_ins()}
     printed = ""
     shown: list[Shown] = []
     text = page.read_text(encoding="utf-8")

@@ -83,7 +83,9 @@ def demo() -> dict[str, str]:
             )
     if {"classic", "freezeflow"} <= recipes.keys():
         c, f = recipes["classic"], recipes["freezeflow"]
-        out["demo.gain"] = points(f["stages"][-1]["test_accuracy"], c["stages"][-1]["test_accuracy"])
+        out["demo.gain"] = points(
+            f["stages"][-1]["test_accuracy"], c["stages"][-1]["test_accuracy"]
+        )
         out["demo.ratio"] = ratio(f["seconds"], c["seconds"])
     out["table.demo.stages"] = _table(
         ["recipe", "stage", "epochs", "trainable parameters", "test accuracy"],
@@ -125,7 +127,9 @@ def bench_auto() -> dict[str, str]:
                     task,
                     f"**{label}**" if method == "auto" else label,
                     pct(r["val_accuracy"]),
-                    f"**{pct(r['test_accuracy'])}**" if method == "auto" else pct(r["test_accuracy"]),
+                    f"**{pct(r['test_accuracy'])}**"
+                    if method == "auto"
+                    else pct(r["test_accuracy"]),
                     secs(r["seconds"]) + busy,
                 ]
             )

@@ -344,7 +344,9 @@ def faq_message_blocks() -> list[str]:
     """The bodies of the FAQ's message blocks (```` ```{code-block} text ```` with the class
     ``ff-message``), each a literal block, so Markdown changes nothing in them."""
     text = (DOCS / "faq.md").read_text(encoding="utf-8")
-    return re.findall(r"^```\{code-block\} text\n:class: ff-message\n\n(.*?)\n```$", text, re.M | re.S)
+    return re.findall(
+        r"^```\{code-block\} text\n:class: ff-message\n\n(.*?)\n```$", text, re.M | re.S
+    )
 
 
 @pytest.mark.parametrize("case", sorted(faq_messages.MESSAGES))

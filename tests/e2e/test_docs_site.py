@@ -21,7 +21,10 @@ BUILD = Path(os.environ.get("FREEZEFLOW_DOCS_BUILD", paths.ROOT / "build" / "doc
 if not (BUILD / "index.html").exists():
     if "FREEZEFLOW_DOCS_BUILD" in os.environ:
         raise RuntimeError(f"FREEZEFLOW_DOCS_BUILD={BUILD} holds no built site")
-    pytest.skip("no built site in build/docs (nox -s docs builds it, then runs these)", allow_module_level=True)
+    pytest.skip(
+        "no built site in build/docs (nox -s docs builds it, then runs these)",
+        allow_module_level=True,
+    )
 
 
 class Page(HTMLParser):
@@ -43,9 +46,8 @@ class Page(HTMLParser):
         for key in ("href", "src"):
             if a.get(key) and tag in ("a", "img", "link", "script"):
                 self.links.append(a[key] or "")
-        if tag == "div":
-            if self._depth or "ff-message" in (a.get("class") or "").split():
-                self._depth += 1
+        if tag == "div" and (self._depth or "ff-message" in (a.get("class") or "").split()):
+            self._depth += 1
         if tag == "pre" and self._depth:
             self._pre, self._text = True, []
 
