@@ -471,58 +471,7 @@ REASONS = (ff.errors.CacheRefused,)
 whatever the test that found it."""
 
 _TO_SWITCH = "a wrong type raises {}: use {}"
-PENDING: set[tuple[str, str, str, str]] = {
-    # the lead's rewrite of the unfreezer and schedules (issue 20) switches these
-    (
-        "schedules/auto.py",
-        "auto",
-        "ScheduleError",
-        _TO_SWITCH.format("ScheduleError", "ScheduleTypeError"),
-    ),
-    (
-        "schedules/schedule.py",
-        "Stage.__init__",
-        "ScheduleError",
-        _TO_SWITCH.format("ScheduleError", "ScheduleTypeError"),
-    ),
-    (
-        "schedules/schedule.py",
-        "Schedule.__init__",
-        "ScheduleError",
-        _TO_SWITCH.format("ScheduleError", "ScheduleTypeError"),
-    ),
-    (
-        "unfreezer/auto.py",
-        "AutoPlanner.__init__",
-        "ScheduleError",
-        _TO_SWITCH.format("ScheduleError", "ScheduleTypeError"),
-    ),
-    (
-        "unfreezer/planner.py",
-        "register_planner.register",
-        "ScheduleError",
-        _TO_SWITCH.format("ScheduleError", "ScheduleTypeError"),
-    ),
-    (
-        "unfreezer/gradual.py",
-        "GradualUnfreezer.__init__",
-        "PolicyError",
-        _TO_SWITCH.format("PolicyError", "PolicyTypeError"),
-    ),
-    # a listener and a probe belong to no family: FreezeflowTypeError itself
-    (
-        "unfreezer/gradual.py",
-        "GradualUnfreezer.add_listener",
-        "OptimizerError",
-        _TO_SWITCH.format("OptimizerError", "OptimizerTypeError"),
-    ),
-    (
-        "unfreezer/gradual.py",
-        "GradualUnfreezer.set_probe",
-        "OptimizerError",
-        _TO_SWITCH.format("OptimizerError", "OptimizerTypeError"),
-    ),
-}
+PENDING: set[tuple[str, str, str, str]] = set()
 """Raise sites of the wrong class in modules being rewritten (module, function, class raised,
 problem), each to be switched to the class :func:`check_raise` asks for, then removed here;
 a site fixed but still listed fails :func:`test_every_raise_raises_a_freezeflow_error` too,

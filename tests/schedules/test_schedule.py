@@ -82,7 +82,7 @@ BAD_SCHEDULES: list[tuple[str, Any, str]] = [
     ),
     ("name-with-slash", lambda: _stage(name="a/b"), r"Stage\(name='a/b'\)"),
     ("reset-state-not-bool", lambda: _stage(reset_state=1), r"Stage\(reset_state=1\)"),
-    ("empty", lambda: ff.Schedule([]), r"got \[\]"),
+    ("empty", lambda: ff.Schedule([]), r"at least one Stage, got an empty list"),
     (
         "not-a-stage",
         lambda: ff.Schedule([{"lr": 1}]),  # type: ignore[list-item]
@@ -97,10 +97,13 @@ BAD_SCHEDULES: list[tuple[str, Any, str]] = [
     ("build", "match"), [(b, m) for _, b, m in BAD_SCHEDULES], ids=[i for i, _, _ in BAD_SCHEDULES]
 )
 def test_invalid_schedules_are_refused(build: Any, match: str) -> None:
-    with pytest.raises(ff.ScheduleError, match=match) as info:
+    with pytest.raises(ff.FreezeflowError, match=match) as info:
         build()
-    assert isinstance(info.value, ValueError)
-    assert isinstance(info.value, ff.FreezeflowError)
+    # a wrong type is a TypeError (of the schedule family), a wrong value a ScheduleError
+    if isinstance(info.value, TypeError):
+        assert isinstance(info.value, ff.errors.ScheduleTypeError)
+    else:
+        assert isinstance(info.value, ff.ScheduleError) and isinstance(info.value, ValueError)
 
 
 BAD_DICTS: list[tuple[str, Any, str]] = [

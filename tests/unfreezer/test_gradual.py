@@ -380,7 +380,7 @@ def test_listeners_fire_once_per_transition() -> None:
     assert all(c[1] for c in calls)
     assert calls[0][2] == HEAD | BODY1
     assert calls[2][2] == ALL_NAMES
-    with pytest.raises(ff.OptimizerError, match="takes a callable, got 3"):
+    with pytest.raises(ff.errors.OptimizerTypeError, match="takes a callable, got 3 of type int"):
         uf.add_listener(3)  # type: ignore[arg-type]
 
 
@@ -486,7 +486,7 @@ BAD_INPUT: list[tuple[str, BadBuild, type[Exception], str]] = [
     (
         "not-a-module",
         lambda m, o: ff.GradualUnfreezer("resnet18", three_stage(), o),  # type: ignore[arg-type]
-        ff.PolicyError,
+        ff.errors.PolicyTypeError,
         r"needs an nn\.Module, got 'resnet18' of type str",
     ),
     (

@@ -58,7 +58,7 @@ def test_an_unknown_planner_name_is_refused_with_the_nearest() -> None:
 
 
 def test_register_planner_takes_only_planner_classes() -> None:
-    with pytest.raises(ScheduleError, match="not a StagePlanner subclass"):
+    with pytest.raises(ff.errors.ScheduleTypeError, match="not a StagePlanner subclass"):
         register_planner("junk")(int)  # type: ignore[type-var]
     assert "junk" not in PLANNERS
 

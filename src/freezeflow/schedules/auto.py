@@ -28,7 +28,7 @@ from typing import Any, Literal
 from freezeflow.core.depth import last
 from freezeflow.core.policy import everything
 from freezeflow.core.selectors import norm_layers
-from freezeflow.errors import ScheduleError, check_int, nearest
+from freezeflow.errors import ScheduleError, ScheduleTypeError, check_int, nearest
 from freezeflow.schedules.schedule import DATA_READERS, Schedule, Stage
 from freezeflow.schedules.triggers import on_plateau
 
@@ -211,7 +211,10 @@ def auto(
         )
     for flag, value in (("refreeze", refreeze), ("anneal", anneal), ("train_norms", train_norms)):
         if not isinstance(value, bool):
-            raise ScheduleError(f"auto({flag}={value!r}): expected True or False")
+            raise ScheduleTypeError(
+                f"auto({flag}={value!r}): expected True or False, got a {type(value).__name__}; "
+                f"hint: auto(epochs, {flag}=True)"
+            )
     if not isinstance(metric, str) or not metric:
         raise ScheduleError(
             f"auto(metric={metric!r}): expected a metric name such as 'val_loss'; hint: a "

@@ -26,7 +26,12 @@ from typing import Any, ClassVar
 
 from freezeflow.core.policy import FreezePolicy, PolicyLike, as_policy
 from freezeflow.core.serialize import policy_from_data, policy_to_data
-from freezeflow.errors import ScheduleError, nearest
+from freezeflow.errors import (
+    MissingDependencyError,
+    ScheduleError,
+    ScheduleTypeError,
+    nearest,
+)
 from freezeflow.schedules.triggers import AtEpoch, Trigger, trigger_from_data
 
 __all__ = ["Schedule", "Stage"]
@@ -115,7 +120,10 @@ class Stage:
         set_(self, "lr_decay", lr_decay)
         for flag, value in (("reset_state", reset_state), ("exclusive", exclusive)):
             if not isinstance(value, bool):
-                raise ScheduleError(f"Stage({flag}={value!r}): expected True or False")
+                raise ScheduleTypeError(
+                    f"Stage({flag}={value!r}): expected True or False, got a "
+                    f"{type(value).__name__}; hint: Stage(..., {flag}=True)"
+                )
         set_(self, "reset_state", reset_state)
         set_(self, "exclusive", exclusive)
         if name is not None and (not isinstance(name, str) or not name or "/" in name):
@@ -198,14 +206,20 @@ class Schedule:
     def __init__(self, stages: Sequence[Stage] | Schedule) -> None:
         if isinstance(stages, Schedule):
             stages = stages.stages
-        if not isinstance(stages, (list, tuple)) or not stages:
+        if not isinstance(stages, (list, tuple)):
+            raise ScheduleTypeError(
+                f"Schedule needs a list of Stage, got {stages!r} of type "
+                f"{type(stages).__name__}; hint: "
+                "Schedule([Stage('fc', lr=1e-3), Stage('layer4', lr=1e-5, start=5)])"
+            )
+        if not stages:
             raise ScheduleError(
-                f"Schedule needs a non-empty list of Stage, got {stages!r}; hint: "
+                "Schedule needs at least one Stage, got an empty list; hint: "
                 "Schedule([Stage('fc', lr=1e-3), Stage('layer4', lr=1e-5, start=5)])"
             )
         for k, s in enumerate(stages):
             if not isinstance(s, Stage):
-                raise ScheduleError(
+                raise ScheduleTypeError(
                     f"stage {k} is {s!r} of type {type(s).__name__}, not a Stage; hint: wrap "
                     "it as Stage(policy, lr=...)"
                 )
@@ -315,7 +329,7 @@ class Schedule:
         try:
             import yaml
         except ImportError as exc:  # pragma: no cover - depends on the environment
-            raise ScheduleError(
+            raise MissingDependencyError(
                 "reading YAML needs PyYAML; hint: pip install 'freezeflow[yaml]'"
             ) from exc
         text = source

@@ -31,7 +31,7 @@ import torch
 from torch import nn
 from torch.optim import Optimizer
 
-from freezeflow.errors import OptimizerError, ScheduleError, StateError, TrainingError
+from freezeflow.errors import ScheduleError, ScheduleTypeError, StateError, TrainingError
 from freezeflow.schedules.auto import STAGE_LR_FACTORS, AutoSchedule, stage_caps
 from freezeflow.schedules.schedule import Schedule
 from freezeflow.unfreezer.layout import Layout
@@ -95,7 +95,7 @@ class AutoPlanner(StagePlanner):
 
     def __init__(self, model: nn.Module, schedule: Schedule, layout: Layout) -> None:
         if not isinstance(schedule, AutoSchedule):
-            raise ScheduleError(
+            raise ScheduleTypeError(
                 f"the 'auto' stage planner applies schedules made by ff.auto(), got "
                 f"{type(schedule).__name__}; hint: build it with ff.auto(epochs)"
             )
@@ -271,7 +271,7 @@ class AutoPlanner(StagePlanner):
         remaining = self.remaining()
         lr = s.lr * STAGE_LR_FACTORS[k]
         if not remaining:  # more stages than windows: nothing left to add
-            raise OptimizerError(
+            raise ScheduleError(
                 f"ff.auto: stage {k} found no window left to unfreeze; hint: "
                 f"auto(windows=...) must be at least the number of stages after the head"
             )

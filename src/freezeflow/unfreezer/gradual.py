@@ -32,8 +32,8 @@ from torch.optim.lr_scheduler import LRScheduler
 from freezeflow.core.freezing import NormMode, check_norm_mode
 from freezeflow.core.policy import PolicyLike
 from freezeflow.errors import (
-    OptimizerError,
-    PolicyError,
+    OptimizerTypeError,
+    PolicyTypeError,
     ScheduleError,
     check_int,
 )
@@ -121,8 +121,9 @@ class GradualUnfreezer(LoopHooks):
         total_epochs: int | None = None,
     ) -> None:
         if not isinstance(model, nn.Module):
-            raise PolicyError(
-                f"GradualUnfreezer needs an nn.Module, got {model!r} of type {type(model).__name__}"
+            raise PolicyTypeError(
+                f"GradualUnfreezer needs an nn.Module, got {model!r} of type "
+                f"{type(model).__name__}; hint: GradualUnfreezer(model, schedule, optimizer)"
             )
         schedule = schedule if isinstance(schedule, Schedule) else Schedule(schedule)
         check_norm_mode(norm)
@@ -232,7 +233,10 @@ class GradualUnfreezer(LoopHooks):
         model and optimizer are updated. Used by :func:`freezeflow.fit` and by the DDP helper
         to re-wrap the model."""
         if not callable(fn):
-            raise OptimizerError(f"add_listener() takes a callable, got {fn!r}")
+            raise OptimizerTypeError(
+                f"add_listener() takes a callable, got {fn!r} of type {type(fn).__name__}; "
+                "hint: add_listener(lambda transition: ...)"
+            )
         self._listeners.append(fn)
 
     def check_model(self) -> None:
@@ -314,7 +318,7 @@ class GradualUnfreezer(LoopHooks):
         do it when :attr:`needs_probe`; without a probe each ``auto`` stage takes the window
         of blocks nearest the output. Harmless for other schedules."""
         if not isinstance(probe, Probe):
-            raise OptimizerError(
+            raise OptimizerTypeError(
                 f"set_probe() takes a freezeflow.unfreezer.Probe, got {probe!r} of type "
                 f"{type(probe).__name__}; hint: ff.unfreezer.Probe(batches=..., loss=...)"
             )

@@ -34,7 +34,7 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
-from freezeflow.errors import ScheduleError, StateError, nearest
+from freezeflow.errors import ScheduleError, ScheduleTypeError, StateError, nearest
 from freezeflow.schedules.schedule import Schedule
 from freezeflow.unfreezer.layout import Layout
 
@@ -205,7 +205,7 @@ def register_planner(name: str) -> Callable[[P], P]:
 
     def register(cls: P) -> P:
         if not (isinstance(cls, type) and issubclass(cls, StagePlanner)):
-            raise ScheduleError(
+            raise ScheduleTypeError(
                 f"register_planner({name!r}) decorates {cls!r}, not a StagePlanner subclass; "
                 "hint: class MyPlanner(freezeflow.unfreezer.planner.StagePlanner): ..."
             )
