@@ -100,10 +100,11 @@ def test_invalid_schedules_are_refused(build: Any, match: str) -> None:
     with pytest.raises(ff.FreezeflowError, match=match) as info:
         build()
     # a wrong type is a TypeError (of the schedule family), a wrong value a ScheduleError
-    if isinstance(info.value, TypeError):
-        assert isinstance(info.value, ff.errors.ScheduleTypeError)
+    error: Exception = info.value
+    if isinstance(error, TypeError):
+        assert isinstance(error, ff.errors.ScheduleTypeError)
     else:
-        assert isinstance(info.value, ff.ScheduleError) and isinstance(info.value, ValueError)
+        assert isinstance(error, ff.ScheduleError) and isinstance(error, ValueError)
 
 
 BAD_DICTS: list[tuple[str, Any, str]] = [
