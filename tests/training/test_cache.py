@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from cache_models import Flaky, Net, Skip, data, hflip
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader
 
 import freezeflow as ff
-from cache_models import Flaky, Net, Skip, data, hflip
 from freezeflow.errors import CacheRefused
 from freezeflow.training.cache import FeatureCache
 

@@ -270,9 +270,7 @@ def test_progress_bar_prints_notes_interruptions_and_stops() -> None:
 
     out = io.StringIO()
     stop = EarlyStopping("train_loss", patience=1, mode="max")
-    history = fit(
-        tiny_model(), tiny_data(), epochs=5, callbacks=[stop, ProgressBar(file=out)]
-    )
+    history = fit(tiny_model(), tiny_data(), epochs=5, callbacks=[stop, ProgressBar(file=out)])
     assert out.getvalue().splitlines()[-1] == history.stop_reason
 
 
