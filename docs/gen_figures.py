@@ -52,6 +52,14 @@ def render(out: Path) -> list[Path]:
     plan_txt.write_text(str(plan) + "\n", encoding="utf-8")
 
     figure = plan.plot(TOTAL_EPOCHS)
+    # the legend beside the plot, not over the last stage's lines
+    lr_axes = figure.axes[0]
+    handles, labels = lr_axes.get_legend_handles_labels()
+    if lr_axes.get_legend() is not None:
+        lr_axes.get_legend().remove()
+    figure.set_layout_engine("constrained")
+    figure.set_size_inches(10, 4)
+    figure.legend(handles, labels, loc="outside right upper", fontsize="x-small")
     plan_png = out / "resnet18_plan.png"
     figure.savefig(plan_png, dpi=110)
 
