@@ -48,6 +48,7 @@ from freezeflow.unfreezer.planner import Probe, StagePlanner, StageTime, planner
 from freezeflow.unfreezer.stages import apply_stage
 from freezeflow.unfreezer.state import STATE_FORMAT, apply_state, capture, fingerprint, read_state
 from freezeflow.unfreezer.transition import Transition
+from freezeflow.unfreezer.verify import TransitionCheck
 
 __all__ = ["GradualUnfreezer", "OptimizerFactory", "Transition"]
 
@@ -77,6 +78,10 @@ class GradualUnfreezer(LoopHooks):
         eval_frozen: run modules whose parameters are all frozen in eval mode (see
             :func:`freezeflow.freeze`); needed for frozen-prefix caching of models with
             dropout or stochastic depth in their frozen blocks.
+        verify: at the first optimizer step after each stage change, refuse the step when a
+            newly trainable block got no gradient (a compiled graph or a wrapper from before
+            the change...) or the optimizer does not hold it
+            (:mod:`freezeflow.unfreezer.verify`).
         no_decay: parameters that get no weight decay (default: ``ndim <= 1`` and norm layers).
         total_steps, total_epochs: length of the run, for :func:`~freezeflow.at_fraction`.
 
@@ -116,6 +121,7 @@ class GradualUnfreezer(LoopHooks):
         scheduler: Scheduler | None = None,
         norm: NormMode = "eval",
         eval_frozen: bool = False,
+        verify: bool = True,
         no_decay: PolicyLike | None = None,
         total_steps: int | None = None,
         total_epochs: int | None = None,
@@ -127,6 +133,15 @@ class GradualUnfreezer(LoopHooks):
             )
         schedule = schedule if isinstance(schedule, Schedule) else Schedule(schedule)
         check_norm_mode(norm)
+        for flag, switch, error in (
+            ("eval_frozen", eval_frozen, PolicyTypeError),
+            ("verify", verify, OptimizerTypeError),
+        ):
+            if not isinstance(switch, bool):
+                raise error(
+                    f"GradualUnfreezer({flag}={switch!r}): expected True or False, got a "
+                    f"{type(switch).__name__}; hint: {flag}=True"
+                )
         for what, value in (("total_steps", total_steps), ("total_epochs", total_epochs)):
             if value is not None:
                 check_int(f"GradualUnfreezer({what})", value, 1)
@@ -167,6 +182,7 @@ class GradualUnfreezer(LoopHooks):
             optimizer, lay, schedule, model_name=type(model).__name__, scheduler=scheduler
         )
         self._schedulers = Schedulers(self.optimizer, template)
+        self._verify = TransitionCheck(self.optimizer, lay, self._once.warn) if verify else None
         self._enter(0, "start")
         if planner.warns_overlap and (overlap := checks.overlap_warning(schedule, lay)):
             self._once.warn("overlap", overlap)
@@ -224,6 +240,8 @@ class GradualUnfreezer(LoopHooks):
         self.history.append(t)
         if k > 0 and (warning := checks.unattached_scheduler(t, self.optimizer, self._schedulers)):
             self._once.warn("scheduler", warning)
+        if k > 0 and self._verify is not None:
+            self._verify.arm(t, choice.trainable - (before or frozenset()))
         for listener in self._listeners:
             listener(t)
         return t
@@ -401,6 +419,8 @@ class GradualUnfreezer(LoopHooks):
         start = state.get("stage_start", (self.epoch, self.global_step))
         self._stage_start = (int(start[0]), int(start[1]))
         self._epoch_seen = self._resumed = True
+        if self._verify is not None:
+            self._verify.disarm()
 
     def __repr__(self) -> str:
         return (
