@@ -476,3 +476,16 @@ def test_a_headless_backbones_final_norm_joins_the_last_unit() -> None:
     blocks = ff.find_blocks(model)
     assert blocks[-1].modules == ("blocks.11", "norm")
     assert len(blocks) == 1 + 12
+
+
+@pytest.mark.parametrize(
+    ("arch", "head"),
+    [
+        ("mobilenetv3_large_100", ("conv_head", "norm_head", "classifier")),
+        ("efficientnet_b0", ("classifier",)),  # its conv_head comes before the pooling
+    ],
+)
+def test_layers_after_the_pooling_are_the_head(arch: str, head: tuple[str, ...]) -> None:
+    model = timm_model(arch)
+    have = [m for m in head if next(model.get_submodule(m).parameters(), None) is not None]
+    assert ff.find_blocks(model)[-1].modules == tuple(have)

@@ -97,9 +97,22 @@ def test_a_stages_entries_name_their_stage() -> None:
 @pytest.mark.parametrize("make", FACTORIES.values(), ids=FACTORIES.keys())
 def test_cached_facts_agree_with_the_definitions(make: Callable[[], nn.Module]) -> None:
     model = make()
-    facts = _Facts()
+    facts = _Facts(model)
     for m in model.modules():
         assert facts.owners(m) == owners(m)
         assert facts.unit_sized(m) == (owners(m) >= UNIT_OWNERS)
         trunk = any(facts.repeated(x) for x in m.modules())
         assert facts.trunk(m) == trunk
+
+
+def test_a_pair_of_sub_blocks_recurring_in_a_list_is_one_unit() -> None:
+    # DaVit: every unit is a (spatial, channel) pair; the pair is the unit, not each half
+    model = nn.Module()
+    model.stem = nn.Linear(4, 4)
+    model.blocks = nn.Sequential(*(nn.Sequential(unit(), Other()) for _ in range(3)))
+    units = [k for k, e in entries_of(model).items() if e.unit]
+    assert units == ["blocks.0", "blocks.1", "blocks.2"]
+    # the same two types once, as a stage of a bottleneck and an attention block: two units
+    model.blocks = nn.Sequential(nn.Sequential(unit(), unit()), nn.Sequential(unit(), Other()))
+    units = [k for k, e in entries_of(model).items() if e.unit]
+    assert units == ["blocks.0.0", "blocks.0.1", "blocks.1.0", "blocks.1.1"]

@@ -106,14 +106,36 @@ def _body(model: nn.Module) -> str | None:
     return None
 
 
-def _head_start(tail: list[Entry], modules: dict[str, nn.Module], body: str | None) -> int:
+def _pooled(model: nn.Module, last_unit: str) -> set[str]:
+    """The children of the model that work on pooled features: those after a pooling layer
+    that comes after the last unit (MobileNetV3's ``conv_head`` after ``global_pool``), and a
+    pooling layer with parameters itself (an attention pool)."""
+    out: set[str] = set()
+    after = pooled = False
+    for name, child in model.named_children():
+        if name == last_unit.split(".")[0]:
+            after = True
+        elif after and "Pool" in type(child).__name__:
+            pooled = True
+            if next(child.parameters(), None) is not None:
+                out.add(name)
+        elif pooled:
+            out.add(name)
+    return out
+
+
+def _head_start(
+    tail: list[Entry], modules: dict[str, nn.Module], body: str | None, pooled: set[str]
+) -> int:
     """Where the head begins among the entries after the last unit.
 
     The head is the last module with a sibling head of its type (LeViT's ``head`` and
     ``head_dist``); it begins earlier at the first module of the model itself (not inside
     its trunk) named as part of a head (:data:`HEAD_WORDS`) or, in a task model that names
     its pretrained body, at the first module outside the body (every layer the task adds:
-    DistilBERT's ``pre_classifier`` and ``classifier``). A last module that is a norm layer
+    DistilBERT's ``pre_classifier`` and ``classifier``), or at the first that works on pooled
+    features (after a pooling layer: MobileNetV3's ``conv_head``; an attention pool). A last
+    module that is a norm layer
     and not named as a head is no head: the model is a headless backbone, and its final norm
     joins the last unit.
     """
@@ -121,7 +143,7 @@ def _head_start(tail: list[Entry], modules: dict[str, nn.Module], body: str | No
     for i, e in enumerate(tail):
         outside = body is not None and not e.modules[0].startswith(body + ".")
         named = "." not in e.modules[0] and _first_word(e.modules[0]) in HEAD_WORDS
-        if named or outside:
+        if named or outside or e.modules[0].split(".")[0] in pooled:
             return min(i, cut)
     if all(is_norm_layer(modules[m]) for m in tail[-1].modules) and body is None:
         return len(tail)
@@ -189,6 +211,13 @@ def _arrange(model: nn.Module, merged: list[Entry], modules: dict[str, nn.Module
     # after the last unit comes the head (see _head_start), and what lies between (a final
     # norm, a conv head, BERT's pooler) joins the last unit, as timm's own grouping does
     stage = kept[first].stage
+    # a task model's own layers registered before its pretrained body (XLM-R's classifier)
+    # are its head all the same
+    body = _body(model)
+    inside = [body is None or e.modules[0].startswith(body + ".") for e in kept]
+    ahead = [e for e, i in zip(kept[:first], inside, strict=False) if not i]
+    kept = [e for e in kept if e not in ahead]
+    first, last = first - len(ahead), last - len(ahead)
     stem = [e for e in kept[:first] if stage is None or e.stage != stage]
     entry = [e for e in kept[:first] if stage is not None and e.stage == stage]
     tail = kept[last + 1 :]
@@ -203,12 +232,11 @@ def _arrange(model: nn.Module, merged: list[Entry], modules: dict[str, nn.Module
         out.insert(0, functools.reduce(_merge, entry))
     if stem:
         out.insert(0, functools.reduce(_merge, stem))
-    if tail:
-        cut = _head_start(tail, modules, _body(model))
-        if cut:
-            out[-1] = functools.reduce(_merge, tail[:cut], out[-1])
-        if cut < len(tail):
-            out.append(functools.reduce(_merge, tail[cut:]))
+    cut = _head_start(tail, modules, body, _pooled(model, kept[last].modules[0])) if tail else 0
+    if cut:
+        out[-1] = functools.reduce(_merge, tail[:cut], out[-1])
+    if tail[cut:] or ahead:
+        out.append(functools.reduce(_merge, tail[cut:] + ahead))
     return out
 
 

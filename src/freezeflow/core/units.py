@@ -6,12 +6,15 @@ ConvNeXt block, a transformer layer). :mod:`freezeflow.core.discovery` turns the
 blocks (the stem, the head, what joins what). The rules, each with the architecture that
 needs it:
 
-- a ``Sequential``/``ModuleList``/``ModuleDict`` holds units when two or more of its children
-  are composite and of one type, or are each unit-sized (three or more parameter-owning
-  layers) whatever their types (EdgeNeXt's conv blocks then a transposed-attention block, a
-  ByobNet stage of a bottleneck then a self-attention block), or four or more are leaf
-  layers of one type (VGG's ``features``); a ``ModuleList`` whose single child is unit-sized
-  holds one unit applied as many times as the model says (ALBERT's one shared layer);
+- a ``Sequential``/``ModuleList``/``ModuleDict`` holds units when two or more of its
+  children are composite and of one type, or are each unit-sized (three or more
+  parameter-owning layers) whatever their types (a ByobNet stage of a bottleneck then a
+  self-attention block; in a container of units, EdgeNeXt's transposed-attention block after
+  its conv blocks is a unit too), unless the container is itself an element of a list and
+  its sequence of types recurs in the model (DaVit's spatial and channel blocks, paired in
+  every unit: the pair is the unit), or four or more are leaf layers of one type (VGG's
+  ``features``); a ``ModuleList`` whose single child is unit-sized holds one unit applied as
+  many times as the model says (ALBERT's one shared layer);
 - a module that is not a container holds units when its children are numbered units of one
   type (timm's ``RegStage``: ``b1``, ``b2``...);
 - a module named ``stem`` is one block, whatever it holds (FastViT's three MobileOne blocks,
@@ -55,11 +58,30 @@ class _Facts:
     """What the walk asks of a module, computed once per module per walk (the questions
     recurse through the whole model, and large models have thousands of modules)."""
 
-    def __init__(self) -> None:
+    def __init__(self, model: nn.Module) -> None:
         self._owners: dict[int, int] = {}
         self._repeated: dict[int, bool] = {}
         self._trunk: dict[int, bool] = {}
         self._holds: dict[int, bool] = {}
+        # how often each sequence of unit types occurs in containers of several types: a
+        # sequence that recurs is a unit made of sub-blocks (DaVit's spatial + channel pair)
+        self._patterns = Counter(
+            p for m in model.modules() if (p := self._mixed_pattern(m)) is not None
+        )
+        self._elements = {
+            id(c) for m in model.modules() if type(m) in _CONTAINERS for c in m.children()
+        }
+
+    def _mixed_pattern(self, module: nn.Module) -> tuple[type, ...] | None:
+        """The types of a plain container's children when they are unit-sized and each of
+        another type, else None."""
+        if type(module) not in _CONTAINERS:
+            return None
+        children = [c for _, c in param_children(module)]
+        if len(children) < 2 or not all(self.unit_sized(c) for c in children):
+            return None
+        kinds = tuple(type(c) for c in children)
+        return kinds if len(set(kinds)) == len(kinds) else None
 
     def owners(self, module: nn.Module) -> int:
         hit = self._owners.get(id(module))
@@ -93,8 +115,10 @@ class _Facts:
                 and all(self.unit_sized(c) for c in children)
             )
         exact = type(module) in _CONTAINERS
-        if exact and len(children) >= 2 and all(self.unit_sized(c) for c in children):
-            return True  # units of several types (EdgeNeXt, ByobNet stages)
+        pattern = self._mixed_pattern(module)
+        if pattern is not None:  # units of several types (a ByobNet stage), unless the
+            # container is an element of a list and its types recur: a unit of sub-blocks
+            return self._patterns[pattern] < 2 or id(module) not in self._elements
         if type(module) is nn.ModuleList and len(children) == 1:
             return self.unit_sized(children[0])  # one layer, shared (ALBERT)
         composite = Counter(
@@ -174,7 +198,7 @@ def _join(prefix: str, name: str) -> str:
 def walk(model: nn.Module) -> tuple[list[Entry], list[str]]:
     """Candidate blocks in registration order, and the loose parameters seen before the
     first one."""
-    facts = _Facts()
+    facts = _Facts(model)
     entries: list[Entry] = []
     pending: list[str] = []
 
