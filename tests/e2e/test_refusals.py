@@ -604,19 +604,13 @@ def test_bad_unfreezer_arguments_are_refused_and_change_nothing(knob: tuple[str,
     assert _names(info.value, value), (knob, str(info.value))
 
 
-# --------------------------------------------------------------------------- known gaps
+# --------------------------------------------------------------------------- gaps closed
 
-# Refusals that change something first, or misuse that is not refused, in modules being
-# rewritten while this was written (unfreezer/gradual.py, schedules/triggers.py) or in fit()'s
-# setup ("Check, then act" of issue 22): strict, so each turns red once it is fixed.
+# Refusals that once changed something first, or misuse that was not refused (the unfreezer's
+# switches, on_plateau's arguments, a checkpoint of another schedule found only after fit()
+# built the unfreezer): each now refused before anything changes.
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="unfreezer/gradual.py rebuilds the optimizer's param groups before freezing "
-    "refuses a bad eval_frozen (GradualUnfreezer checks it nowhere itself)",
-)
 def test_an_unfreezer_refused_for_its_eval_frozen_leaves_the_optimizer() -> None:
     model = make_net()
     opt = torch.optim.AdamW(model.parameters())
@@ -624,22 +618,11 @@ def test_an_unfreezer_refused_for_its_eval_frozen_leaves_the_optimizer() -> None
         ff.GradualUnfreezer(model, three_stage(), opt, eval_frozen="no")  # type: ignore[arg-type]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=pytest.fail.Exception,
-    reason="schedules/triggers.py: on_plateau(min_delta=) takes a bool (True is 1.0)",
-)
 def test_on_plateau_refuses_a_bool_min_delta() -> None:
     with pytest.raises(ff.errors.FreezeflowError, match=r"min_delta=True"):
         ff.on_plateau(min_delta=True)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=pytest.fail.Exception,
-    reason="schedules/triggers.py: on_plateau(metric=) is not checked (a number, None or '' "
-    "is accepted and the stage waits for a metric no loop logs)",
-)
 @pytest.mark.parametrize("metric", [5, None, ""])
 def test_on_plateau_refuses_a_metric_that_is_not_a_name(metric: Any) -> None:
     with pytest.raises(ff.errors.FreezeflowError, match=rf"metric={metric!r}"):
@@ -706,13 +689,6 @@ def test_a_refused_checkpoint_leaves_model_optimizer_and_files(spoil: str, tmp_p
         assert "truncated or corrupt" in str(info.value)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="the schedule's fingerprint is checked by the unfreezer's load_state_dict, after "
-    "fit() built the unfreezer (stage 0 frozen, the optimizer's groups rebuilt); checking it "
-    "first needs the schedule's fingerprint outside unfreezer/state.py",
-)
 def test_a_checkpoint_of_another_schedule_leaves_model_and_optimizer(tmp_path: Path) -> None:
     folder = tmp_path / "run"
     _checkpointed(folder)

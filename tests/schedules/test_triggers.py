@@ -84,8 +84,8 @@ BAD: list[tuple[str, Any, str]] = [
 ]
 
 
-WRONG_TYPE = {"epoch-bool", "epoch-float", "plateau-patience-bool"}
-"""The BAD cases of a count of the wrong type: a ScheduleTypeError (check_int)."""
+WRONG_TYPE = {"epoch-bool", "epoch-float", "plateau-patience-bool", "plateau-min-delta-str"}
+"""The BAD cases of a value of the wrong type: a ScheduleTypeError."""
 
 
 @pytest.mark.parametrize(("name", "build", "match"), BAD, ids=[b[0] for b in BAD])

@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from typing import Any, ClassVar, Literal
 
-from freezeflow.errors import ScheduleError, check_int, nearest
+from freezeflow.errors import ScheduleError, ScheduleTypeError, check_int, nearest
 
 __all__ = [
     "TRIGGER_READERS",
@@ -372,12 +372,28 @@ def on_plateau(
     Feed the metric with :meth:`GradualUnfreezer.observe` (``fit()`` does it for you).
     """
     check_int("on_plateau(patience)", patience, 1)
-    if not isinstance(min_delta, (int, float)) or not math.isfinite(min_delta) or min_delta < 0:
-        raise ScheduleError(f"on_plateau(min_delta={min_delta!r}): expected a finite number >= 0")
+    if isinstance(min_delta, bool) or not isinstance(min_delta, (int, float)):
+        raise ScheduleTypeError(
+            f"on_plateau(min_delta={min_delta!r}): expected a finite number >= 0, got a "
+            f"{type(min_delta).__name__}; hint: min_delta=0.0 counts any improvement"
+        )
+    if not math.isfinite(min_delta) or min_delta < 0:
+        raise ScheduleError(
+            f"on_plateau(min_delta={min_delta!r}): expected a finite number >= 0; hint: "
+            "min_delta=0.0 counts any improvement"
+        )
     if mode not in ("min", "max"):
-        raise ScheduleError(f"on_plateau(mode={mode!r}): expected 'min' (loss) or 'max' (accuracy)")
+        raise ScheduleError(
+            f"on_plateau(mode={mode!r}): expected 'min' (loss) or 'max' (accuracy); hint: "
+            "mode='max' for a metric that should rise"
+        )
     if max_epoch is not None:
         check_int("on_plateau(max_epoch)", max_epoch, 0)
+    if not isinstance(metric, str) or not metric:
+        raise ScheduleError(
+            f"on_plateau(metric={metric!r}): expected the name of a logged metric; hint: "
+            "metric='val_loss', or 'val_<name>' of fit(metrics=...)"
+        )
     return OnPlateau(patience, float(min_delta), mode, max_epoch, metric)
 
 

@@ -46,6 +46,7 @@ from freezeflow.training.setup import (
     build_unfreezer,
     check_data,
     check_interval,
+    check_resumable,
     check_watched_metrics,
     feature_callbacks,
     pick_device,
@@ -151,6 +152,7 @@ def fit(
     _check_something_trains(model, schedule or unfreezer)
     hooks, ckpt = feature_callbacks(callbacks, progress)
     resume = None if ckpt is None else ckpt.preflight(model)  # refused before any change
+    check_resumable(resume, schedule, unfreezer)
     dev = rank_device(pick_device(device))
     model.to(dev)
     train_data, val_data = shard_data(train_data, val_data)  # no-op without torchrun

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from pathlib import Path
 from typing import Any, Literal, TypeAlias
 
 import numpy as np
@@ -17,6 +18,7 @@ from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
 
 from freezeflow.distributed.process_group import world_size
 from freezeflow.errors import (
+    CheckpointError,
     OptimizerError,
     OptimizerTypeError,
     TrainingArgumentError,
@@ -29,6 +31,7 @@ from freezeflow.training.checkpoint import Checkpoint
 from freezeflow.training.run import Callback
 from freezeflow.training.torchrun import DistributedTraining, on_this_rank
 from freezeflow.unfreezer.gradual import GradualUnfreezer, OptimizerFactory
+from freezeflow.unfreezer.state import schedule_fingerprint
 
 __all__ = [
     "Scheduler",
@@ -40,6 +43,7 @@ __all__ = [
     "build_unfreezer",
     "check_data",
     "check_interval",
+    "check_resumable",
     "check_watched_metrics",
     "feature_callbacks",
     "pick_device",
@@ -138,6 +142,41 @@ def build_unfreezer(
     return GradualUnfreezer(
         model, schedule, optimizer, total_epochs=epochs, total_steps=total_steps or None
     )
+
+
+def check_resumable(
+    resume: tuple[Path, dict[str, Any]] | None,
+    schedule: Schedule | Sequence[Stage] | None,
+    unfreezer: GradualUnfreezer | None,
+) -> None:
+    """Refuse, before anything changes, a checkpoint saved with another schedule (or with
+    one, for a run without, and the reverse) than this run's."""
+    if resume is None:
+        return
+    path, ckpt = resume
+    if isinstance(unfreezer, GradualUnfreezer):
+        sched: Schedule | None = unfreezer.schedule
+    elif isinstance(schedule, (Schedule, list, tuple)):
+        sched = schedule if isinstance(schedule, Schedule) else Schedule(schedule)
+    else:
+        sched = None
+    saved = ckpt.get("unfreezer")
+    if (saved is None) != (sched is None):
+        raise CheckpointError(
+            f"{str(path)!r} was saved {'with' if sched is None else 'without'} a schedule, "
+            "this run has the opposite; expected the run the checkpoint was saved from; hint: "
+            "pass the same schedule= as before"
+        )
+    if sched is None or not isinstance(saved, dict):
+        return
+    theirs = saved.get("fingerprint", {}).get("schedule")
+    mine = schedule_fingerprint(sched)
+    if theirs is not None and theirs != mine:
+        raise CheckpointError(
+            f"{str(path)!r} was saved for another schedule (fingerprint {theirs!r}, this run's "
+            f"is {mine!r}); expected the schedule it was saved with; hint: rebuild the same "
+            "schedule before resuming, or start a fresh run in another directory"
+        )
 
 
 def check_watched_metrics(

@@ -133,12 +133,9 @@ class GradualUnfreezer(LoopHooks):
             )
         schedule = schedule if isinstance(schedule, Schedule) else Schedule(schedule)
         check_norm_mode(norm)
-        for flag, switch, error in (
-            ("eval_frozen", eval_frozen, PolicyTypeError),
-            ("verify", verify, OptimizerTypeError),
-        ):
+        for flag, switch in (("eval_frozen", eval_frozen), ("verify", verify)):
             if not isinstance(switch, bool):
-                raise error(
+                raise OptimizerTypeError(
                     f"GradualUnfreezer({flag}={switch!r}): expected True or False, got a "
                     f"{type(switch).__name__}; hint: {flag}=True"
                 )

@@ -21,10 +21,27 @@ from freezeflow.unfreezer.layout import Layout
 from freezeflow.unfreezer.lr_schedulers import LR_KEYS
 from freezeflow.unfreezer.transition import Transition
 
-__all__ = ["STATE_FORMAT", "apply_state", "capture", "fingerprint", "read_state"]
+__all__ = [
+    "STATE_FORMAT",
+    "apply_state",
+    "capture",
+    "fingerprint",
+    "read_state",
+    "schedule_fingerprint",
+]
 
 STATE_FORMAT = "freezeflow.GradualUnfreezer/2"
 _GROUP_KEYS = ("name", "base_lr", "lr_scale", "weight_decay", *LR_KEYS)
+
+
+def schedule_fingerprint(schedule: Schedule) -> str:
+    """A short hash of ``schedule`` (its data form; the repr of what cannot be written as
+    data): what a saved state's ``fingerprint["schedule"]`` holds."""
+    try:
+        sched = repr(schedule.to_dict())
+    except PolicyError:  # a policy that cannot be written as data (e.g. where(fn))
+        sched = repr([(s.lr, s.start, repr(s.trainable)) for s in schedule.stages])
+    return hashlib.sha256(sched.encode()).hexdigest()[:16]
 
 
 def fingerprint(layout: Layout, schedule: Schedule) -> dict[str, str]:
@@ -33,14 +50,10 @@ def fingerprint(layout: Layout, schedule: Schedule) -> dict[str, str]:
     model = hashlib.sha256()
     for n, p in zip(layout.names, layout.params):
         model.update(f"{n}:{tuple(p.shape)};".encode())
-    try:
-        sched = repr(schedule.to_dict())
-    except PolicyError:  # a policy that cannot be written as data (e.g. where(fn))
-        sched = repr([(s.lr, s.start, repr(s.trainable)) for s in schedule.stages])
     groups = [g.name for g in layout.groups]
     return {
         "model": model.hexdigest()[:16],
-        "schedule": hashlib.sha256(sched.encode()).hexdigest()[:16],
+        "schedule": schedule_fingerprint(schedule),
         "groups": hashlib.sha256(repr(groups).encode()).hexdigest()[:16],
     }
 
