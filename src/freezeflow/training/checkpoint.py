@@ -164,8 +164,10 @@ class Checkpoint(Callback):
             (its run continues in ``directory``); ``False``: a fresh run.
 
     Raises:
-        CheckpointError: ``every`` or ``keep_last`` is not an integer >= 1 (a bool is not),
-            or ``keep_best``'s mode is not ``"min"`` or ``"max"``.
+        TrainingTypeError: ``every`` or ``keep_last`` is not an integer (a bool is not), or
+            ``resume`` is not a bool or a path.
+        TrainingArgumentError: ``every`` or ``keep_last`` is below 1, or ``keep_best``'s mode
+            is not ``"min"`` or ``"max"``.
 
     Under ``torchrun`` only rank 0 touches the directory, and every rank waits for its save
     (a barrier), so every rank must run the same epochs (``fit`` keeps them in lockstep).
@@ -177,9 +179,9 @@ class Checkpoint(Callback):
         ('val_loss', 'min')
         >>> try:
         ...     Checkpoint("runs/demo", keep_last=True)
-        ... except CheckpointError as exc:
+        ... except TypeError as exc:
         ...     print(str(exc).split(";")[0])
-        Checkpoint(keep_last=): expected an integer >= 1, got True
+        Checkpoint(keep_last=): expected an integer >= 1, got True of type bool
     """
 
     def __init__(
