@@ -489,3 +489,10 @@ def test_layers_after_the_pooling_are_the_head(arch: str, head: tuple[str, ...])
     model = timm_model(arch)
     have = [m for m in head if next(model.get_submodule(m).parameters(), None) is not None]
     assert ff.find_blocks(model)[-1].modules == tuple(have)
+
+
+def test_a_unit_whose_class_name_ends_in_norm_is_no_norm_layer_to_merge() -> None:
+    # timm's EvaBlockPostNorm: a transformer block, named like a norm layer
+    model = timm_model("eva02_enormous_patch14_clip_224")
+    names = [b.name for b in ff.find_blocks(model)]
+    assert names[:2] == ["patch_embed", "blocks.0"]

@@ -157,7 +157,8 @@ def _discover(model: nn.Module) -> list[Block]:
     entries[0].params[:0] = pending
     modules = dict(model.named_modules(remove_duplicate=False))
 
-    # a norm layer right after a single leaf layer joins it (conv1 + bn1 = the stem)
+    # a norm layer right after a single leaf layer joins it (conv1 + bn1 = the stem); a
+    # norm layer is a layer, not a unit whose class name ends in Norm (EvaBlockPostNorm)
     merged: list[Entry] = []
     for e in entries:
         prev = merged[-1] if merged else None
@@ -165,6 +166,7 @@ def _discover(model: nn.Module) -> list[Block]:
             prev is not None
             and len(e.modules) == 1
             and is_norm_layer(modules[e.modules[0]])
+            and not is_composite(modules[e.modules[0]])
             and not is_composite(modules[prev.modules[-1]])
             and not is_norm_layer(modules[prev.modules[-1]])
         ):
