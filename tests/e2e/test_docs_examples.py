@@ -2,7 +2,8 @@
 or ``% run`` before a fence, see docs/examples.py) runs its Python blocks in order, and each
 output block must be what they printed. The landing page's example runs too (on a few random
 images standing in for the reader's data). ``python docs/examples.py --update`` rewrites the
-shown output after a deliberate change; ``nox -s docs`` runs this file."""
+shown output after a deliberate change. The runs are marked slow (``nox -s slow``);
+``nox -s docs`` runs this whole file."""
 
 from __future__ import annotations
 
@@ -36,6 +37,7 @@ def test_the_pages_that_show_output_are_found() -> None:
     assert {"quickstart.md", "integrations/lightning.md"} <= set(executed())
 
 
+@pytest.mark.slow  # a minute or two (Lightning, transformers, ResNet18); nox -s docs runs it
 @pytest.mark.parametrize("page", executed())
 def test_shown_output_is_what_the_code_prints(page: str) -> None:
     shown = run(page)
@@ -47,6 +49,7 @@ def test_shown_output_is_what_the_code_prints(page: str) -> None:
         )
 
 
+@pytest.mark.slow
 def test_the_landing_page_example_runs() -> None:
     pytest.importorskip("torchvision")
     assert run("index.md") == []  # no output block; it must run without an error
