@@ -18,7 +18,7 @@ import torch
 
 from freezeflow.distributed.process_group import world_size
 from freezeflow.errors import MissingDependencyError, TrainingArgumentError, check_int
-from freezeflow.schedules.triggers import PlateauTracker
+from freezeflow.schedules.plateau import PlateauTracker
 from freezeflow.training.run import Callback, Run
 from freezeflow.unfreezer.gradual import Transition
 

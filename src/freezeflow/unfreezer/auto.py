@@ -21,12 +21,10 @@ parameter and buffer back, bit for bit.
 from __future__ import annotations
 
 import math
-import random
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 from torch.optim import Optimizer
@@ -44,6 +42,7 @@ from freezeflow.unfreezer.planner import (
     StageTime,
     register_planner,
 )
+from freezeflow.unfreezer.restore import OtherRngs, Restored, rng_devices
 
 __all__ = ["AutoPlanner", "Decision"]
 
@@ -204,7 +203,7 @@ class AutoPlanner(StagePlanner):
     def _rgn(self, model: nn.Module, probe: Probe, batches: Sequence[Any]) -> dict[int, float]:
         """Relative gradient norm of every candidate block over ``batches`` (summed loss)."""
         everything = frozenset(j for w in range(len(self.windows)) for j in self.window_params(w))
-        with _Restored(model, self.layout.params):
+        with Restored(model, self.layout.params):
             for p in self.layout.params:
                 p.requires_grad_(False)
                 p.grad = None
@@ -235,7 +234,7 @@ class AutoPlanner(StagePlanner):
     ) -> float:
         """The probe loss after ``len(batches)`` Adam steps on ``train``; the model is then
         restored bit for bit."""
-        with _Restored(model, self.layout.params):
+        with Restored(model, self.layout.params):
             for p in self.layout.params:
                 p.requires_grad_(False)
                 p.grad = None
@@ -254,7 +253,7 @@ class AutoPlanner(StagePlanner):
         return sum(losses) / len(losses)
 
     def _score(self, model: nn.Module, probe: Probe, scored: Sequence[Any], seed: int) -> float:
-        with _Restored(model, self.layout.params), torch.no_grad():
+        with Restored(model, self.layout.params), torch.no_grad():
             torch.manual_seed(seed + 1)
             losses = [float(probe.loss(model, b)) for b in scored]
         return sum(losses) / len(losses)
@@ -287,7 +286,7 @@ class AutoPlanner(StagePlanner):
             trials: dict[int, float] = {}
             # every random stream is left as found: torch's (CPU and CUDA), NumPy's global
             # generator and Python's (a dataset may draw from them while probe batches load)
-            with _OtherRngs(), torch.random.fork_rng(devices=_rng_devices(lay.params)):
+            with OtherRngs(), torch.random.fork_rng(devices=rng_devices(lay.params)):
                 drawn = list(probe.batches(n, seed))
                 batches, scored = drawn[: s.trial_steps], drawn[s.trial_steps :]
                 if batches and scored:
@@ -420,45 +419,3 @@ class AutoPlanner(StagePlanner):
         if any(not 0 <= d.window < len(self.windows) for d in decisions):
             raise StateError("the state's ff.auto decisions name windows this model lacks")
         self.decisions = decisions
-
-
-def _rng_devices(params: Sequence[nn.Parameter]) -> list[int]:
-    return sorted({p.device.index or 0 for p in params if p.device.type == "cuda"})
-
-
-class _OtherRngs:
-    """Put NumPy's global generator and Python's ``random`` back as they were on exit."""
-
-    def __enter__(self) -> None:
-        self.numpy, self.python = np.random.get_state(), random.getstate()
-
-    def __exit__(self, *exc: object) -> None:
-        np.random.set_state(self.numpy)
-        random.setstate(self.python)
-
-
-class _Restored:
-    """Put every parameter and buffer of ``model``, the ``requires_grad`` flags, the
-    gradients and the train/eval modes back as they were on exit."""
-
-    def __init__(self, model: nn.Module, params: Sequence[nn.Parameter]) -> None:
-        self.model, self.params = model, params
-
-    def __enter__(self) -> None:
-        self.flags = [p.requires_grad for p in self.params]
-        self.grads = [p.grad for p in self.params]
-        self.tensors = [t.detach().clone() for t in self.params] + [
-            b.detach().clone() for b in self.model.buffers()
-        ]
-        self.modes = [m.training for m in self.model.modules()]
-
-    def __exit__(self, *exc: object) -> None:
-        with torch.no_grad():
-            live = [*self.params, *self.model.buffers()]
-            for t, saved in zip(live, self.tensors):
-                t.copy_(saved)
-        for p, flag, grad in zip(self.params, self.flags, self.grads):
-            p.requires_grad_(flag)
-            p.grad = grad
-        for m, mode in zip(self.model.modules(), self.modes):
-            m.training = mode

@@ -37,8 +37,8 @@ from freezeflow.errors import (
     ScheduleError,
     check_int,
 )
+from freezeflow.schedules.plateau import PlateauTracker
 from freezeflow.schedules.schedule import Schedule, Stage
-from freezeflow.schedules.triggers import PlateauTracker
 from freezeflow.unfreezer import checks
 from freezeflow.unfreezer.hooks import LoopHooks
 from freezeflow.unfreezer.layout import Layout, layout

@@ -13,8 +13,9 @@ from __future__ import annotations
 import math
 
 from freezeflow.errors import ModelChangedError, ScheduleError, check_int
+from freezeflow.schedules.plateau import PlateauTracker
 from freezeflow.schedules.schedule import Schedule
-from freezeflow.schedules.triggers import Clock, PlateauTracker
+from freezeflow.schedules.triggers import Clock
 from freezeflow.unfreezer import checks
 from freezeflow.unfreezer.transition import Transition
 
