@@ -134,3 +134,33 @@ def test_a_users_own_compiled_model_trains_the_block_unfrozen_later() -> None:
         uf.step()
     assert not torch.equal(first.weight, before)
     torch.compiler.reset()
+
+
+def test_a_step_with_a_closure_is_checked_once_its_gradients_exist() -> None:
+    # Lightning runs forward and backward inside optimizer.step(closure)
+    net, opt, uf = setup()
+
+    def closure_step(stale: bool) -> None:
+        net.stale = stale
+        x, y = torch.randn(8, 4), torch.randint(0, 2, (8,))
+
+        def closure() -> float:
+            opt.zero_grad()
+            loss = nn.functional.cross_entropy(net(x), y)
+            loss.backward()  # type: ignore[no-untyped-call]
+            return float(loss)
+
+        opt.step(closure)
+        uf.step()
+
+    uf.on_epoch_start(0)
+    closure_step(False)
+    uf.on_epoch_start(1)
+    closure_step(False)  # healthy: gradients exist after the closure ran
+    uf2 = setup()
+    net, opt, uf = uf2
+    uf.on_epoch_start(0)
+    closure_step(False)
+    uf.on_epoch_start(1)
+    with pytest.raises(TrainingError, match=r"'body\.0'.*no gradient"):
+        closure_step(True)

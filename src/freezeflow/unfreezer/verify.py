@@ -7,7 +7,9 @@ a DDP or FSDP wrapper built before the change, reentrant gradient checkpointing 
 inputs, an optimizer built before unfreezing. Each of them shows the same symptom at the first
 step after the change: no gradient for the layer. :class:`TransitionCheck` looks for it with a
 one-shot step pre-hook on the optimizer (no tensor work, no extra pass), and refuses the step
-with the blocks and the likely causes, before the optimizer changes anything. A block where
+with the blocks and the likely causes, before the optimizer changes anything; when the step
+computes its own gradients (a closure, as Lightning's loop passes), it looks right after
+that step instead, before any other. A block where
 only some of the new parameters got no gradient (parameters a forward pass can leave unused)
 is warned about once instead.
 """
@@ -68,6 +70,20 @@ class TransitionCheck:
             self._handle = None
 
     def _before_step(self, optimizer: Optimizer, args: Any, kwargs: Any) -> None:
+        pending = self.pending
+        self.disarm()
+        if pending is None:
+            return
+        closure = kwargs.get("closure", args[1] if len(args) > 1 else None)  # args[0]: self
+        if closure is not None:
+            # the closure computes the gradients inside step() (Lightning's loop does): look
+            # right after it, before anything else trains
+            self.pending = pending
+            self._handle = optimizer.register_step_post_hook(self._after_step)
+            return
+        self.check(*pending)
+
+    def _after_step(self, optimizer: Optimizer, args: Any, kwargs: Any) -> None:
         pending = self.pending
         self.disarm()
         if pending is not None:
