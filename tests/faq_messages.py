@@ -141,6 +141,21 @@ def auto_too_shallow() -> Scene:
     return Scene(lambda: ff.GradualUnfreezer(model, ff.auto(7)), model)
 
 
+def no_gradient_after_a_change() -> Scene:
+    """A newly unfrozen block that the forward pass computes without autograd, as a graph
+    traced while it was frozen would: the first optimizer step after the change is refused."""
+    uf = _unfreezer()
+    model, opt = uf.model, uf.optimizer
+    x, y = _data()[0]
+    uf.on_epoch_start(0)
+    uf.on_epoch_start(5)  # the last stage: body.0 and the stem become trainable
+    nn.functional.cross_entropy(model(x), y).backward()  # type: ignore[no-untyped-call]
+    stem = [p for n, p in model.named_parameters() if n.startswith("stem.")]
+    for p in stem:  # what a stale compiled graph leaves: no gradient for them
+        p.grad = None
+    return _on(uf, opt.step)
+
+
 errors = ff.errors
 CASES: dict[str, Case] = {
     "model changed": Case(model_changed, raises=errors.ModelChangedError),
@@ -153,6 +168,7 @@ CASES: dict[str, Case] = {
     "nothing to train": Case(nothing_to_train, raises=errors.TrainingError),
     "auto budget": Case(auto_budget, raises=errors.ScheduleError),
     "auto too shallow": Case(auto_too_shallow, raises=errors.ScheduleError),
+    "no gradient after a change": Case(no_gradient_after_a_change, raises=errors.TrainingError),
 }
 """Every case, by the key the FAQ tests use."""
 
