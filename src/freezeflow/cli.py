@@ -5,12 +5,15 @@ Usage::
     freezeflow inspect torchvision:resnet50            # block table (freezeflow.summary)
     freezeflow inspect timm:vit_small_patch16_224 --by layers
     freezeflow inspect transformers:bert                # a default BertConfig
+    freezeflow inspect transformers:llama               # 7B parameters, on the meta device
     freezeflow plan torchvision:resnet18 schedule.yaml --num-classes 10
     freezeflow demo [ARGS...]                          # runs examples/offline_transfer.py
 
 Models are built without downloading weights (``weights=None`` for torchvision,
 ``pretrained=False`` for timm, a configuration for transformers: its model type's defaults,
 or a local directory's ``config.json``): block tables and plans only need the architecture.
+``inspect`` builds on the meta device (no memory for weights, no initialisation), so it reads
+any timm model name or transformers model type in about a second, however large.
 User errors (an unknown model, a bad schedule file) print one line on stderr and exit with
 status 2.
 ``python -m freezeflow`` is the same program.
@@ -150,7 +153,7 @@ def _transformers(arch: str, num_classes: int | None) -> nn.Module:
     )
 
 
-def build_model(spec: str, num_classes: int | None = None) -> nn.Module:
+def build_model(spec: str, num_classes: int | None = None, *, meta: bool = False) -> nn.Module:
     """Build ``torchvision:NAME``, ``timm:NAME`` or ``transformers:TYPE`` (a bare ``NAME``
     means torchvision) with random weights; nothing is downloaded. ``TYPE`` is a transformers
     model type (``bert``, ``gpt2``, ``vit``, ``t5``: its default configuration) or a local
@@ -160,6 +163,10 @@ def build_model(spec: str, num_classes: int | None = None) -> nn.Module:
         spec: the model, as on the command line.
         num_classes: passed to the model's constructor, which builds the head with that many
             outputs (the same as replacing the head of a pretrained model).
+        meta: build on the meta device, without initialising the weights
+            (:func:`freezeflow.core.on_meta_device`): names, shapes and blocks only, in a
+            fraction of the time and with no memory for the weights, whatever the model's
+            size.
 
     Raises:
         CliError: unknown source or model name, timm or transformers not installed, or the
@@ -171,11 +178,13 @@ def build_model(spec: str, num_classes: int | None = None) -> nn.Module:
             f"--num-classes must be a positive integer, got {num_classes}; hint: --num-classes "
             "10, or leave it out to keep the model's head"
         )
-    if source == "timm":
-        return _timm(arch, num_classes)
-    if source == "transformers":
-        return _transformers(arch, num_classes)
-    return _torchvision(arch, num_classes)
+    build = {"timm": _timm, "transformers": _transformers}.get(source, _torchvision)
+    if not meta:
+        return build(arch, num_classes)
+    from freezeflow.core.meta import on_meta_device
+
+    with on_meta_device():
+        return build(arch, num_classes)
 
 
 # --------------------------------------------------------------------------- commands
@@ -184,7 +193,7 @@ def build_model(spec: str, num_classes: int | None = None) -> nn.Module:
 def _inspect(args: argparse.Namespace) -> int:
     from freezeflow.core.summary import summary
 
-    model = build_model(args.model, args.num_classes)
+    model = build_model(args.model, args.num_classes, meta=True)  # the structure is enough
     print(summary(model, by=args.by))
     return 0
 

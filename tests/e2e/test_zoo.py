@@ -5,11 +5,20 @@ transformers' own grouping, and the table in docs/model-zoo.md (see tests/zoo.py
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 from torch import nn
 from zoo import ARCHS, DOC, HF, TIMM, Arch, row, table
 
 from freezeflow import cli
+from freezeflow.zoo.report import BEGIN as BEGIN_SWEEP
+from freezeflow.zoo.report import END as END_SWEEP
+
+STATUSES = {"agree", "disagree", "no_reference", "build_error"}
 
 IDS = [f"{a.zoo}:{a.name}" for a in ARCHS]
 
@@ -88,3 +97,20 @@ def test_inspect_shows_the_blocks_of_a_timm_model(capsys: pytest.CaptureFixture[
     assert cli.main(["inspect", "timm:convnext_atto"]) == 0
     out = capsys.readouterr().out
     assert "stages.3.blocks.1" in out and "stages.3.downsample" in out
+
+
+@pytest.mark.slow
+def test_the_zoo_measurement_runs_on_a_sample(tmp_path: Path) -> None:
+    # python -m freezeflow.zoo end to end, on a few names of each zoo
+    page = tmp_path / "page.md"
+    page.write_text(f"{BEGIN_SWEEP}\n{END_SWEEP}\n")
+    code = subprocess.call(
+        [sys.executable, "-m", "freezeflow.zoo", "--sample", "4", "--out", str(tmp_path),
+         "--page", str(page), "--quiet"]
+    )  # fmt: skip
+    assert code == 0
+    for zoo in ("timm", "transformers"):
+        data = json.loads((tmp_path / f"{zoo}.json").read_text())
+        assert data["sample"] is True and len(data["records"]) == 4
+        assert all(r["status"] in STATUSES for r in data["records"])
+        assert f"**{zoo}** (4 model" in page.read_text()

@@ -1,0 +1,75 @@
+"""freezeflow.zoo.measure: one architecture measured against its zoo's own grouping (timm's
+fine groups, transformers' layer lists and the layers a classification model adds)."""
+
+from __future__ import annotations
+
+import pytest
+from torch import nn
+
+from freezeflow.zoo.measure import (
+    _label,
+    layer_counts,
+    measure_timm,
+    measure_transformers,
+    reference_lists,
+)
+
+pytest.importorskip("timm")
+pytest.importorskip("transformers")
+
+
+@pytest.mark.parametrize("name", ["resnet18", "convnext_atto", "edgenext_xx_small"])
+def test_a_timm_model_that_agrees(name: str) -> None:
+    r = measure_timm(name)
+    assert r["status"] == "agree", r.get("reason")
+    assert r["straddling"] == [] and r["head_last"] is True and r["last2"] is True
+    assert r["blocks"] >= r["reference"] - 1  # freezeflow is never coarser than timm
+
+
+def test_a_timm_disagreement_says_why() -> None:
+    # timm puts DenseNet's final norm (features.norm5) with the classifier; freezeflow with
+    # the last dense layer, as torchvision's table in docs/model-zoo.md pins
+    r = measure_timm("densenet121")
+    assert r["status"] == "disagree"
+    assert "features.norm5" in r["reason"] and "straddles" in r["reason"]
+    assert r["straddling"] == ["features.denseblock4.denselayer16+features.norm5"]
+
+
+def test_a_name_that_does_not_build_is_reported_not_raised() -> None:
+    r = measure_timm("no_such_model_anywhere")
+    assert r["status"] == "build_error" and "no_such_model_anywhere" in r["reason"]
+
+
+@pytest.mark.parametrize("model_type", ["bert", "distilbert", "albert", "t5"])
+def test_a_transformers_type_that_agrees(model_type: str) -> None:
+    r = measure_transformers(model_type)
+    assert r["status"] == "agree", r.get("reason")
+    assert r["layers_ok"] is True and r["head_ok"] is True
+    assert r["head_model"].endswith("ForSequenceClassification")
+
+
+def test_layer_counts_read_every_count_of_a_configuration() -> None:
+    tr = pytest.importorskip("transformers")
+    counts = layer_counts(tr.T5Config(num_layers=5, num_decoder_layers=3))
+    assert {5, 3} <= counts
+    swin = layer_counts(tr.SwinConfig(depths=[2, 2, 6, 2]))
+    assert {2, 6} <= swin
+
+
+def test_reference_lists_are_the_innermost_lists_of_a_configured_length() -> None:
+    model = nn.Module()
+    model.layers = nn.ModuleList(nn.Module() for _ in range(2))  # stages (Swin)
+    for stage in model.layers:
+        stage.blocks = nn.ModuleList(  # type: ignore[union-attr]
+            nn.Sequential(nn.Linear(2, 2), nn.LayerNorm(2), nn.Linear(2, 2)) for _ in range(3)
+        )
+    found = reference_lists(model, {2, 3})
+    assert [p for p, _ in found] == ["layers.0.blocks", "layers.1.blocks"]
+    assert found[0][1] == ["layers.0.blocks.0", "layers.0.blocks.1", "layers.0.blocks.2"]
+    assert reference_lists(model, {4}) == []
+
+
+def test_labels_name_the_modules_that_hold_a_group() -> None:
+    assert _label(["blocks.3.attn.qkv.weight", "blocks.3.mlp.fc1.bias"]) == "blocks.3"
+    names = ["blocks.11.attn.qkv.weight", "blocks.11.mlp.fc1.weight", "norm.weight"]
+    assert _label(names) == "blocks.11+norm"
