@@ -281,3 +281,14 @@ def test_transformers_unknown_type_is_one_clear_line(capsys: pytest.CaptureFixtu
     assert (code, out) == (2, "")
     assert err.startswith("freezeflow: error: unknown transformers model type 'bertt'; nearest: ")
     assert "bert" in err and err.count("\n") == 1
+
+
+def test_inspect_builds_on_the_meta_device(capsys: pytest.CaptureFixture[str]) -> None:
+    # no memory for the weights and no initialisation: a 631M-parameter ViT-H in a moment
+    pytest.importorskip("timm")
+    model = cli.build_model("timm:resnet18", meta=True)
+    assert all(p.is_meta for p in model.parameters())
+    assert not any(p.is_meta for p in cli.build_model("timm:resnet18").parameters())
+    code, out, err = run(capsys, "inspect", "timm:vit_huge_patch14_224")
+    assert code == 0 and not err
+    assert "blocks.31+norm" in out and "630,764,800" in out
