@@ -116,3 +116,44 @@ def test_a_pair_of_sub_blocks_recurring_in_a_list_is_one_unit() -> None:
     model.blocks = nn.Sequential(nn.Sequential(unit(), unit()), nn.Sequential(unit(), Other()))
     units = [k for k, e in entries_of(model).items() if e.unit]
     assert units == ["blocks.0.0", "blocks.0.1", "blocks.1.0", "blocks.1.1"]
+
+
+def test_a_recurring_pair_holding_units_of_its_own_is_a_stage() -> None:
+    # MobileViT: every stage is a bottleneck and a MobileViT block, which holds transformer
+    # layers: the stage is walked into, not taken as one unit
+    def mobilevit_block() -> nn.Module:
+        block = nn.Module()
+        block.conv_kxk = nn.Conv2d(4, 4, 3)
+        block.conv_1x1 = nn.Conv2d(4, 4, 1)
+        block.transformer = nn.Sequential(unit(), unit())
+        block.conv_proj = nn.Conv2d(4, 4, 1)
+        return block
+
+    model = nn.Module()
+    model.stem = nn.Conv2d(3, 4, 3)
+    model.stages = nn.Sequential(*(nn.Sequential(Other(), mobilevit_block()) for _ in range(2)))
+    units = [k for k, e in entries_of(model).items() if e.unit]
+    assert "stages.0" not in units and "stages.0.1.transformer.1" in units
+
+
+def test_a_stage_with_a_single_unit_is_not_walked_into_for_its_sibling() -> None:
+    # HGNet's last stage holds one block (a list of conv-norm layers and an aggregation)
+    def block() -> nn.Module:
+        b = nn.Module()
+        b.layers = nn.ModuleList(
+            nn.Sequential(nn.Conv2d(4, 4, 3), nn.BatchNorm2d(4)) for _ in range(4)
+        )
+        b.aggregation = nn.Conv2d(16, 4, 1)
+        return b
+
+    def stage(n: int) -> nn.Module:
+        s = nn.Module()
+        s.downsample = nn.Conv2d(4, 4, 2)
+        s.blocks = nn.Sequential(*(block() for _ in range(n)))
+        return s
+
+    model = nn.Module()
+    model.stages = nn.Sequential(stage(2), stage(1))
+    units = [k for k, e in entries_of(model).items() if e.unit]
+    assert units[-1] == "stages.1"
+    assert "stages.0.blocks.1" in units and not any(".layers." in k for k in units)

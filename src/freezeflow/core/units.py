@@ -117,8 +117,13 @@ class _Facts:
         exact = type(module) in _CONTAINERS
         pattern = self._mixed_pattern(module)
         if pattern is not None:  # units of several types (a ByobNet stage), unless the
-            # container is an element of a list and its types recur: a unit of sub-blocks
-            return self._patterns[pattern] < 2 or id(module) not in self._elements
+            # container is an element of a list and its types recur, and none of them holds
+            # units of its own: a unit of sub-blocks (DaVit), not a stage (MobileViT's)
+            return (
+                self._patterns[pattern] < 2
+                or id(module) not in self._elements
+                or any(self.holds_units(c) for c in children)
+            )
         if type(module) is nn.ModuleList and len(children) == 1:
             return self.unit_sized(children[0])  # one layer, shared (ALBERT)
         composite = Counter(
@@ -146,6 +151,15 @@ class _Facts:
         alike = max(Counter(type(c) for c in children).values()) >= 2
         single = len(children) == 1 and type(m) is nn.ModuleList
         return (alike or single) and all(self.unit_sized(c) for c in children)
+
+    def mixed_stage(self, module: nn.Module) -> bool:
+        """A container of two or more unit-sized children of several types lies directly in
+        ``module`` (EdgeNeXt's last stage: a conv block, then a transposed-attention block)."""
+        return any(
+            self._mixed_pattern(c) is not None or (self.repeated(c) and type(c) in _CONTAINERS)
+            for c in module.children()
+            if sum(self.unit_sized(x) for x in c.children()) >= 2
+        )
 
     def trunk(self, module: nn.Module) -> bool:
         """Any repeated container inside ``module`` (itself included)."""
@@ -223,7 +237,7 @@ def walk(model: nn.Module) -> tuple[list[Entry], list[str]]:
                 entries.append(Entry([path], unit=True, stage=stage))
             elif facts.repeated(child):
                 expand(child, path, stage)
-            elif facts.holds_units(child) or (type(child) in staged and facts.trunk(child)):
+            elif facts.holds_units(child) or (type(child) in staged and facts.mixed_stage(child)):
                 walk_into(child, path, path)  # a stage: its downsampling layer, then its units
             else:
                 unit = counts[type(child)] == top or (mixed and facts.unit_sized(child))
