@@ -326,7 +326,7 @@ def test_optimizer_over_other_parameters_is_reported(tmp_path: Path) -> None:
     with pytest.raises(TrainingArgumentError, match=r"no attribute 'nope'.*hint"):
         FreezeflowCallback(TWO_STAGES, module_attr="nope").module(Lit())
     with pytest.raises(TrainingTypeError, match=r"gave 3 of type int, not an nn\.Module"):
-        FreezeflowCallback(TWO_STAGES, module_attr=lambda m: 3).module(Lit())
+        FreezeflowCallback(TWO_STAGES, module_attr=lambda m: 3).module(Lit())  # type: ignore[arg-type, return-value]
     with pytest.raises(TrainingTypeError, match="got 3 of type int"):
         FreezeflowCallback(TWO_STAGES, module_attr=3)  # type: ignore[arg-type]
 
