@@ -349,7 +349,7 @@ def test_the_head_block_holds_every_new_head_layer(
         extra = {"image_size": 32, "patch_size": 8}
     model = hf_model(cls, config, num_hidden_layers=3, n_layers=3, **extra)
     head = ff.find_blocks(model)[-1]
-    body = getattr(model, model.base_model_prefix)
+    body = getattr(model, str(model.base_model_prefix))
     in_body = {id(p) for p in body.parameters()}
     added = {n for n, p in model.named_parameters() if id(p) not in in_body}
     assert added == set(params_under(model, *new))
@@ -378,7 +378,9 @@ def test_parallel_branches_are_one_unit_per_multi_resolution_module() -> None:
     model = timm_model("hrnet_w18_small")
     names = [b.name for b in ff.find_blocks(model)]
     modules = [
-        f"stage{s}.{i}" for s in (2, 3, 4) for i in range(len(model.get_submodule(f"stage{s}")))
+        f"stage{s}.{i}"
+        for s in (2, 3, 4)
+        for i in range(len(list(model.get_submodule(f"stage{s}").children())))
     ]
     assert all(m in names for m in modules)  # each multi-resolution module is one block
     assert not any("branches" in n or "fuse_layers" in n for n in names)

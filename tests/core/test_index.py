@@ -54,7 +54,7 @@ def test_a_name_outside_every_block_counts_as_the_last_block() -> None:
 
 def test_blocks_are_found_once_per_index(monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[nn.Module] = []
-    real = index_module.find_blocks
+    real = index_module.find_blocks  # type: ignore[attr-defined]
 
     def counting(model: nn.Module) -> list[ff.core.Block]:
         calls.append(model)

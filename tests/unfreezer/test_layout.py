@@ -219,7 +219,7 @@ def test_param_groups_of_a_policy_selecting_nothing_raise() -> None:
 def test_layout_indexes_the_model_once(monkeypatch: pytest.MonkeyPatch) -> None:
     builds: list[nn.Module] = []
     discoveries: list[nn.Module] = []
-    real_init, real_find = ModelIndex.__init__, index_module.find_blocks
+    real_init, real_find = ModelIndex.__init__, index_module.find_blocks  # type: ignore[attr-defined]
 
     def counting_init(self: ModelIndex, model: nn.Module) -> None:
         builds.append(model)

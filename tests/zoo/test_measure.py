@@ -60,7 +60,7 @@ def test_reference_lists_are_the_innermost_lists_of_a_configured_length() -> Non
     model = nn.Module()
     model.layers = nn.ModuleList(nn.Module() for _ in range(2))  # stages (Swin)
     for stage in model.layers:
-        stage.blocks = nn.ModuleList(  # type: ignore[union-attr]
+        stage.blocks = nn.ModuleList(
             nn.Sequential(nn.Linear(2, 2), nn.LayerNorm(2), nn.Linear(2, 2)) for _ in range(3)
         )
     found = reference_lists(model, {2, 3})
