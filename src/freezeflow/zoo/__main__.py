@@ -8,6 +8,7 @@ Usage::
     python -m freezeflow.zoo --zoo timm --sample 50 --out /tmp/zoo --page /tmp/zoo/page.md
     python -m freezeflow.zoo --seconds 1800 --resume  # stop after 30 minutes; go on later
     python -m freezeflow.zoo --page-only              # the page again from the results
+    python -m freezeflow.zoo --only 'dla*' --only hrnet_w18   # print these, write nothing
 
 Everything is built on the meta device (no weights, no memory). Names are measured in an
 order spread over the whole list, alternating between the zoos, and each measurement is
@@ -19,6 +20,7 @@ on from it; a complete run removes the progress file.
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import itertools
 import json
 import sys
@@ -66,15 +68,44 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=root / "docs" / "zoo", help="result folder")
     p.add_argument("--page", type=Path, default=root / "docs" / "model-zoo.md")
     p.add_argument("--page-only", action="store_true", help="rewrite the page from --out")
+    p.add_argument(
+        "--only",
+        action="append",
+        metavar="PATTERN",
+        help="measure the names matching this shell pattern (repeatable) and print their "
+        "records; writes nothing",
+    )
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
     zoos = sorted(args.zoo or ZOOS)
+    if args.only:
+        return only(zoos, args.only)
     if not args.page_only:
         measure(args, zoos)
     results = [
         load(args.out / f"{z}.json") for z in sorted(ZOOS) if (args.out / f"{z}.json").is_file()
     ]
     write_page(args.page, results)
+    return 0
+
+
+def only(zoos: list[str], patterns: list[str]) -> int:
+    """Measure the names of ``zoos`` that match one of ``patterns`` and print each record
+    (status, blocks, reason); 1 if a pattern matches no name."""
+    import torch
+
+    torch.set_num_threads(1)
+    matched = 0
+    for zoo in zoos:
+        for name in names(zoo):
+            if any(fnmatch.fnmatchcase(name, pat) for pat in patterns):
+                matched += 1
+                r = ZOOS[zoo](name)
+                reason = f": {r['reason']}" if "reason" in r else ""
+                print(f"{zoo}:{name} {r['status']} ({r.get('blocks', '?')} blocks){reason}")
+    if not matched:
+        print(f"no {' or '.join(zoos)} name matches {' or '.join(patterns)}", file=sys.stderr)
+        return 1
     return 0
 
 
