@@ -27,12 +27,36 @@ def test_a_timm_model_that_agrees(name: str) -> None:
 
 
 def test_a_timm_disagreement_says_why() -> None:
-    # timm puts DenseNet's final norm (features.norm5) with the classifier; freezeflow with
-    # the last dense layer, as torchvision's table in docs/model-zoo.md pins
-    r = measure_timm("densenet121")
+    # CoaT registers every stage's patch embedding before any stage: registration order is
+    # not the order of depth, and the four embeddings form one block across timm's groups
+    r = measure_timm("coat_lite_tiny")
     assert r["status"] == "disagree"
-    assert "features.norm5" in r["reason"] and "straddles" in r["reason"]
-    assert r["straddling"] == ["features.denseblock4.denselayer16+features.norm5"]
+    assert "patch_embed1+patch_embed2" in r["reason"] and "straddles" in r["reason"]
+    assert r["straddling"][0].startswith("patch_embed1+patch_embed2")
+
+
+@pytest.mark.parametrize(
+    ("name", "moved"),
+    [
+        ("densenet121", "features.norm5"),  # timm: with the classifier; freezeflow: last unit
+        ("ghostnet_100", "conv_head"),  # timm: with the last unit; freezeflow: after the pool
+        ("rexnet_100", "features.16"),  # timm: a group of its own
+    ],
+)
+def test_a_layer_between_the_last_unit_and_the_classifier_may_go_either_way(
+    name: str, moved: str
+) -> None:
+    r = measure_timm(name)
+    assert r["status"] == "agree", r.get("reason")
+    assert r["boundary"] == moved
+
+
+def test_a_unit_beside_the_classifier_is_no_boundary_layer() -> None:
+    # VOLO's aux_head is a second classifier (reset_classifier replaces it): it must be in
+    # the head block, not accepted as a pretrained layer with the last unit
+    r = measure_timm("volo_d1_224")
+    assert r["status"] == "agree", r.get("reason")
+    assert "boundary" not in r or "aux_head" not in r["boundary"]
 
 
 def test_a_name_that_does_not_build_is_reported_not_raised() -> None:

@@ -90,7 +90,12 @@ def measure_timm(name: str) -> Record:
     """Build timm's ``name`` on the meta device and compare its blocks with timm's fine
     grouping: no block straddles two of timm's groups, the head block holds the classifier
     and lies in timm's last group, and ``last(2)`` of the backbone (every block but the head)
-    is exactly timm's last two groups before its head."""
+    is exactly timm's last two groups before its head.
+
+    The classifier is every layer ``reset_classifier`` replaces (VOLO's ``aux_head`` with its
+    ``head``), else ``get_classifier()``. The pretrained layers between the last unit and the
+    classifier (:func:`_boundary`) may lie with the last unit or with the head on either side:
+    timm itself puts them in either place by how each model's matcher is written."""
     import timm
     from timm.models._manipulate import group_parameters
 
@@ -108,8 +113,15 @@ def measure_timm(name: str) -> Record:
     groups = [set(g) for g in grouped.values()]
     rec["reference"] = len(groups)
     names = [n for n, _ in model.named_parameters()]
-    group_of = {n: i for i, g in enumerate(groups) for n in g}
     block_of = _block_of(blocks, names)
+    classifier = _classifier_names(model)
+    groups = _head_apart(groups, classifier)
+    boundary, moved = _boundary(model, blocks, block_of, groups, classifier)
+    if moved:
+        rec["boundary"] = _label(moved)
+    names = [n for n in names if n not in boundary]
+    groups = [g - boundary for g in groups if g - boundary]
+    group_of = {n: i for i, g in enumerate(groups) for n in g}
     reasons: list[str] = []
     straddle = []
     for b, block in enumerate(blocks):
@@ -120,7 +132,6 @@ def measure_timm(name: str) -> Record:
             shown = ", ".join(_label(groups[g]) for g in touched[:_SHOWN])
             reasons.append(f"block {block.name} straddles timm groups {shown}")
     rec["straddling"] = straddle
-    classifier = _classifier_names(model)
     head = {n for n in names if block_of.get(n) == len(blocks) - 1}
     head_ok = (
         bool(classifier) and classifier <= head and {group_of[n] for n in head} == {len(groups) - 1}
@@ -136,9 +147,11 @@ def measure_timm(name: str) -> Record:
     headed = bool(classifier) and classifier <= groups[-1]
     units = groups[:-1] if headed else groups
     backbone = len(blocks) - 1 if classifier else len(blocks)
-    rec["last2"] = _last2_ok(model, blocks[:backbone], block_of, units, names)
+    # a block made only of boundary layers (a conv head of its own) is no unit of the backbone
+    kept = [b for b in range(backbone) if any(block_of.get(n) == b for n in names)]
+    rec["last2"] = _last2_ok(model, blocks, kept, block_of, units, names)
     if not rec["last2"]:
-        mine = [b.name for b in blocks[max(0, backbone - 2) : backbone]]
+        mine = [blocks[b].name for b in kept[-2:]]
         reasons.append(
             f"last(2) is {', '.join(mine)}; timm's last two groups are "
             f"{', '.join(_label(g) for g in units[-2:])}"
@@ -151,40 +164,119 @@ def measure_timm(name: str) -> Record:
     return rec
 
 
+def _head_apart(groups: list[set[str]], classifier: set[str]) -> list[set[str]]:
+    """timm's groups, with the classifier a group of its own where the matcher folds it into
+    the last unit's group (IFormer maps ``^head`` to the group before): when the rest of the
+    last group lies in a container whose other members are in other groups (a unit among its
+    siblings, not a layer of the model after its units)."""
+    if not classifier or not classifier <= groups[-1] or not groups[-1] - classifier:
+        return groups
+    rest = groups[-1] - classifier
+    path = _label(rest)
+    parent = path.rpartition(".")[0]
+    if "+" in path or not parent:
+        return groups
+    if any(n.startswith(parent + ".") for g in groups[:-1] for n in g):
+        return [*groups[:-1], rest, classifier]
+    return groups
+
+
+def _boundary(
+    model: nn.Module,
+    blocks: list[Block],
+    block_of: dict[str, int],
+    groups: list[set[str]],
+    classifier: set[str],
+) -> tuple[set[str], set[str]]:
+    """The pretrained layers between the last unit and the classifier, and those of them
+    that freezeflow places otherwise than timm.
+
+    They are the parameters, not the classifier's, that timm's head group or freezeflow's
+    head block holds (DenseNet's ``norm5``, FastViT's ``final_conv``, GhostNet's
+    ``conv_head``), and timm's last group before its head when it is no unit (fewer than
+    ``UNIT_OWNERS`` layers: RexNet's final conv-norm). timm puts such layers with the last
+    unit (EfficientNet's ``conv_head``, ViT's ``norm``), with the classifier (DenseNet,
+    FastViT, MobileNetV3's ``conv_head``) or as a group of their own (RexNet) by how each
+    matcher is written; freezeflow puts them with the last unit, or with the head after a
+    pooling layer. Either place is accepted as long as, on both sides, they lie in the head
+    or right before it (freezeflow: the head block or the block before; timm: the head group
+    or the group before, or a group of their own there); else there is no boundary and the
+    comparison is strict."""
+    if not classifier or len(blocks) < 2 or len(groups) < 2:
+        return set(), set()
+    last = len(blocks) - 1
+    group_of = {n: i for i, g in enumerate(groups) for n in g}
+    ours = {n for n, b in block_of.items() if b == last}
+    theirs = groups[-1] if classifier <= groups[-1] else set()
+    found = (ours | theirs) - classifier
+    tail = len(groups) - 1 if theirs else len(groups)
+    modules = dict(model.named_modules())
+    alone: set[str] = set()
+    if tail >= 2 and not groups[tail - 1] & found:
+        own = {n.rpartition(".")[0] for n in groups[tail - 1]}
+        owners_ = sum(next(modules[m].parameters(recurse=False), None) is not None for m in own)
+        if owners_ < UNIT_OWNERS and all(block_of.get(n, -1) >= last - 1 for n in groups[tail - 1]):
+            alone = groups[tail - 1]
+            found |= alone
+    if not found:
+        return set(), set()
+    ok_ours = all(block_of.get(n, -1) >= last - 1 for n in found)
+    ok_theirs = all(group_of[n] >= tail - 2 for n in found)
+    if not (ok_ours and ok_theirs):
+        return set(), set()
+    moved = {n for n in found if (n in ours) != (n in theirs)} | alone
+    return found, moved
+
+
 def _last2_ok(
     model: nn.Module,
-    backbone: list[Block],
+    blocks: list[Block],
+    backbone: list[int],
     block_of: dict[str, int],
     units: list[set[str]],
     names: list[str],
 ) -> bool:
-    """``last(2)`` of the backbone is timm's last two unit groups: its last block lies in
-    timm's last group and the one before in the group before; where timm groups a whole
-    stage as one group (CoAtNet, EfficientFormer), two units (not a downsampling layer) in
-    that group."""
+    """``last(2)`` of the backbone (the blocks ``backbone`` indexes) is timm's last two unit
+    groups: its last block lies in timm's last group and the one before in the group before;
+    where timm groups a whole stage as one group (CoAtNet, EfficientFormer), two units (not a
+    downsampling layer) in that group."""
     if len(backbone) < 2 or len(units) < 2:
         return len(backbone) == len(units)
-    k = len(backbone)
-    params = [{n for n in names if block_of.get(n) == b} for b in (k - 2, k - 1)]
+    chosen = backbone[-2:]
+    params = [{n for n in names if block_of.get(n) == b} for b in chosen]
     if not all(params) or not params[1] <= units[-1]:
         return False
     if params[0] <= units[-2]:
         return True
     modules = dict(model.named_modules())
-    whole = all(b.modules and owners(modules[b.modules[0]]) >= UNIT_OWNERS for b in backbone[-2:])
+    whole = all(
+        blocks[b].modules and owners(modules[blocks[b].modules[0]]) >= UNIT_OWNERS for b in chosen
+    )
     return params[0] <= units[-1] and whole
 
 
 def _classifier_names(model: Any) -> set[str]:
-    """Names of the parameters of a timm model's classifier (``get_classifier()``), or of
-    its classifiers (a distilled model's ``head`` and ``head_dist``)."""
+    """Names of the parameters of a timm model's classifier: those ``reset_classifier``
+    replaces (every newly initialised head layer: a distilled model's ``head`` and
+    ``head_dist``, VOLO's ``aux_head``), else those of ``get_classifier()``. Resetting
+    changes the model: call it last."""
+    before = dict(model.named_parameters())
+    try:
+        with on_meta_device():
+            model.reset_classifier(model.num_classes)
+        after = dict(model.named_parameters())
+        replaced = {n for n, p in before.items() if after.get(n) is not p}
+        if replaced:
+            return replaced
+    except Exception:
+        pass
     try:
         heads = model.get_classifier()
     except Exception:
         return set()
     heads = heads if isinstance(heads, tuple) else (heads,)
     ids = {id(p) for h in heads if isinstance(h, nn.Module) for p in h.parameters()}
-    return {n for n, p in model.named_parameters() if id(p) in ids}
+    return {n for n, p in before.items() if id(p) in ids}
 
 
 # --------------------------------------------------------------------------- transformers
