@@ -90,10 +90,22 @@ def _first_word(path: str) -> str:
 
 
 def _same_head(e: Entry, head: Entry, modules: dict[str, nn.Module]) -> bool:
-    """``e`` is one more head beside ``head``: same type, same first word (LeViT's ``head``
-    and ``head_dist``; not a ``pooler`` before a ``classifier``)."""
-    a, b = e.modules[0], head.modules[0]
-    return type(modules[a]) is type(modules[b]) and _first_word(a) == _first_word(b)
+    """``e`` is one more head beside ``head``: same type, and the same first word (LeViT's
+    ``head`` and ``head_dist``; not a ``pooler`` before a ``classifier``) or, for a linear
+    layer named as a head with as many outputs, one more classifier (VOLO's ``aux_head``
+    beside its ``head``)."""
+    a, b = modules[e.modules[0]], modules[head.modules[0]]
+    if type(a) is not type(b):
+        return False
+    if _first_word(e.modules[0]) == _first_word(head.modules[0]):
+        return True
+    words = e.modules[0].rpartition(".")[2].lower().split("_")
+    return (
+        isinstance(a, nn.Linear)
+        and isinstance(b, nn.Linear)
+        and a.out_features == b.out_features
+        and bool(HEAD_WORDS.intersection(words))
+    )
 
 
 def _body(model: nn.Module) -> str | None:
@@ -169,6 +181,7 @@ def _discover(model: nn.Module) -> list[Block]:
             and not is_composite(modules[e.modules[0]])
             and not is_composite(modules[prev.modules[-1]])
             and not is_norm_layer(modules[prev.modules[-1]])
+            and _feeds(modules[prev.modules[-1]], modules[e.modules[0]])
         ):
             merged[-1] = _merge(prev, e)
         else:
@@ -176,6 +189,21 @@ def _discover(model: nn.Module) -> list[Block]:
 
     # single layers repeated (VGG's convolutions) are units only in a model with no
     # composite ones: before composite units, they are a stem of several convolutions
+    # a model whose units run parallel branches (HRNet) ends its depth at the last of them:
+    # what merges the branches after it (HRNet's incre_modules, downsamp_modules and
+    # final_layer) is a neck, no unit, and joins it
+    parallel = [i for i, e in enumerate(merged) if e.parallel and e.unit]
+    for e in merged[parallel[-1] + 1 if parallel else len(merged) :]:
+        e.unit = False
+    # a list of one layer per branch (HRNet's transition, made at the end of a stage for the
+    # next one's branches) joins the block before it, as timm groups it
+    joined: list[Entry] = []
+    for e in merged:
+        if joined and e.parallel and not e.unit:
+            joined[-1] = _merge(joined[-1], e)
+        else:
+            joined.append(e)
+    merged = joined
     composite = [i for i, e in enumerate(merged) if e.unit and is_composite(modules[e.modules[0]])]
     for e in merged[: composite[0] if composite else 0]:
         e.unit = False
@@ -189,8 +217,33 @@ def _discover(model: nn.Module) -> list[Block]:
     ]
 
 
+def _width(module: nn.Module, attrs: tuple[str, ...]) -> int | None:
+    for a in attrs:
+        value = getattr(module, a, None)
+        if isinstance(value, int):
+            return value
+        if isinstance(value, tuple) and value and isinstance(value[-1], int):
+            return value[-1]
+    return None
+
+
+def _feeds(layer: nn.Module, norm: nn.Module) -> bool:
+    """Whether ``norm`` can normalise ``layer``'s output: its width is the layer's output
+    width where both are known (a conv and its batch norm; not VOLO's ``aux_head`` and the
+    final norm registered after it, 1000 classes against 384 features)."""
+    out = _width(layer, ("out_channels", "out_features", "embedding_dim"))
+    width = _width(norm, ("num_features", "num_channels", "normalized_shape"))
+    return out is None or width is None or out == width
+
+
 def _merge(a: Entry, b: Entry) -> Entry:
-    return Entry(a.modules + b.modules, a.params + b.params, a.unit or b.unit, a.stage)
+    return Entry(
+        a.modules + b.modules,
+        a.params + b.params,
+        a.unit or b.unit,
+        a.stage,
+        a.parallel or b.parallel,
+    )
 
 
 def _arrange(model: nn.Module, merged: list[Entry], modules: dict[str, nn.Module]) -> list[Entry]:
@@ -235,8 +288,17 @@ def _arrange(model: nn.Module, merged: list[Entry], modules: dict[str, nn.Module
     if stem:
         out.insert(0, functools.reduce(_merge, stem))
     cut = _head_start(tail, modules, body, _pooled(model, kept[last].modules[0])) if tail else 0
-    if cut:
-        out[-1] = functools.reduce(_merge, tail[:cut], out[-1])
+    # a final norm between two heads (VOLO's norm, between aux_head and head) is no head
+    inner = [
+        e
+        for e in tail[cut:-1]
+        if all(is_norm_layer(modules[m]) for m in e.modules)
+        and _first_word(e.modules[0]) not in HEAD_WORDS
+        and body is None
+    ]
+    tail = [e for e in tail if e not in inner]
+    if cut or inner:
+        out[-1] = functools.reduce(_merge, tail[:cut] + inner, out[-1])
     if tail[cut:] or ahead:
         out.append(functools.reduce(_merge, tail[cut:] + ahead))
     return out

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
-__all__ = ["UNIT_OWNERS", "Entry", "is_composite", "owners", "walk"]
+__all__ = ["UNIT_OWNERS", "Entry", "branch_count", "is_composite", "owners", "walk"]
 
 _CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
 UNIT_OWNERS = 3
@@ -52,6 +52,9 @@ class Entry:
     not a stem, a downsampling layer, a final norm or a head."""
     stage: str | None = None
     """The stage (a child of a container of stages) the entry was found in, if any."""
+    parallel: bool = False
+    """Parallel branches side by side: a unit that runs them (HRNet's multi-resolution
+    module), or, not a unit, a list of one layer per branch (HRNet's transitions)."""
 
 
 class _Facts:
@@ -197,12 +200,45 @@ def _is_stem(name: str) -> bool:
     return name.split("_")[0].lower() == "stem"
 
 
-def _parallel(module: nn.Module) -> bool:
-    """A module that runs parallel branches (HRNet's ``HighResolutionModule``: a container
-    ``branches`` of several paths, one per resolution, and the layers that fuse them): one
-    unit, since its branches work side by side at one depth."""
+def _parallel(module: nn.Module, *, element: bool = False) -> bool:
+    """A module that runs parallel branches: one unit, since its branches work side by side
+    at one depth. Either it has a container ``branches`` of several paths (HRNet's
+    ``HighResolutionModule``: one path per resolution, and the layers that fuse them), or,
+    as an element of a container of units (``element``), two or more lists of one length,
+    its branches and their per-branch layers (CrossViT's multi-scale block: ``blocks``,
+    ``projs``, ``fusion`` and ``revert_projs``, each of two, one per patch size)."""
     branches = getattr(module, "branches", None)
-    return isinstance(branches, _CONTAINERS) and len(branches) >= 2
+    if isinstance(branches, _CONTAINERS) and len(branches) >= 2:
+        return True
+    if not element:
+        return False
+    lengths = Counter(len(c) for c in module.children() if type(c) is nn.ModuleList and len(c) >= 2)
+    return any(v >= 2 for v in lengths.values())
+
+
+def branch_count(module: nn.Module) -> int:
+    """How many branches a module that runs parallel branches has (0 for any other)."""
+    branches = getattr(module, "branches", None)
+    if isinstance(branches, _CONTAINERS) and len(branches) >= 2:
+        return len(branches)
+    lists = [len(c) for c in module.children() if type(c) is nn.ModuleList and len(c) >= 2]
+    return max(lists, default=0)
+
+
+def _per_branch(module: nn.Module, neighbours: list[nn.Module]) -> bool:
+    """A list with one element per branch of the parallel units next to it (HRNet's
+    ``transition`` layers before a stage, ``incre_modules`` after the last): its elements
+    work side by side, so the list is one block, not one per element."""
+    if type(module) is not nn.ModuleList or len(module) < 2:
+        return False
+    widths = {
+        branch_count(m)
+        for n in neighbours
+        if n is not module
+        for m in (n, *n.children())
+        if _parallel(m, element=True)
+    }
+    return len(module) in widths
 
 
 def _join(prefix: str, name: str) -> str:
@@ -233,8 +269,8 @@ def walk(model: nn.Module) -> tuple[list[Entry], list[str]]:
             path = _join(prefix, name)
             if _is_stem(name):
                 entries.append(Entry([path], stage=stage))
-            elif _parallel(child):
-                entries.append(Entry([path], unit=True, stage=stage))
+            elif _parallel(child, element=counts[type(child)] >= 2):
+                entries.append(Entry([path], unit=True, stage=stage, parallel=True))
             elif facts.repeated(child):
                 expand(child, path, stage)
             elif facts.holds_units(child) or (type(child) in staged and facts.mixed_stage(child)):
@@ -252,12 +288,14 @@ def walk(model: nn.Module) -> tuple[list[Entry], list[str]]:
             type(c) for _, c in children if facts.repeated(c) and not isinstance(c, _CONTAINERS)
         }
         kinds = Counter(type(c) for _, c in children)
-        for name, child in children:
+        for i, (name, child) in enumerate(children):
             path = _join(prefix, name)
             if _is_stem(name):
                 entries.append(Entry([path], stage=stage))
             elif _parallel(child):
-                entries.append(Entry([path], unit=True, stage=stage))
+                entries.append(Entry([path], unit=True, stage=stage, parallel=True))
+            elif _per_branch(child, [c for _, c in children[max(0, i - 1) : i + 2]]):
+                entries.append(Entry([path], stage=stage, parallel=True))
             elif facts.repeated(child):
                 expand(child, path, stage)
             elif facts.holds_units(child):

@@ -1,0 +1,102 @@
+"""Block discovery on the families of timm architectures the zoo measurement found wrong
+(issue 23), each built on the meta device (no weights, no memory) and checked by invariants:
+which modules begin a block, what ``last(2)`` of the backbone and the head block hold."""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import pytest
+from torch import nn
+
+import freezeflow as ff
+from freezeflow.core.meta import on_meta_device
+
+timm = pytest.importorskip("timm")
+
+
+def timm_model(name: str, **kwargs: Any) -> nn.Module:
+    with warnings.catch_warnings(), on_meta_device():
+        warnings.simplefilter("ignore")
+        model: nn.Module = timm.create_model(name, **kwargs)
+    return model
+
+
+def params_under(model: nn.Module, *paths: str) -> set[str]:
+    return {
+        n
+        for n, _ in model.named_parameters()
+        if any(n == p or n.startswith(p + ".") for p in paths)
+    }
+
+
+def backbone_last2(model: nn.Module) -> set[str]:
+    """What ``last(2)`` selects among every block but the head."""
+    head = ff.find_blocks(model)[-1]
+    return set(ff.last(2, among=~ff.name(*head.modules)).select(model).names)
+
+
+def classifier_params(model: Any) -> set[str]:
+    """The parameters ``reset_classifier`` replaces: every newly initialised head layer."""
+    before = dict(model.named_parameters())
+    with on_meta_device():
+        model.reset_classifier(model.num_classes)
+    after = dict(model.named_parameters())
+    return {n for n, p in before.items() if after.get(n) is not p}
+
+
+def test_volo_aux_head_is_in_the_head_block_and_its_final_norm_is_not() -> None:
+    # VOLO: post_network, aux_head (a classifier on every token), norm, head
+    model = timm_model("volo_d1_224")
+    head = ff.find_blocks(model)[-1]
+    new = classifier_params(model)
+    assert new == params_under(model, "aux_head", "head")
+    assert set(ff.last(1).select(model).names) == new  # every new layer, nothing pretrained
+    assert head.modules == ("aux_head", "head")
+    # the final norm is pretrained: with the last unit, not trained as part of the head
+    assert params_under(model, "norm", "post_network.1") == set(
+        ff.blocks(-2, -1).select(model).names
+    )
+
+
+@pytest.mark.parametrize("name", ["crossvit_tiny_240", "crossvit_9_dagger_240"])
+def test_crossvit_multi_scale_blocks_are_one_unit_each(name: str) -> None:
+    # each multi-scale block runs two branches (one per patch size) side by side, with its
+    # per-branch projections and fusions: one depth, as timm groups it
+    model = timm_model(name)
+    blocks = ff.find_blocks(model)
+    units = [f"blocks.{i}" for i in range(len(model.get_submodule("blocks")))]
+    assert [b.modules[0] for b in blocks[1:-1]] == units
+    assert backbone_last2(model) == params_under(model, *units[-2:], "norm")
+    assert set(ff.last(1).select(model).names) == params_under(model, "head", "head_dist")
+    # lr_decay: the two branches of one block have one LR
+    groups = ff.param_groups(model, lr=1.0, lr_decay=0.5)
+    lr = {id(p): g["lr"] for g in groups for p in g["params"]}
+    assert len({lr[id(p)] for n, p in model.named_parameters() if n.startswith("blocks.0.")}) == 1
+
+
+@pytest.mark.parametrize("name", ["hrnet_w18_small", "hrnet_w18"])
+def test_hrnet_depth_is_its_multi_resolution_modules(name: str) -> None:
+    model = timm_model(name)
+    blocks = ff.find_blocks(model)
+    modules = [
+        f"stage{s}.{i}"
+        for s in (2, 3, 4)
+        for i in range(len(list(model.get_submodule(f"stage{s}").children())))
+    ]
+    # each multi-resolution module begins a block; each transition (one layer per branch,
+    # side by side, made for the next stage) is in one block, the one before it, as timm
+    # groups it
+    assert [b.modules[0] for b in blocks if b.modules[0].startswith("stage")] == modules
+    for t in (1, 2, 3):
+        (holder,) = [b for b in blocks if f"transition{t}" in b.modules]
+        assert holder.modules[-1] == f"transition{t}" and len(holder.modules) > 1
+    # the neck that merges the branches goes with the last module: last(2) of the backbone
+    # is the last two multi-resolution modules (with the transition after the first, where
+    # it ends stage 3), and the classifier alone is the head
+    neck = ("incre_modules", "downsamp_modules", "final_layer")
+    before, last = modules[-2:]
+    transition = ("transition3",) if before.startswith("stage3") else ()
+    assert backbone_last2(model) == params_under(model, before, *transition, last, *neck)
+    assert blocks[-1].modules == ("classifier",)
