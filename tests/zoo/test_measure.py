@@ -51,6 +51,15 @@ def test_a_layer_between_the_last_unit_and_the_classifier_may_go_either_way(
     assert r["boundary"] == moved
 
 
+def test_a_module_timm_names_in_no_group_before_the_units_is_not_compared() -> None:
+    # timm's matcher for EVA does not name `rope` (learnt frequencies, used by every block):
+    # its fallback puts it in the head group, which a module before the units is not
+    r = measure_timm("vit_small_patch16_rope_mixed_224")
+    assert r["status"] == "agree", r.get("reason")
+    assert r["unnamed"] == "rope"
+    assert "unnamed" not in measure_timm("vit_tiny_patch16_224")
+
+
 def test_a_unit_beside_the_classifier_is_no_boundary_layer() -> None:
     # VOLO's aux_head is a second classifier (reset_classifier replaces it): it must be in
     # the head block, not accepted as a pretrained layer with the last unit

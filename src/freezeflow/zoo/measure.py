@@ -15,6 +15,7 @@ it agrees, a ``reason`` in words.
 from __future__ import annotations
 
 import itertools
+import re
 import warnings
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -119,6 +120,10 @@ def measure_timm(name: str) -> Record:
     boundary, moved = _boundary(model, blocks, block_of, groups, classifier)
     if moved:
         rec["boundary"] = _label(moved)
+    unnamed = _unnamed(model.group_matcher(coarse=False), names, groups) - classifier
+    if unnamed:
+        rec["unnamed"] = _label(unnamed)
+        boundary |= unnamed
     names = [n for n in names if n not in boundary]
     groups = [g - boundary for g in groups if g - boundary]
     group_of = {n: i for i, g in enumerate(groups) for n in g}
@@ -179,6 +184,23 @@ def _head_apart(groups: list[set[str]], classifier: set[str]) -> list[set[str]]:
     if any(n.startswith(parent + ".") for g in groups[:-1] for n in g):
         return [*groups[:-1], rest, classifier]
     return groups
+
+
+def _unnamed(matcher: Any, names: list[str], groups: list[set[str]]) -> set[str]:
+    """The parameters registered before timm's first unit group that no pattern of its
+    matcher names (EVA's ``rope``, a shared relative-position MLP): timm puts what its
+    matcher leaves unnamed in its last group, meaning the neck and the head, which a module
+    registered before the units is not; the reference says nothing about them."""
+    if not isinstance(matcher, dict) or len(groups) < 2:
+        return set()
+    patterns = [
+        re.compile(spec[0] if isinstance(spec, (tuple, list)) else spec)
+        for value in matcher.values()
+        if value is not None
+        for spec in (value if isinstance(value, (tuple, list)) else [value])
+    ]
+    first = min(names.index(n) for n in groups[1])
+    return {n for n in names[:first] if not any(p.match(n) for p in patterns)}
 
 
 def _boundary(
