@@ -100,3 +100,39 @@ def test_hrnet_depth_is_its_multi_resolution_modules(name: str) -> None:
     transition = ("transition3",) if before.startswith("stage3") else ()
     assert backbone_last2(model) == params_under(model, before, *transition, last, *neck)
     assert blocks[-1].modules == ("classifier",)
+
+
+@pytest.mark.parametrize("name", ["starnet_s050", "starnet_s1"])
+def test_starnet_stage_downsampling_is_a_block_apart_from_the_stem(name: str) -> None:
+    # each stage is a Sequential: a downsampling conv, then star blocks (s050's first stage
+    # has a single block); the downsampling conv of each stage is a block of its own, the
+    # first one's too, and the stem stays one block
+    model = timm_model(name)
+    blocks = ff.find_blocks(model)
+    assert blocks[0].modules == ("stem",)
+    stages = model.get_submodule("stages")
+    for s, stage in enumerate(stages):
+        down = f"stages.{s}.0"
+        assert type(stage[0]).__name__ == "ConvBN"
+        assert (down,) in [b.modules for b in blocks]
+        units = [f"stages.{s}.{i}" for i in range(1, len(stage))]
+        assert all(any(b.modules[0] == u for b in blocks) for u in units)
+    last = len(stages) - 1
+    n = len(stages[last])
+    assert backbone_last2(model) == params_under(
+        model, f"stages.{last}.{n - 2}", f"stages.{last}.{n - 1}", "norm"
+    )
+
+
+def test_nest_level_position_embedding_goes_with_its_level() -> None:
+    # each level adds its pos_embed as it begins: the parameter goes with the level's first
+    # block (its pooling layer, or, in the first level, its first transformer layer), not with
+    # the previous level's last layer
+    model = timm_model("nest_tiny")
+    blocks = ff.find_blocks(model)
+    owner = {p: b.name for b in blocks for p in b.params}
+    assert owner["levels.0.pos_embed"] == "levels.0.transformer_encoder.0"
+    assert owner["levels.1.pos_embed"] == "levels.1.pool"
+    assert owner["levels.2.pos_embed"] == "levels.2.pool"
+    # (torchvision's ViT, whose encoder is no stage, keeps its encoder.pos_embedding with the
+    # patch embedding: test_discovery.py's test_vit_b_16_blocks)

@@ -252,12 +252,27 @@ def walk(model: nn.Module) -> tuple[list[Entry], list[str]]:
     entries: list[Entry] = []
     pending: list[str] = []
 
-    def attach(module: nn.Module, prefix: str) -> None:
+    def attach(module: nn.Module, prefix: str, start: int, stage: str | None) -> None:
+        """A module's own parameters go with the block before it (torchvision ViT's
+        ``encoder.pos_embedding`` with the patch embedding), but a stage's with its first
+        block (Nest's ``pos_embed``, added as the stage begins)."""
         names = [_join(prefix, n) for n, _ in module.named_parameters(recurse=False)]
-        (entries[-1].params if entries else pending).extend(names)
+        if stage == prefix and prefix and len(entries) > start:
+            entries[start].params[:0] = names
+        elif start:
+            entries[start - 1].params.extend(names)
+        else:
+            pending.extend(names)
 
-    def expand(container: nn.Module, prefix: str, stage: str | None) -> None:
-        attach(container, prefix)
+    def unit_types(container: nn.Module) -> set[type]:
+        """The types of the units of a repeated container (its most common types)."""
+        counts = Counter(type(c) for _, c in param_children(container))
+        return {t for t, v in counts.items() if v == max(counts.values())}
+
+    def expand(
+        container: nn.Module, prefix: str, stage: str | None, units: set[type] | None = None
+    ) -> None:
+        start = len(entries)
         children = param_children(container)
         counts = Counter(type(c) for _, c in children)
         top = max(counts.values())
@@ -265,6 +280,12 @@ def walk(model: nn.Module) -> tuple[list[Entry], list[str]]:
         # a stage like its siblings that hold units, with units of two types only (EdgeNeXt's
         # last stage: a conv block, then a transposed-attention block) is walked into too
         staged = {type(c) for _, c in children if facts.holds_units(c)}
+        # stages that are containers of units themselves (StarNet's ``stages.1``: a
+        # downsampling conv, then blocks): each is a stage, so that its own layers form a
+        # block; a sibling of their type with a single unit is walked into too, its units
+        # being of their units' types
+        inner = [c for _, c in children if type(c) in _CONTAINERS and facts.repeated(c)]
+        kinds = set().union(*(unit_types(c) for c in inner)) if inner else set()
         for name, child in children:
             path = _join(prefix, name)
             if _is_stem(name):
@@ -272,15 +293,30 @@ def walk(model: nn.Module) -> tuple[list[Entry], list[str]]:
             elif _parallel(child, element=counts[type(child)] >= 2):
                 entries.append(Entry([path], unit=True, stage=stage, parallel=True))
             elif facts.repeated(child):
-                expand(child, path, stage)
+                expand(child, path, path if child in inner else stage)
+            elif (
+                inner
+                and type(child) in {type(c) for c in inner}
+                and any(type(c) in kinds for _, c in param_children(child))
+                and len(param_children(child)) >= 2
+            ):
+                expand(child, path, path, kinds)
             elif facts.holds_units(child) or (type(child) in staged and facts.mixed_stage(child)):
                 walk_into(child, path, path)  # a stage: its downsampling layer, then its units
             else:
-                unit = counts[type(child)] == top or (mixed and facts.unit_sized(child))
+                if units is not None:
+                    unit = type(child) in units
+                else:
+                    unit = counts[type(child)] == top or (mixed and facts.unit_sized(child))
                 entries.append(Entry([path], unit=unit, stage=stage))
+        attach(container, prefix, start, stage)
 
     def walk_into(module: nn.Module, prefix: str, stage: str | None) -> None:
-        attach(module, prefix)
+        start = len(entries)
+        _walk_children(module, prefix, stage)
+        attach(module, prefix, start, stage)
+
+    def _walk_children(module: nn.Module, prefix: str, stage: str | None) -> None:
         children = param_children(module)
         # a sibling of the same type as a repeated one is a unit too (timm RegNet's ``s1``
         # holds one block, ``s3`` several)
