@@ -417,3 +417,27 @@ def test_auto_schedule_decides_from_the_training_step(tmp_path: Path) -> None:
     # the backbone trains from epoch 1; its norm layers stay frozen
     assert lit.net.backbone[0].weight.requires_grad and lit.net.backbone[3].weight.requires_grad
     assert not lit.net.backbone[1].weight.requires_grad
+
+
+@pytest.mark.parametrize("strategy", ["DeepSpeedStrategy", "FSDPStrategy"])
+def test_engines_that_set_up_the_optimizer_once_are_refused_before_any_change(
+    strategy: str,
+) -> None:
+    """Lightning's DeepSpeed strategy runs on CUDA only (not testable on CPU), and both it and
+    FSDP1 set up the optimizer before any callback: the callback refuses them, naming soft
+    freezing, with the model and optimizer as they were."""
+    from types import SimpleNamespace
+
+    import lightning.pytorch.strategies as strategies
+    from snapshot import unchanged
+
+    if strategy == "DeepSpeedStrategy":
+        pytest.importorskip("deepspeed")
+    built = getattr(strategies, strategy)()
+    lit = Lit(scheduler=None)
+    opt = lit.configure_optimizers()
+    fake = SimpleNamespace(strategy=built, optimizers=[opt], lr_scheduler_configs=[])
+    cb = FreezeflowCallback(TWO_STAGES, module_attr="net")
+    with unchanged(lit, opt), pytest.raises(TrainingError, match=rf"under Lightning's {strategy}"):
+        cb.on_fit_start(fake, lit)  # type: ignore[arg-type]
+    assert cb.unfreezer is None

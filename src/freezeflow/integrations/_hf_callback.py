@@ -13,7 +13,7 @@ import os
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.distributed as dist
@@ -63,6 +63,34 @@ STATE_NAME = "freezeflow_state.json"
 _UNSUPPORTED_KWARGS = ("params", "model", "optimizer_dict")
 
 
+def _engine(args: TrainingArguments) -> str | None:
+    """The engine named by ``args`` that builds its optimizer once and never looks at
+    ``requires_grad`` again (``"DeepSpeed"``, ``"FSDP"``), or None."""
+    if getattr(args, "deepspeed", None) or getattr(args, "deepspeed_plugin", None):
+        return "DeepSpeed"
+    if getattr(args, "fsdp", None):
+        return "FSDP"
+    return None
+
+
+def freezing_for(args: TrainingArguments, freezing: str) -> Literal["hard", "soft"]:
+    """The freezing mode for a run with ``args``: ``"soft"`` under an engine that builds its
+    optimizer once (``"auto"`` picks it), ``"hard"`` otherwise; ``"hard"`` under such an
+    engine is refused before anything changes."""
+    engine = _engine(args)
+    if freezing == "hard" and engine is not None:
+        raise OptimizerError(
+            f"freezing='hard' under {engine}: {engine} builds its optimizer (flat parameter "
+            "groups) once, from the parameters trainable at the start, and never looks at "
+            "requires_grad again, so layers unfrozen later would never train; expected "
+            "freezing='soft' (frozen parameters keep requiring gradients, but their gradients "
+            "are dropped and their LR is 0); hint: freezing='soft', or leave freezing out"
+        )
+    if freezing == "soft" or (freezing == "auto" and engine is not None):
+        return "soft"
+    return "hard"
+
+
 def _is_factory(cls: Any) -> bool:
     try:
         from transformers.trainer_optimizer import is_optimizer_factory
@@ -95,6 +123,10 @@ class FreezeflowTrainerCallback(StrictMetric, TrainerCallback):
             ``weight_decay``, ``TrainingArguments.weight_decay`` is used (never on biases and
             norm layers).
         norm: norm mode for frozen norm layers (see :func:`freezeflow.freeze`).
+        freezing: ``"auto"`` (default): ``"soft"`` when ``TrainingArguments`` turn on DeepSpeed
+            or FSDP, engines that build their optimizer once and never look at
+            ``requires_grad`` again (:mod:`freezeflow.unfreezer.soft`), else ``"hard"``;
+            ``"hard"`` under them is refused.
         no_decay: parameters that get no weight decay (default: ``ndim <= 1`` and norm
             layers, as the Trainer's own ``get_decay_parameter_names`` does for BERT-likes).
         strict: raise when a plateau trigger's metric is missing from the evaluation metrics
@@ -117,8 +149,15 @@ class FreezeflowTrainerCallback(StrictMetric, TrainerCallback):
         norm: NormMode = "eval",
         no_decay: PolicyLike | None = None,
         strict: bool = True,
+        freezing: Literal["auto", "hard", "soft"] = "auto",
     ) -> None:
+        if freezing not in ("auto", "hard", "soft"):
+            raise OptimizerError(
+                f"FreezeflowTrainerCallback(freezing={freezing!r}): expected 'auto', 'hard' or "
+                "'soft'; hint: leave it out ('auto': soft under DeepSpeed or FSDP, else hard)"
+            )
         self.schedule = schedule if isinstance(schedule, Schedule) else Schedule(schedule)
+        self.freezing = freezing
         self.norm: NormMode = norm
         self.no_decay = no_decay
         self.missing_metric = MissingMetric(strict)
@@ -168,6 +207,7 @@ class FreezeflowTrainerCallback(StrictMetric, TrainerCallback):
             return built
 
         schedule = self.schedule
+        freezing = freezing_for(args, self.freezing)
         # TrainingArguments.weight_decay (0.0 included) is the optimizer's own, which decay
         # groups get while no stage sets one
         kwargs["weight_decay"] = float(args.weight_decay)
@@ -179,6 +219,7 @@ class FreezeflowTrainerCallback(StrictMetric, TrainerCallback):
             factory,
             norm=self.norm,
             no_decay=self.no_decay,
+            freezing=freezing,
             total_steps=total_steps if needs_length and total_steps else None,
             total_epochs=(
                 math.ceil(epochs)
@@ -254,8 +295,10 @@ class FreezeflowTrainerCallback(StrictMetric, TrainerCallback):
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> None:
         uf = self.unfreezer
-        optimizer = kwargs.get("optimizer")
-        inner = getattr(optimizer, "optimizer", optimizer)
+        inner: Any = kwargs.get("optimizer")
+        # accelerate's wrapper, and under DeepSpeed the ZeRO optimizer, hold ours as .optimizer
+        while uf is not None and inner is not uf.optimizer and hasattr(inner, "optimizer"):
+            inner = inner.optimizer
         if uf is None or inner is not uf.optimizer:
             raise TrainingError(
                 "the Trainer built its optimizer without freezeflow, from the parameters "

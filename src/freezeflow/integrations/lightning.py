@@ -226,6 +226,7 @@ class FreezeflowCallback(StrictMetric, Callback):
 
     # ------------------------------------------------------------------ hooks
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        _refuse_engines(trainer.strategy)
         module = self.module(pl_module)
         optimizers = trainer.optimizers
         if len(optimizers) != 1:
@@ -352,6 +353,33 @@ class FreezeflowCallback(StrictMetric, Callback):
             self.unfreezer.load_state_dict(state)
         else:
             self._pending = state
+
+
+ENGINES = {"DeepSpeedStrategy": "DeepSpeed", "FSDPStrategy": "FSDP"}
+"""Lightning strategies (by class name, so that their packages need not be importable) that
+set up their optimizer before any callback runs and never look at ``requires_grad`` again:
+DeepSpeed's ZeRO flattens the param groups, FSDP1 flattens the parameters."""
+
+
+def _refuse_engines(strategy: object) -> None:
+    """Refuse, before anything changes, a strategy under which the callback cannot rebuild
+    the optimizer's groups (:data:`ENGINES`)."""
+    names = [cls.__name__ for cls in type(strategy).__mro__]
+    engine = next((ENGINES[n] for n in names if n in ENGINES), None)
+    if engine is None:
+        return
+    raise TrainingError(
+        f"FreezeflowCallback under Lightning's {type(strategy).__name__}: {engine} sets up the "
+        "optimizer (flattening its param groups) before any callback runs and never looks at "
+        "requires_grad again, so the callback cannot give it one group per stage and layers "
+        "unfrozen later would never train; expected a strategy that follows requires_grad "
+        "(ddp, fsdp2 via ModelParallelStrategy, single device); hint: with DeepSpeed, build "
+        "the unfreezer yourself in configure_optimizers, with soft freezing: "
+        "self.unfreezer = ff.GradualUnfreezer(self, schedule, torch.optim.AdamW, "
+        "freezing='soft'); return self.unfreezer.optimizer; and call "
+        "self.unfreezer.on_epoch_start(self.current_epoch) in on_train_epoch_start and "
+        "self.unfreezer.step() in on_train_batch_end"
+    )
 
 
 def _mute(*args: Any, **kwargs: Any) -> None:

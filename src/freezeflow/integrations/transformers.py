@@ -35,7 +35,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
-from typing import Any, cast
+from typing import Any, Literal, cast
 
 import torch
 import torch.distributed as dist
@@ -89,6 +89,8 @@ class FreezeflowTrainer(Trainer):
     Args:
         schedule: the schedule (a :class:`FreezeflowTrainerCallback` is added for it).
         norm: norm mode for frozen norm layers.
+        freezing: ``"auto"`` (default): ``"soft"`` under DeepSpeed or FSDP (engines that build
+            their optimizer once, see :mod:`freezeflow.unfreezer.soft`), else ``"hard"``.
         on_ddp_wrap: called with every DDP module freezeflow builds (e.g. to register a
             comm hook on each: hooks on the Trainer's own DDP module are never used).
     """
@@ -98,13 +100,14 @@ class FreezeflowTrainer(Trainer):
         *args: Any,
         schedule: Schedule | Sequence[Stage] | None = None,
         norm: NormMode = "eval",
+        freezing: Literal["auto", "hard", "soft"] = "auto",
         on_ddp_wrap: Callable[[DistributedDataParallel], None] | None = None,
         **kwargs: Any,
     ) -> None:
         if schedule is not None:
             kwargs["callbacks"] = [
                 *(kwargs.get("callbacks") or []),
-                FreezeflowTrainerCallback(schedule, norm=norm),
+                FreezeflowTrainerCallback(schedule, norm=norm, freezing=freezing),
             ]
         self.on_ddp_wrap = on_ddp_wrap
         self.freezeflow_ddp: DDPWrapper | None = None

@@ -91,6 +91,7 @@ class AutoPlanner(StagePlanner):
     """Decides the ``auto`` stages of one unfreezer (see :func:`freezeflow.auto`)."""
 
     warns_overlap = False  # its stages re-select every candidate by design
+    supports_soft = False  # its measurements flip requires_grad
 
     def __init__(self, model: nn.Module, schedule: Schedule, layout: Layout) -> None:
         if not isinstance(schedule, AutoSchedule):

@@ -32,6 +32,7 @@ from torch.optim.lr_scheduler import LRScheduler
 from freezeflow.core.freezing import NormMode, check_norm_mode
 from freezeflow.core.policy import PolicyLike
 from freezeflow.errors import (
+    OptimizerError,
     OptimizerTypeError,
     PolicyTypeError,
     ScheduleError,
@@ -45,6 +46,7 @@ from freezeflow.unfreezer.layout import Layout, layout
 from freezeflow.unfreezer.lr_schedulers import Scheduler, Schedulers, has_scheduler
 from freezeflow.unfreezer.optimizer import OptimizerFactory, adopt_layout
 from freezeflow.unfreezer.planner import Probe, StagePlanner, StageTime, planner_for
+from freezeflow.unfreezer.soft import FreezingMode, SoftFreezing
 from freezeflow.unfreezer.stages import apply_stage
 from freezeflow.unfreezer.state import STATE_FORMAT, apply_state, capture, fingerprint, read_state
 from freezeflow.unfreezer.transition import Transition
@@ -82,6 +84,13 @@ class GradualUnfreezer(LoopHooks):
             newly trainable block got no gradient (a compiled graph or a wrapper from before
             the change...) or the optimizer does not hold it
             (:mod:`freezeflow.unfreezer.verify`).
+        freezing: ``"hard"`` (default): a frozen parameter has ``requires_grad=False``.
+            ``"soft"``, for engines that build their optimizer once and never look at
+            ``requires_grad`` again (DeepSpeed ZeRO, FSDP1, an optimizer ``accelerate``
+            prepared): every parameter some stage trains requires gradients and is in the
+            optimizer from the start; a frozen one has its gradient dropped and its group LR 0
+            and weight decay 0 at each step, so its weights and optimizer state stay as they
+            were (:mod:`freezeflow.unfreezer.soft`). It saves no backward compute.
         no_decay: parameters that get no weight decay (default: ``ndim <= 1`` and norm layers).
         total_steps, total_epochs: length of the run, for :func:`~freezeflow.at_fraction`.
 
@@ -122,6 +131,7 @@ class GradualUnfreezer(LoopHooks):
         norm: NormMode = "eval",
         eval_frozen: bool = False,
         verify: bool = True,
+        freezing: FreezingMode = "hard",
         no_decay: PolicyLike | None = None,
         total_steps: int | None = None,
         total_epochs: int | None = None,
@@ -139,6 +149,12 @@ class GradualUnfreezer(LoopHooks):
                     f"GradualUnfreezer({flag}={switch!r}): expected True or False, got a "
                     f"{type(switch).__name__}; hint: {flag}=True"
                 )
+        if freezing not in ("hard", "soft"):
+            raise OptimizerError(
+                f"GradualUnfreezer(freezing={freezing!r}): expected 'hard' or 'soft'; hint: "
+                "'soft' for an engine that builds its optimizer once (DeepSpeed, FSDP1), else "
+                "leave it out"
+            )
         for what, value in (("total_steps", total_steps), ("total_epochs", total_epochs)):
             if value is not None:
                 check_int(f"GradualUnfreezer({what})", value, 1)
@@ -151,12 +167,20 @@ class GradualUnfreezer(LoopHooks):
         lay = layout(model, schedule, no_decay)  # raises before anything changes
         planner = planner_for(model, schedule, lay)  # chosen once, by the schedule's kind
         planner.check_run(total_steps, total_epochs)
+        if freezing == "soft" and not planner.supports_soft:
+            raise ScheduleError(
+                f"freezing='soft' with a schedule planned by {planner.name!r}: its "
+                "measurements flip requires_grad, which soft freezing exists to avoid; "
+                "expected a schedule with fixed stages; hint: a fixed schedule (a list of "
+                "Stage, or a preset), or freezing='hard'"
+            )
 
         self.model = model
         self.schedule = schedule
         self.layout: Layout = lay
         self.norm: NormMode = norm
         self.eval_frozen = eval_frozen
+        self.freezing: FreezingMode = freezing
         self.total_steps = total_steps
         self.total_epochs = total_epochs
         self.stage_index = -1
@@ -179,7 +203,12 @@ class GradualUnfreezer(LoopHooks):
             optimizer, lay, schedule, model_name=type(model).__name__, scheduler=scheduler
         )
         self._schedulers = Schedulers(self.optimizer, template)
-        self._verify = TransitionCheck(self.optimizer, lay, self._once.warn) if verify else None
+        self._soft = SoftFreezing(self.optimizer, lay) if freezing == "soft" else None
+        self._verify = (
+            TransitionCheck(self.optimizer, lay, self._once.warn, soft=freezing == "soft")
+            if verify
+            else None
+        )
         self._enter(0, "start")
         if planner.warns_overlap and (overlap := checks.overlap_warning(schedule, lay)):
             self._once.warn("overlap", overlap)
@@ -203,6 +232,8 @@ class GradualUnfreezer(LoopHooks):
     def _enter(self, k: int, reason: str) -> Transition:
         before = self.trainable_ids() if self.stage_index >= 0 else None
         choice = self._planner.choose(k, before or frozenset())  # decided before any change
+        if self._soft is not None and before is not None:
+            self._soft.harden()
         if choice.note:
             reason = f"{reason}; {choice.note}"
         active = apply_stage(
@@ -219,6 +250,8 @@ class GradualUnfreezer(LoopHooks):
             eval_frozen=self.eval_frozen,
             default_weight_decay=self.default_weight_decay,
         )
+        if self._soft is not None:
+            self._soft.set_trainable(choice.trainable)
         self.stage_index = k
         self._stage_start = (self.epoch, self.global_step)
         self._schedulers.stage_changed()  # a scheduler following the stages starts its curve
@@ -274,10 +307,13 @@ class GradualUnfreezer(LoopHooks):
     @property
     def n_trainable(self) -> int:
         """Trainable parameter values now."""
-        return sum(p.numel() for p in self.layout.params if p.requires_grad)
+        return sum(self.layout.params[i].numel() for i in self.trainable_ids())
 
     def trainable_ids(self) -> frozenset[int]:
-        """Indices (into :attr:`layout`'s parameters) of the parameters trainable now."""
+        """Indices (into :attr:`layout`'s parameters) of the parameters trainable now (in
+        soft mode, those the unfreezer lets move, whatever their ``requires_grad``)."""
+        if self._soft is not None:
+            return self._soft.trainable
         return frozenset(i for i, p in enumerate(self.layout.params) if p.requires_grad)
 
     def trained_later(self) -> list[nn.Parameter]:
@@ -390,7 +426,7 @@ class GradualUnfreezer(LoopHooks):
                 "bad": self._plateau.bad,
                 "ready": self._plateau_ready,
             },
-            **capture(self.model, self.layout, self.optimizer),
+            **capture(self.model, self.layout, self.optimizer, self.trainable_ids()),
             "history": [asdict(t) for t in self.history],
             "stage_start": list(self._stage_start),
             "planner": self._planner.state_dict(),
@@ -407,6 +443,11 @@ class GradualUnfreezer(LoopHooks):
         state = read_state(state, self.model, self.layout, self.schedule, self.optimizer)
         self._planner.load_state_dict(state.get("planner"))  # first: a bad one changes nothing
         self.history = apply_state(state, self.model, self.layout, self.optimizer)
+        if self._soft is not None:
+            names = set(state["trainable_names"])
+            self._soft.set_trainable(
+                frozenset(i for i, n in enumerate(self.layout.names) if n in names)
+            )
         self.stage_index = int(state["stage_index"])
         self.epoch = int(state["epoch"])
         self.global_step = int(state["global_step"])

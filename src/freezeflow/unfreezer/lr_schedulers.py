@@ -132,8 +132,11 @@ def check_scheduler(scheduler: object, optimizer: Optimizer) -> None:
         )
     bound: Any = scheduler.optimizer
     # a wrapper sharing our param groups (accelerate's AcceleratedOptimizer, which the
-    # Hugging Face Trainer builds its LR scheduler over) holds the optimizer as .optimizer
-    while bound is not optimizer and isinstance(getattr(bound, "optimizer", None), Optimizer):
+    # Hugging Face Trainer builds its LR scheduler over; under DeepSpeed, accelerate's wrapper
+    # around the ZeRO optimizer around ours) holds the optimizer as .optimizer
+    for _ in range(4):
+        if bound is optimizer or getattr(bound, "optimizer", None) is None:
+            break
         bound = bound.optimizer
     if bound is not optimizer:
         raise OptimizerError(

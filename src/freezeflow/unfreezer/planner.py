@@ -115,6 +115,10 @@ class StagePlanner:
     """Whether a stage re-selecting part of what trains is worth a warning (not when the
     planner re-selects by design)."""
 
+    supports_soft: ClassVar[bool] = True
+    """Whether the planner works under soft freezing (it never flips ``requires_grad`` to
+    measure)."""
+
     def __init__(self, model: nn.Module, schedule: Schedule, layout: Layout) -> None:
         self.model = model
         self.schedule = schedule

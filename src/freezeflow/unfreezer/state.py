@@ -58,12 +58,15 @@ def fingerprint(layout: Layout, schedule: Schedule) -> dict[str, str]:
     }
 
 
-def capture(model: nn.Module, layout: Layout, optimizer: Optimizer) -> dict[str, Any]:
-    """The model and optimizer part of a state: which parameters are trainable (by name),
-    the norm modes, and each group's hyper-parameters."""
+def capture(
+    model: nn.Module, layout: Layout, optimizer: Optimizer, trainable: frozenset[int]
+) -> dict[str, Any]:
+    """The model and optimizer part of a state: which parameters are trainable (by name;
+    ``trainable`` indexes the layout's parameters), the norm modes, and each group's
+    hyper-parameters."""
     modes = {path: mode for path, m in model.named_modules() if (mode := norm_mode(m))}
     return {
-        "trainable_names": [n for n, p in zip(layout.names, layout.params) if p.requires_grad],
+        "trainable_names": [n for i, n in enumerate(layout.names) if i in trainable],
         "norm_modes": modes,
         "groups": [{k: g[k] for k in _GROUP_KEYS if k in g} for g in optimizer.param_groups],
     }

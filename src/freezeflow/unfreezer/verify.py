@@ -46,10 +46,11 @@ class TransitionCheck:
         optimizer: the unfreezer's optimizer (the check is a step pre-hook on it).
         layout: the unfreezer's layout (parameters, their blocks and block names).
         warn: called with a warning's key and message (the unfreezer's one-time warnings).
+        soft: the unfreezer freezes softly (:mod:`freezeflow.unfreezer.soft`).
     """
 
-    def __init__(self, optimizer: Optimizer, layout: Layout, warn: Any) -> None:
-        self.optimizer, self.layout, self.warn = optimizer, layout, warn
+    def __init__(self, optimizer: Optimizer, layout: Layout, warn: Any, soft: bool = False) -> None:
+        self.optimizer, self.layout, self.warn, self.soft = optimizer, layout, warn, soft
         self.pending: tuple[Transition, frozenset[int]] | None = None
         self._handle: RemovableHandle | None = None
 
@@ -95,8 +96,15 @@ class TransitionCheck:
         block got none."""
         lay = self.layout
         held = {id(p) for g in self.optimizer.param_groups for p in g["params"]}
-        lost = [lay.names[i] for i in sorted(new) if id(lay.params[i]) not in held]
         where = f"stage {transition.stage_index} ({transition.name!r})"
+        if not any(id(p) in held for p in lay.params):
+            # an engine (DeepSpeed ZeRO) replaced the groups' parameters by flat copies
+            unseen = self._check_engine_groups(where, new)
+            if unseen:  # ZeRO steps one group at a time: look again at the next step call
+                self.pending = (transition, unseen)
+                self._handle = self.optimizer.register_step_pre_hook(self._before_step)
+            return
+        lost = [lay.names[i] for i in sorted(new) if id(lay.params[i]) not in held]
         if lost:
             raise TrainingError(
                 f"{where} made {quote_list(lost, 3)} trainable, but the optimizer does not "
@@ -130,6 +138,44 @@ class TransitionCheck:
                 "expected every trainable parameter to take part; hint: freeze what the "
                 "forward does not use, or check the model's branches",
             )
+
+    def _check_engine_groups(self, where: str, new: frozenset[int]) -> frozenset[int]:
+        """The check when an engine holds flat copies of each group: soft freezing put
+        every parameter in them from the start, and each group the stage made trainable
+        must have a gradient; hard freezing cannot have (the engine copied only what was
+        trainable when it was set up). Groups are found by name (ZeRO steps one group at a
+        time); returns the parameters of ``new`` whose groups this step did not show."""
+        lay = self.layout
+        names = [lay.names[i] for i in sorted(new)]
+        if not self.soft:
+            raise TrainingError(
+                f"{where} made {quote_list(names, 3)} trainable, but the optimizer's param "
+                "groups hold tensors that are not the model's parameters: an engine (DeepSpeed "
+                "ZeRO, FSDP1) flattened them when it was set up, from what was trainable then, "
+                "so these would silently never train; expected an optimizer that follows "
+                "requires_grad, or soft freezing; hint: GradualUnfreezer(freezing='soft'), "
+                "built before the engine is set up"
+            )
+        shown = {g.get("name"): g for g in self.optimizer.param_groups}
+        silent, unseen = [], set()
+        for spec in lay.groups:
+            ids = [j for j in spec.params if j in new]
+            if not ids:
+                continue
+            group = shown.get(spec.name)
+            if group is None:
+                unseen.update(ids)
+            elif group["params"] and all(_no_grad(p) for p in group["params"]):
+                silent.append(spec.name)
+        if silent:
+            raise TrainingError(
+                f"{where} made the param group(s) {quote_list(silent, 4)} trainable, but the "
+                "first optimizer step after it found no gradient in them: they would "
+                "silently never train; expected the engine's gradients for every group; "
+                f"likely causes: {CAUSES}; hint: fix the cause, or pass "
+                "GradualUnfreezer(verify=False) if the groups really take no part in this step"
+            )
+        return frozenset(unseen)
 
 
 def _no_grad(p: nn.Parameter) -> bool:
