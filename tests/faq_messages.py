@@ -18,7 +18,6 @@ from typing import Any
 import torch
 from models import make_net, three_stage
 from torch import nn
-from torch.optim import lr_scheduler as lrs
 
 import freezeflow as ff
 
@@ -77,13 +76,6 @@ def model_changed() -> Scene:
     uf = _unfreezer()
     uf.model.head = nn.Linear(4, 3)
     return _on(uf, lambda: uf.on_epoch_start(0))
-
-
-def scheduler_not_attached() -> Scene:
-    uf = _unfreezer()
-    scheduler = lrs.CosineAnnealingWarmRestarts(uf.optimizer, T_0=4)
-    uf.on_epoch_start(0)
-    return _on(uf, lambda: uf.on_epoch_start(2), scheduler)
 
 
 def epochs_backwards() -> Scene:
@@ -159,7 +151,6 @@ def no_gradient_after_a_change() -> Scene:
 errors = ff.errors
 CASES: dict[str, Case] = {
     "model changed": Case(model_changed, raises=errors.ModelChangedError),
-    "scheduler not attached": Case(scheduler_not_attached, warns=errors.FreezeflowWarning),
     "epochs backwards": Case(epochs_backwards, raises=errors.ScheduleError),
     "steps without epochs": Case(steps_without_epochs, warns=errors.FreezeflowWarning),
     "stage at the beginning": Case(stage_at_the_beginning, raises=errors.ScheduleError),

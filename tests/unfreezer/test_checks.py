@@ -232,29 +232,6 @@ def test_moving_to_the_gpu_is_fine() -> None:
 # --------------------------------------------------------------------------- 3. LR schedulers
 
 
-def test_a_scheduler_built_after_and_not_attached_warns_once() -> None:
-    model = make_net()
-    opt = torch.optim.AdamW(model.parameters())
-    uf = ff.GradualUnfreezer(model, three_stage(), opt)
-    lrs.CosineAnnealingWarmRestarts(opt, T_0=4)
-    uf.on_epoch_start(0)
-    with pytest.warns(ff.FreezeflowWarning, match=r"unfreezer\.attach\(scheduler\)"):
-        uf.on_epoch_start(2)
-    with no_warnings():
-        uf.on_epoch_start(4)
-
-
-def test_a_scheduler_built_before_and_not_handed_over_warns_once_at_construction() -> None:
-    model = make_net()
-    opt = torch.optim.AdamW(model.parameters())
-    lrs.StepLR(opt, step_size=2)
-    with pytest.warns(ff.FreezeflowWarning, match="scheduler="):
-        uf = ff.GradualUnfreezer(model, three_stage(), opt)
-    with no_warnings():
-        for epoch in range(5):
-            uf.on_epoch_start(epoch)
-
-
 def test_an_attached_scheduler_does_not_warn() -> None:
     model = make_net()
     opt = torch.optim.AdamW(model.parameters())

@@ -193,12 +193,90 @@ def test_scheduler_built_after_keeps_its_first_step() -> None:
     assert opt.param_groups[0]["lr"] == pytest.approx(1e-2 * 0.1)
 
 
-def test_warns_on_scheduler_not_handed_over() -> None:
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda opt: lrs.CosineAnnealingLR(opt, T_max=10),
+        lambda opt: lrs.LambdaLR(opt, lambda t: 0.9**t),
+        lambda opt: lrs.OneCycleLR(opt, max_lr=0.1, total_steps=20),
+        lambda opt: lrs.SequentialLR(
+            opt, [lrs.LinearLR(opt), lrs.ExponentialLR(opt, 0.9)], milestones=[3]
+        ),
+    ],
+    ids=["cosine", "lambda", "onecycle", "sequential"],
+)
+def test_scheduler_built_before_and_not_handed_over_is_driven(make: Any) -> None:
+    """The classic hand loop: optimizer, scheduler, then the unfreezer without scheduler=.
+    Its step() once failed in zip() (lists of one entry against the new groups); now it is
+    found and driven exactly as if it had been handed over."""
+    runs = []
+    for hand_over in (True, False):
+        model = make_net()
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+        sched = make(opt)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", ff.FreezeflowWarning)
+            uf = ff.GradualUnfreezer(
+                model, three_stage(), opt, scheduler=sched if hand_over else None
+            )
+        lrs_seen = []
+        for epoch in range(5):
+            uf.on_epoch_start(epoch)
+            for step in range(3):
+                train_step(model, opt, 3 * epoch + step)
+                uf.step()
+                sched.step()
+                lrs_seen.append([g["lr"] for g in opt.param_groups])
+        runs.append(lrs_seen)
+    assert runs[0] == runs[1]
+
+
+def test_scheduler_built_after_and_not_attached_is_found_at_the_stage_change() -> None:
+    """One built after the unfreezer knows every group; at the next stage change it is found
+    and rescaled with the groups, as an attached one is."""
+    runs = []
+    for attach in (True, False):
+        model = make_net()
+        opt = torch.optim.SGD(model.parameters(), lr=0.5)
+        uf = ff.GradualUnfreezer(model, three_stage(), opt)
+        sched = lrs.CosineAnnealingWarmRestarts(opt, T_0=4)
+        if attach:
+            uf.attach(sched)
+        seen = []
+        for epoch in range(5):
+            uf.on_epoch_start(epoch)
+            sched.step()
+            seen.append([g["lr"] for g in opt.param_groups])
+        runs.append(seen)
+    assert runs[0] == runs[1]
+
+
+def test_scheduler_that_cannot_be_mapped_is_refused_before_any_change() -> None:
+    from snapshot import unchanged
+
+    model = make_net()
+    opt = torch.optim.SGD(
+        [{"params": model.head.parameters()}, {"params": model.body.parameters()}], lr=0.1
+    )
+    sched = lrs.StepLR(opt, 2)
+    with (
+        unchanged(model, opt, scheduler=sched),
+        pytest.raises(ff.OptimizerError, match=r"StepLR\.base_lrs has 2 entries.*hint"),
+    ):
+        ff.GradualUnfreezer(model, three_stage(), opt)
+
+
+def test_dead_scheduler_is_no_concern() -> None:
+    """A scheduler built and dropped leaves its mark on the optimizer's step, but drives
+    nothing: no warning, nothing attached."""
     model = make_net()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    lrs.StepLR(opt, step_size=2)
-    with pytest.warns(ff.FreezeflowWarning, match="scheduler="):
-        ff.GradualUnfreezer(model, three_stage(), opt)
+    lrs.StepLR(opt, step_size=2)  # garbage at once
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ff.FreezeflowWarning)
+        uf = ff.GradualUnfreezer(model, three_stage(), opt)
+        uf.on_epoch_start(2)
+    assert uf._schedulers.attached == []
 
 
 def test_no_warning_when_handed_over() -> None:

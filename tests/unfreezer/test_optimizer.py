@@ -43,9 +43,7 @@ def test_adopt_replaces_the_groups_in_place_and_returns_the_template() -> None:
     model = make_net()
     opt = torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.7)
     groups = _groups(model)
-    got, template = adopt_optimizer(
-        opt, groups, params=list(model.parameters()), model_name="Net", scheduler=None
-    )
+    got, template = adopt_optimizer(opt, groups, params=list(model.parameters()), model_name="Net")
     assert got is opt
     assert [g["name"] for g in opt.param_groups] == [g["name"] for g in groups]
     assert template is not None and template["lr"] == 0.5 and template["momentum"] == 0.7
@@ -55,20 +53,16 @@ def test_adopt_replaces_the_groups_in_place_and_returns_the_template() -> None:
         [{"params": model.head.parameters()}, {"params": model.body.parameters()}], lr=0.1
     )
     assert (
-        adopt_optimizer(
-            two, _groups(model), params=list(model.parameters()), model_name="Net", scheduler=None
-        )[1]
+        adopt_optimizer(two, _groups(model), params=list(model.parameters()), model_name="Net")[1]
         is None
     )
 
 
 def test_adopt_builds_from_a_class_or_factory_without_a_template() -> None:
     model = make_net()
-    built, template = adopt_optimizer(
-        torch.optim.Adam, _groups(model), params=[], model_name="Net", scheduler=None
-    )
+    built, template = adopt_optimizer(torch.optim.Adam, _groups(model), params=[], model_name="Net")
     assert type(built) is torch.optim.Adam and template is None
-    built, _ = adopt_optimizer(None, _groups(model), params=[], model_name="Net", scheduler=None)
+    built, _ = adopt_optimizer(None, _groups(model), params=[], model_name="Net")
     assert type(built) is torch.optim.AdamW
 
 
@@ -77,9 +71,7 @@ def test_adopt_refuses_before_changing_the_optimizer() -> None:
     opt = torch.optim.SGD([*model.parameters(), nn.Parameter(torch.zeros(7, 5))], lr=0.1)
     before = group_view(opt)
     with pytest.raises(ff.OptimizerError, match=r"1 parameter\(s\) that are not in Net"):
-        adopt_optimizer(
-            opt, _groups(model), params=list(model.parameters()), model_name="Net", scheduler=None
-        )
+        adopt_optimizer(opt, _groups(model), params=list(model.parameters()), model_name="Net")
     assert group_view(opt) == before
     # a scheduler over two groups cannot be mapped to the new ones
     opt = torch.optim.SGD(
@@ -89,19 +81,13 @@ def test_adopt_refuses_before_changing_the_optimizer() -> None:
     before = group_view(opt)
     with pytest.raises(ff.OptimizerError, match=r"StepLR\.base_lrs has 2 entries"):
         adopt_optimizer(
-            opt, _groups(model), params=list(model.parameters()), model_name="Net", scheduler=sched
+            opt,
+            _groups(model),
+            params=list(model.parameters()),
+            model_name="Net",
+            schedulers=[sched],
         )
     assert group_view(opt) == before
-
-
-def test_adopt_warns_on_a_scheduler_not_handed_over() -> None:
-    model = make_net()
-    opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    lrs.StepLR(opt, 2)
-    with pytest.warns(ff.FreezeflowWarning, match="scheduler="):
-        adopt_optimizer(
-            opt, _groups(model), params=list(model.parameters()), model_name="Net", scheduler=None
-        )
 
 
 @pytest.mark.parametrize(
@@ -116,5 +102,4 @@ def test_adopt_refuses_what_builds_no_optimizer(optimizer: object, match: str) -
             _groups(make_net()),
             params=[],
             model_name="Net",
-            scheduler=None,
         )

@@ -17,14 +17,11 @@ import sys
 import warnings
 
 from torch import nn
-from torch.optim import Optimizer
 
 from freezeflow.errors import FreezeflowWarning, ModelChangedError, ScheduleError, quote_list
 from freezeflow.schedules.schedule import Schedule
 from freezeflow.schedules.triggers import Trigger
 from freezeflow.unfreezer.layout import Layout
-from freezeflow.unfreezer.lr_schedulers import Schedulers, has_scheduler
-from freezeflow.unfreezer.transition import Transition
 
 __all__ = [
     "Once",
@@ -34,7 +31,6 @@ __all__ = [
     "overlap_warning",
     "run_for_no_step",
     "steps_without_epochs",
-    "unattached_scheduler",
 ]
 
 _PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
@@ -234,23 +230,3 @@ def steps_without_epochs(schedule: Schedule, after: int, total_steps: int | None
                 "integrations do)"
             )
     return None
-
-
-def unattached_scheduler(
-    transition: Transition, optimizer: Optimizer, schedulers: Schedulers
-) -> str | None:
-    """The warning for a stage change while an LR scheduler was built over ``optimizer``
-    (its ``step`` is wrapped, or its groups hold the ``initial_lr`` a scheduler writes) but
-    none is attached, or None."""
-    if schedulers.attached or not (
-        has_scheduler(optimizer) or any("initial_lr" in g for g in optimizer.param_groups)
-    ):
-        return None
-    return (
-        f"stage {transition.stage_index} ({transition.name!r}) began and rescaled the param "
-        "groups' LRs, but an LR scheduler built over this optimizer is not attached to the "
-        "GradualUnfreezer (its step is wrapped, or its groups hold 'initial_lr'), so its "
-        "next step() computes LRs from the previous stage's base LRs; expected every LR "
-        "scheduler of this optimizer to be attached; hint: call unfreezer.attach(scheduler) "
-        "right after building it (fit() and the integrations do)"
-    )

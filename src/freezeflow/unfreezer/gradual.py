@@ -43,7 +43,11 @@ from freezeflow.schedules.schedule import Schedule, Stage
 from freezeflow.unfreezer import checks
 from freezeflow.unfreezer.hooks import LoopHooks
 from freezeflow.unfreezer.layout import Layout, layout
-from freezeflow.unfreezer.lr_schedulers import Scheduler, Schedulers, has_scheduler
+from freezeflow.unfreezer.lr_schedulers import (
+    Scheduler,
+    Schedulers,
+    live_schedulers,
+)
 from freezeflow.unfreezer.optimizer import OptimizerFactory, adopt_layout
 from freezeflow.unfreezer.planner import Probe, StagePlanner, StageTime, planner_for
 from freezeflow.unfreezer.soft import FreezingMode, SoftFreezing
@@ -74,8 +78,10 @@ class GradualUnfreezer(LoopHooks):
         optimizer: an optimizer built over the model's parameters (its groups are rebuilt in
             place), or an optimizer class / factory called with the list of param groups.
             Default: ``torch.optim.AdamW``. Its weight decay applies while no stage sets one.
-        scheduler: an LR scheduler already built over ``optimizer``. Better: build it after
-            the unfreezer and :meth:`attach` it.
+        scheduler: an LR scheduler already built over ``optimizer``. Not needed: every LR
+            scheduler alive and bound to ``optimizer`` (or to a wrapper of it) is found and
+            driven, whether built before the unfreezer or after it (then found at the first
+            stage change); :meth:`attach` says it explicitly.
         norm: norm mode for frozen norm layers (see :func:`freezeflow.freeze`).
         eval_frozen: run modules whose parameters are all frozen in eval mode (see
             :func:`freezeflow.freeze`); needed for frozen-prefix caching of models with
@@ -107,8 +113,7 @@ class GradualUnfreezer(LoopHooks):
     parameters were replaced after the unfreezer was built, epochs going backwards, stages
     that cannot start in order; and warned about once: a stage re-selecting part of what is
     trainable, steps before any epoch while a stage waits for one, a stage run for no step
-    (the next, of another kind of trigger, was already due), an LR scheduler of the optimizer
-    not attached at a stage change.
+    (the next, of another kind of trigger, was already due).
 
     Example:
         >>> import torch, torchvision, freezeflow as ff
@@ -197,10 +202,14 @@ class GradualUnfreezer(LoopHooks):
         self._resumed = False  # a state was loaded: the next epoch may be any
         self._planner = planner
 
-        if isinstance(optimizer, Optimizer) and scheduler is None and has_scheduler(optimizer):
-            self._once.given.add("scheduler")  # adopt_layout warns about it now
+        # the LR schedulers already built over the user's optimizer drive every group from
+        # now on, handed over or not (one not attached would zip its single group's lists
+        # with the new groups)
+        found = live_schedulers(optimizer) if isinstance(optimizer, Optimizer) else []
+        adopted = [*([] if scheduler is None else [scheduler]), *found]
+        adopted = [s for i, s in enumerate(adopted) if all(s is not t for t in adopted[:i])]
         self.optimizer, template, self.default_weight_decay = adopt_layout(
-            optimizer, lay, schedule, model_name=type(model).__name__, scheduler=scheduler
+            optimizer, lay, schedule, model_name=type(model).__name__, schedulers=adopted
         )
         self._schedulers = Schedulers(self.optimizer, template)
         self._soft = SoftFreezing(self.optimizer, lay) if freezing == "soft" else None
@@ -212,8 +221,7 @@ class GradualUnfreezer(LoopHooks):
         self._enter(0, "start")
         if planner.warns_overlap and (overlap := checks.overlap_warning(schedule, lay)):
             self._once.warn("overlap", overlap)
-        if scheduler is not None:
-            self.attach(scheduler)
+        self._schedulers.adopt(adopted)
 
     def attach(self, scheduler: Scheduler) -> None:
         """Let ``scheduler`` keep driving every group through every transition.
@@ -232,6 +240,8 @@ class GradualUnfreezer(LoopHooks):
     def _enter(self, k: int, reason: str) -> Transition:
         before = self.trainable_ids() if self.stage_index >= 0 else None
         choice = self._planner.choose(k, before or frozenset())  # decided before any change
+        if k > 0 and self._schedulers.may_miss_one():
+            self._schedulers.adopt(live_schedulers(self.optimizer))  # checked, then attached
         if self._soft is not None and before is not None:
             self._soft.harden()
         if choice.note:
@@ -268,8 +278,6 @@ class GradualUnfreezer(LoopHooks):
             reason=reason,
         )
         self.history.append(t)
-        if k > 0 and (warning := checks.unattached_scheduler(t, self.optimizer, self._schedulers)):
-            self._once.warn("scheduler", warning)
         if k > 0 and self._verify is not None:
             self._verify.arm(t, choice.trainable - (before or frozenset()))
         for listener in self._listeners:

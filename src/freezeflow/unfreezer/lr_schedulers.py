@@ -16,6 +16,7 @@ torch (a failure there names the attribute and the torch version).
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Callable, Iterator
 from typing import Any, TypeAlias
 
@@ -40,6 +41,7 @@ __all__ = [
     "check_group_lists",
     "check_scheduler",
     "has_scheduler",
+    "live_schedulers",
     "schedulers_in",
 ]
 
@@ -118,6 +120,38 @@ def _group_lists(scheduler: Any) -> Iterator[tuple[Any, str, list[Any]]]:
 def has_scheduler(optimizer: Optimizer) -> bool:
     """Whether an LR scheduler was built over ``optimizer``."""
     return bool(getattr(optimizer.step, STEP_WRAPPED, False))
+
+
+def live_schedulers(optimizer: Optimizer) -> list[Any]:
+    """The LR schedulers alive in this process that are bound to ``optimizer`` or to a
+    wrapper holding it as ``.optimizer`` (accelerate's ``AcceleratedOptimizer``), outermost
+    only (a ``SequentialLR``, not its children).
+
+    torch keeps no link from an optimizer to its schedulers, so they are found through the
+    garbage collector's referrer lists: a scheduler refers to its optimizer from its
+    ``__dict__``. A scan of the objects the collector tracks per optimizer looked at;
+    freezeflow runs it when an unfreezer adopts a user's optimizer, and at a stage change
+    only when a scheduler was built over the optimizer (its ``step`` is wrapped, or its
+    groups hold ``initial_lr``) and none is attached.
+    """
+    kinds = (LRScheduler, ReduceLROnPlateau)
+    found: list[Any] = []
+    targets: list[Any] = [optimizer]
+    for target in targets:
+        for ref in gc.get_referrers(target):
+            # the object itself (attributes stored inline) or its __dict__
+            if isinstance(ref, dict) and ref.get("optimizer") is target:
+                owners = [o for o in gc.get_referrers(ref) if getattr(o, "__dict__", None) is ref]
+            else:
+                owners = [ref] if getattr(ref, "optimizer", None) is target else []
+            for o in owners:
+                if isinstance(o, kinds):
+                    if o.optimizer is target and all(o is not f for f in found):
+                        found.append(o)
+                elif isinstance(o, Optimizer) and len(targets) < 4 and o not in targets:
+                    targets.append(o)  # a wrapper: its schedulers drive our groups too
+    children = {id(c) for s in found for c in schedulers_in(s)[1:]}
+    return [s for s in found if id(s) not in children]
 
 
 def check_scheduler(scheduler: object, optimizer: Optimizer) -> None:
@@ -229,6 +263,28 @@ class Schedulers:
         t = self.template or {}
         ref = float(t.get("max_lr", t.get("initial_lr", t.get("lr", 1.0))))
         return float(group["base_lr"]) / ref
+
+    def may_miss_one(self) -> bool:
+        """Whether an LR scheduler may be bound to the optimizer and not attached: one was
+        built over it (its ``step`` is wrapped, or its groups hold the ``initial_lr`` a
+        scheduler writes). Cheap; :func:`live_schedulers` then finds them."""
+        opt = self.optimizer
+        return has_scheduler(opt) or any("initial_lr" in g for g in opt.param_groups)
+
+    def adopt(self, schedulers: list[Any]) -> None:
+        """Attach every scheduler of ``schedulers`` not attached yet, all checked first (see
+        :meth:`attach`): a refused one leaves everything as it was."""
+        new = [s for s in schedulers if all(s is not a for a in self.attached)]
+        n = len(self.optimizer.param_groups)
+        for s in new:
+            check_scheduler(s, self.optimizer)
+            check_group_lists(s, n, extendable=self.template is not None)
+        template, used = self.template, False
+        for s in new:
+            self.template = template  # each one built before the unfreezer is extended alike
+            self.attach(s)
+            used = used or self.template is None
+        self.template = None if used else template
 
     def attach(self, scheduler: Scheduler) -> None:
         """Let ``scheduler`` keep driving every group through every transition (see

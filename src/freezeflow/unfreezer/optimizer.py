@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import inspect
 import math
-import warnings
 from collections.abc import Callable, Sequence
 from typing import Any, TypeAlias
 
@@ -16,14 +15,13 @@ import torch
 from torch import nn
 from torch.optim import Optimizer
 
-from freezeflow.errors import FreezeflowWarning, OptimizerError, OptimizerTypeError
+from freezeflow.errors import OptimizerError, OptimizerTypeError
 from freezeflow.schedules.schedule import Schedule
 from freezeflow.unfreezer.layout import Layout
 from freezeflow.unfreezer.lr_schedulers import (
     Scheduler,
     check_group_lists,
     check_scheduler,
-    has_scheduler,
 )
 
 __all__ = ["OptimizerFactory", "adopt_layout", "adopt_optimizer", "weight_decay_of"]
@@ -115,8 +113,7 @@ def adopt_optimizer(
     *,
     params: Sequence[nn.Parameter],
     model_name: str,
-    scheduler: Scheduler | None,
-    stacklevel: int = 3,
+    schedulers: Sequence[Scheduler] = (),
 ) -> tuple[Optimizer, dict[str, Any] | None]:
     """The optimizer over ``groups``: ``optimizer`` itself with its groups replaced, or the one
     ``optimizer`` (a class or factory, default ``AdamW``) builds.
@@ -126,9 +123,8 @@ def adopt_optimizer(
         groups: the param groups to give it.
         params: every parameter of the model (an optimizer holding others is refused).
         model_name: for messages.
-        scheduler: an LR scheduler the user hands over with the optimizer, checked here.
-        stacklevel: of the warning about a scheduler not handed over (3: the caller's
-            caller).
+        schedulers: the LR schedulers over the optimizer that the unfreezer will drive (the
+            one handed over, and those found bound to it), checked here.
 
     Returns:
         The optimizer and the template for :class:`~freezeflow.unfreezer.lr_schedulers.Schedulers`:
@@ -142,24 +138,16 @@ def adopt_optimizer(
     """
     if not isinstance(optimizer, Optimizer):
         built = _build(optimizer, groups)
-        if scheduler is not None:
+        for scheduler in schedulers:
             check_scheduler(scheduler, built)
         return built, None
     _check_params(optimizer, params, model_name)
-    if scheduler is not None:
+    for scheduler in schedulers:
         check_scheduler(scheduler, optimizer)
-    elif has_scheduler(optimizer):
-        warnings.warn(
-            "this optimizer already has an LR scheduler; pass it as scheduler= (or "
-            "build the scheduler after the GradualUnfreezer) so that it drives every "
-            "param group the unfreezer creates",
-            FreezeflowWarning,
-            stacklevel=stacklevel,
-        )
     template = None
     if len(optimizer.param_groups) == 1:
         template = {k: v for k, v in optimizer.param_groups[0].items() if k != "params"}
-    if scheduler is not None:
+    for scheduler in schedulers:
         check_group_lists(scheduler, len(groups), extendable=template is not None)
     optimizer.param_groups.clear()
     for g in groups:
@@ -173,7 +161,7 @@ def adopt_layout(
     schedule: Schedule,
     *,
     model_name: str,
-    scheduler: Scheduler | None,
+    schedulers: Sequence[Scheduler] = (),
 ) -> tuple[Optimizer, dict[str, Any] | None, float]:
     """:func:`adopt_optimizer` over the groups of ``layout``, with their weight decay: a
     stage's where one sets it, else the weight decay the optimizer was built with
@@ -188,8 +176,7 @@ def adopt_layout(
         layout.optimizer_groups(schedule, wd),  # None: the optimizer fills in its default
         params=layout.params,
         model_name=model_name,
-        scheduler=scheduler,
-        stacklevel=4,
+        schedulers=schedulers,
     )
     if wd is None:
         wd = weight_decay_of(built, built_here=True)
