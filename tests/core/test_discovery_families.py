@@ -34,7 +34,7 @@ def params_under(model: nn.Module, *paths: str) -> set[str]:
 def backbone_last2(model: nn.Module) -> set[str]:
     """What ``last(2)`` selects among every block but the head."""
     head = ff.find_blocks(model)[-1]
-    return set(ff.last(2, among=~ff.name(*head.modules)).select(model).names)
+    return set(ff.last(2, among=~ff.name(*head.modules, *head.params)).select(model).names)
 
 
 def classifier_params(model: Any) -> set[str]:
@@ -136,3 +136,33 @@ def test_nest_level_position_embedding_goes_with_its_level() -> None:
     assert owner["levels.2.pos_embed"] == "levels.2.pool"
     # (torchvision's ViT, whose encoder is no stage, keeps its encoder.pos_embedding with the
     # patch embedding: test_discovery.py's test_vit_b_16_blocks)
+
+
+@pytest.mark.parametrize("name", ["efficientvim_m1", "efficientvim_m1_dist"])
+def test_efficientvim_heads_and_their_weights_are_the_head(name: str) -> None:
+    # one classifier per stage (heads, heads_dist) mixed by a weight vector per list of heads
+    # on the model itself; a stem and downsampling layers made of conv-norm pairs
+    model = timm_model(name)
+    blocks = ff.find_blocks(model)
+    new = classifier_params(model)
+    assert set(ff.last(1).select(model).names) == new | {
+        n for n, _ in model.named_parameters(recurse=False)
+    }
+    assert blocks[0].modules == ("patch_embed",)
+    for s in range(len(model.get_submodule("stages")) - 1):
+        assert (f"stages.{s}.downsample",) in [b.modules for b in blocks]
+    last = len(model.get_submodule("stages")) - 1
+    assert backbone_last2(model) == params_under(
+        model, f"stages.{last}.blocks.0", f"stages.{last}.blocks.1", "norm"
+    )
+
+
+@pytest.mark.parametrize("name", ["ghostnet_100", "ghostnetv3_050"])
+def test_ghostnet_bottlenecks_are_whole_units(name: str) -> None:
+    # a ghost bottleneck holds two numbered ghost modules (ghost1, ghost2: an expansion and a
+    # projection); it is one unit, not a stage of two; conv_head after the pooling is head
+    model = timm_model(name)
+    blocks = ff.find_blocks(model)
+    assert not any("ghost" in m for b in blocks for m in b.modules)
+    assert blocks[-1].modules == ("conv_head", "classifier")
+    assert backbone_last2(model) == params_under(model, "blocks.8.3", "blocks.9")

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from freezeflow._torch_internals import NORM_BASE
-from freezeflow.core.units import Entry, is_composite, walk
+from freezeflow.core.units import HEAD_WORDS, Entry, is_composite, walk
 from freezeflow.errors import PolicyError, nearest, quote_list
 
 __all__ = [
@@ -77,12 +77,6 @@ class Block:
 # --------------------------------------------------------------------------- block discovery
 
 _OVERRIDES: weakref.WeakKeyDictionary[nn.Module, tuple[Block, ...]] = weakref.WeakKeyDictionary()
-
-
-HEAD_WORDS = frozenset({"head", "heads", "fc", "classifier", "pre", "logits"})
-"""First words of the names that make a child of the model after the last unit part of the
-head (``head_dist``, EVA's ``fc_norm``, DistilBERT's ``pre_classifier``); a ``norm``, a
-``conv_head`` or a ``final_conv`` there is a pretrained layer and joins the last unit."""
 
 
 def _first_word(path: str) -> str:
@@ -189,12 +183,15 @@ def _discover(model: nn.Module) -> list[Block]:
 
     # single layers repeated (VGG's convolutions) are units only in a model with no
     # composite ones: before composite units, they are a stem of several convolutions
-    # a model whose units run parallel branches (HRNet) ends its depth at the last of them:
-    # what merges the branches after it (HRNet's incre_modules, downsamp_modules and
-    # final_layer) is a neck, no unit, and joins it
+    # a model whose units run parallel branches (HRNet) ends its depth at the last of them
+    # when a list of one layer per branch comes next: what merges the branches from there
+    # (HRNet's incre_modules, downsamp_modules and final_layer) is a neck, no unit, and
+    # joins it
     parallel = [i for i, e in enumerate(merged) if e.parallel and e.unit]
-    for e in merged[parallel[-1] + 1 if parallel else len(merged) :]:
-        e.unit = False
+    after = merged[parallel[-1] + 1 :] if parallel else []
+    if any(e.parallel and not e.unit for e in after[:1]):  # a neck: per-branch layers first
+        for e in after:
+            e.unit = False
     # a list of one layer per branch (HRNet's transition, made at the end of a stage for the
     # next one's branches) joins the block before it, as timm groups it
     joined: list[Entry] = []
@@ -307,8 +304,20 @@ def _arrange(model: nn.Module, merged: list[Entry], modules: dict[str, nn.Module
 def _scalars_to_head(model: nn.Module, merged: list[Entry]) -> None:
     """A single-number parameter of the model itself (CLIP's ``logit_scale``, SigLIP's
     ``logit_bias``: a temperature or an offset of the output) belongs to the last block, not
-    to the stem where loose parameters seen first go (a ViT's ``cls_token`` stays there)."""
-    scalars = [n for n, p in model.named_parameters(recurse=False) if p.numel() == 1]
+    to the stem where loose parameters seen first go (a ViT's ``cls_token`` stays there);
+    so does a vector of one weight per head of a list of heads (EfficientViM's ``weights``)."""
+    # and a vector with one number per head of a list of heads (EfficientViM's ``weights``,
+    # which mix the outputs of its ``heads``)
+    heads = {
+        len(c)
+        for n, c in model.named_children()
+        if isinstance(c, nn.ModuleList) and _first_word(n) in HEAD_WORDS
+    }
+    scalars = [
+        n
+        for n, p in model.named_parameters(recurse=False)
+        if p.numel() == 1 or (p.dim() == 1 and p.numel() in heads)
+    ]
     if not scalars or len(merged) < 2:
         return
     for e in merged[:-1]:

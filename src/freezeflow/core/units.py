@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
-__all__ = ["UNIT_OWNERS", "Entry", "branch_count", "is_composite", "owners", "walk"]
+__all__ = ["HEAD_WORDS", "UNIT_OWNERS", "Entry", "branch_count", "is_composite", "owners", "walk"]
 
 _CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
 UNIT_OWNERS = 3
@@ -66,6 +66,8 @@ class _Facts:
         self._repeated: dict[int, bool] = {}
         self._trunk: dict[int, bool] = {}
         self._holds: dict[int, bool] = {}
+        self._model = model
+        self._sized: bool | None = None
         # how often each sequence of unit types occurs in containers of several types: a
         # sequence that recurs is a unit made of sub-blocks (DaVit's spatial + channel pair)
         self._patterns = Counter(
@@ -116,6 +118,9 @@ class _Facts:
                 and _numbered([n for n, _ in named])
                 and next(module.parameters(recurse=False), None) is None
                 and all(self.unit_sized(c) for c in children)
+                # an element of a list or sequence is a unit, no stage: GhostNet's
+                # bottleneck, of two numbered ghost modules (an expansion, a projection)
+                and id(module) not in self._elements
             )
         exact = type(module) in _CONTAINERS
         pattern = self._mixed_pattern(module)
@@ -164,6 +169,25 @@ class _Facts:
             if sum(self.unit_sized(x) for x in c.children()) >= 2
         )
 
+    def pairs_only(self, module: nn.Module) -> bool:
+        """In a model with unit-sized units, ``module``'s repeated containers hold only
+        small composites (conv-norm pairs): it is one layer made of several convolutions
+        (EfficientViM's ``patch_embed`` and ``downsample``), not a trunk to walk into."""
+        if self._sized is None:
+            self._sized = any(
+                self.repeated(m) and any(self.unit_sized(c) for _, c in param_children(m))
+                for m in self._model.modules()
+                if isinstance(m, _CONTAINERS)
+            )
+        if not self._sized:
+            return False
+        inner = [m for m in module.modules() if self.repeated(m)]
+        return all(
+            isinstance(m, _CONTAINERS)
+            and all(2 <= self.owners(c) < UNIT_OWNERS for _, c in param_children(m))
+            for m in inner
+        )
+
     def trunk(self, module: nn.Module) -> bool:
         """Any repeated container inside ``module`` (itself included)."""
         hit = self._trunk.get(id(module))
@@ -198,6 +222,21 @@ def _is_stem(name: str) -> bool:
     """A module named ``stem`` (``stem``, ``stem_conv``) is the stem, one block, whatever it
     holds (FastViT's three MobileOne blocks, NFNet's four convolutions)."""
     return name.split("_")[0].lower() == "stem"
+
+
+HEAD_WORDS = frozenset({"head", "heads", "fc", "classifier", "pre", "logits"})
+"""First words of the names that make a child of the model after the last unit part of the
+head (``head_dist``, EVA's ``fc_norm``, DistilBERT's ``pre_classifier``); a ``norm``, a
+``conv_head`` or a ``final_conv`` there is a pretrained layer and joins the last unit."""
+
+
+def _is_head_list(name: str, module: nn.Module, facts: _Facts) -> bool:
+    """A child of the model named as a head (:data:`HEAD_WORDS`) that holds no unit-sized
+    module is one block whatever it holds (EfficientViM's ``heads``, one classifier per
+    stage, are no repeated units)."""
+    return name.split("_")[0].lower() in HEAD_WORDS and not any(
+        facts.unit_sized(c) for c in module.modules() if c is not module
+    )
 
 
 def _parallel(module: nn.Module, *, element: bool = False) -> bool:
@@ -326,7 +365,7 @@ def walk(model: nn.Module) -> tuple[list[Entry], list[str]]:
         kinds = Counter(type(c) for _, c in children)
         for i, (name, child) in enumerate(children):
             path = _join(prefix, name)
-            if _is_stem(name):
+            if _is_stem(name) or (not prefix and _is_head_list(name, child, facts)):
                 entries.append(Entry([path], stage=stage))
             elif _parallel(child):
                 entries.append(Entry([path], unit=True, stage=stage, parallel=True))
@@ -336,10 +375,19 @@ def walk(model: nn.Module) -> tuple[list[Entry], list[str]]:
                 expand(child, path, stage)
             elif facts.holds_units(child):
                 walk_into(child, path, stage)
-            elif kinds[type(child)] >= 2 and facts.unit_sized(child):
+            elif (
+                kinds[type(child)] >= 2
+                and facts.unit_sized(child)
+                # a stage of one unit (ECA-ResNet-light's layer1), not a list of single
+                # layers (EfficientViM's norms, one per stage)
+                and (
+                    not isinstance(child, _CONTAINERS)
+                    or any(facts.unit_sized(c) for _, c in param_children(child))
+                )
+            ):
                 # a unit among siblings of its type (GoogLeNet's inception3a, inception3b...)
                 entries.append(Entry([path], unit=True, stage=stage))
-            elif facts.trunk(child):
+            elif facts.trunk(child) and not facts.pairs_only(child):
                 walk_into(child, path, stage)
             else:
                 entries.append(Entry([path], unit=type(child) in stages, stage=stage))
