@@ -123,6 +123,28 @@ def nothing_to_train() -> Scene:
     return Scene(lambda: ff.fit(model, data, epochs=1), model)
 
 
+class _DictOutput(nn.Module):
+    """Net returning a dict, as a Hugging Face model does."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = make_net()
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"logits": self.net(x)}
+
+
+def first_batch_dict_output() -> Scene:
+    model, data = _DictOutput(), _data()
+    return Scene(lambda: ff.fit(model, data, epochs=1, schedule=three_stage()), model)
+
+
+def first_batch_float_labels() -> Scene:
+    model = make_net()
+    data = [(x, y.float()) for x, y in _data()]
+    return Scene(lambda: ff.fit(model, data, epochs=1, schedule=three_stage()), model)
+
+
 def auto_budget() -> Scene:
     model, data = make_net(), _data()
     return Scene(lambda: ff.fit(model, data, epochs=5, schedule=ff.auto(7)), model)
@@ -157,6 +179,8 @@ CASES: dict[str, Case] = {
     "stages out of order": Case(stages_out_of_order, raises=errors.ScheduleError),
     "partial re-selection": Case(partial_reselection, warns=errors.FreezeflowWarning),
     "nothing to train": Case(nothing_to_train, raises=errors.TrainingError),
+    "first batch: dict output": Case(first_batch_dict_output, raises=errors.TrainingTypeError),
+    "first batch: float labels": Case(first_batch_float_labels, raises=errors.TrainingTypeError),
     "auto budget": Case(auto_budget, raises=errors.ScheduleError),
     "auto too shallow": Case(auto_too_shallow, raises=errors.ScheduleError),
     "no gradient after a change": Case(no_gradient_after_a_change, raises=errors.TrainingError),

@@ -112,8 +112,13 @@ def test_hooks_come_in_the_documented_order() -> None:
 def test_teardown_but_no_train_end_when_training_fails() -> None:
     rec = Recorder()
 
+    calls = []
+
     def fails(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        raise OSError("broken loss")
+        calls.append(1)
+        if len(calls) > 1:  # the first: fit()'s check of the first batch, before training
+            raise OSError("broken loss")
+        return torch.nn.functional.cross_entropy(out, y)
 
     with pytest.raises(OSError, match="broken loss"):
         fit(tiny_model(), tiny_data(), epochs=1, loss_fn=fails, callbacks=[rec], progress=False)

@@ -10,6 +10,7 @@ they receive holds what is fixed for the run and its progress.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 import time
 from collections import defaultdict
@@ -33,6 +34,7 @@ from freezeflow.training.batch import (
     to_device,
 )
 from freezeflow.training.checkpoint import restore
+from freezeflow.training.first_batch import check_first_batch
 from freezeflow.training.history import History
 from freezeflow.training.probe import probe_for
 from freezeflow.training.rng import data_generators, rng_state, set_rng_state
@@ -125,8 +127,15 @@ def fit(
     Returns:
         The :class:`~freezeflow.History`; ``history.interrupted`` is true after Ctrl-C.
 
+    Before anything changes (the model's flags, the optimizer, files), ``fit`` checks its
+    arguments, the checkpoint to resume from and the first training batch: the model and
+    ``loss_fn`` run once on it, without gradients and without a trace
+    (:mod:`freezeflow.training.first_batch`), so an output the loss cannot take or labels of
+    the wrong dtype or range are refused in your words.
+
     Raises:
-        TrainingError: empty data, a non-scalar or non-finite loss, mismatched devices...
+        TrainingError: empty data, a first batch the model or the loss cannot take, a
+            non-scalar or non-finite loss, mismatched devices...
         CheckpointError: a checkpoint to resume from is missing, corrupt, unsafe or from
             another model or schedule.
 
@@ -154,15 +163,17 @@ def fit(
     resume = None if ckpt is None else ckpt.preflight(model)  # refused before any change
     check_resumable(resume, schedule, unfreezer)
     dev = rank_device(pick_device(device))
-    model.to(dev)
+    dtype = amp_dtype(amp, dev)
     train_data, val_data = shard_data(train_data, val_data)  # no-op without torchrun
+    with _moved_back_on_error(model):
+        model.to(dev)
+        check_first_batch(model, train_data, loss_fn, dev, dtype)  # before any other change
     n_batches = batch_count(train_data)
     steps = n_batches and epochs * math.ceil(n_batches / accumulate)
     unfreezer = build_unfreezer(model, schedule, unfreezer, optimizer, epochs, steps)
     opt = unfreezer.optimizer if unfreezer is not None else build_optimizer(model, optimizer)
     if unfreezer is not None and unfreezer.needs_probe:  # what an ff.auto schedule measures
         unfreezer.set_probe(probe_for(train_data, loss_fn, dev))
-    dtype = amp_dtype(amp, dev)
     sched, interval = build_scheduler(scheduler, interval, opt, unfreezer)
     scaler = torch.amp.GradScaler(dev.type, enabled=dtype == torch.float16)
     run = Run(
@@ -199,6 +210,19 @@ def fit(
     finally:
         run.emit("on_teardown")
     return p.history
+
+
+@contextlib.contextmanager
+def _moved_back_on_error(model: nn.Module) -> Iterator[None]:
+    """Move ``model`` back to the one device it was on when the body raises (``fit()``
+    refusing the first batch leaves the model where it found it)."""
+    devices = {t.device for t in itertools.chain(model.parameters(), model.buffers())}
+    try:
+        yield
+    except BaseException:
+        if len(devices) == 1:
+            model.to(next(iter(devices)))
+        raise
 
 
 def _check_something_trains(model: nn.Module, schedule: object) -> None:
