@@ -141,7 +141,8 @@ def test_nest_level_position_embedding_goes_with_its_level() -> None:
 @pytest.mark.parametrize("name", ["efficientvim_m1", "efficientvim_m1_dist"])
 def test_efficientvim_heads_and_their_weights_are_the_head(name: str) -> None:
     # one classifier per stage (heads, heads_dist) mixed by a weight vector per list of heads
-    # on the model itself; a stem and downsampling layers made of conv-norm pairs
+    # on the model itself; a stem and downsampling layers made of conv-norm pairs, one layer
+    # each
     model = timm_model(name)
     blocks = ff.find_blocks(model)
     new = classifier_params(model)
@@ -150,7 +151,11 @@ def test_efficientvim_heads_and_their_weights_are_the_head(name: str) -> None:
     }
     assert blocks[0].modules == ("patch_embed",)
     for s in range(len(model.get_submodule("stages")) - 1):
-        assert (f"stages.{s}.downsample",) in [b.modules for b in blocks]
+        # the downsampling layer, registered and applied after a stage's units, joins the
+        # last of them, as timm groups it
+        stage = f"stages.{s}"
+        last_unit = f"{stage}.blocks.{len(model.get_submodule(stage + '.blocks')) - 1}"
+        assert (last_unit, f"{stage}.downsample") in [b.modules for b in blocks]
     last = len(model.get_submodule("stages")) - 1
     assert backbone_last2(model) == params_under(
         model, f"stages.{last}.blocks.0", f"stages.{last}.blocks.1", "norm"
@@ -166,3 +171,20 @@ def test_ghostnet_bottlenecks_are_whole_units(name: str) -> None:
     assert not any("ghost" in m for b in blocks for m in b.modules)
     assert blocks[-1].modules == ("conv_head", "classifier")
     assert backbone_last2(model) == params_under(model, "blocks.8.3", "blocks.9")
+
+
+@pytest.mark.parametrize("name", ["dla34", "dla60x"])
+def test_dla_levels_and_trees(name: str) -> None:
+    # levels 0 and 1 (conv layers before the first tree) are numbered among the levels:
+    # a block each after the stem; a level whose trees are basic blocks holds two units,
+    # tree1 and tree2, its projection a block before them and its root (which aggregates
+    # the trees) with the last
+    model = timm_model(name)
+    blocks = ff.find_blocks(model)
+    assert [b.modules for b in blocks[:3]] == [("base_layer",), ("level0",), ("level1",)]
+    level5 = [b.modules for b in blocks if b.modules[0].startswith("level5")]
+    assert level5 == [("level5.project",), ("level5.tree1",), ("level5.tree2", "level5.root")]
+    assert backbone_last2(model) == params_under(
+        model, "level5.tree1", "level5.tree2", "level5.root"
+    )
+    assert blocks[-1].modules == ("fc",)

@@ -274,16 +274,23 @@ def _arrange(model: nn.Module, merged: list[Entry], modules: dict[str, nn.Module
     entry = [e for e in kept[:first] if stage is not None and e.stage == stage]
     tail = kept[last + 1 :]
     out: list[Entry] = []
-    for e in kept[first : last + 1]:  # a stage's own layers before its units: one block
+    middle = kept[first : last + 1]
+    for i, e in enumerate(middle):  # a stage's own layers before its units: one block
         prev = out[-1] if out else None
-        if prev and not prev.unit and not e.unit and e.stage is not None and e.stage == prev.stage:
+        nxt = middle[i + 1] if i + 1 < len(middle) else None
+        same = prev is not None and e.stage is not None and e.stage == prev.stage
+        if prev and same and not prev.unit and not e.unit:
+            out[-1] = _merge(prev, e)
+        elif prev and same and prev.unit and not e.unit and (nxt is None or nxt.stage != e.stage):
+            # a stage's own layer after its last unit joins it (DLA's root, which
+            # aggregates the stage's trees; EfficientViM's downsampling at a stage's end)
             out[-1] = _merge(prev, e)
         else:
             out.append(e)
     if entry:
         out.insert(0, functools.reduce(_merge, entry))
     if stem:
-        out.insert(0, functools.reduce(_merge, stem))
+        out[:0] = _stem_blocks(stem, kept[first])
     cut = _head_start(tail, modules, body, _pooled(model, kept[last].modules[0])) if tail else 0
     # a final norm between two heads (VOLO's norm, between aux_head and head) is no head
     inner = [
@@ -298,6 +305,32 @@ def _arrange(model: nn.Module, merged: list[Entry], modules: dict[str, nn.Module
         out[-1] = functools.reduce(_merge, tail[:cut] + inner, out[-1])
     if tail[cut:] or ahead:
         out.append(functools.reduce(_merge, tail[cut:] + ahead))
+    return out
+
+
+def _numbered_as(path: str, other: str) -> bool:
+    """The top-level names of ``path`` and ``other`` are one word numbered (``level1`` and
+    ``level2``)."""
+    a, b = path.split(".")[0], other.split(".")[0]
+    word = a.rstrip("0123456789")
+    return word != a and b.rstrip("0123456789") == word and b != word
+
+
+def _stem_blocks(stem: list[Entry], first: Entry) -> list[Entry]:
+    """What comes before the first unit is one block, but for the layers numbered as the
+    stages that follow (DLA's ``level0`` and ``level1`` before ``level2``): the model counts
+    them among its depths, each a block."""
+    out: list[Entry] = []
+    for e in stem:
+        head = first.modules[0]
+        if (
+            out
+            and not _numbered_as(e.modules[0], head)
+            and not _numbered_as(out[-1].modules[0], head)
+        ):
+            out[-1] = _merge(out[-1], e)
+        else:
+            out.append(e)
     return out
 
 

@@ -111,13 +111,16 @@ class _Facts:
         if not children:
             return False
         if not isinstance(module, _CONTAINERS):
+            # numbered units of one type (RegNet's b1, b2...), beside which the module may
+            # have smaller layers of its own (DLA's tree1 and tree2, the root that
+            # aggregates them, a projection)
+            sized = [(n, c) for n, c in named if self.unit_sized(c)]
             return (
-                len(children) >= 2
-                and len({type(c) for c in children}) == 1
-                and not isinstance(children[0], _CONTAINERS)
-                and _numbered([n for n, _ in named])
+                len(sized) >= 2
+                and len({type(c) for _, c in sized}) == 1
+                and not isinstance(sized[0][1], _CONTAINERS)
+                and _numbered([n for n, _ in sized])
                 and next(module.parameters(recurse=False), None) is None
-                and all(self.unit_sized(c) for c in children)
                 # an element of a list or sequence is a unit, no stage: GhostNet's
                 # bottleneck, of two numbered ghost modules (an expansion, a projection)
                 and id(module) not in self._elements
@@ -245,14 +248,19 @@ def _parallel(module: nn.Module, *, element: bool = False) -> bool:
     ``HighResolutionModule``: one path per resolution, and the layers that fuse them), or,
     as an element of a container of units (``element``), two or more lists of one length,
     its branches and their per-branch layers (CrossViT's multi-scale block: ``blocks``,
-    ``projs``, ``fusion`` and ``revert_projs``, each of two, one per patch size)."""
+    ``projs``, ``fusion`` and ``revert_projs``, each of two, one per patch size), one of
+    which holds paths (sequences of layers: CrossViT's ``blocks``)."""
     branches = getattr(module, "branches", None)
     if isinstance(branches, _CONTAINERS) and len(branches) >= 2:
         return True
     if not element:
         return False
-    lengths = Counter(len(c) for c in module.children() if type(c) is nn.ModuleList and len(c) >= 2)
-    return any(v >= 2 for v in lengths.values())
+    lists = [c for c in module.children() if type(c) is nn.ModuleList and len(c) >= 2]
+    lengths = Counter(len(c) for c in lists)
+    # and one of them holds paths, sequences of layers (not Janus's interleaved lists of
+    # res blocks and attention blocks, one pair per depth)
+    paths = any(all(isinstance(x, _CONTAINERS) for x in c.children()) for c in lists)
+    return paths and any(v >= 2 for v in lengths.values())
 
 
 def branch_count(module: nn.Module) -> int:
@@ -372,7 +380,8 @@ def walk(model: nn.Module) -> tuple[list[Entry], list[str]]:
             elif _per_branch(child, [c for _, c in children[max(0, i - 1) : i + 2]]):
                 entries.append(Entry([path], stage=stage, parallel=True))
             elif facts.repeated(child):
-                expand(child, path, stage)
+                # a module of numbered units is a stage (RegNet's s2, DLA's level2)
+                expand(child, path, path if not isinstance(child, _CONTAINERS) else stage)
             elif facts.holds_units(child):
                 walk_into(child, path, stage)
             elif (
