@@ -188,3 +188,38 @@ def test_dla_levels_and_trees(name: str) -> None:
         model, "level5.tree1", "level5.tree2", "level5.root"
     )
     assert blocks[-1].modules == ("fc",)
+
+
+def hf_model(cls: str, config: str, **kwargs: Any) -> nn.Module:
+    tr = pytest.importorskip("transformers")
+    cfg = getattr(tr, config)(**kwargs)
+    with warnings.catch_warnings(), on_meta_device():
+        warnings.simplefilter("ignore")
+        model: nn.Module = getattr(tr, cls)(cfg)
+    return model
+
+
+def test_xlm_parallel_lists_are_one_layer_per_index() -> None:
+    # XLM keeps each layer's parts in four sibling lists (attentions, layer_norm1, ffns,
+    # layer_norm2): the i-th element of each is layer i, one block
+    model = hf_model("XLMModel", "XLMConfig", n_layers=3, emb_dim=32, n_heads=2)
+    blocks = ff.find_blocks(model)
+    parts = ("attentions", "layer_norm1", "ffns", "layer_norm2")
+    layers = [b for b in blocks if b.modules[0].startswith("attentions.")]
+    assert [b.modules for b in layers] == [tuple(f"{p}.{i}" for p in parts) for i in range(3)]
+    assert set(ff.last(2).select(model).names) == params_under(
+        model, *(f"{p}.{i}" for p in parts for i in (1, 2))
+    )
+
+
+def test_glpn_stage_lists_are_taken_by_stage() -> None:
+    # GLPN (SegFormer's encoder) keeps per-stage lists: patch_embeddings, block (the stage's
+    # layers), layer_norm; stage i is its patch embedding, its layers, its final norm
+    model = hf_model("GLPNModel", "GLPNConfig", depths=[2, 2, 2, 2])
+    blocks = [b.modules for b in ff.find_blocks(model)]
+    enc = "encoder"
+    for s in range(4):
+        assert (f"{enc}.patch_embeddings.{s}",) in blocks or s == 0
+        assert (f"{enc}.block.{s}.0",) in blocks
+        assert (f"{enc}.block.{s}.1", f"{enc}.layer_norm.{s}") in blocks
+    assert blocks[0] == (f"{enc}.patch_embeddings.0",)

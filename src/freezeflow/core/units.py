@@ -68,6 +68,7 @@ class _Facts:
         self._holds: dict[int, bool] = {}
         self._model = model
         self._sized: bool | None = None
+        self._types: Counter[type] | None = None
         # how often each sequence of unit types occurs in containers of several types: a
         # sequence that recurs is a unit made of sub-blocks (DaVit's spatial + channel pair)
         self._patterns = Counter(
@@ -153,6 +154,10 @@ class _Facts:
             self._holds[id(module)] = hit
         return hit
 
+    def units_container(self, m: nn.Module) -> bool:
+        """``m`` is a repeated container of unit-sized children (a stage's list of units)."""
+        return self._units_container(m)
+
     def _units_container(self, m: nn.Module) -> bool:
         if not self.repeated(m):
             return False
@@ -171,6 +176,23 @@ class _Facts:
             for c in module.children()
             if sum(self.unit_sized(x) for x in c.children()) >= 2
         )
+
+    def shares_units(self, module: nn.Module) -> bool:
+        """``module`` holds a list of units of a type that lists of units outside it hold
+        too: it is the first stage, not a stem of its own (VibeVoice's ``stem.stage``, of the
+        blocks the later stages are made of; not FastViT's stem of MobileOne blocks, a type
+        found outside it only as its single ``final_conv``)."""
+        if self._types is None:
+            self._types = Counter(
+                type(c)
+                for m in self._model.modules()
+                if self._units_container(m)
+                for c in m.children()
+            )
+        inside = Counter(
+            type(c) for m in module.modules() if self._units_container(m) for c in m.children()
+        )
+        return any(self._types[k] > v for k, v in inside.items())
 
     def pairs_only(self, module: nn.Module) -> bool:
         """In a model with unit-sized units, ``module``'s repeated containers hold only
@@ -288,6 +310,43 @@ def _per_branch(module: nn.Module, neighbours: list[nn.Module]) -> bool:
     return len(module) in widths
 
 
+def _zipped_lists(
+    children: list[tuple[str, nn.Module]], facts: _Facts
+) -> dict[int, tuple[list[tuple[str, nn.Module]], int | None]]:
+    """Runs of two or more adjacent ``ModuleList`` children of one length (two or more),
+    whose i-th elements belong together: the parts of layer i (one list holds unit-sized
+    parts, none holds units: XLM), or stage i and its own layers (exactly one list holds
+    stages, lists of units: GLPN, Twins). Maps the index of each list of a run to the run
+    (given at its first list, empty at the others) and the index of its list of stages."""
+    out: dict[int, tuple[list[tuple[str, nn.Module]], int | None]] = {}
+    i = 0
+    while i < len(children):
+        j = i
+        first = children[i][1]
+        while (
+            j < len(children)
+            and type(children[j][1]) is nn.ModuleList
+            and type(first) is nn.ModuleList
+            and len(children[j][1]) == len(first) >= 2
+        ):
+            j += 1
+        run = children[i:j]
+        if len(run) >= 2:
+            stages = [
+                k
+                for k, (_, lst) in enumerate(run)
+                if all(facts.units_container(e) for e in lst.children())
+            ]
+            holds = any(facts.holds_units(e) for _, lst in run for e in lst.children())
+            sized = any(facts.unit_sized(e) for _, lst in run for e in lst.children())
+            if len(stages) == 1 or (not stages and not holds and sized):
+                stage_list = stages[0] if stages else None
+                for k in range(i, j):
+                    out[k] = (run if k == i else [], stage_list)
+        i = max(j, i + 1)
+    return out
+
+
 def _join(prefix: str, name: str) -> str:
     return f"{prefix}.{name}" if prefix else name
 
@@ -335,7 +394,7 @@ def walk(model: nn.Module) -> tuple[list[Entry], list[str]]:
         kinds = set().union(*(unit_types(c) for c in inner)) if inner else set()
         for name, child in children:
             path = _join(prefix, name)
-            if _is_stem(name):
+            if _is_stem(name) and not facts.shares_units(child):
                 entries.append(Entry([path], stage=stage))
             elif _parallel(child, element=counts[type(child)] >= 2):
                 entries.append(Entry([path], unit=True, stage=stage, parallel=True))
@@ -371,9 +430,16 @@ def walk(model: nn.Module) -> tuple[list[Entry], list[str]]:
             type(c) for _, c in children if facts.repeated(c) and not isinstance(c, _CONTAINERS)
         }
         kinds = Counter(type(c) for _, c in children)
+        zipped = _zipped_lists(children, facts)
         for i, (name, child) in enumerate(children):
             path = _join(prefix, name)
-            if _is_stem(name) or (not prefix and _is_head_list(name, child, facts)):
+            if i in zipped:
+                run, stage_list = zipped[i]
+                if run:
+                    zip_walk(prefix, run, stage_list, stage)
+            elif (_is_stem(name) and not facts.shares_units(child)) or (
+                not prefix and _is_head_list(name, child, facts)
+            ):
                 entries.append(Entry([path], stage=stage))
             elif _parallel(child):
                 entries.append(Entry([path], unit=True, stage=stage, parallel=True))
@@ -400,6 +466,39 @@ def walk(model: nn.Module) -> tuple[list[Entry], list[str]]:
                 walk_into(child, path, stage)
             else:
                 entries.append(Entry([path], unit=type(child) in stages, stage=stage))
+
+    def zip_walk(
+        prefix: str, run: list[tuple[str, nn.Module]], stage_list: int | None, stage: str | None
+    ) -> None:
+        """Sibling lists of one length, taken by index: the i-th elements of each are one
+        layer (XLM's attentions, layer_norm1, ffns, layer_norm2), or, where one list holds
+        stages, the i-th stage with its own layers (GLPN's patch_embeddings, block,
+        layer_norm; Twins' patch_embeds, blocks, pos_block)."""
+        for i in range(len(run[0][1])):
+            parts = [
+                (_join(_join(prefix, n), str(i)), lst[i])
+                for n, lst in run
+                if next(lst[i].parameters(), None) is not None
+            ]
+            if stage_list is None:
+                entries.append(Entry([p for p, _ in parts], unit=True, stage=stage))
+                continue
+            here = _join(_join(prefix, run[stage_list][0]), str(i))
+            before = [p for p, _ in parts if run_index(run, p) < stage_list]
+            after = [p for p, _ in parts if run_index(run, p) > stage_list]
+            if before:
+                entries.append(Entry(before, stage=here))
+            body = run[stage_list][1][i]
+            if facts.repeated(body):
+                expand(body, here, here)
+            else:
+                entries.append(Entry([here], unit=True, stage=here))
+            if after:
+                entries.append(Entry(after, stage=here))
+
+    def run_index(run: list[tuple[str, nn.Module]], path: str) -> int:
+        name = path.rsplit(".", 2)[-2]
+        return next(j for j, (n, _) in enumerate(run) if n == name)
 
     walk_into(model, "", None)
     return entries, pending
