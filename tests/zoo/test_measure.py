@@ -106,3 +106,19 @@ def test_labels_name_the_modules_that_hold_a_group() -> None:
     assert _label(["blocks.3.attn.qkv.weight", "blocks.3.mlp.fc1.bias"]) == "blocks.3"
     names = ["blocks.11.attn.qkv.weight", "blocks.11.mlp.fc1.weight", "norm.weight"]
     assert _label(names) == "blocks.11+norm"
+
+
+def test_last2_is_not_compared_where_the_model_goes_on_after_its_last_list() -> None:
+    # SAM: the vision encoder's layers are the last counted list; the mask decoder, with
+    # two-way attention layers of its own, comes after it
+    r = measure_transformers("sam")
+    assert r["status"] == "agree", r.get("reason")
+    assert r["goes_on"].startswith("mask_decoder") or "mask_decoder" in r["goes_on"]
+    assert "goes_on" not in measure_transformers("bert")
+
+
+def test_a_head_inside_the_base_model_is_found_by_name() -> None:
+    # TimmWrapperForImageClassification's classifier lives inside its timm model, under the
+    # base model prefix: the new layers are the names the base model does not have
+    r = measure_transformers("timm_wrapper")
+    assert r["head_ok"] is True, r.get("reason")

@@ -391,13 +391,41 @@ def _check_lists(model: nn.Module, lists: list[tuple[str, list[str]]]) -> list[s
             elif any(b - a != 1 for a, b in itertools.pairwise(got)):
                 reasons.append(f"{path}: other blocks lie between its layers")
             layer_blocks += got
-    if not reasons and lists and len(lists[-1][1]) >= 2:
+    if not reasons and lists and len(lists[-1][1]) >= 2 and not goes_on(model, lists[-1][1][-1]):
         head = 0 if layer_blocks and layer_blocks[-1] == len(blocks) - 1 else 1
         want = layer_blocks[-2:]
         if want != [len(blocks) - 2 - head, len(blocks) - 1 - head]:
             shown = ", ".join(b.name for b in blocks[len(blocks) - 2 - head : len(blocks) - head])
             reasons.append(f"last(2) is {shown}")
     return reasons
+
+
+def goes_on(model: nn.Module, last_layer: str) -> str | None:
+    """What the model holds after the last layer of its last layer list, when that is more
+    than one such layer holds or has repeated layers of its own (a vocoder after a speech
+    decoder, SAM's mask decoder after its vision encoder, a language model's vision tower):
+    the list does not end the model, and its last two layers are not what ``last(2)``
+    should select. None when what follows is a final norm, a pooler, a projection, a head."""
+    names = [n for n, _ in model.named_parameters()]
+    sizes = dict((n, p.numel()) for n, p in model.named_parameters())
+    inside = [i for i, n in enumerate(names) if n.startswith(last_layer + ".")]
+    if not inside:
+        return None
+    after = names[inside[-1] + 1 :]
+    layer = sum(sizes[names[i]] for i in inside)
+    if sum(sizes[n] for n in after) > layer:
+        return _label(after)
+    # or layers of its own: a list of two or more unit-sized modules of one type all
+    # registered after it (SAM's mask decoder, its two-way attention layers)
+    later = set(after)
+    for path, m in model.named_modules():
+        if not isinstance(m, (nn.ModuleList, nn.Sequential)):
+            continue
+        own = [n for n, _ in m.named_parameters(prefix=path)]
+        kinds = Counter(type(c) for c in m.children() if owners(c) >= UNIT_OWNERS)
+        if own and set(own) <= later and kinds and max(kinds.values()) >= 2:
+            return _label(after)
+    return None
 
 
 def _head_layers(model: nn.Module, base: nn.Module) -> set[str]:
@@ -408,7 +436,11 @@ def _head_layers(model: nn.Module, base: nn.Module) -> set[str]:
     body = getattr(model, prefix, None) if prefix else None
     if isinstance(body, nn.Module):
         inside = {id(p) for p in body.parameters()}
-        return {n for n, p in model.named_parameters() if id(p) not in inside}
+        new = {n for n, p in model.named_parameters() if id(p) not in inside}
+        if new:
+            return new
+    # the head inside the body (a timm model's own classifier, Perceiver's decoder): the
+    # names the base model does not have
     known = {n for n, _ in base.named_parameters()}
     return {
         n
@@ -434,6 +466,9 @@ def measure_transformers(model_type: str) -> Record:
     rec["reference"] = [p for p, _ in lists]
     reasons = _check_lists(model, lists) if lists else []
     rec["layers_ok"] = not reasons if lists else None
+    more = goes_on(model, lists[-1][1][-1]) if lists else None
+    if more:
+        rec["goes_on"] = more
     head_reasons: list[str] = []
     for auto in ("AutoModelForSequenceClassification", "AutoModelForImageClassification"):
         try:
