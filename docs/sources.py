@@ -12,7 +12,9 @@ The sources:
   ``nox -s demo``): ``output.txt`` is what it printed, ``offline_transfer.json`` and
   ``offline_transfer.png`` what it saved, ``run.json`` where and when it ran;
 - ``benchmarks/results/bench_auto.json``: the rows ``nox -s bench -- auto`` writes
-  (``benchmarks/bench_auto.py``), one per task and method.
+  (``benchmarks/bench_auto.py``), one per task and method;
+- ``benchmarks/results/engines.json``: ``python benchmarks/bench_engines.py``, the cost of
+  the transition check and of soft freezing.
 """
 
 from __future__ import annotations
@@ -148,8 +150,64 @@ def bench_auto() -> dict[str, str]:
     return out
 
 
+# --------------------------------------------------------------------------- engines
+
+
+def engines() -> dict[str, str]:
+    """What the transition check and soft freezing cost (``benchmarks/bench_engines.py``)."""
+    r = load(RESULTS / "engines.json")
+    c, s = r["check"], r["soft"]
+    h, o = s["hard"], s["soft"]
+    out = {
+        "engines.date": r["date"],
+        "engines.machine": r["machine"],
+        "engines.torch": r["torch"],
+        "engines.check_ratio": f"{c['ratio']:.3f}",
+        "engines.soft_ratio": f"{s['step_ratio']:.2f}",
+        "engines.note": r.get("note") or "nothing else ran",
+    }
+
+    def mb(x: float) -> str:
+        return f"{x:.2f} MiB"
+
+    out["table.engines_check"] = _table(
+        ["what", "with", "without", "ratio"],
+        ["---", "---:", "---:", "---:"],
+        [
+            [
+                "step time through a 3-stage run, transition check on (`verify=True`, the "
+                f"default) vs off; 4-layer transformer, medians of {c['steps']} steps each",
+                f"{c['step_ms_verify']:.2f} ms",
+                f"{c['step_ms_no_verify']:.2f} ms",
+                f"**{c['ratio']:.3f}**",
+            ],
+            [
+                "the check itself, at the first step after a change "
+                f"({c['check_tensors']} newly trainable tensors)",
+                f"{c['check_ms']:.3f} ms",
+                "",
+                "",
+            ],
+        ],
+    )
+    out["table.engines_soft"] = _table(
+        ["", "hard", "soft", "soft / hard"],
+        ["---", "---:", "---:", "---:"],
+        [
+            ["step time (median)", f"{h['step_ms']:.1f} ms", f"{o['step_ms']:.1f} ms",
+             f"**{s['step_ratio']:.2f}**"],
+            ["saved for the backward (activations)", mb(h["saved_for_backward_mb"]),
+             mb(o["saved_for_backward_mb"]), ""],
+            ["gradients alive after backward", mb(h["gradients_mb"]), mb(o["gradients_mb"]), ""],
+            ["optimizer state after the step", mb(h["optimizer_state_mb"]),
+             mb(o["optimizer_state_mb"]), ""],
+        ],
+    )  # fmt: skip
+    return out
+
+
 def substitutions() -> dict[str, str]:
-    return {**demo(), **bench_auto()}
+    return {**demo(), **bench_auto(), **engines()}
 
 
 if __name__ == "__main__":

@@ -8,7 +8,11 @@ Scenarios:
 - guarded: a 3-stage schedule under wrap_ddp; snapshots of every parameter at the end of each
   stage, and of the initial model.
 - guarded_eval: guarded in eval mode (comparable with reference()).
-- plain: the same run with DistributedDataParallel built once, before the late unfreezes.
+- plain: the same run with DistributedDataParallel built once, before the late unfreezes:
+  the first step after the first change is refused on every rank (its new gradients differ
+  between the ranks).
+- diverge: a plateau trigger fed a different local metric on each rank: the next epoch start
+  finds the ranks in different stages and raises on every rank.
 - mismatch: rank 1 gets another schedule; the transition's check must raise on every rank.
 - compiled: guarded, with the DDP module compiled (aot_eager) after each re-wrap.
 - fsdp: FSDP2 fully_shard over a model with frozen and trainable parameters, across a
@@ -118,7 +122,12 @@ def train(
         uf.optimizer.zero_grad()
         loss = nn.functional.cross_entropy(net(x), y)
         loss.backward()  # type: ignore[no-untyped-call]
-        uf.optimizer.step()
+        try:
+            uf.optimizer.step()
+        except ffd.DistributedError as exc:  # the verifier refused the step
+            out.update(error=str(exc), type=type(exc).__name__, step=step)
+            out["at_error"] = snapshot(model)
+            break
         stage = uf.stage_index
         if (step + 1) % STEPS_PER_STAGE == 0:
             out["stages"][stage] = snapshot(model)
@@ -141,6 +150,26 @@ def scenario_mismatch() -> dict[str, Any]:
     except ffd.DistributedError as exc:
         return {"error": str(exc), "type": type(exc).__name__}
     return {"error": None}
+
+
+def scenario_diverge() -> dict[str, Any]:
+    """Ranks whose plateau trigger reads a local metric: rank 0 sees a plateau, rank 1 an
+    improving loss; at the next epoch start only rank 0 enters the next stage."""
+    model = make_net()
+    sched = [
+        ff.Stage("head", lr=0.1),
+        ff.Stage(["conv", "bn"], lr=0.1, start=ff.on_plateau(patience=1)),
+    ]
+    uf = ff.GradualUnfreezer(model, sched, lambda g: torch.optim.SGD(g, lr=0.1))
+    losses = [[1.0, 1.0, 1.0], [1.0, 0.5, 0.25]][ffd.rank()]
+    try:
+        for epoch, loss in enumerate(losses):
+            uf.on_epoch_start(epoch)
+            uf.observe(loss)
+        uf.on_epoch_start(len(losses))
+    except ffd.DistributedError as exc:
+        return {"error": str(exc), "type": type(exc).__name__, "stage": uf.stage_index}
+    return {"error": None, "stage": uf.stage_index}
 
 
 def scenario_fsdp() -> dict[str, Any]:
@@ -184,6 +213,8 @@ def main() -> None:
                     results[name] = train(make_net(), "guarded", eval_mode=True)
                 elif name == "mismatch":
                     results[name] = scenario_mismatch()
+                elif name == "diverge":
+                    results[name] = scenario_diverge()
                 elif name == "fsdp":
                     results[name] = scenario_fsdp()
                 else:

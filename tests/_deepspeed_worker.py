@@ -3,7 +3,8 @@
 RANK=0, LOCAL_RANK=0 and WORLD_SIZE=1 set.
 
 Usage: python _deepspeed_worker.py OUT SCENARIO. Writes OUT (torch.save): the scenario's
-result.
+result; OUT.rank<r> on each rank when started on 2 ranks (tests/_two_ranks.py), with the
+ranks' data split by the Trainer's DistributedSampler.
 
 Scenarios (a tiny random BERT, the schedule: the classifier for epoch 0, then the last
 encoder layer and the pooler too, from epoch 1):
@@ -19,6 +20,7 @@ encoder layer and the pooler too, from epoch 1):
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Any
 
@@ -139,6 +141,7 @@ def direct() -> dict[str, Any]:
 
 
 def main(path: str, scenario: str) -> None:
+    """Run ``scenario``; save its result to ``path`` (``path.rank<r>`` on several ranks)."""
     if scenario.startswith("hf-zero"):
         result = hf(int(scenario[-1]), "auto")
     elif scenario == "hf-hard":
@@ -147,7 +150,12 @@ def main(path: str, scenario: str) -> None:
         result = direct()
     else:
         raise SystemExit(f"unknown scenario {scenario!r}")
-    torch.save(result, path)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    torch.save(result, path if world == 1 else f"{path}.rank{os.environ['RANK']}")
+    # gloo in this torch sometimes aborts at interpreter exit (docs/distributed.md)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,8 @@ Scenarios (a tiny random BERT, a 3-stage schedule with an epoch trigger and a mi
 trigger, different data on each rank through the Trainer's DistributedSampler):
 - ff: FreezeflowTrainer, which trains through a DDP module rebuilt at every stage change.
 - once: the same with that rebuild switched off: the Trainer's DDP module, built once after
-  the first stage froze the model (what freezeflow did before).
+  the first stage froze the model (what freezeflow did before); the transition check finds
+  the new gradients differ between the ranks and stops the first step after the change.
 - find_unused: the rebuild switched off and every parameter trainable while the Trainer
   builds DDP (find_unused_parameters=True, the Trainer's default for a PreTrainedModel); the
   first stage freezes the model afterwards.
@@ -172,9 +173,14 @@ def run(out_dir: str, scenario: str) -> dict[str, Any]:
     initial = {n: p.detach().clone() for n, p in model.named_parameters()}
     # resume: from ff's checkpoint at the end of epoch 1 (stage 1; stage 2 starts at step 5)
     ckpt = f"checkpoint-{2 * STEPS_PER_EPOCH}"
-    trainer.train(os.path.join(out_dir, "ff", ckpt) if scenario == "resume" else None)
+    error = None
+    try:
+        trainer.train(os.path.join(out_dir, "ff", ckpt) if scenario == "resume" else None)
+    except ff.errors.DistributedError as exc:  # "once": the first step after a change
+        error = str(exc)
     uf = trainer.freezeflow_callback().unfreezer
     return {
+        "error": error,
         "initial": initial,
         "bytes": rec.bytes,
         "stage": rec.stage,

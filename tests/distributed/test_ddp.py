@@ -23,7 +23,7 @@ import freezeflow as ff
 import freezeflow.distributed as ffd
 
 WORKER = TESTS / "_ddp_worker.py"
-FAST = "guarded,guarded_eval,plain,mismatch,fsdp"
+FAST = "guarded,guarded_eval,plain,mismatch,diverge,fsdp"
 
 
 def launch(scenarios: str, out: Path, timeout: float = 150.0) -> list[dict[str, Any]]:
@@ -80,15 +80,38 @@ def test_ddp_gradients_are_averaged_like_one_big_batch(ranks: list[dict[str, Any
             torch.testing.assert_close(t, ref[stage][n], rtol=1e-5, atol=1e-6, msg=n)
 
 
-def test_plain_ddp_built_once_lets_ranks_diverge_after_a_late_unfreeze(
+def test_plain_ddp_built_once_is_stopped_at_the_first_step_after_a_late_unfreeze(
     ranks: list[dict[str, Any]],
 ) -> None:
-    """The failure wrap_ddp prevents: DDP built before the unfreeze never syncs those
-    parameters, so with different data per rank the replicas drift apart silently."""
+    """The failure wrap_ddp prevents: DDP built before the unfreeze never all-reduces those
+    parameters, so with different data per rank the replicas would drift apart silently.
+    The transition check compares the new gradients across the ranks and refuses the first
+    step after the change on every rank, with the same message, before it moves anything."""
     r0, r1 = ranks[0]["plain"], ranks[1]["plain"]
     assert _differ(r0["stages"][0], r1["stages"][0]) == []
-    assert _differ(r0["stages"][1], r1["stages"][1]) == STAGE_NEW[1]
-    assert _differ(r0["stages"][2], r1["stages"][2]) == sorted(STAGE_NEW[1] + STAGE_NEW[2])
+    for r in (r0, r1):
+        assert r["type"] == "DistributedError"
+        assert r["step"] == worker.STEPS_PER_STAGE  # the first step of stage 1
+        assert "their gradients differ between the ranks" in r["error"]
+        assert "DistributedDataParallel wrapper built before the change" in r["error"]
+        assert "hint: ff.distributed.wrap_ddp" in r["error"]
+        assert _differ(r["at_error"], r["stages"][0]) == []  # the refused step changed nothing
+    assert r0["error"] == r1["error"]
+
+
+def test_ranks_in_different_stages_are_stopped_at_the_epoch_start(
+    ranks: list[dict[str, Any]],
+) -> None:
+    """A plateau trigger fed each rank's own metric: the epoch start that would put the
+    ranks in different stages raises on every rank, naming each rank's stage."""
+    r0, r1 = ranks[0]["diverge"], ranks[1]["diverge"]
+    assert (r0["stage"], r1["stage"]) == (1, 0)
+    for r in (r0, r1):
+        assert r["type"] == "DistributedError"
+        assert "rank 0: stage 1 ('stage1')" in r["error"]
+        assert "rank 1: stage 0 ('stage0')" in r["error"]
+        assert "hint: a plateau trigger must read a metric reduced over the ranks" in r["error"]
+    assert r0["error"] == r1["error"]
 
 
 def test_ranks_that_disagree_on_the_trainable_set_raise_on_every_rank(

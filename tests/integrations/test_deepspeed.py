@@ -97,3 +97,17 @@ def test_hard_freezing_under_deepspeed_is_refused_before_any_change(tmp_path: Pa
 
 def test_unfreezer_built_before_deepspeed_initialize(tmp_path: Path) -> None:
     check_run(run(tmp_path, "direct", 29620))
+
+
+def test_trainer_under_deepspeed_on_two_ranks(tmp_path: Path) -> None:
+    """ZeRO-2 on 2 gloo ranks, different data on each: the ranks end bit-identical, and each
+    stage trained what it unfreezes (FreezeflowTrainer leaves the reduction to DeepSpeed
+    under soft freezing)."""
+    from _two_ranks import run_two_ranks
+
+    out = tmp_path / "zero2.pt"
+    run_two_ranks(WORKER, lambda _: [str(out), "hf-zero2"], "DeepSpeed ZeRO-2", 600)
+    r0, r1 = (torch.load(f"{out}.rank{r}", weights_only=False) for r in range(2))
+    check_run(r0)
+    for a, b in zip(r0["weights"], r1["weights"], strict=True):
+        assert not moved(a, b)

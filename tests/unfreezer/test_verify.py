@@ -164,3 +164,90 @@ def test_a_step_with_a_closure_is_checked_once_its_gradients_exist() -> None:
     uf.on_epoch_start(1)
     with pytest.raises(TrainingError, match=r"'body\.0'.*no gradient"):
         closure_step(True)
+
+
+@pytest.mark.parametrize("reentrant", [True, False], ids=["reentrant", "non-reentrant"])
+def test_hf_gradient_checkpointing_over_frozen_embeddings(reentrant: bool) -> None:
+    """transformers #21381: with the embeddings frozen, reentrant gradient checkpointing
+    gives the checkpointed layers no gradient (their input does not require one). The layer
+    unfrozen later either trains (non-reentrant) or the verifier stops the first step after
+    the change, naming it, before the optimizer changes anything (reentrant)."""
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.BertConfig(
+        vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=32, max_position_embeddings=8, num_labels=2,
+        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = transformers.BertForSequenceClassification(cfg)
+    kwargs = {"use_reentrant": reentrant}
+    if hasattr(model, "activation_checkpointing_enable"):  # its name from transformers 5
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    schedule = [ff.Stage(ff.last(1), lr=0.1), ff.Stage(ff.last(2), lr=0.1, start=1)]
+    uf = ff.GradualUnfreezer(model, schedule, opt)
+    model.train()
+    x = torch.randint(0, 50, (4, 8))
+    y = torch.tensor([0, 1, 0, 1])
+    layer = model.bert.encoder.layer[1].output.dense.weight
+
+    def one_step() -> None:
+        opt.zero_grad()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # torch: no input requires grad
+            model(input_ids=x, labels=y).loss.backward()
+        opt.step()
+        uf.step()
+
+    uf.on_epoch_start(0)
+    one_step()
+    uf.on_epoch_start(1)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    error: TrainingError | None = None
+    try:
+        one_step()
+    except TrainingError as exc:
+        error = exc
+    if error is not None:  # the layer got no gradient: stopped before the step
+        assert reentrant, error
+        assert "bert.encoder.layer.1" in str(error) and "reentrant" in str(error)
+        assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())
+    else:  # it trains: the newly unfrozen layer moved
+        assert not torch.equal(layer, before["bert.encoder.layer.1.output.dense.weight"])
+
+
+class Checkpointed(nn.Module):
+    """A frozen input layer, then a block run under torch's reentrant checkpointing."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.embed = nn.Linear(4, 8)
+        self.block = nn.Linear(8, 8)
+        self.head = nn.Linear(8, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.utils.checkpoint.checkpoint(self.block, self.embed(x), use_reentrant=True)
+        out: torch.Tensor = self.head(torch.relu(h))
+        return out
+
+
+def test_reentrant_checkpointing_over_frozen_inputs_stops_the_step() -> None:
+    """The classic form of the trap, whatever transformers does about it: torch's reentrant
+    checkpoint over an input that requires no gradient gives the block none."""
+    net = Checkpointed()
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    sched = [ff.Stage("head", lr=0.1), ff.Stage("block", lr=0.1, start=1)]
+    uf = ff.GradualUnfreezer(net, sched, opt)
+    x, y = torch.randn(8, 4), torch.randint(0, 2, (8,))
+    uf.on_epoch_start(1)
+    before = {n: p.detach().clone() for n, p in net.named_parameters()}
+    opt.zero_grad()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # torch: no input requires grad
+        nn.functional.cross_entropy(net(x), y).backward()  # type: ignore[no-untyped-call]
+    with pytest.raises(TrainingError, match=r"'block'.*no gradient.*reentrant gradient"):
+        opt.step()
+    assert all(torch.equal(p, before[n]) for n, p in net.named_parameters())

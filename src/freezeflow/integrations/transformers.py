@@ -185,8 +185,8 @@ class FreezeflowTrainer(Trainer):
         uf = self.freezeflow_callback().unfreezer
         if uf is None or not (dist.is_available() and dist.is_initialized()):
             return model
-        if dist.get_world_size() == 1:
-            return model
+        if dist.get_world_size() == 1 or uf.freezing == "soft":
+            return model  # soft freezing: the engine (DeepSpeed) reduces every gradient itself
         if not (isinstance(model, DistributedDataParallel) and model.module is uf.model):
             raise TrainingError(
                 f"FreezeflowTrainer trains under DDP by rebuilding DistributedDataParallel "

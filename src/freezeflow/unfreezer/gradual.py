@@ -40,7 +40,7 @@ from freezeflow.errors import (
 )
 from freezeflow.schedules.plateau import PlateauTracker
 from freezeflow.schedules.schedule import Schedule, Stage
-from freezeflow.unfreezer import checks
+from freezeflow.unfreezer import agreement, checks
 from freezeflow.unfreezer.hooks import LoopHooks
 from freezeflow.unfreezer.layout import Layout, layout
 from freezeflow.unfreezer.lr_schedulers import (
@@ -89,7 +89,10 @@ class GradualUnfreezer(LoopHooks):
         verify: at the first optimizer step after each stage change, refuse the step when a
             newly trainable block got no gradient (a compiled graph or a wrapper from before
             the change...) or the optimizer does not hold it
-            (:mod:`freezeflow.unfreezer.verify`).
+            (:mod:`freezeflow.unfreezer.verify`); under torch.distributed, also check at
+            every epoch start that all ranks train the same parameters, and at that step that
+            the new parameters' gradients were all-reduced
+            (:mod:`freezeflow.unfreezer.agreement`).
         freezing: ``"hard"`` (default): a frozen parameter has ``requires_grad=False``.
             ``"soft"``, for engines that build their optimizer once and never look at
             ``requires_grad`` again (DeepSpeed ZeRO, FSDP1, an optimizer ``accelerate``
@@ -283,6 +286,11 @@ class GradualUnfreezer(LoopHooks):
         for listener in self._listeners:
             listener(t)
         return t
+
+    def _check_ranks(self) -> None:
+        if self._verify is not None and agreement.distributed():
+            names = [self.layout.names[i] for i in sorted(self.trainable_ids())]
+            agreement.check_same_stage(self.stage_index, self.schedule.names, names)
 
     def add_listener(self, fn: Callable[[Transition], None]) -> None:
         """Call ``fn(transition)`` after every stage change (the start excluded), once the

@@ -44,6 +44,10 @@ class LoopHooks:
     def check_model(self) -> None:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def _check_ranks(self) -> None:
+        """Under torch.distributed, check that every rank trains the same (a collective at
+        every epoch start); nothing by default."""
+
     def _due(self, k: int, at_epoch_start: bool) -> str | None:
         return self.schedule.stages[k].start.due(
             Clock(
@@ -79,13 +83,17 @@ class LoopHooks:
             ScheduleError: ``epoch`` is before the last epoch started (the first epoch after
                 :meth:`load_state_dict` may be any); nothing has changed then.
             ModelChangedError: see :meth:`check_model`.
+            DistributedError: under torch.distributed, the ranks disagree on the stage or on
+                what trains (:mod:`freezeflow.unfreezer.agreement`); on every rank.
         """
         check_int("on_epoch_start(epoch)", epoch, 0)
         if not self._resumed:
             checks.check_epoch(epoch, self.epoch)
         self.check_model()
         self.epoch, self._epoch_seen, self._resumed = epoch, True, False
-        return self._advance(at_epoch_start=True, checked=True)
+        out = self._advance(at_epoch_start=True, checked=True)
+        self._check_ranks()
+        return out
 
     def step(self) -> list[Transition]:
         """Call after each optimizer step; returns the transitions it made (step and

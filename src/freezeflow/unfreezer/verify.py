@@ -23,6 +23,7 @@ from torch.optim import Optimizer
 from torch.utils.hooks import RemovableHandle
 
 from freezeflow.errors import TrainingError, quote_list
+from freezeflow.unfreezer import agreement
 from freezeflow.unfreezer.layout import Layout
 from freezeflow.unfreezer.transition import Transition
 
@@ -125,6 +126,10 @@ class TransitionCheck:
                 "train; expected gradients for a newly unfrozen block; likely causes: "
                 f"{CAUSES}; hint: fix the cause, or pass GradualUnfreezer(verify=False) if the "
                 "block really takes no part in this step"
+            )
+        if agreement.distributed():  # the new gradients all-reduced: the same on every rank
+            agreement.check_synchronized(
+                where, [(lay.names[i], lay.params[i]) for i in sorted(new)]
             )
         partial = [
             lay.names[i] for ids in by_block.values() for i in ids if _no_grad(lay.params[i])
