@@ -21,22 +21,27 @@ def records() -> list[dict[str, Any]]:
         {"zoo": "timm", "name": "b", "status": "disagree", "model": "B", "blocks": 9,
          "reference": 7, "reason": "block x straddles timm groups y, z"},
         {"zoo": "timm", "name": "c", "status": "build_error", "reason": "TypeError: no"},
+        {"zoo": "timm", "name": "d", "status": "agree", "model": "D", "blocks": 4,
+         "boundary": "norm5"},
     ]  # fmt: skip
 
 
 def test_a_result_holds_the_run_and_its_sorted_records() -> None:
     data = result("timm", list(reversed(records())), sample=False)
-    assert [r["name"] for r in data["records"]] == ["a", "b", "c"]
+    assert [r["name"] for r in data["records"]] == ["a", "b", "c", "d"]
     assert {"torch", "timm", "transformers"} <= set(data["versions"])
     assert data["date"] and data["sample"] is False
 
 
 def test_render_gives_totals_and_every_disagreement_with_its_reason() -> None:
     text = render([result("timm", records(), sample=False)])
-    assert "1 of 2 measured agree (**50.0%**, misses the 97% target)" in text
+    assert "2 of 3 measured agree (**66.7%**, misses the 97% target)" in text
     assert "| `b` | B | 9 | 7 | block x straddles timm groups y, z |" in text
     assert "`c`: build error: TypeError: no" in text
     assert "`a`" not in text  # agreements are counted, not listed
+    # but an agreement the comparison did not hold to everything is listed apart, with why
+    assert "Of the agreements, 1 place a pretrained layer" in text
+    assert "- `d` (D): `norm5`" in text
 
 
 def test_write_page_replaces_only_what_lies_between_the_markers(tmp_path: Path) -> None:

@@ -67,6 +67,11 @@ def _totals(data: dict[str, Any]) -> list[str]:
         f"{counts['no_reference']} without a reference, {counts['build_error']} do not build "
         "on the meta device from their defaults."
     ]
+    agreeing = [r for r in records if r["status"] == "agree"]
+    for key, what in _NOTED[zoo]:
+        noted = [r for r in agreeing if key in r]
+        if noted:
+            lines.append(f"  Of the agreements, {len(noted)} {what} (`{key}`, listed below).")
     if zoo == "transformers":
         heads = [r for r in records if "head_ok" in r]
         good = sum(bool(r["head_ok"]) for r in heads)
@@ -75,6 +80,45 @@ def _totals(data: dict[str, Any]) -> list[str]:
             f"model adds to its base model on {good} of {len(heads)} "
             "`*ForSequenceClassification` / `*ForImageClassification` classes that build."
         )
+    return lines
+
+
+_NOTED: dict[str, list[tuple[str, str]]] = {
+    "timm": [
+        (
+            "boundary",
+            "place a pretrained layer between the last unit and the classifier otherwise "
+            "than timm (with the last unit where timm puts it with the classifier or in a "
+            "group of its own, or the other way round)",
+        ),
+        (
+            "unnamed",
+            "have parameters before their units that timm's matcher names in no group "
+            "(not compared)",
+        ),
+    ],
+    "transformers": [
+        (
+            "goes_on",
+            "go on after their last layer list with more than one layer's worth of "
+            "parameters or with layers of their own (`last(2)` not compared with that list)",
+        )
+    ],
+}
+"""Record keys under which an agreement says what the comparison did not hold against it."""
+
+
+def _noted(data: dict[str, Any]) -> list[str]:
+    """Every agreement that holds a :data:`_NOTED` key, with what the key says."""
+    lines: list[str] = []
+    for key, _ in _NOTED[data["zoo"]]:
+        rows = [r for r in data["records"] if r["status"] == "agree" and key in r]
+        if not rows:
+            continue
+        lines += ["", f"<details><summary>Agreements with `{key}`: {data['zoo']} "
+                  f"({len(rows)})</summary>", ""]  # fmt: skip
+        lines += [f"- `{r['name']}` ({r.get('model', '')}): `{r[key]}`" for r in rows]
+        lines += ["", "</details>"]
     return lines
 
 
@@ -127,6 +171,7 @@ def render(results: Sequence[dict[str, Any]]) -> str:
         lines += _totals(data)
     for data in results:
         lines += _disagreements(data)
+        lines += _noted(data)
         lines += _others(data)
     return "\n".join(lines) + "\n"
 
