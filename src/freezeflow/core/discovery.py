@@ -413,27 +413,33 @@ def find_blocks(model: nn.Module) -> list[Block]:
 
     A *unit* is one of the repeated sub-networks a model is made of: a ResNet basic block, a
     ConvNeXt or Swin block, an MBConv, a transformer layer; units of several types in one
-    stage (EdgeNeXt) are each a unit, one shared layer (ALBERT) is one, and a module running
-    parallel branches (HRNet) is one, its branches side by side at one depth
-    (``freezeflow.core.units`` says how they are found). Discovery walks into every module
-    that holds units, however deep (a ConvNeXt stage is walked into: its downsampling layer is
-    a block, then each of its units). Then:
+    stage (EdgeNeXt) are each a unit, one shared layer (ALBERT) is one, the i-th elements of
+    sibling lists of one length are one (XLM's attentions, ffns and their norms), and a
+    module running parallel branches (HRNet, CrossViT) is one, its branches side by side at
+    one depth (``freezeflow.core.units`` says how they are found). Discovery walks into every
+    module that holds units, however deep (a ConvNeXt stage is walked into: its downsampling
+    layer is a block, then each of its units). Then:
 
     - what comes before the first unit is one block (the stem, the embeddings, loose
       parameters such as a ViT's ``cls_token``), but for the first stage's own layers, a
-      block as in later stages; a module named ``stem`` is one block whatever it holds;
+      block as in later stages, and layers numbered as the stages (DLA's ``level0``), a
+      block each; a module named ``stem`` is one block whatever it holds;
+    - a stage's own layer after its last unit joins that unit (DLA's ``root``);
     - the head is the last module with a sibling head of its type (LeViT's ``head`` and
-      ``head_dist``), from the first child of the model named as part of a head
-      (``HEAD_WORDS``: EVA's ``fc_norm``, DistilBERT's ``pre_classifier``) or, in a
-      transformers task model, from the first module outside its pretrained body (every layer
-      the task adds); a headless backbone's final norm is no head;
+      ``head_dist``) or a second classifier (VOLO's ``aux_head``), from the first child of
+      the model named as part of a head (``HEAD_WORDS``: EVA's ``fc_norm``, DistilBERT's
+      ``pre_classifier``), the first working on pooled features or, in a transformers task
+      model, from the first module outside its pretrained body (every layer the task adds);
+      a headless backbone's final norm is no head;
     - what lies between the last unit and the head (a final norm, a conv head, BERT's
-      pooler) joins the last unit, as timm's own grouping does;
-    - a single-number parameter of the model itself (CLIP's ``logit_scale``) joins the head;
+      pooler, a norm between two heads) joins the last unit, as timm's own grouping mostly
+      does, and so does the neck after the last parallel unit (HRNet's);
+    - a single-number parameter of the model itself (CLIP's ``logit_scale``), or a vector
+      of one weight per head of a list of heads, joins the head;
     - a module whose parameters all belong to earlier blocks (T5's ``encoder.embed_tokens``)
       adds no depth, except a tied output head;
-    - a norm layer right after a single layer joins it (``conv1+bn1``); modules without
-      parameters are skipped.
+    - a norm layer right after a single layer of its width joins it (``conv1+bn1``);
+      modules without parameters are skipped.
 
     Order is registration order. Depth is counted in units, not in parameters: the last two
     blocks of a ConvNeXt backbone are its last two blocks, about half of its parameters

@@ -15,16 +15,32 @@ needs it:
   every unit: the pair is the unit), or four or more are leaf layers of one type (VGG's
   ``features``); a ``ModuleList`` whose single child is unit-sized holds one unit applied as
   many times as the model says (ALBERT's one shared layer);
-- a module that is not a container holds units when its children are numbered units of one
-  type (timm's ``RegStage``: ``b1``, ``b2``...);
+- a module that is not a container, and not an element of a list, holds units when two or
+  more of its unit-sized children are numbered units of one type, its other children being
+  smaller layers of its own (timm's ``RegStage``: ``b1``, ``b2``...; DLA's ``tree1``,
+  ``tree2`` beside the ``root`` that aggregates them; not GhostNet's bottleneck, an element
+  of a list, of ``ghost1`` and ``ghost2``); such a module is a stage;
+- sibling lists of one length are taken by index: their i-th elements are one layer (XLM's
+  ``attentions``, ``layer_norm1``, ``ffns``, ``layer_norm2``), or, where one of the lists
+  holds stages, stage i with its own layers (GLPN's ``patch_embeddings``, ``block``,
+  ``layer_norm``);
 - a module named ``stem`` is one block, whatever it holds (FastViT's three MobileOne blocks,
-  NFNet's four convolutions);
-- a module that runs parallel branches (a container ``branches`` of two or more paths, and
-  the layers that fuse them: HRNet's ``HighResolutionModule``) is one unit: its branches work
-  side by side, so they have one depth and, under ``lr_decay``, one LR;
+  NFNet's four convolutions), unless it holds units of a type later stages hold (VibeVoice's
+  ``stem.stage`` is the first stage); so is a module whose lists hold only conv-norm pairs
+  in a model with real units (EfficientViM's ``patch_embed``, its ``downsample``), and a
+  child of the model named as a head holding only single layers (EfficientViM's ``heads``);
+- a module that runs parallel branches is one unit: its branches work side by side, so they
+  have one depth and, under ``lr_decay``, one LR. It has a container ``branches`` of two or
+  more paths (HRNet's ``HighResolutionModule``, with the layers that fuse them) or, as an
+  element of a list, two or more lists of one length, one of them of paths (CrossViT's
+  multi-scale block: ``blocks``, ``projs``, ``fusion``, ``revert_projs``). A list with one
+  element per branch of the parallel units next to it (HRNet's ``transition`` layers) is one
+  entry, marked ``parallel``, that joins the block before it;
 - every module that holds units somewhere inside is walked into, however deep; a stage walked
   into from a container of stages names its entries' ``stage``, so that its downsampling
-  layers form a block of their own, also in the first stage (a CSPNet's ``stages.0``).
+  layers form a block of their own, also in the first stage (a CSPNet's ``stages.0``,
+  StarNet's ``stages.0``, a ``Sequential`` of a conv then blocks); a stage's own parameters
+  go with its first block (Nest's ``pos_embed``).
 """
 
 from __future__ import annotations
