@@ -128,7 +128,7 @@ def check_first_batch(
                 outputs = model(inputs)
             except RuntimeError as exc:
                 if "device" not in str(exc):
-                    raise _model_failed(exc, inputs) from exc
+                    raise TrainingError(_model_failed(exc, inputs)) from exc
                 raise TrainingError(
                     f"the model and the batch are on different devices: the model was moved "
                     f"to {device} ({exc}); expected every tensor the model uses on that "
@@ -137,7 +137,7 @@ def check_first_batch(
                     "nothing has been changed"
                 ) from exc
             except (TypeError, ValueError, IndexError, KeyError) as exc:
-                raise _model_failed(exc, inputs) from exc
+                raise TrainingError(_model_failed(exc, inputs)) from exc
             _check_outputs_and_labels(outputs, targets, loss_fn)
             try:
                 loss = loss_fn(outputs, targets)
@@ -162,8 +162,8 @@ def check_first_batch(
             )
 
 
-def _model_failed(exc: Exception, inputs: Any) -> TrainingError:
-    return TrainingError(
+def _model_failed(exc: Exception, inputs: Any) -> str:
+    return (
         f"the model failed on the first training batch ({type(exc).__name__}: {exc}); its "
         f"inputs: {describe(inputs)}; expected the inputs the model takes; hint: fit() calls "
         "model(inputs) with the first element of each (inputs, targets) batch, moved to "
