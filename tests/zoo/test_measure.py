@@ -3,6 +3,8 @@ fine groups, transformers' layer lists and the layers a classification model add
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from torch import nn
 
@@ -122,3 +124,21 @@ def test_a_head_inside_the_base_model_is_found_by_name() -> None:
     # base model prefix: the new layers are the names the base model does not have
     r = measure_transformers("timm_wrapper")
     assert r["head_ok"] is True, r.get("reason")
+
+
+def test_a_norm_timm_groups_apart_from_its_conv_by_index_counts_with_it() -> None:
+    # VGG-BN: timm's matcher groups features.(\d+), so a conv and its batch norm are two
+    # groups; freezeflow's conv+bn block is one layer, not a straddle
+    r = measure_timm("vgg11_bn")
+    assert r["status"] == "agree", r.get("reason")
+    assert "features.0+features.1" in [b.name for b in find_blocks_of("vgg11_bn")]
+
+
+def find_blocks_of(name: str) -> list[Any]:
+    import timm
+
+    from freezeflow.core.discovery import find_blocks
+    from freezeflow.core.meta import on_meta_device
+
+    with on_meta_device():
+        return find_blocks(timm.create_model(name))

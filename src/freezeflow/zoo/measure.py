@@ -23,9 +23,9 @@ from typing import Any
 
 from torch import nn
 
-from freezeflow.core.discovery import Block, find_blocks
+from freezeflow.core.discovery import Block, find_blocks, is_norm_layer
 from freezeflow.core.meta import on_meta_device
-from freezeflow.core.units import UNIT_OWNERS, owners
+from freezeflow.core.units import UNIT_OWNERS, is_composite, owners
 
 __all__ = ["Record", "layer_counts", "measure_timm", "measure_transformers", "reference_lists"]
 
@@ -116,7 +116,7 @@ def measure_timm(name: str) -> Record:
     names = [n for n, _ in model.named_parameters()]
     block_of = _block_of(blocks, names)
     classifier = _classifier_names(model)
-    groups = _head_apart(groups, classifier)
+    groups = _head_apart(_norms_joined(model, groups), classifier)
     boundary, moved = _boundary(model, blocks, block_of, groups, classifier)
     if moved:
         rec["boundary"] = _label(moved)
@@ -167,6 +167,33 @@ def measure_timm(name: str) -> Record:
             f"; and {len(reasons) - _SHOWN} more" if len(reasons) > _SHOWN else ""
         )
     return rec
+
+
+def _norms_joined(model: nn.Module, groups: list[set[str]]) -> list[set[str]]:
+    """timm's groups, with a group made of a single norm layer joined to a group before it
+    made of a single other layer, the layer it normalises: where a matcher numbers a
+    ``Sequential``'s indices (VGG's ``features.(\\d+)``), a conv and its batch norm are two
+    groups by position only."""
+    modules = dict(model.named_modules())
+
+    def single(g: set[str]) -> nn.Module | None:
+        paths = {n.rpartition(".")[0] for n in g}
+        return modules.get(paths.pop()) if len(paths) == 1 else None
+
+    out: list[set[str]] = []
+    for g in groups:
+        norm, layer = single(g), single(out[-1]) if out else None
+        if (
+            norm is not None
+            and layer is not None
+            and is_norm_layer(norm)
+            and not is_norm_layer(layer)
+            and not is_composite(layer)
+        ):
+            out[-1] = out[-1] | g
+        else:
+            out.append(g)
+    return out
 
 
 def _head_apart(groups: list[set[str]], classifier: set[str]) -> list[set[str]]:
