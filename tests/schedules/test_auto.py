@@ -54,6 +54,7 @@ def test_the_shape_follows_the_knobs(epochs: int, lr: float, norms: bool, metric
     st.booleans(),
     st.booleans(),
     st.integers(0, 99),
+    st.sampled_from(["trials", "signals"]),
 )
 def test_the_data_form_holds_every_knob_and_reads_back(
     epochs: int,
@@ -64,6 +65,7 @@ def test_the_data_form_holds_every_knob_and_reads_back(
     refreeze: bool,
     anneal: bool,
     seed: int,
+    decide: Any,
 ) -> None:
     sched = ff.auto(
         epochs,
@@ -74,6 +76,7 @@ def test_the_data_form_holds_every_knob_and_reads_back(
         refreeze=refreeze,
         anneal=anneal,
         seed=seed,
+        decide=decide,
     )
     data = sched.to_dict()
     assert list(data) == ["auto"]
@@ -107,6 +110,10 @@ def test_repr_names_the_budget_and_the_knobs_that_differ_from_their_defaults() -
             r"auto\(refreeze='yes'\): expected True or False",
         ),
         (lambda: ff.auto(7, metric=""), r"auto\(metric=''\)"),
+        (
+            lambda: ff.auto(7, decide="guess"),  # type: ignore[arg-type]
+            r"auto\(decide='guess'\): expected 'trials' or 'signals'; hint",
+        ),
         (lambda: ff.Schedule.from_dict({"auto": {"epoch": 7}}), r"nearest: 'epochs'"),
         (lambda: ff.Schedule.from_dict({"auto": {}}), r"missing required key 'epochs'"),
     ],

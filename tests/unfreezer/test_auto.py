@@ -173,15 +173,20 @@ def test_the_same_seed_gives_the_same_decisions_and_weights() -> None:
     assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
 
 
+@pytest.mark.parametrize("decide", ["trials", "signals"])
 @pytest.mark.parametrize(("stop", "decided"), [(2, 0), (3, 1), (5, 2)])
-def test_a_resumed_run_makes_the_same_decisions(tmp_path: Path, stop: int, decided: int) -> None:
+def test_a_resumed_run_makes_the_same_decisions(
+    tmp_path: Path, stop: int, decided: int, decide: str
+) -> None:
     whole = planted()
-    _, u_whole = fit_auto(whole, checkpoint=tmp_path / "whole")
+    _, u_whole = fit_auto(whole, checkpoint=tmp_path / "whole", decide=decide)
     part = planted()
-    _, u_part = fit_auto(part, checkpoint=tmp_path / "part", callbacks=[StopAfter(stop)])
+    _, u_part = fit_auto(
+        part, checkpoint=tmp_path / "part", callbacks=[StopAfter(stop)], decide=decide
+    )
     assert len(u_part.decisions) == decided  # stages begin at epochs 2 and 3
     resumed = planted()
-    _, u_resumed = fit_auto(resumed, checkpoint=tmp_path / "part", resume=True)
+    _, u_resumed = fit_auto(resumed, checkpoint=tmp_path / "part", resume=True, decide=decide)
     assert [d.text for d in u_resumed.decisions] == [d.text for d in u_whole.decisions]
     assert all(torch.equal(p, q) for p, q in zip(whole.parameters(), resumed.parameters()))
     assert flags(whole) == flags(resumed)
@@ -460,3 +465,73 @@ def test_a_decision_leaves_numpy_and_python_random_streams_as_found() -> None:
     numpy_after = np.random.get_state()
     assert all(np.array_equal(a, b) for a, b in zip(numpy_before, numpy_after))
     assert random.getstate() == python_before
+
+
+# --------------------------------------------------------------------------- decide="signals"
+
+
+class Trials:
+    """Counts the trials a decision runs and the steps each trains."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.steps: list[int] = []
+        real = ff.unfreezer.AutoPlanner._trial
+
+        def counted(planner: Any, model: Any, probe: Any, train: Any, lr: Any, batches: Any,
+                    *rest: Any) -> float:  # fmt: skip
+            self.steps.append(len(batches))
+            return real(planner, model, probe, train, lr, batches, *rest)
+
+        monkeypatch.setattr(ff.unfreezer.AutoPlanner, "_trial", counted)
+
+
+def test_signals_that_separate_decide_without_a_trial(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The planted block's relative gradient norm is far ahead: its window is taken from the
+    one backward of the measurement, with no trial, and the model is left as it was."""
+    trials = Trials(monkeypatch)
+    net = planted()
+    uf = uf_with_probe(
+        net, lambda m, b: nn.functional.cross_entropy(m(b[0]), b[1]), decide="signals"
+    )
+    uf.on_epoch_start(0)
+    before = snapshot(net, buffers=True)
+    uf.on_epoch_start(2)
+    (d,) = uf.decisions
+    assert d.window == window_of(uf, PLANTED)
+    assert "no trial" in d.text and "ahead by" in d.text
+    assert trials.steps == []
+    after = snapshot(net, buffers=True)
+    assert all(torch.equal(before[n], after[n]) for n in before)
+
+
+def test_signals_that_cannot_separate_run_successive_halving_and_keep_its_steps(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Every block of the identity chain has the same relative gradient norm: the windows are
+    tried by successive halving (half the trial steps each, fewer steps in all than a trial
+    per window), and the winner keeps its trial's steps: its weights have moved, the other
+    windows' have not."""
+    trials = Trials(monkeypatch)
+    net = chain()
+    uf = uf_with_probe(
+        net, lambda m, b: nn.functional.cross_entropy(m(b[0]), b[1]), decide="signals"
+    )
+    uf.on_epoch_start(0)
+    before = snapshot(net)
+    uf.on_epoch_start(2)
+    (d,) = uf.decisions
+    assert "successive halving over 3 window(s)" in d.text and "trial step(s) kept" in d.text
+    assert trials.steps == [4, 4, 4]  # 3 windows x half of the 8 trial steps, one left
+    assert sum(trials.steps) < 3 * 8  # what a trial per window costs
+    after = snapshot(net)
+    moved = {n.split(".")[0] for n in before if not torch.equal(before[n], after[n])}
+    planner = uf.planner
+    assert isinstance(planner, ff.unfreezer.AutoPlanner)
+    assert moved == {str(b) for b in planner.windows[d.window]} | {"6"}  # and the head
+
+
+def test_signals_choose_what_the_trials_choose_on_the_toy_tasks() -> None:
+    for make in (planted, chain):
+        _, by_trials = fit_auto(make())
+        _, by_signals = fit_auto(make(), decide="signals")
+        assert [d.window for d in by_signals.decisions] == [d.window for d in by_trials.decisions]

@@ -32,7 +32,7 @@ from freezeflow.errors import ScheduleError, ScheduleTypeError, check_int, neare
 from freezeflow.schedules.schedule import DATA_READERS, Schedule, Stage
 from freezeflow.schedules.triggers import on_plateau
 
-__all__ = ["AutoSchedule", "AutoSettings", "auto", "stage_caps"]
+__all__ = ["SEPARATION", "AutoSchedule", "AutoSettings", "auto", "stage_caps"]
 
 STAGE_LR_FACTORS = (1.0, 0.5, 0.3)
 """Base LR of the head stage, then of each later stage, as factors of ``lr``."""
@@ -53,9 +53,15 @@ class AutoSettings:
     metric: str = "val_loss"
     mode: Literal["min", "max"] = "min"
     seed: int = 0
+    decide: Literal["trials", "signals"] = "trials"
 
     def to_data(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+SEPARATION = 1.5
+"""With ``auto(decide="signals")``: the factor by which the window with the largest mean
+relative gradient norm must lead the next for it to be taken without a trial."""
 
 
 def stage_caps(epochs: int) -> list[int]:
@@ -153,6 +159,7 @@ def auto(
     metric: str = "val_loss",
     mode: Literal["min", "max"] | None = None,
     seed: int = 0,
+    decide: Literal["trials", "signals"] = "trials",
 ) -> AutoSchedule:
     """A schedule that decides at run time what to unfreeze, when, and at which LR per block.
 
@@ -194,6 +201,16 @@ def auto(
         mode: ``"min"`` when lower ``metric`` is better, ``"max"`` when higher is (an
             accuracy); None: ``"min"`` for a name ending in ``loss``, else ``"max"``.
         seed: seeds the choice of trial and probe batches and the trials themselves.
+        decide: how a stage picks its window. ``"trials"`` (default): a trial per window, as
+            in step 3. ``"signals"``: from the relative gradient norms of one backward over
+            the probe batches (every candidate made to require gradients, step 4's
+            measurement): when the window with the largest mean is ahead of the next by
+            :data:`SEPARATION` or more, it is taken without any trial; otherwise the
+            windows within that factor of it are tried by successive halving (half the
+            trial steps each, the better half on with the full steps), and the winner keeps
+            the steps of its last trial as training. Not yet the default: its accuracy and
+            cost against the trials are measured by ``nox -s bench -- auto``
+            (docs/results.md) before it can be.
 
     Raises:
         ScheduleError: a knob is out of range (the message says which and what is expected).
@@ -222,6 +239,11 @@ def auto(
         )
     if mode is None:
         mode = "min" if metric.endswith("loss") else "max"
+    if decide not in ("trials", "signals"):
+        raise ScheduleError(
+            f"auto(decide={decide!r}): expected 'trials' or 'signals'; hint: 'signals' tries "
+            "windows only when their relative gradient norms cannot tell them apart"
+        )
     if mode not in ("min", "max"):
         raise ScheduleError(
             f"auto(mode={mode!r}): expected 'min' (lower {metric} is better), 'max' (higher "
@@ -239,6 +261,7 @@ def auto(
         metric=metric,
         mode=mode,
         seed=seed,
+        decide=decide,
     )
     return AutoSchedule(settings)
 

@@ -30,7 +30,7 @@ from torch import nn
 from torch.optim import Optimizer
 
 from freezeflow.errors import ScheduleError, ScheduleTypeError, StateError, TrainingError
-from freezeflow.schedules.auto import STAGE_LR_FACTORS, AutoSchedule, stage_caps
+from freezeflow.schedules.auto import SEPARATION, STAGE_LR_FACTORS, AutoSchedule, stage_caps
 from freezeflow.schedules.schedule import Schedule
 from freezeflow.unfreezer.layout import Layout
 from freezeflow.unfreezer.lr_schedulers import StageLR
@@ -232,9 +232,12 @@ class AutoPlanner(StagePlanner):
         batches: Sequence[Any],
         scored: Sequence[Any],
         seed: int,
+        reached: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
     ) -> float:
         """The probe loss after ``len(batches)`` Adam steps on ``train``; the model is then
-        restored bit for bit."""
+        restored bit for bit. With ``reached``, the trained parameters and the buffers as
+        the trial left them are put there (``(tensor, value)`` pairs), for the winner of a
+        successive halving to keep."""
         with Restored(model, self.layout.params):
             for p in self.layout.params:
                 p.requires_grad_(False)
@@ -251,7 +254,50 @@ class AutoPlanner(StagePlanner):
             torch.manual_seed(seed + 1)
             with torch.no_grad():
                 losses = [float(probe.loss(model, b)) for b in scored]
+            if reached is not None:
+                reached.extend((t, t.detach().clone()) for t in [*params, *model.buffers()])
         return sum(losses) / len(losses)
+
+    def _halving(
+        self,
+        k: int,
+        model: nn.Module,
+        probe: Probe,
+        keep: frozenset[int],
+        candidates: list[int],
+        lr: float,
+        batches: Sequence[Any],
+        scored: Sequence[Any],
+        seed: int,
+    ) -> tuple[int, dict[int, float], int]:
+        """Successive halving over ``candidates`` (windows): a trial of half the trial steps
+        each, the better half (by the probe loss; at least one) on with the full steps,
+        until one is left. The winner's last trial is kept: the model ends as that trial
+        left it. Returns the winner, each window's last score and the steps kept."""
+        alive = list(candidates)
+        steps = max(1, len(batches) // 2)
+        scores: dict[int, float] = {}
+        while True:
+            reached: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {}
+            for w in alive:
+                reached[w] = []
+                scores[w] = self._trial(
+                    model, probe, keep | self.window_params(w), lr, batches[:steps], scored,
+                    seed, reached[w],
+                )  # fmt: skip
+            finite = sorted(
+                (w for w in alive if math.isfinite(scores[w])), key=lambda w: (scores[w], -w)
+            )
+            if not finite:
+                self._best(k, {w: scores[w] for w in alive}, lr)  # raises: none finite
+            alive = finite[: max(1, len(finite) // 2)]
+            if len(alive) == 1 or steps >= len(batches):
+                winner = alive[0]
+                with torch.no_grad():
+                    for t, value in reached[winner]:
+                        t.copy_(value)
+                return winner, scores, steps
+            steps = len(batches)
 
     def _score(self, model: nn.Module, probe: Probe, scored: Sequence[Any], seed: int) -> float:
         with Restored(model, self.layout.params), torch.no_grad():
@@ -285,6 +331,7 @@ class AutoPlanner(StagePlanner):
             seed = s.seed * 1000 + k
             n = s.trial_steps + s.probe_batches
             trials: dict[int, float] = {}
+            signal: tuple[int, str] | None = None
             # every random stream is left as found: torch's (CPU and CUDA), NumPy's global
             # generator and Python's (a dataset may draw from them while probe batches load)
             with OtherRngs(), torch.random.fork_rng(devices=rng_devices(lay.params)):
@@ -297,13 +344,22 @@ class AutoPlanner(StagePlanner):
                     off = frozenset(j for w in refrozen for j in self.window_params(w))
                     keep = trainable - off
                     before = self._score(model, probe, scored, seed)
-                    trials = {
-                        w: self._trial(
-                            model, probe, keep | self.window_params(w), lr, batches, scored, seed
+                    if s.decide == "signals":
+                        signal = self._by_signals(
+                            k, model, probe, keep, remaining, rgn, lr, batches, scored, seed
                         )
-                        for w in remaining
-                    }
-            if not trials:
+                    else:
+                        trials = {
+                            w: self._trial(
+                                model, probe, keep | self.window_params(w), lr, batches,
+                                scored, seed,
+                            )
+                            for w in remaining
+                        }  # fmt: skip
+            if signal is not None:
+                chosen, detail = signal
+                detail = detail.replace("{before}", f"{before:.3f}")
+            elif not trials:
                 chosen = remaining[-1]
                 detail = (
                     f"the probe gave {len(drawn)} batch(es), fewer than a trial needs ({n}): "
@@ -365,6 +421,52 @@ class AutoPlanner(StagePlanner):
         off = frozenset(j for w in d.refrozen for j in self.window_params(w))
         return PlannedStage(
             (before - off) | self.window_params(d.window), scales, f"decided: {d.text}"
+        )
+
+    def _by_signals(
+        self,
+        k: int,
+        model: nn.Module,
+        probe: Probe,
+        keep: frozenset[int],
+        remaining: list[int],
+        rgn: dict[int, float],
+        lr: float,
+        batches: Sequence[Any],
+        scored: Sequence[Any],
+        seed: int,
+    ) -> tuple[int, str]:
+        """``auto(decide="signals")``: the window with the largest mean relative gradient
+        norm when it leads the next by :data:`SEPARATION`, without a trial; else successive
+        halving over the windows within that factor of it (the winner keeps its trial's
+        steps). Returns the window and the explanation (``{before}``: the probe loss before,
+        filled in by the caller)."""
+        means = {
+            w: sum(rgn.get(b, 0.0) for b in self.windows[w]) / len(self.windows[w])
+            for w in remaining
+        }
+        order = sorted(remaining, key=lambda w: (-means[w], -w))
+        best = order[0]
+        shown = ", ".join(f"{self.window_name(w)} {means[w]:.2g}" for w in order)
+        lead = means[best] / means[order[1]] if len(order) > 1 and means[order[1]] > 0 else math.inf
+        if len(order) == 1 or lead >= SEPARATION:
+            if not math.isfinite(means[best]):
+                raise TrainingError(
+                    f"ff.auto: stage {k} measured a non-finite relative gradient norm ({shown}), "
+                    "so the windows cannot be compared; expected finite gradients; hint: look "
+                    "for NaN/inf in the inputs or the loss, or lower auto(lr=...)"
+                )
+            ahead = "the only window" if len(order) == 1 else f"ahead by {lead:.1f}x"
+            return best, f"relative gradient norms ({shown}): {ahead}, no trial"
+        close = [w for w in order if means[w] * SEPARATION > means[best]]
+        winner, scores, steps = self._halving(
+            k, model, probe, keep, close, lr, batches, scored, seed
+        )
+        tried = ", ".join(f"{self.window_name(w)} {scores[w]:.3f}" for w in close)
+        return winner, (
+            f"relative gradient norms ({shown}) within {SEPARATION}x: successive halving "
+            f"over {len(close)} window(s) took the probe loss from {{before}} to "
+            f"{scores[winner]:.3f} ({tried}); the winner's {steps} trial step(s) kept"
         )
 
     def _best(self, k: int, trials: dict[int, float], lr: float) -> int:
