@@ -535,3 +535,19 @@ def test_signals_choose_what_the_trials_choose_on_the_toy_tasks() -> None:
         _, by_trials = fit_auto(make())
         _, by_signals = fit_auto(make(), decide="signals")
         assert [d.window for d in by_signals.decisions] == [d.window for d in by_trials.decisions]
+
+
+def test_refreeze_lets_the_feature_cache_cover_the_prefix_frozen_again() -> None:
+    """Speed mode: once the planted window has converged and freezes again, the frozen
+    prefix reaches from the input up to the window the last stage unfroze, and the feature
+    cache covers all of it for the rest of the run."""
+    net = planted()
+    history, uf = fit_auto(net, refreeze=True, callbacks=[ff.callbacks.FeatureCaching()])
+    planner = uf.planner
+    assert isinstance(planner, ff.unfreezer.AutoPlanner)
+    refrozen = uf.decisions[1].refrozen
+    assert refrozen == (window_of(uf, PLANTED),)
+    last = planner.windows[uf.decisions[1].window]
+    notes = [r["message"] for r in history.records if r["kind"] == "note"]
+    cached = [n for n in notes if "caching the frozen prefix" in n]
+    assert cached and f"blocks 0-{last[0] - 1}" in cached[-1], notes
