@@ -270,9 +270,11 @@ groups they need beyond the examples."""
 def bench(session: nox.Session) -> None:
     """Benchmarks (ratios against a baseline measured in the same run; see
     docs/benchmarks.md). Not part of CI: they take minutes and need a quiet machine.
-    ``nox -s bench -- auto`` runs ff.auto against fastai, full fine-tuning, the hand-tuned
-    schedule and the classic recipe (about 100 minutes on 2 cores; docs/results.md); the
-    arguments after ``auto`` go to benchmarks/bench_auto.py."""
+    ``nox -s bench -- auto`` runs ff.auto against fastai (defaults and lr_find), full
+    fine-tuning and layer-wise LR decay (each swept), the hand-tuned schedule and the classic
+    recipe, one file per run under benchmarks/results/auto/, skipping the runs recorded
+    (roughly 15 minutes per run on 2 cores; docs/results.md); the arguments after ``auto``
+    go to benchmarks/bench_auto.py (--tasks, --methods, --seeds...)."""
     args = list(session.posargs)
     if args and args[0] in BENCHMARKS:
         script, groups = BENCHMARKS[args.pop(0)]

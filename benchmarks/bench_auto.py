@@ -11,23 +11,37 @@ and the 2,000 test images, used once, at the end:
    pixel range, drawn once per image with a fixed seed, added at 32 px before upscaling;
    train, validation and test alike): an input-level shift.
 
-Methods, with the same epochs (7), batches (64, random horizontal flips) and data:
+Methods, with the same epochs (7), batches (64, random horizontal flips) and data; a method
+with several settings is a sweep, its setting chosen on the validation split:
 
-- ``auto``: ``ff.auto(7)``, nothing else (Adam, norm layers frozen, feature cache on);
+- ``auto``: ``ff.auto(7)``, nothing else (Adam, norm layers frozen, feature cache on), with
+  ``decide=trials`` (the default) and ``decide=signals``;
 - ``tuned``: the demo's hand-tuned schedule (head 2 epochs, then ``last(3)``, then
   ``last(9)``, discriminative LRs, a cosine per stage, feature cache): tuned on task 1; on
   the other tasks it is the "last k blocks" schedule to beat;
 - ``fastai``: fastai's ``Learner.fine_tune`` with its defaults (``freeze_epochs=1``, then
   everything with discriminative LRs from ``base_lr / 100`` to ``base_lr``, one-cycle), over
   the two parameter groups body and head;
-- ``full``: full fine-tuning, AdamW at 3e-4 (weight decay 0.01), one epoch of linear warm-up
-  then a cosine to zero, norm layers in train mode;
+- ``full``: full fine-tuning, AdamW (weight decay 0.01), one epoch of linear warm-up then a
+  cosine to zero, norm layers in train mode; LR 1e-4, 3e-4 or 1e-3;
+- ``llrd``: layer-wise LR decay with everything trainable (timm style): as ``full`` at 3e-4
+  for the head, each block below at ``decay`` times the LR of the block above it; decay
+  0.65, 0.75 or 0.85;
+- ``fastai`` with ``setting=lr_find``: ``fine_tune`` at the LR fastai's own ``lr_find``
+  suggests (its recommended workflow), beside ``setting=defaults``;
 - ``classic``: the classic tutorial recipe (head at 1e-3 for 2 epochs, then the last block at
   1e-5 with a new Adam, frozen BatchNorm left in train mode).
 
-Run: ``nox -s bench -- auto`` (all tasks), or ``python benchmarks/bench_auto.py --tasks lite0
---methods auto,tuned``. Results go to ``benchmarks/output/bench_auto.json`` as each run ends;
-docs/results.md records them.
+Every run (task, method, setting, seed) writes its own file,
+``benchmarks/results/auto/<task>/<method>[-<setting>]-seed<seed>.json`` (accuracies, wall
+time, the validation accuracy after each epoch against the wall-clock seconds, the seconds
+``ff.auto`` spent deciding), and a run whose file exists is skipped: the table completes
+over several sittings, and docs/sources.py makes the results page's table from the files.
+
+Run: ``nox -s bench -- auto`` (every task and method, seed 0), ``python
+benchmarks/bench_auto.py --tasks lite0 --methods auto,full --seeds 0,1,2``, or
+``--methods auto:signals`` for one setting. ``--limit``/``--epochs`` are quick checks of the
+script and write under ``benchmarks/output/`` instead.
 """
 
 from __future__ import annotations
@@ -42,6 +56,7 @@ import platform
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -63,7 +78,6 @@ EPOCHS = 7
 BATCH = 64
 NOISE = 0.15
 TASKS = ("lite0", "lite1", "noise")
-METHODS = ("auto", "tuned", "fastai", "full", "classic")
 
 
 def load_lite1(num_classes: int) -> nn.Module:
@@ -116,14 +130,41 @@ def loaders(train: Dataset[Any], val: Images) -> tuple[DataLoader[Any], DataLoad
     )
 
 
+class Curve(ff.callbacks.Callback):
+    """The validation accuracy after each epoch, against the seconds since the run began."""
+
+    def __init__(self, started: float) -> None:
+        self.started = started
+        self.points: list[list[float]] = []
+
+    def on_evaluate(self, run: Any, logs: dict[str, float]) -> None:
+        if "val_accuracy" in logs:
+            seconds = time.perf_counter() - self.started
+            self.points.append([round(seconds, 1), logs["val_accuracy"]])
+
+
+@dataclass
+class Outcome:
+    """What a run reports beside its accuracies."""
+
+    curve: list[list[float]] = field(default_factory=list)
+    decision_seconds: float | None = None
+    notes: list[str] = field(default_factory=list)
+
+
 def with_freezeflow(
-    model: nn.Module, schedule: ff.Schedule, train: Dataset[Any], val: Images, classic: bool
-) -> nn.Module:
+    model: nn.Module,
+    schedule: ff.Schedule,
+    train: Dataset[Any],
+    val: Images,
+    started: float,
+    classic: bool = False,
+) -> Outcome:
     loader, val_loader = loaders(train, val)
     scheduler = None
     if not classic and not isinstance(schedule, ff.schedules.AutoSchedule):
         factor = stage_cosine(schedule, len(loader), EPOCHS)
-        scheduler = (lambda opt: LambdaLR(opt, factor), "batch")
+        scheduler = lambda opt: LambdaLR(opt, factor)  # noqa: E731
     uf = ff.GradualUnfreezer(
         model,
         schedule,
@@ -133,26 +174,46 @@ def with_freezeflow(
         total_epochs=EPOCHS,
         total_steps=EPOCHS * len(loader),
     )
+    out = Outcome(decision_seconds=0.0 if isinstance(schedule, ff.schedules.AutoSchedule) else None)
+    choose = uf.planner.choose
+
+    def timed(k: int, trainable: frozenset[int]) -> Any:  # the seconds spent deciding
+        t0 = time.perf_counter()
+        try:
+            return choose(k, trainable)
+        finally:
+            if out.decision_seconds is not None and k > 0:
+                out.decision_seconds += time.perf_counter() - t0
+
+    uf.planner.choose = timed  # type: ignore[method-assign]
+    curve = Curve(started)
     history = ff.fit(
         model,
         loader,
         val_data=val_loader,
         unfreezer=uf,
         epochs=EPOCHS,
-        scheduler=scheduler,  # type: ignore[arg-type]
-        callbacks=[] if classic else [ff.callbacks.FeatureCaching()],
+        scheduler=scheduler,
+        scheduler_interval="batch",
+        callbacks=[curve] if classic else [ff.callbacks.FeatureCaching(), curve],
         progress=False,
     )
+    out.curve = curve.points
     for t in history.transitions:
-        print(f"    epoch {t['epoch']}: {t['name']}: {t['reason']}", flush=True)
-    return model
+        out.notes.append(f"epoch {t['epoch']}: {t['name']}: {t['reason']}")
+        print(f"    {out.notes[-1]}", flush=True)
+    return out
 
 
-def run_auto(model: nn.Module, train: Dataset[Any], val: Images) -> nn.Module:
-    return with_freezeflow(model, ff.auto(EPOCHS), train, val, classic=False)
+def run_auto(
+    model: nn.Module, train: Dataset[Any], val: Images, setting: str, started: float
+) -> Outcome:
+    return with_freezeflow(model, ff.auto(EPOCHS, decide=setting), train, val, started)  # type: ignore[arg-type]
 
 
-def run_tuned(model: nn.Module, train: Dataset[Any], val: Images) -> nn.Module:
+def run_tuned(
+    model: nn.Module, train: Dataset[Any], val: Images, setting: str, started: float
+) -> Outcome:
     norms = ff.norm_layers()
     e1 = max(1, round(2 * EPOCHS / 7))  # 2 of 7 epochs, as in the demo
     schedule = ff.Schedule(
@@ -162,10 +223,12 @@ def run_tuned(model: nn.Module, train: Dataset[Any], val: Images) -> nn.Module:
             ff.Stage(ff.last(9) - norms, lr=3e-4, lr_decay=0.7, start=e1 + 1),
         ]
     )
-    return with_freezeflow(model, schedule, train, val, classic=False)
+    return with_freezeflow(model, schedule, train, val, started)
 
 
-def run_classic(model: nn.Module, train: Dataset[Any], val: Images) -> nn.Module:
+def run_classic(
+    model: nn.Module, train: Dataset[Any], val: Images, setting: str, started: float
+) -> Outcome:
     last = ["_blocks.15", "_conv_head", "_bn1"]
     if not hasattr(model, "_blocks") or len(model._blocks) != 16:
         last = [f"_blocks.{len(model._blocks) - 1}", "_conv_head", "_bn1"]  # type: ignore[arg-type]
@@ -177,35 +240,69 @@ def run_classic(model: nn.Module, train: Dataset[Any], val: Images) -> nn.Module
         lr=1e-5,
         reset_state=True,
     )
-    return with_freezeflow(model, schedule, train, val, classic=True)
+    return with_freezeflow(model, schedule, train, val, started, classic=True)
 
 
-def run_full(model: nn.Module, train: Dataset[Any], val: Images) -> nn.Module:
-    loader, val_loader = loaders(train, val)
-    steps = EPOCHS * len(loader)
-    warm = len(loader)
-
+def _warm_cosine(steps: int, warm: int) -> Callable[[int], float]:
     def factor(t: int) -> float:
         if t < warm:
             return (t + 1) / warm
         return 0.5 * (1 + math.cos(math.pi * (t - warm) / max(1, steps - warm)))
 
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-4, weight_decay=0.01)
-    ff.fit(
-        model,
-        loader,
-        val_data=val_loader,
-        epochs=EPOCHS,
-        optimizer=opt,
-        scheduler=LambdaLR(opt, factor),
-        scheduler_interval="batch",
-        progress=False,
-    )
-    return model
+    return factor
 
 
-def run_fastai(model: nn.Module, train: Dataset[Any], val: Images) -> nn.Module:
-    import fastai.callback.schedule  # noqa: F401  (adds fine_tune to Learner)
+def _all_trainable(
+    model: nn.Module,
+    train: Dataset[Any],
+    val: Images,
+    started: float,
+    lr: float,
+    decay: float | None,
+) -> Outcome:
+    """Everything trainable from the first step: AdamW (weight decay 0.01), one epoch of
+    warm-up then a cosine; with ``decay``, each block below the head at ``decay`` times the
+    LR of the block above it (freezeflow's ``lr_decay`` over the model's blocks)."""
+    loader, val_loader = loaders(train, val)
+    factor = _warm_cosine(EPOCHS * len(loader), len(loader))
+    curve = Curve(started)
+    if decay is None:
+        opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
+        ff.fit(
+            model, loader, val_data=val_loader, epochs=EPOCHS, optimizer=opt,
+            scheduler=LambdaLR(opt, factor), scheduler_interval="batch", callbacks=[curve],
+            progress=False,
+        )  # fmt: skip
+    else:
+        schedule = ff.Schedule([ff.Stage(ff.everything(), lr=lr, lr_decay=decay)])
+        uf = ff.GradualUnfreezer(
+            model, schedule, lambda g: torch.optim.AdamW(g, weight_decay=0.01), norm="train"
+        )
+        ff.fit(
+            model, loader, val_data=val_loader, epochs=EPOCHS, unfreezer=uf,
+            scheduler=lambda opt: LambdaLR(opt, factor), scheduler_interval="batch",
+            callbacks=[curve], progress=False,
+        )  # fmt: skip
+    return Outcome(curve=curve.points)
+
+
+def run_full(
+    model: nn.Module, train: Dataset[Any], val: Images, setting: str, started: float
+) -> Outcome:
+    return _all_trainable(model, train, val, started, float(setting.split("=")[1]), None)
+
+
+def run_llrd(
+    model: nn.Module, train: Dataset[Any], val: Images, setting: str, started: float
+) -> Outcome:
+    return _all_trainable(model, train, val, started, 3e-4, float(setting.split("=")[1]))
+
+
+def run_fastai(
+    model: nn.Module, train: Dataset[Any], val: Images, setting: str, started: float
+) -> Outcome:
+    import fastai.callback.schedule  # noqa: F401  (adds fine_tune and lr_find to Learner)
+    from fastai.callback.core import Callback as FastCallback
     from fastai.data.core import DataLoaders
     from fastai.learner import Learner as FastLearner
     from fastai.metrics import accuracy
@@ -214,6 +311,16 @@ def run_fastai(model: nn.Module, train: Dataset[Any], val: Images) -> nn.Module:
     head = [p for n, p in model.named_parameters() if n.startswith("_fc.")]
     ids = {id(p) for p in head}
     body = [p for p in model.parameters() if id(p) not in ids]
+    points: list[list[float]] = []
+
+    class FastCurve(FastCallback):  # type: ignore[misc]
+        order = 90  # after the recorder
+
+        def after_epoch(self) -> None:
+            values = self.learn.recorder.values
+            if values and not getattr(self.learn, "lr_finder", None):
+                points.append([round(time.perf_counter() - started, 1), float(values[-1][-1])])
+
     learn = FastLearner(
         DataLoaders(loader, val_loader),
         model,
@@ -221,75 +328,122 @@ def run_fastai(model: nn.Module, train: Dataset[Any], val: Images) -> nn.Module:
         metrics=accuracy,
         splitter=lambda m: [body, head],
     )
+    kwargs: dict[str, Any] = {}
     with learn.no_bar(), contextlib.redirect_stdout(io.StringIO()):
-        learn.fine_tune(EPOCHS - 1, freeze_epochs=1)
-    print(f"    fastai: {learn.recorder.values[-1]}", flush=True)
-    return model
+        if setting == "lr_find":
+            kwargs["base_lr"] = float(learn.lr_find(show_plot=False).valley)
+        learn.fine_tune(EPOCHS - 1, freeze_epochs=1, cbs=[FastCurve()], **kwargs)
+    note = f"fastai {setting}: " + (f"base_lr {kwargs['base_lr']:.2e}; " if kwargs else "")
+    note += f"last epoch {learn.recorder.values[-1]}"
+    print(f"    {note}", flush=True)
+    return Outcome(curve=points, notes=[note])
 
 
-RUNNERS: dict[str, Callable[[nn.Module, Dataset[Any], Images], nn.Module]] = {
-    "auto": run_auto,
-    "tuned": run_tuned,
-    "fastai": run_fastai,
-    "full": run_full,
-    "classic": run_classic,
+Runner = Callable[[nn.Module, Dataset[Any], Images, str, float], Outcome]
+SPECS: dict[str, tuple[Runner, tuple[str, ...]]] = {
+    "auto": (run_auto, ("trials", "signals")),
+    "tuned": (run_tuned, ("",)),
+    "fastai": (run_fastai, ("defaults", "lr_find")),
+    "full": (run_full, ("lr=1e-4", "lr=3e-4", "lr=1e-3")),
+    "llrd": (run_llrd, ("decay=0.65", "decay=0.75", "decay=0.85")),
+    "classic": (run_classic, ("",)),
 }
+"""Each method: its runner and its settings (a sweep when several)."""
+METHODS = tuple(SPECS)
+
+
+def run_file(results: Path, task: str, method: str, setting: str, seed: int) -> Path:
+    """Where the run (task, method, setting, seed) records itself."""
+    name = method + (f"-{setting}" if setting else "")
+    return results / task / f"{name}-seed{seed}.json"
+
+
+def runs_of(spec: str) -> list[tuple[str, str]]:
+    """``method`` (every setting) or ``method:setting`` as (method, setting) pairs."""
+    method, _, setting = spec.partition(":")
+    if method not in SPECS:
+        raise SystemExit(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
+    settings = SPECS[method][1]
+    if setting and setting not in settings:
+        raise SystemExit(f"{method} has no setting {setting!r}; choose from {settings}")
+    return [(method, s) for s in ([setting] if setting else settings)]
+
+
+def commit() -> str:
+    import subprocess
+
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+        )
+        return out.stdout.strip()
+    except OSError:
+        return ""
 
 
 def main(argv: list[str] | None = None) -> None:
     global EPOCHS
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--tasks", default=",".join(TASKS), help=f"comma-separated, of {TASKS}")
-    p.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated, of {METHODS}")
-    p.add_argument("--out", default=str(ROOT / "benchmarks" / "output" / "bench_auto.json"))
+    p.add_argument(
+        "--methods", default=",".join(METHODS),
+        help=f"comma-separated, of {METHODS}; method:setting for one setting",
+    )  # fmt: skip
+    p.add_argument("--seeds", default="0", help="comma-separated seeds (default 0)")
+    p.add_argument("--results", default=None, help="folder of the run files")
+    p.add_argument("--rerun", action="store_true", help="run again what is recorded")
+    p.add_argument("--note", default="", help="what else ran on the machine, if anything")
     p.add_argument("--epochs", type=int, default=7, help="a quick check only (default 7)")
     p.add_argument("--limit", type=int, default=None, help="a quick check only: N train images")
     args = p.parse_args(argv)
     EPOCHS = args.epochs
+    quick = args.limit is not None or args.epochs != 7
+    default = ROOT / "benchmarks" / ("output/auto-quick" if quick else "results/auto")
+    results = Path(args.results) if args.results else default
     tasks = [t for t in args.tasks.split(",") if t]
-    methods = [m for m in args.methods.split(",") if m]
-    for value, known in ((tasks, TASKS), (methods, METHODS)):
-        if bad := [v for v in value if v not in known]:
-            p.error(f"unknown {bad[0]!r}; choose from {', '.join(known)}")
+    if bad := [t for t in tasks if t not in TASKS]:
+        p.error(f"unknown task {bad[0]!r}; choose from {', '.join(TASKS)}")
+    runs = [r for spec in args.methods.split(",") if spec for r in runs_of(spec)]
+    seeds = [int(x) for x in args.seeds.split(",") if x]
     torch.set_num_threads(min(os.cpu_count() or 1, torch.get_num_threads()))
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    results: list[dict[str, Any]] = json.loads(out.read_text()) if out.exists() else []
-    machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch "
-    machine += torch.__version__
+    machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+    machine += f"{torch.get_num_threads()} threads, torch {torch.__version__}"
     for task in tasks:
+        todo = [
+            (m, s, seed)
+            for m, s in runs
+            for seed in seeds
+            if args.rerun or not run_file(results, task, m, s, seed).exists()
+        ]
+        if not todo:
+            continue
         train, val, test = task_data(task, limit=args.limit)
-        for method in methods:
-            torch.manual_seed(0)
-            ff.training.seed_everything(0)
+        for method, setting, seed in todo:
+            ff.training.seed_everything(seed)
             model = (load_lite1 if task == "lite1" else load_efficientnet_lite0)(len(CLASSES))
-            print(f"== {task} / {method}", flush=True)
+            print(f"== {task} / {method} {setting} / seed {seed}", flush=True)
             started = time.perf_counter()
-            RUNNERS[method](model, train, val)
+            outcome = SPECS[method][0](model, train, val, setting, started)
             seconds = time.perf_counter() - started
             row = {
-                "task": task,
-                "method": method,
-                "val_accuracy": evaluate(model, val),
-                "test_accuracy": evaluate(model, test),
-                "seconds": round(seconds, 1),
-                "date": date.today().isoformat(),
-                "machine": machine,
-            }
+                "task": task, "method": method, "setting": setting, "seed": seed,
+                "val_accuracy": evaluate(model, val), "test_accuracy": evaluate(model, test),
+                "seconds": round(seconds, 1), "curve": outcome.curve,
+                "decision_seconds": None if outcome.decision_seconds is None
+                else round(outcome.decision_seconds, 1),
+                "notes": outcome.notes, "epochs": EPOCHS, "date": date.today().isoformat(),
+                "machine": machine, "commit": commit(), "note": args.note,
+                "command": "python benchmarks/bench_auto.py " + " ".join(argv or sys.argv[1:]),
+            }  # fmt: skip
             print(
-                f"   {task:<6} {method:<8} val {100 * row['val_accuracy']:.1f}%  test "
-                f"{100 * row['test_accuracy']:.1f}%  {seconds:.0f} s",
+                f"   {task:<6} {method:<8} {setting:<10} seed {seed}  val "
+                f"{100 * row['val_accuracy']:.1f}%  test {100 * row['test_accuracy']:.1f}%  "
+                f"{seconds:.0f} s",
                 flush=True,
             )
-            results = [r for r in results if (r["task"], r["method"]) != (task, method)]
-            results.append(row)
-            out.write_text(json.dumps(results, indent=2), encoding="utf-8")
-    print("\ntask   method   val acc  test acc  wall time")
-    for r in results:
-        print(
-            f"{r['task']:<6} {r['method']:<8} {100 * r['val_accuracy']:6.1f}%  "
-            f"{100 * r['test_accuracy']:6.1f}%  {r['seconds']:7.1f} s"
-        )
+            path = run_file(results, task, method, setting, seed)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(row, indent=2) + "\n", encoding="utf-8")
 
 
 if __name__ == "__main__":

@@ -14,7 +14,9 @@ The sources:
 - ``benchmarks/results/bench_auto.json``: the rows ``nox -s bench -- auto`` writes
   (``benchmarks/bench_auto.py``), one per task and method;
 - ``benchmarks/results/engines.json``: ``python benchmarks/bench_engines.py``, the cost of
-  the transition check and of soft freezing.
+  the transition check and of soft freezing;
+- ``benchmarks/results/auto/<task>/*.json``: one file per run of ``benchmarks/bench_auto.py``
+  (task, method, setting, seed), the rows of the run-by-run table.
 """
 
 from __future__ import annotations
@@ -206,8 +208,75 @@ def engines() -> dict[str, str]:
     return out
 
 
+# --------------------------------------------------------------------------- ff.auto, run by run
+
+
+def _mean_sd(values: list[float]) -> str:
+    mean = sum(values) / len(values)
+    if len(values) == 1:
+        return pct(mean)
+    sd = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5
+    return f"{pct(mean)} ± {100 * sd:.1f}"
+
+
+def auto_runs() -> dict[str, str]:
+    """The run files of ``benchmarks/bench_auto.py`` (``benchmarks/results/auto/<task>/``),
+    one row per task, method and setting: the mean (and spread) over the seeds recorded; in
+    a sweep, the setting with the best mean validation accuracy is marked; each task's best
+    baseline (by validation accuracy) in bold."""
+    files = sorted((RESULTS / "auto").glob("*/*.json"))
+    runs = [load(f) for f in files]
+    out = {"auto_runs.count": str(len(runs))}
+    if not runs:
+        out["table.auto_runs"] = "No run recorded yet."
+        return out
+    groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+    for r in runs:
+        groups.setdefault((r["task"], r["method"], r["setting"]), []).append(r)
+
+    def val(key: tuple[str, str, str]) -> float:
+        return sum(r["val_accuracy"] for r in groups[key]) / len(groups[key])
+
+    chosen = {}
+    for task, method, _ in groups:
+        keys = [k for k in groups if k[:2] == (task, method)]
+        chosen[(task, method)] = max(keys, key=val)
+    rows = []
+    for task in TASKS:
+        picks = [k for (t, m), k in chosen.items() if t == task and m != "auto"]
+        best = max(picks, key=val) if picks else None
+        for key in sorted((k for k in groups if k[0] == task), key=lambda k: (k[1], k[2])):
+            rs = groups[key]
+            label = key[1] + (f" ({key[2]})" if key[2] else "")
+            swept = sum(1 for k in groups if k[:2] == key[:2]) > 1
+            if key[1] != "auto" and swept and chosen[key[:2]] == key:
+                label += ", chosen on validation"
+            if key == best:
+                label = f"**{label}: best baseline**"
+            decisions = [
+                r["decision_seconds"] / r["seconds"] for r in rs if r.get("decision_seconds")
+            ]
+            rows.append(
+                [
+                    task,
+                    label,
+                    str(len(rs)),
+                    _mean_sd([r["val_accuracy"] for r in rs]),
+                    _mean_sd([r["test_accuracy"] for r in rs]),
+                    secs(sum(r["seconds"] for r in rs) / len(rs)),
+                    pct(sum(decisions) / len(decisions)) if decisions else "",
+                ]
+            )
+    out["table.auto_runs"] = _table(
+        ["task", "method (setting)", "seeds", "validation", "test", "wall time", "deciding"],
+        ["---", "---", "---:", "---:", "---:", "---:", "---:"],
+        rows,
+    )
+    return out
+
+
 def substitutions() -> dict[str, str]:
-    return {**demo(), **bench_auto(), **engines()}
+    return {**demo(), **bench_auto(), **engines(), **auto_runs()}
 
 
 if __name__ == "__main__":
