@@ -223,3 +223,27 @@ def test_glpn_stage_lists_are_taken_by_stage() -> None:
         assert (f"{enc}.block.{s}.0",) in blocks
         assert (f"{enc}.block.{s}.1", f"{enc}.layer_norm.{s}") in blocks
     assert blocks[0] == (f"{enc}.patch_embeddings.0",)
+
+
+@pytest.mark.parametrize("name", ["coat_lite_tiny", "coat_tiny"])
+def test_coat_stages_numbered_in_names_come_in_their_order(name: str) -> None:
+    # CoaT registers every stage's patch embedding, then every cpe, every crpe, then every
+    # stage's blocks; the names number the stages (patch_embed2, cpe2, crpe2, serial_blocks2,
+    # cls_token2), and the blocks follow the numbers: stage i's own layers, then its blocks
+    model = timm_model(name)
+    blocks = ff.find_blocks(model)
+    for s in (1, 2, 3, 4):
+        (entry,) = [b for b in blocks if f"patch_embed{s}" in b.modules]
+        assert entry.modules == (f"patch_embed{s}", f"cpe{s}", f"crpe{s}")
+        assert f"cls_token{s}" in entry.params
+        after = blocks[blocks.index(entry) + 1]
+        assert after.modules[0] == f"serial_blocks{s}.0"
+    # the stages' serial blocks are not taken by index (they are one type: stages, not the
+    # parts of one layer)
+    assert not any(len({m.split(".")[0] for m in b.modules if "serial" in m}) > 1 for b in blocks)
+
+
+def test_visformer_numbered_position_embeddings_go_with_their_stage() -> None:
+    model = timm_model("visformer_tiny")
+    owner = {p: b.modules for b in ff.find_blocks(model) for p in b.params}
+    assert owner == {f"pos_embed{s}": (f"patch_embed{s}",) for s in (1, 2, 3)}

@@ -326,6 +326,45 @@ def _per_branch(module: nn.Module, neighbours: list[nn.Module]) -> bool:
     return len(module) in widths
 
 
+def _number(name: str) -> int | None:
+    """The number a name ends in (``patch_embed2``, ``cls_token_2``: 2), if any."""
+    word = name.rstrip("0123456789")
+    return int(name[len(word) :]) if word != name and word else None
+
+
+def _numbered_stages(
+    children: list[tuple[str, nn.Module]], prefix: str
+) -> tuple[list[tuple[str, nn.Module]], dict[int, str]]:
+    """Children in the order of the stages their names number, where a module names the
+    parts of each stage with its number (CoaT's ``patch_embed1``, ``cpe1``, ``crpe1``,
+    ``serial_blocks1``, registered as all patch embeddings, then all ``cpe``...): two or more
+    words each numbered with one set of two or more numbers. The children so numbered come,
+    from the first of them, stage by stage; each stage gets a label, by number."""
+    sets: dict[str, set[int]] = {}
+    for name, _ in children:
+        number = _number(name)
+        if number is not None:
+            sets.setdefault(name.rstrip("0123456789").rstrip("_"), set()).add(number)
+    shared = Counter(frozenset(v) for v in sets.values() if len(v) >= 2)
+    # not a few numbers of a longer run (NASNet's cell_stem_0, _1 and reduction_cell_0, _1
+    # among cell_0 ... cell_17)
+    common = [n for n, c in shared.items() if c >= 2 and not any(n < v for v in sets.values())]
+    if len(common) != 1:
+        return children, {}
+    numbers = common[0]
+    words = {w for w, v in sets.items() if v == numbers}
+
+    def member(name: str) -> bool:
+        return _number(name) is not None and name.rstrip("0123456789").rstrip("_") in words
+
+    members = [(n, c) for n, c in children if member(n)]
+    members.sort(key=lambda nc: _number(nc[0]) or 0)  # stable: registration order within
+    first = next(i for i, (n, _) in enumerate(children) if member(n))
+    rest = [(n, c) for n, c in children if not member(n)]
+    ordered = rest[:first] + members + rest[first:]
+    return ordered, {k: f"{prefix}#{k}" for k in sorted(numbers)}
+
+
 def _zipped_lists(
     children: list[tuple[str, nn.Module]], facts: _Facts
 ) -> dict[int, tuple[list[tuple[str, nn.Module]], int | None]]:
@@ -347,7 +386,10 @@ def _zipped_lists(
         ):
             j += 1
         run = children[i:j]
-        if len(run) >= 2:
+        kinds = {type(e) for _, lst in run for e in lst.children()}
+        # the parts of one layer are of several types (not CoaT's serial_blocks1..4, lists of
+        # the same blocks: stages one after another)
+        if len(run) >= 2 and len(kinds) >= 2:
             stages = [
                 k
                 for k, (_, lst) in enumerate(run)
@@ -373,12 +415,22 @@ def walk(model: nn.Module) -> tuple[list[Entry], list[str]]:
     facts = _Facts(model)
     entries: list[Entry] = []
     pending: list[str] = []
+    numbered: dict[str, dict[int, str]] = {}
 
     def attach(module: nn.Module, prefix: str, start: int, stage: str | None) -> None:
         """A module's own parameters go with the block before it (torchvision ViT's
         ``encoder.pos_embedding`` with the patch embedding), but a stage's with its first
         block (Nest's ``pos_embed``, added as the stage begins)."""
         names = [_join(prefix, n) for n, _ in module.named_parameters(recurse=False)]
+        labels = numbered.get(prefix, {})
+        for n in [n for n in names if _number(n.rpartition(".")[2]) in labels]:
+            # a numbered parameter of a module whose stages are numbered goes with its
+            # stage's first block (CoaT's cls_token2, Visformer's pos_embed2)
+            label = labels[_number(n.rpartition(".")[2])]
+            first = next((e for e in entries[start:] if e.stage == label), None)
+            if first is not None:
+                first.params.append(n)
+                names.remove(n)
         if stage == prefix and prefix and len(entries) > start:
             entries[start].params[:0] = names
         elif start:
@@ -439,7 +491,9 @@ def walk(model: nn.Module) -> tuple[list[Entry], list[str]]:
         attach(module, prefix, start, stage)
 
     def _walk_children(module: nn.Module, prefix: str, stage: str | None) -> None:
-        children = param_children(module)
+        children, labels = _numbered_stages(param_children(module), prefix)
+        if labels:
+            numbered[prefix] = labels
         # a sibling of the same type as a repeated one is a unit too (timm RegNet's ``s1``
         # holds one block, ``s3`` several)
         stages = {
@@ -447,8 +501,10 @@ def walk(model: nn.Module) -> tuple[list[Entry], list[str]]:
         }
         kinds = Counter(type(c) for _, c in children)
         zipped = _zipped_lists(children, facts)
+        outer = stage
         for i, (name, child) in enumerate(children):
             path = _join(prefix, name)
+            stage = labels.get(_number(name), outer) if labels else outer
             if i in zipped:
                 run, stage_list = zipped[i]
                 if run:
@@ -463,11 +519,13 @@ def walk(model: nn.Module) -> tuple[list[Entry], list[str]]:
                 entries.append(Entry([path], stage=stage, parallel=True))
             elif facts.repeated(child):
                 # a module of numbered units is a stage (RegNet's s2, DLA's level2)
-                expand(child, path, path if not isinstance(child, _CONTAINERS) else stage)
+                inner = path if not isinstance(child, _CONTAINERS) and stage == outer else stage
+                expand(child, path, inner)
             elif facts.holds_units(child):
                 walk_into(child, path, stage)
             elif (
                 kinds[type(child)] >= 2
+                and stage == outer  # not one numbered part of each stage (CoaT's crpe1)
                 and facts.unit_sized(child)
                 # a stage of one unit (ECA-ResNet-light's layer1), not a list of single
                 # layers (EfficientViM's norms, one per stage)
