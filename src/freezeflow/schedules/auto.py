@@ -205,11 +205,11 @@ def auto(
             in step 3. ``"signals"``: from the relative gradient norms of one backward over
             the probe batches (every candidate made to require gradients, step 4's
             measurement): when the window with the largest mean is ahead of the next by
-            :data:`SEPARATION` or more, it is taken without any trial; otherwise the
-            windows within that factor of it are tried by successive halving (half the
-            trial steps each, the better half on with the full steps), and the winner keeps
-            the steps of its last trial as training. Not yet the default: its accuracy and
-            cost against the trials are measured by ``nox -s bench -- auto``
+            ``ff.schedules.auto.SEPARATION`` (1.5x) or more, it is taken without any trial;
+            otherwise the windows within that factor of it are tried by successive halving
+            (half the trial steps each, the better half on with the full steps), and the
+            winner keeps the steps of its last trial as training. Not yet the default: its
+            accuracy and cost against the trials are measured by ``nox -s bench -- auto``
             (docs/results.md) before it can be.
 
     Raises:

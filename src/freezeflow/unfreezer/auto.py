@@ -437,7 +437,7 @@ class AutoPlanner(StagePlanner):
         seed: int,
     ) -> tuple[int, str]:
         """``auto(decide="signals")``: the window with the largest mean relative gradient
-        norm when it leads the next by :data:`SEPARATION`, without a trial; else successive
+        norm when it leads the next by ``SEPARATION``, without a trial; else successive
         halving over the windows within that factor of it (the winner keeps its trial's
         steps). Returns the window and the explanation (``{before}``: the probe loss before,
         filled in by the caller)."""
