@@ -125,6 +125,10 @@ def test_a_head_inside_the_base_model_is_found_by_name() -> None:
     # base model prefix: the new layers are the names the base model does not have
     r = measure_transformers("timm_wrapper")
     assert r["head_ok"] is True, r.get("reason")
+    # Perceiver's classification model builds a text preprocessor (embeddings) in front of
+    # the base model's layers and a decoder after them: the decoder alone is new
+    r = measure_transformers("perceiver")
+    assert r["head_ok"] is True, r.get("reason")
 
 
 def test_a_norm_timm_groups_apart_from_its_conv_by_index_counts_with_it() -> None:

@@ -457,8 +457,9 @@ def goes_on(model: nn.Module, last_layer: str) -> str | None:
 
 def _head_layers(model: nn.Module, base: nn.Module) -> set[str]:
     """The parameters a task model adds to its pretrained base model (its new head): those
-    under no module of the base model (``model.base_model_prefix``, else the base model's
-    names, with or without the prefix the task model puts before them)."""
+    under no module of the base model (``model.base_model_prefix``), else those whose names
+    the base model lacks (with or without the prefix the task model puts before them),
+    registered after its first name the base model has."""
     prefix = getattr(model, "base_model_prefix", "")
     body = getattr(model, prefix, None) if prefix else None
     if isinstance(body, nn.Module):
@@ -467,13 +468,14 @@ def _head_layers(model: nn.Module, base: nn.Module) -> set[str]:
         if new:
             return new
     # the head inside the body (a timm model's own classifier, Perceiver's decoder): the
-    # names the base model does not have
+    # names the base model does not have, after the first it has (a layer the task model
+    # puts in front of the base model's, Perceiver's text preprocessor, is its input side:
+    # embeddings, pretrained with the body, no head)
     known = {n for n, _ in base.named_parameters()}
-    return {
-        n
-        for n, _ in model.named_parameters()
-        if n not in known and n.partition(".")[2] not in known
-    }
+    names = [n for n, _ in model.named_parameters()]
+    has = [i for i, n in enumerate(names) if n in known or n.partition(".")[2] in known]
+    start = has[0] if has else 0
+    return {n for n in names[start:] if n not in known and n.partition(".")[2] not in known}
 
 
 def measure_transformers(model_type: str) -> Record:
