@@ -24,6 +24,10 @@ needs it:
   ``attentions``, ``layer_norm1``, ``ffns``, ``layer_norm2``), or, where one of the lists
   holds stages, stage i with its own layers (GLPN's ``patch_embeddings``, ``block``,
   ``layer_norm``);
+- where a module numbers its stages' parts in their names (CoaT's ``patch_embed1``,
+  ``cpe1``, ``crpe1``, ``serial_blocks1``, registered as all patch embeddings first), the
+  numbers give the order, and a numbered loose parameter goes with its stage's first block
+  (CoaT's ``cls_token1``, Visformer's ``pos_embed1``);
 - a module named ``stem`` is one block, whatever it holds (FastViT's three MobileOne blocks,
   NFNet's four convolutions), unless it holds units of a type later stages hold (VibeVoice's
   ``stem.stage`` is the first stage); so is a module whose lists hold only conv-norm pairs
