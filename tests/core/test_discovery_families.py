@@ -23,6 +23,11 @@ def timm_model(name: str, **kwargs: Any) -> nn.Module:
     return model
 
 
+def kids(model: nn.Module, path: str) -> list[nn.Module]:
+    """The children of the submodule at ``path``, in order."""
+    return list(model.get_submodule(path).children())
+
+
 def params_under(model: nn.Module, *paths: str) -> set[str]:
     return {
         n
@@ -66,7 +71,7 @@ def test_crossvit_multi_scale_blocks_are_one_unit_each(name: str) -> None:
     # per-branch projections and fusions: one depth, as timm groups it
     model = timm_model(name)
     blocks = ff.find_blocks(model)
-    units = [f"blocks.{i}" for i in range(len(model.get_submodule("blocks")))]
+    units = [f"blocks.{i}" for i in range(len(kids(model, "blocks")))]
     assert [b.modules[0] for b in blocks[1:-1]] == units
     assert backbone_last2(model) == params_under(model, *units[-2:], "norm")
     assert set(ff.last(1).select(model).names) == params_under(model, "head", "head_dist")
@@ -110,15 +115,15 @@ def test_starnet_stage_downsampling_is_a_block_apart_from_the_stem(name: str) ->
     model = timm_model(name)
     blocks = ff.find_blocks(model)
     assert blocks[0].modules == ("stem",)
-    stages = model.get_submodule("stages")
+    stages = kids(model, "stages")
     for s, stage in enumerate(stages):
         down = f"stages.{s}.0"
-        assert type(stage[0]).__name__ == "ConvBN"
+        assert type(kids(model, f"stages.{s}")[0]).__name__ == "ConvBN"
         assert (down,) in [b.modules for b in blocks]
-        units = [f"stages.{s}.{i}" for i in range(1, len(stage))]
+        units = [f"stages.{s}.{i}" for i in range(1, len(list(stage.children())))]
         assert all(any(b.modules[0] == u for b in blocks) for u in units)
     last = len(stages) - 1
-    n = len(stages[last])
+    n = len(kids(model, f"stages.{last}"))
     assert backbone_last2(model) == params_under(
         model, f"stages.{last}.{n - 2}", f"stages.{last}.{n - 1}", "norm"
     )
@@ -150,13 +155,13 @@ def test_efficientvim_heads_and_their_weights_are_the_head(name: str) -> None:
         n for n, _ in model.named_parameters(recurse=False)
     }
     assert blocks[0].modules == ("patch_embed",)
-    for s in range(len(model.get_submodule("stages")) - 1):
+    for s in range(len(kids(model, "stages")) - 1):
         # the downsampling layer, registered and applied after a stage's units, joins the
         # last of them, as timm groups it
         stage = f"stages.{s}"
-        last_unit = f"{stage}.blocks.{len(model.get_submodule(stage + '.blocks')) - 1}"
+        last_unit = f"{stage}.blocks.{len(kids(model, stage + '.blocks')) - 1}"
         assert (last_unit, f"{stage}.downsample") in [b.modules for b in blocks]
-    last = len(model.get_submodule("stages")) - 1
+    last = len(kids(model, "stages")) - 1
     assert backbone_last2(model) == params_under(
         model, f"stages.{last}.blocks.0", f"stages.{last}.blocks.1", "norm"
     )

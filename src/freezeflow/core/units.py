@@ -369,27 +369,27 @@ def _numbered_stages(
     return ordered, {k: f"{prefix}#{k}" for k in sorted(numbers)}
 
 
+def _list_length(module: nn.Module) -> int:
+    """The length of a ``ModuleList``; -1 for any other module."""
+    return len(module) if isinstance(module, nn.ModuleList) else -1
+
+
 def _zipped_lists(
     children: list[tuple[str, nn.Module]], facts: _Facts
-) -> dict[int, tuple[list[tuple[str, nn.Module]], int | None]]:
+) -> dict[int, tuple[list[tuple[str, nn.ModuleList]], int | None]]:
     """Runs of two or more adjacent ``ModuleList`` children of one length (two or more),
     whose i-th elements belong together: the parts of layer i (one list holds unit-sized
     parts, none holds units: XLM), or stage i and its own layers (exactly one list holds
     stages, lists of units: GLPN, Twins). Maps the index of each list of a run to the run
     (given at its first list, empty at the others) and the index of its list of stages."""
-    out: dict[int, tuple[list[tuple[str, nn.Module]], int | None]] = {}
+    out: dict[int, tuple[list[tuple[str, nn.ModuleList]], int | None]] = {}
     i = 0
     while i < len(children):
         j = i
-        first = children[i][1]
-        while (
-            j < len(children)
-            and type(children[j][1]) is nn.ModuleList
-            and type(first) is nn.ModuleList
-            and len(children[j][1]) == len(first) >= 2
-        ):
+        length = _list_length(children[i][1])
+        while j < len(children) and _list_length(children[j][1]) == length >= 2:
             j += 1
-        run = children[i:j]
+        run = [(n, c) for n, c in children[i:j] if isinstance(c, nn.ModuleList)]
         kinds = {type(e) for _, lst in run for e in lst.children()}
         # the parts of one layer are of several types (not CoaT's serial_blocks1..4, lists of
         # the same blocks: stages one after another)
@@ -430,7 +430,7 @@ def walk(model: nn.Module) -> tuple[list[Entry], list[str]]:
         for n in [n for n in names if _number(n.rpartition(".")[2]) in labels]:
             # a numbered parameter of a module whose stages are numbered goes with its
             # stage's first block (CoaT's cls_token2, Visformer's pos_embed2)
-            label = labels[_number(n.rpartition(".")[2])]
+            label = labels[_number(n.rpartition(".")[2]) or 0]
             first = next((e for e in entries[start:] if e.stage == label), None)
             if first is not None:
                 first.params.append(n)
@@ -508,7 +508,8 @@ def walk(model: nn.Module) -> tuple[list[Entry], list[str]]:
         outer = stage
         for i, (name, child) in enumerate(children):
             path = _join(prefix, name)
-            stage = labels.get(_number(name), outer) if labels else outer
+            number = _number(name)
+            stage = labels.get(number, outer) if labels and number is not None else outer
             if i in zipped:
                 run, stage_list = zipped[i]
                 if run:
@@ -546,7 +547,10 @@ def walk(model: nn.Module) -> tuple[list[Entry], list[str]]:
                 entries.append(Entry([path], unit=type(child) in stages, stage=stage))
 
     def zip_walk(
-        prefix: str, run: list[tuple[str, nn.Module]], stage_list: int | None, stage: str | None
+        prefix: str,
+        run: list[tuple[str, nn.ModuleList]],
+        stage_list: int | None,
+        stage: str | None,
     ) -> None:
         """Sibling lists of one length, taken by index: the i-th elements of each are one
         layer (XLM's attentions, layer_norm1, ffns, layer_norm2), or, where one list holds
@@ -574,7 +578,7 @@ def walk(model: nn.Module) -> tuple[list[Entry], list[str]]:
             if after:
                 entries.append(Entry(after, stage=here))
 
-    def run_index(run: list[tuple[str, nn.Module]], path: str) -> int:
+    def run_index(run: list[tuple[str, nn.ModuleList]], path: str) -> int:
         name = path.rsplit(".", 2)[-2]
         return next(j for j, (n, _) in enumerate(run) if n == name)
 
