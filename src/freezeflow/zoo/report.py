@@ -100,8 +100,9 @@ _NOTED: dict[str, list[tuple[str, str]]] = {
     "transformers": [
         (
             "goes_on",
-            "go on after their last layer list with more than one layer's worth of "
-            "parameters or with layers of their own (`last(2)` not compared with that list)",
+            "have a `last(2)` other than the last two layers of their last layer list, "
+            "after which the model goes on with more than one layer's worth of parameters "
+            "or with layers of its own (not counted: no reference there)",
         )
     ],
 }
