@@ -147,3 +147,11 @@ def find_blocks_of(name: str) -> list[Any]:
 
     with on_meta_device():
         return find_blocks(timm.create_model(name))
+
+
+def test_a_classifier_timm_folds_into_the_last_units_group_is_its_head_group() -> None:
+    # IFormer's matcher maps ^head to the group before it: the classifier is split off as
+    # the head group and the last unit is compared strictly, not accepted as a boundary
+    r = measure_timm("iformer_t")
+    assert r["status"] == "agree", r.get("reason")
+    assert "boundary" not in r and r["last2"] is True

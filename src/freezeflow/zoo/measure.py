@@ -121,6 +121,7 @@ def measure_timm(name: str) -> Record:
     if moved:
         rec["boundary"] = _label(moved)
     unnamed = _unnamed(model.group_matcher(coarse=False), names, groups) - classifier
+    unnamed = {n for n in unnamed if "." in n}  # the model's own parameters come first
     if unnamed:
         rec["unnamed"] = _label(unnamed)
         boundary |= unnamed
@@ -205,19 +206,21 @@ def _head_apart(groups: list[set[str]], classifier: set[str]) -> list[set[str]]:
         return groups
     rest = groups[-1] - classifier
     path = _label(rest)
-    parent = path.rpartition(".")[0]
-    if "+" in path or not parent:
+    if "+" in path:
         return groups
-    if any(n.startswith(parent + ".") for g in groups[:-1] for n in g):
-        return [*groups[:-1], rest, classifier]
+    parts = path.split(".")
+    for k in range(len(parts) - 1, 0, -1):  # the innermost container shared with others
+        parent = ".".join(parts[:k])
+        if any(n.startswith(parent + ".") for g in groups[:-1] for n in g):
+            return [*groups[:-1], rest, classifier]
     return groups
 
 
 def _unnamed(matcher: Any, names: list[str], groups: list[set[str]]) -> set[str]:
-    """The parameters registered before timm's first unit group that no pattern of its
-    matcher names (EVA's ``rope``, a shared relative-position MLP): timm puts what its
-    matcher leaves unnamed in its last group, meaning the neck and the head, which a module
-    registered before the units is not; the reference says nothing about them."""
+    """The parameters of submodules registered before timm's first unit group that no
+    pattern of its matcher names (EVA's ``rope``, a shared relative-position MLP): timm puts
+    what its matcher leaves unnamed in its last group, meaning the neck and the head, which
+    a module registered before the units is not; the reference says nothing about them."""
     if not isinstance(matcher, dict) or len(groups) < 2:
         return set()
     patterns = [
