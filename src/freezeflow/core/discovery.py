@@ -181,8 +181,6 @@ def _discover(model: nn.Module) -> list[Block]:
         else:
             merged.append(e)
 
-    # single layers repeated (VGG's convolutions) are units only in a model with no
-    # composite ones: before composite units, they are a stem of several convolutions
     # a model whose units run parallel branches (HRNet) ends its depth at the last of them
     # when a list of one layer per branch comes next: what merges the branches from there
     # (HRNet's incre_modules, downsamp_modules and final_layer) is a neck, no unit, and
@@ -201,6 +199,8 @@ def _discover(model: nn.Module) -> list[Block]:
         else:
             joined.append(e)
     merged = joined
+    # single layers repeated (VGG's convolutions) are units only in a model with no
+    # composite ones: before composite units, they are a stem of several convolutions
     composite = [i for i, e in enumerate(merged) if e.unit and is_composite(modules[e.modules[0]])]
     for e in merged[: composite[0] if composite else 0]:
         e.unit = False
@@ -215,6 +215,8 @@ def _discover(model: nn.Module) -> list[Block]:
 
 
 def _width(module: nn.Module, attrs: tuple[str, ...]) -> int | None:
+    """The first of ``attrs`` that ``module`` has as a width (an int, or the last int of a
+    shape), if any."""
     for a in attrs:
         value = getattr(module, a, None)
         if isinstance(value, int):
@@ -321,8 +323,8 @@ def _stem_blocks(stem: list[Entry], first: Entry) -> list[Entry]:
     stages that follow (DLA's ``level0`` and ``level1`` before ``level2``): the model counts
     them among its depths, each a block."""
     out: list[Entry] = []
+    head = first.modules[0]
     for e in stem:
-        head = first.modules[0]
         if (
             out
             and not _numbered_as(e.modules[0], head)
@@ -339,8 +341,6 @@ def _scalars_to_head(model: nn.Module, merged: list[Entry]) -> None:
     ``logit_bias``: a temperature or an offset of the output) belongs to the last block, not
     to the stem where loose parameters seen first go (a ViT's ``cls_token`` stays there);
     so does a vector of one weight per head of a list of heads (EfficientViM's ``weights``)."""
-    # and a vector with one number per head of a list of heads (EfficientViM's ``weights``,
-    # which mix the outputs of its ``heads``)
     heads = {
         len(c)
         for n, c in model.named_children()
