@@ -68,10 +68,19 @@ def _totals(data: dict[str, Any]) -> list[str]:
         "on the meta device from their defaults."
     ]
     agreeing = [r for r in records if r["status"] == "agree"]
+    accepted = 0
     for key, what in _NOTED[zoo]:
         noted = [r for r in agreeing if key in r]
+        accepted += len(noted)
         if noted:
             lines.append(f"  Of the agreements, {len(noted)} {what} (`{key}`, listed below).")
+    if accepted and measured:
+        accepted = sum(1 for r in agreeing if any(key in r for key, _ in _NOTED[zoo]))
+        strict = agree - accepted
+        lines.append(
+            f"  Counted strictly, with those {accepted} as disagreements: {strict} of "
+            f"{measured} ({100 * strict / measured:.1f}%)."
+        )
     if zoo == "transformers":
         heads = [r for r in records if "head_ok" in r]
         good = sum(bool(r["head_ok"]) for r in heads)
