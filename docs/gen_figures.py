@@ -6,7 +6,11 @@ Writes into ``docs/img/`` (or the folder given as the first argument):
   stage of the example schedule has frozen everything else;
 - ``resnet18_plan.txt``: ``print(freezeflow.plan(...))`` of that schedule;
 - ``resnet18_plan.png``: ``freezeflow.plan(...).plot(...)``, each param group's base LR and
-  the trainable-parameter count over the run.
+  the trainable-parameter count over the run;
+- ``auto_time_to_accuracy.png``: from the run files of ``benchmarks/bench_auto.py``
+  (``benchmarks/results/auto/<task>/*.json``), the validation accuracy after each epoch
+  against the wall-clock seconds, one curve per method and setting (the lowest seed
+  recorded), one panel per task.
 
 The model is ``torchvision.models.resnet18(weights=None)`` (random weights: nothing is
 downloaded; the plan only depends on the architecture). Run it with
@@ -41,6 +45,43 @@ def example_schedule() -> ff.Schedule:
     )
 
 
+def time_to_accuracy(out: Path) -> Path:
+    """The time-to-accuracy figure of the ``ff.auto`` benchmark's run files."""
+    import json
+
+    import matplotlib.pyplot as plt
+
+    runs = [
+        json.loads(f.read_text(encoding="utf-8"))
+        for f in sorted((HERE.parent / "benchmarks" / "results" / "auto").glob("*/*.json"))
+    ]
+    first: dict[tuple[str, str, str], dict] = {}
+    for r in sorted(runs, key=lambda r: r["seed"]):
+        first.setdefault((r["task"], r["method"], r["setting"]), r)
+    tasks = sorted({t for t, _, _ in first}) or ["(none)"]
+    figure, axes = plt.subplots(1, len(tasks), figsize=(5 * len(tasks), 3.6), squeeze=False)
+    for ax, task in zip(axes[0], tasks):
+        ax.set_title(task)
+        ax.set_xlabel("wall-clock seconds")
+        ax.set_ylabel("validation accuracy")
+        for (t, method, setting), r in sorted(first.items()):
+            if t != task or not r["curve"]:
+                continue
+            xs, ys = zip(*r["curve"])
+            label = method + (f" ({setting})" if setting else "")
+            style = "-" if method == "auto" else "--"
+            ax.plot(xs, ys, style, marker="o", markersize=3, label=label)
+        if not runs:
+            ax.text(0.5, 0.5, "no run recorded yet", ha="center", transform=ax.transAxes)
+        elif ax.lines:
+            ax.legend(fontsize="x-small")
+    figure.set_layout_engine("constrained")
+    path = out / "auto_time_to_accuracy.png"
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
+
+
 def render(out: Path) -> list[Path]:
     """Write the figures into ``out``; returns their paths."""
     out.mkdir(parents=True, exist_ok=True)
@@ -66,7 +107,7 @@ def render(out: Path) -> list[Path]:
     ff.freeze(model, ~schedule[0].trainable)  # what stage 0 leaves trainable
     summary_txt = out / "resnet18_summary.txt"
     summary_txt.write_text(str(ff.summary(model)) + "\n", encoding="utf-8")
-    return [plan_txt, plan_png, summary_txt]
+    return [plan_txt, plan_png, summary_txt, time_to_accuracy(out)]
 
 
 def main(argv: list[str]) -> int:

@@ -226,7 +226,7 @@ def auto_runs() -> dict[str, str]:
     baseline (by validation accuracy) in bold."""
     files = sorted((RESULTS / "auto").glob("*/*.json"))
     runs = [load(f) for f in files]
-    out = {"auto_runs.count": str(len(runs))}
+    out = {"auto_runs.count": str(len(runs)), "auto_runs.busy": "none"}
     if not runs:
         out["table.auto_runs"] = "No run recorded yet."
         return out
@@ -263,10 +263,13 @@ def auto_runs() -> dict[str, str]:
                     str(len(rs)),
                     _mean_sd([r["val_accuracy"] for r in rs]),
                     _mean_sd([r["test_accuracy"] for r in rs]),
-                    secs(sum(r["seconds"] for r in rs) / len(rs)),
+                    secs(sum(r["seconds"] for r in rs) / len(rs))
+                    + ("*" if any(r.get("note") for r in rs) else ""),
                     pct(sum(decisions) / len(decisions)) if decisions else "",
                 ]
             )
+    notes = sorted({r["note"] for r in runs if r.get("note")})
+    out["auto_runs.busy"] = "; ".join(notes) if notes else "none"
     out["table.auto_runs"] = _table(
         ["task", "method (setting)", "seeds", "validation", "test", "wall time", "deciding"],
         ["---", "---", "---:", "---:", "---:", "---:", "---:"],

@@ -323,6 +323,7 @@ def test_gen_figures_renders_a_real_plan(tmp_path: Path) -> None:
     module = runpy.run_path(str(DOCS / "gen_figures.py"))
     written = module["render"](tmp_path)
     assert sorted(p.name for p in written) == [
+        "auto_time_to_accuracy.png",
         "resnet18_plan.png",
         "resnet18_plan.txt",
         "resnet18_summary.txt",
@@ -330,7 +331,8 @@ def test_gen_figures_renders_a_real_plan(tmp_path: Path) -> None:
     plan = (tmp_path / "resnet18_plan.txt").read_text(encoding="utf-8")
     assert plan.startswith("Plan for ResNet: 3 stage(s)\n")
     assert "[1] layer4: starts at epoch 3" in plan
-    assert (tmp_path / "resnet18_plan.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for png in ("resnet18_plan.png", "auto_time_to_accuracy.png"):
+        assert (tmp_path / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     summary = (tmp_path / "resnet18_summary.txt").read_text(encoding="utf-8")
     assert summary.startswith("ResNet: 513,000 of 11,689,512 parameters trainable")
     for name in ("resnet18_plan.txt", "resnet18_summary.txt"):
