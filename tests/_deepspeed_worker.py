@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 import transformers
+from _hf_ddp_worker import bert  # the same tiny random BERT as the DDP runs
 from torch import nn
 
 import freezeflow as ff
@@ -34,17 +35,6 @@ from freezeflow.integrations.transformers import FreezeflowTrainer
 EPOCHS = 2
 BATCH = 4
 STEPS_PER_EPOCH = 4
-
-
-def bert() -> Any:
-    cfg = transformers.BertConfig(
-        vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
-        intermediate_size=32, max_position_embeddings=8,
-        num_labels=2,  # type: ignore[call-arg]  # a PretrainedConfig keyword
-        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
-    )  # fmt: skip
-    torch.manual_seed(0)
-    return transformers.BertForSequenceClassification(cfg)
 
 
 def data() -> list[dict[str, torch.Tensor]]:

@@ -172,14 +172,10 @@ def test_hf_gradient_checkpointing_over_frozen_embeddings(reentrant: bool) -> No
     gives the checkpointed layers no gradient (their input does not require one). The layer
     unfrozen later either trains (non-reentrant) or the verifier stops the first step after
     the change, naming it, before the optimizer changes anything (reentrant)."""
-    transformers = pytest.importorskip("transformers")
-    cfg = transformers.BertConfig(
-        vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
-        intermediate_size=32, max_position_embeddings=8, num_labels=2,
-        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
-    )  # fmt: skip
-    torch.manual_seed(0)
-    model = transformers.BertForSequenceClassification(cfg)
+    pytest.importorskip("transformers")
+    from _hf_ddp_worker import bert  # a tiny random BERT
+
+    model = bert()
     kwargs = {"use_reentrant": reentrant}
     if hasattr(model, "activation_checkpointing_enable"):  # its name from transformers 5
         model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)

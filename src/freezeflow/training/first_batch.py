@@ -37,6 +37,7 @@ from torch.utils.data import DataLoader
 from freezeflow.errors import TrainingError, TrainingTypeError
 from freezeflow.training.batch import split_batch, to_device
 from freezeflow.training.rng import data_generators, rng_state, set_rng_state
+from freezeflow.unfreezer.restore import Restored
 
 __all__ = ["check_first_batch", "describe"]
 
@@ -89,16 +90,10 @@ def _no_trace(model: nn.Module, train_data: Iterable[Any], cuda: bool) -> Iterat
     buffer and every module's train/eval mode."""
     generators = data_generators(train_data)
     rng = rng_state(cuda=cuda, generators=generators)
-    buffers = [(b, b.detach().clone()) for b in model.buffers()]
-    modes = [(m, m.training) for m in model.modules()]
     try:
-        yield
+        with Restored(model, ()):  # buffers and modes (no parameter changes here)
+            yield
     finally:
-        with torch.no_grad():
-            for b, saved in buffers:
-                b.copy_(saved)
-        for m, training in modes:
-            m.training = training
         set_rng_state(rng, cuda=cuda, generators=generators)
 
 
