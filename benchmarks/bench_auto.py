@@ -15,7 +15,8 @@ Methods, with the same epochs (7), batches (64, random horizontal flips) and dat
 with several settings is a sweep, its setting chosen on the validation split:
 
 - ``auto``: ``ff.auto(7)``, nothing else (Adam, norm layers frozen, feature cache on), with
-  ``decide=trials`` (the default) and ``decide=signals``;
+  ``decide=trials`` (the default), ``decide=signals``, and ``decide=signals`` with
+  ``refreeze=True`` (setting ``signals-refreeze``);
 - ``tuned``: the demo's hand-tuned schedule (head 2 epochs, then ``last(3)``, then
   ``last(9)``, discriminative LRs, a cosine per stage, feature cache): tuned on task 1; on
   the other tasks it is the "last k blocks" schedule to beat;
@@ -199,6 +200,15 @@ def with_freezeflow(
         progress=False,
     )
     out.curve = curve.points
+    signals = getattr(uf.planner, "signals", None)
+    if signals is not None and signals.means:  # refreeze: each window's step signals per epoch
+        out.notes.append(
+            "step signals (relative gradient norm per epoch): "
+            + "; ".join(
+                f"{uf.planner.window_name(w)} " + " ".join(f"{m:.3g}" for m in means)
+                for w, means in sorted(signals.means.items())
+            )
+        )
     for t in history.transitions:
         out.notes.append(f"epoch {t['epoch']}: {t['name']}: {t['reason']}")
         print(f"    {out.notes[-1]}", flush=True)
@@ -208,7 +218,9 @@ def with_freezeflow(
 def run_auto(
     model: nn.Module, train: Dataset[Any], val: Images, setting: str, started: float
 ) -> Outcome:
-    return with_freezeflow(model, ff.auto(EPOCHS, decide=setting), train, val, started)  # type: ignore[arg-type]
+    decide, _, refreeze = setting.partition("-")
+    schedule = ff.auto(EPOCHS, decide=decide, refreeze=refreeze == "refreeze")  # type: ignore[arg-type]
+    return with_freezeflow(model, schedule, train, val, started)
 
 
 def run_tuned(
@@ -341,7 +353,7 @@ def run_fastai(
 
 Runner = Callable[[nn.Module, Dataset[Any], Images, str, float], Outcome]
 SPECS: dict[str, tuple[Runner, tuple[str, ...]]] = {
-    "auto": (run_auto, ("trials", "signals")),
+    "auto": (run_auto, ("trials", "signals", "signals-refreeze")),
     "tuned": (run_tuned, ("",)),
     "fastai": (run_fastai, ("defaults", "lr_find")),
     "full": (run_full, ("lr=1e-4", "lr=3e-4", "lr=1e-3")),

@@ -441,3 +441,26 @@ def test_engines_that_set_up_the_optimizer_once_are_refused_before_any_change(
     with unchanged(lit, opt), pytest.raises(TrainingError, match=rf"under Lightning's {strategy}"):
         cb.on_fit_start(fake, lit)  # type: ignore[arg-type]
     assert cb.unfreezer is None
+
+
+class Ticking:
+    """A fake ``time`` module for freezeflow's run clock: every read is one second on."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def perf_counter(self) -> float:
+        self.now += 1.0
+        return self.now
+
+
+def test_a_time_budget_stops_the_trainer_after_the_last_epoch_that_fits(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(ff.unfreezer.clock, "time", Ticking())
+    cb = FreezeflowCallback(ff.auto(3, windows=1, minutes=1e-6), module_attr="net")
+    t = trainer(tmp_path, 3, [cb])
+    t.fit(LoggingLit(scheduler=None), loader(), loader(2))
+    uf = cb.unfreezer
+    assert uf is not None and uf.epoch == 0  # one epoch of three, then the deadline
+    assert t.should_stop and t.current_epoch == 1

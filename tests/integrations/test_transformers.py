@@ -457,3 +457,26 @@ def test_auto_schedule_decides_from_the_models_loss(tmp_path: Path, decay: float
     assert all("trial took the probe loss" in d.text for d in uf.decisions)
     decays = {g["name"]: g["weight_decay"] for g in uf.optimizer.param_groups}
     assert all(v == (decay if n.endswith("/decay") else 0.0) for n, v in decays.items())
+
+
+def test_a_time_budget_stops_the_trainer_after_the_last_epoch_that_fits(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    class Ticking:  # every read of freezeflow's run clock is one second on
+        now = 0.0
+
+        def perf_counter(self) -> float:
+            self.now += 1.0
+            return self.now
+
+    monkeypatch.setattr(ff.unfreezer.clock, "time", Ticking())
+    trainer = FreezeflowTrainer(
+        model=bert(),
+        args=arguments(tmp_path, 4, learning_rate=1e-3),
+        train_dataset=Data(),
+        schedule=ff.auto(4, windows=2, minutes=1e-6),
+    )
+    trainer.train()
+    uf = trainer.freezeflow_callback().unfreezer
+    assert uf is not None and uf.epoch == 0  # one epoch of four, then the deadline
+    assert trainer.state.epoch == 1.0

@@ -5,6 +5,7 @@ input refused before anything changes. (The knobs themselves: tests/schedules/te
 
 from __future__ import annotations
 
+import itertools
 import math
 import random
 import warnings
@@ -173,41 +174,86 @@ def test_the_same_seed_gives_the_same_decisions_and_weights() -> None:
     assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
 
 
-@pytest.mark.parametrize("decide", ["trials", "signals"])
+@pytest.mark.parametrize(
+    ("decide", "refreeze"), [("trials", False), ("signals", False), ("trials", True)]
+)
 @pytest.mark.parametrize(("stop", "decided"), [(2, 0), (3, 1), (5, 2)])
 def test_a_resumed_run_makes_the_same_decisions(
-    tmp_path: Path, stop: int, decided: int, decide: str
+    tmp_path: Path, stop: int, decided: int, decide: str, refreeze: bool
 ) -> None:
+    knobs: dict[str, Any] = {"decide": decide, "refreeze": refreeze}
     whole = planted()
-    _, u_whole = fit_auto(whole, checkpoint=tmp_path / "whole", decide=decide)
+    _, u_whole = fit_auto(whole, checkpoint=tmp_path / "whole", **knobs)
     part = planted()
-    _, u_part = fit_auto(
-        part, checkpoint=tmp_path / "part", callbacks=[StopAfter(stop)], decide=decide
-    )
-    assert len(u_part.decisions) == decided  # stages begin at epochs 2 and 3
+    _, u_part = fit_auto(part, checkpoint=tmp_path / "part", callbacks=[StopAfter(stop)], **knobs)
+    assert len(u_part.decisions) == decided  # stages begin at epochs 2 and 3, refreeze later
     resumed = planted()
-    _, u_resumed = fit_auto(resumed, checkpoint=tmp_path / "part", resume=True, decide=decide)
+    _, u_resumed = fit_auto(resumed, checkpoint=tmp_path / "part", resume=True, **knobs)
     assert [d.text for d in u_resumed.decisions] == [d.text for d in u_whole.decisions]
     assert all(torch.equal(p, q) for p, q in zip(whole.parameters(), resumed.parameters()))
     assert flags(whole) == flags(resumed)
 
 
-def test_refreeze_freezes_a_converged_window_again() -> None:
+def refreeze_of(uf: ff.GradualUnfreezer) -> Any:
+    (d,) = [d for d in uf.decisions if d.window == -1]
+    return d
+
+
+def test_refreeze_freezes_the_converged_prefix_again_at_the_first_settled_epoch() -> None:
     net = planted()
     frozen_at: dict[str, torch.Tensor] = {}
 
     class Watch(Callback):
         def on_stage_change(self, run: Run, transition: Any) -> None:
-            if transition.stage_index == 2:
+            if "froze again" in transition.reason:
                 frozen_at.update(snapshot(net))
 
     history, uf = fit_auto(net, refreeze=True, callbacks=[Watch()])
     w = window_of(uf, PLANTED)
-    assert uf.decisions[1].refrozen == (w,)
-    assert "froze again (converged)" in history.transitions[2]["reason"]
+    planner = uf.planner
+    assert isinstance(planner, ff.unfreezer.AutoPlanner)
+    assert min(planner.windows[w]) == 0  # the planted window is the prefix
+    d = refreeze_of(uf)
+    assert d.refrozen == (w,) and d.stage_index == 2  # within the last stage, not at its start
+    (t,) = [t for t in history.transitions if "froze again" in t["reason"]]
+    assert t["name"] == "auto2" and t["reason"] == d.text
+    # the rule, not a coincidence: it froze at the first epoch start after an epoch whose
+    # mean moved by less than SETTLED, and not before
+    means = planner.signals.means[w]
+    moved = [abs(b - a) / a for a, b in itertools.pairwise(means)]
+    first = next(i for i, m in enumerate(moved) if m < ff.unfreezer.signals.SETTLED)
+    unfrozen_at = history.transitions[1]["epoch"]
+    assert t["epoch"] == unfrozen_at + first + 2
     assert not linear(net, PLANTED).weight.requires_grad
     # frozen again means bit-identical from then on
     assert torch.equal(frozen_at[f"{PLANTED}.0.weight"], linear(net, PLANTED).weight)
+    # the stage went on: no new stage, its LR curve not restarted
+    assert uf.stage_index == 2 and history.epochs[-1]["stage"] == "auto2"
+    before = history.epochs[t["epoch"] - 1]["lrs"]
+    start = history.transitions[2]["lrs"]
+    assert t["lrs"] and all(lr == before[n] for n, lr in t["lrs"].items())
+    assert all(lr < start[n] for n, lr in t["lrs"].items())
+    assert f"then {d.text}" in str(uf.plan())
+
+
+def test_without_refreeze_nothing_samples_the_steps() -> None:
+    uf = ff.GradualUnfreezer(planted(), ff.auto(7))
+    assert not uf.planner.watches_steps
+    assert not uf.optimizer._optimizer_step_pre_hooks
+    on = ff.GradualUnfreezer(planted(), ff.auto(7, refreeze=True))
+    assert on.planner.watches_steps and on.optimizer._optimizer_step_pre_hooks
+
+
+def test_a_planner_that_unfreezes_between_stages_is_refused() -> None:
+    net = planted()
+    uf = ff.GradualUnfreezer(net, ff.auto(14, refreeze=True))  # stages at epochs 4 and 6
+    uf.on_epoch_start(4)
+    more = uf.trainable_ids() | {0}
+    uf.planner.between = lambda k, trainable: ff.unfreezer.planner.StageChoice(more)  # type: ignore[method-assign]
+    before, history = flags(net), list(uf.history)
+    with pytest.raises(ScheduleError, match="unfreeze parameters between stages"):
+        uf.on_epoch_start(5)
+    assert flags(net) == before and uf.history == history
 
 
 def test_the_lr_follows_a_cosine_within_each_stage_as_an_ordinary_scheduler() -> None:
@@ -545,8 +591,7 @@ def test_refreeze_lets_the_feature_cache_cover_the_prefix_frozen_again() -> None
     history, uf = fit_auto(net, refreeze=True, callbacks=[ff.callbacks.FeatureCaching()])
     planner = uf.planner
     assert isinstance(planner, ff.unfreezer.AutoPlanner)
-    refrozen = uf.decisions[1].refrozen
-    assert refrozen == (window_of(uf, PLANTED),)
+    assert refreeze_of(uf).refrozen == (window_of(uf, PLANTED),)
     last = planner.windows[uf.decisions[1].window]
     notes = [r["message"] for r in history.records if r["kind"] == "note"]
     cached = [n for n in notes if "caching the frozen prefix" in n]

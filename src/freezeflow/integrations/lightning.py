@@ -217,12 +217,25 @@ class FreezeflowCallback(StrictMetric, Callback):
         return steps, epochs
 
     def _report(self, transitions: list[Transition]) -> None:
-        if self.verbose:
+        if self.verbose and self.unfreezer is not None:
+            history = self.unfreezer.history
             for t in transitions:
+                k = history.index(t)
+                within = k > 0 and history[k - 1].stage_index == t.stage_index  # a refreeze
                 rank_zero_info(
-                    f"freezeflow: stage {t.stage_index} ({t.name!r}) starts at epoch "
-                    f"{t.epoch}, step {t.step} ({t.reason}); {t.n_trainable:,} trainable values"
+                    f"freezeflow: stage {t.stage_index} ({t.name!r})"
+                    f"{'' if within else ' starts'} at epoch {t.epoch}, step {t.step} "
+                    f"({t.reason}); {t.n_trainable:,} trainable values"
                 )
+
+    def _stop_if_out_of_time(self, trainer: pl.Trainer) -> None:
+        """ff.auto(minutes=...): stop after the last epoch that fits the deadline."""
+        uf = self.unfreezer
+        last = trainer.max_epochs is not None and trainer.current_epoch + 1 >= trainer.max_epochs
+        if uf is not None and not last and (why := uf.out_of_time()):
+            trainer.should_stop = True
+            if self.verbose:
+                rank_zero_info(f"freezeflow: stopping: {why}")
 
     # ------------------------------------------------------------------ hooks
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -315,6 +328,9 @@ class FreezeflowCallback(StrictMetric, Callback):
             if (stage_lr := self._stage_lr) is not None:
                 for _ in range(uf.global_step - before):
                     stage_lr.step()
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._stop_if_out_of_time(trainer)
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         uf = self.unfreezer

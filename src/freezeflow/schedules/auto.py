@@ -54,9 +54,13 @@ class AutoSettings:
     mode: Literal["min", "max"] = "min"
     seed: int = 0
     decide: Literal["trials", "signals"] = "trials"
+    minutes: float | None = None
 
     def to_data(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+        data = {f.name: getattr(self, f.name) for f in fields(self)}
+        if self.minutes is None:  # the data form of a schedule without a time budget
+            del data["minutes"]
+        return data
 
 
 SEPARATION = 1.5
@@ -99,7 +103,13 @@ class AutoSchedule(Schedule):
                     candidates,
                     lr=s.lr * STAGE_LR_FACTORS[k],
                     lr_decay=1.0,  # one param group per block: the decided LRs are per block
-                    start=on_plateau(1, mode=s.mode, max_epoch=cap, metric=s.metric),
+                    start=on_plateau(
+                        1,
+                        mode=s.mode,
+                        max_epoch=cap,
+                        metric=s.metric,
+                        max_minutes=None if s.minutes is None else s.minutes * cap / s.epochs,
+                    ),
                     name=f"auto{k}",
                 )
             )
@@ -133,15 +143,20 @@ class AutoSchedule(Schedule):
         return f"ff.auto({knobs})"
 
 
-def _number(what: str, value: object, low: float, high: float = math.inf) -> float:
+def _number(
+    what: str,
+    value: object,
+    low: float,
+    high: float = math.inf,
+    hint: str = "lr is the head's LR, 1e-3 suits Adam and AdamW",
+) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         ok = False
     else:
         ok = math.isfinite(float(value)) and low < float(value) < high
     if not ok:
         raise ScheduleError(
-            f"auto({what}={value!r}): expected a finite number in ({low:g}, {high:g}); hint: "
-            "lr is the head's LR, 1e-3 suits Adam and AdamW"
+            f"auto({what}={value!r}): expected a finite number in ({low:g}, {high:g}); hint: {hint}"
         )
     return float(value)  # type: ignore[arg-type]
 
@@ -160,6 +175,7 @@ def auto(
     mode: Literal["min", "max"] | None = None,
     seed: int = 0,
     decide: Literal["trials", "signals"] = "trials",
+    minutes: float | None = None,
 ) -> AutoSchedule:
     """A schedule that decides at run time what to unfreeze, when, and at which LR per block.
 
@@ -180,6 +196,15 @@ def auto(
     5. Within each stage the LR follows a cosine from 1x to 0.1x over the stage's expected
        length (``anneal``; off when you attach an LR scheduler of your own).
 
+    With ``minutes``, a deadline beside the epochs: the stages start at the same fractions
+    of the minutes at the latest (2/7 and 3/7), the in-stage cosine reaches its floor by the
+    stage's time cap (or the deadline), and ``fit()`` (and the Lightning and transformers
+    callbacks) end the run after the last epoch that fits: one more epoch as long as the
+    last one would end past the deadline. ``epochs`` stays the most the run trains. Time
+    runs from the first epoch's start, over evaluations and decisions too, and carries
+    over a resume; when stages start then depends on the machine's speed, so two runs of
+    the same seed may differ (the decisions made are still saved and resumed).
+
     Each decision is one line in the stage change's reason (the history, the progress bar,
     ``plan()`` of the running unfreezer) and is saved in the unfreezer's state, so a resumed
     run makes the same decisions.
@@ -190,10 +215,11 @@ def auto(
         windows: how many contiguous windows the blocks below the head are cut into.
         trial_steps: optimizer steps of each window's trial.
         probe_batches: training batches the trials are scored on (not trained on).
-        refreeze: freeze again a window that has converged (its relative gradient norm fell
-            below half of what it was when the window was unfrozen) when the next stage
-            begins, if nothing before it trains (AutoFreeze-style: later epochs get faster,
-            and a frozen prefix can be cached).
+        refreeze: speed mode: freeze again, at an epoch start, the earliest window that
+            trains (so the frozen part stays a prefix) once it has converged: its relative
+            gradient norm, sampled from every 4th training step at no extra pass, moved by
+            less than 10% between its last two epochs (AutoFreeze's rule). Later epochs get
+            faster: the backward stops earlier and a feature cache covers the prefix.
         anneal: the LR cosine within each stage.
         train_norms: let norm layers train too (default: frozen, with their pretrained
             statistics, which suits small datasets).
@@ -211,6 +237,7 @@ def auto(
             winner keeps the steps of its last trial as training. Not yet the default: its
             accuracy and cost against the trials are measured by ``nox -s bench -- auto``
             (docs/results.md) before it can be.
+        minutes: a wall-clock budget in minutes (None: epochs only); see above.
 
     Raises:
         ScheduleError: a knob is out of range (the message says which and what is expected).
@@ -249,6 +276,8 @@ def auto(
             f"auto(mode={mode!r}): expected 'min' (lower {metric} is better), 'max' (higher "
             "is better) or None; hint: None picks 'min' for a loss and 'max' otherwise"
         )
+    if minutes is not None:
+        minutes = _number("minutes", minutes, 0.0, hint="minutes is a deadline for the run")
     settings = AutoSettings(
         epochs=epochs,
         lr=_number("lr", lr, 0.0, 1.0),
@@ -262,6 +291,7 @@ def auto(
         mode=mode,
         seed=seed,
         decide=decide,
+        minutes=minutes,
     )
     return AutoSchedule(settings)
 

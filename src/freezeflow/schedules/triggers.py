@@ -47,7 +47,7 @@ class Clock:
     """Where a running schedule is, for :meth:`Trigger.due`: the epoch running (0-based),
     the optimizer steps done, the run's length where known, whether the metric a plateau
     trigger watches has plateaued, and whether this is the start of an epoch (else the end of
-    an optimizer step)."""
+    an optimizer step), and the seconds training has run."""
 
     epoch: int
     step: int
@@ -55,6 +55,9 @@ class Clock:
     total_epochs: int | None = None
     plateaued: bool = False
     at_epoch_start: bool = False
+    seconds: float | None = None
+    """Wall-clock seconds since training began (its first epoch start, earlier runs of a
+    resumed one included); None where unknown."""
 
 
 class Trigger:
@@ -274,13 +277,15 @@ class AtFraction(Trigger):
 class OnPlateau(Trigger):
     """Start at the first epoch after the validation metric has not improved by more than
     ``min_delta`` for ``patience`` evaluations in the current stage, or at ``max_epoch``,
-    whichever comes first."""
+    or at the first epoch start once training has run ``max_minutes``, whichever comes
+    first."""
 
     patience: int = 2
     min_delta: float = 0.0
     mode: Literal["min", "max"] = "min"
     max_epoch: int | None = None
     metric: str = "val_loss"
+    max_minutes: float | None = None
 
     kind: ClassVar[str] = "plateau"
     data_key: ClassVar[str] = "plateau"
@@ -302,10 +307,15 @@ class OnPlateau(Trigger):
         return on_plateau(**value)
 
     def to_data(self) -> Any:
-        return {"plateau": {f.name: getattr(self, f.name) for f in fields(self)}}
+        data = {f.name: getattr(self, f.name) for f in fields(self)}
+        if self.max_minutes is None:  # the data form of schedules without a time cap
+            del data["max_minutes"]
+        return {"plateau": data}
 
     def describe(self) -> str:
         cap = "" if self.max_epoch is None else f", at most epoch {self.max_epoch}"
+        if self.max_minutes is not None:
+            cap += f", at most {self.max_minutes:.3g} min"
         return f"{self.metric} plateau ({self.patience} evals{cap})"
 
     def due(self, clock: Clock) -> str | None:
@@ -315,6 +325,12 @@ class OnPlateau(Trigger):
             return f"plateau of {self.metric}"
         if self.max_epoch is not None and clock.epoch >= self.max_epoch:
             return f"epoch {self.max_epoch} (plateau cap)"
+        if (
+            self.max_minutes is not None
+            and clock.seconds is not None
+            and clock.seconds >= 60 * self.max_minutes
+        ):
+            return f"{clock.seconds / 60:.3g} min of training (time cap {self.max_minutes:.3g} min)"
         return None
 
     def expected_epoch(self, total_epochs: int, steps_per_epoch: int) -> float | None:
@@ -366,8 +382,11 @@ def on_plateau(
     mode: Literal["min", "max"] = "min",
     max_epoch: int | None = None,
     metric: str = "val_loss",
+    max_minutes: float | None = None,
 ) -> OnPlateau:
-    """Trigger when ``metric`` stops improving (see :class:`OnPlateau`).
+    """Trigger when ``metric`` stops improving (see :class:`OnPlateau`); at the latest at
+    epoch ``max_epoch``, or at the first epoch start after ``max_minutes`` of training
+    (wall-clock, from the first epoch's start).
 
     Feed the metric with :meth:`GradualUnfreezer.observe` (``fit()`` does it for you).
     """
@@ -394,7 +413,18 @@ def on_plateau(
             f"on_plateau(metric={metric!r}): expected the name of a logged metric; hint: "
             "metric='val_loss', or 'val_<name>' of fit(metrics=...)"
         )
-    return OnPlateau(patience, float(min_delta), mode, max_epoch, metric)
+    if max_minutes is not None and (
+        isinstance(max_minutes, bool)
+        or not isinstance(max_minutes, (int, float))
+        or not math.isfinite(max_minutes)
+        or max_minutes <= 0
+    ):
+        raise ScheduleError(
+            f"on_plateau(max_minutes={max_minutes!r}): expected a finite number of minutes > "
+            "0, or None; hint: max_minutes=30 starts the stage after half an hour at the latest"
+        )
+    minutes = None if max_minutes is None else float(max_minutes)
+    return OnPlateau(patience, float(min_delta), mode, max_epoch, metric, minutes)
 
 
 def trigger_from_data(data: Any, where: str) -> Trigger:

@@ -230,8 +230,11 @@ class ProgressBar(Callback):
     def on_stage_change(self, run: Run, transition: Transition) -> None:
         lrs = sorted(set(transition.lrs.values()))
         lr = f"{lrs[0]:.2e}" if len(lrs) == 1 else f"{lrs[0]:.2e}..{lrs[-1]:.2e}"
+        earlier = run.progress.history.transitions[:-1]
+        within = bool(earlier) and earlier[-1]["stage_index"] == transition.stage_index
+        what = "" if within else " begins"  # within: e.g. ff.auto's refreeze
         self._write(
-            f"stage {transition.name!r} begins at epoch {transition.epoch}, step "
+            f"stage {transition.name!r}{what} at epoch {transition.epoch}, step "
             f"{transition.step} ({transition.reason}): {_si(transition.n_trainable)} "
             f"trainable, lr {lr}"
         )

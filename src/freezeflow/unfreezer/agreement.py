@@ -50,6 +50,14 @@ def _gather(values: list[float]) -> list[list[float]]:
     return [[float(v) for v in t.tolist()] for t in out]
 
 
+def agreed_seconds(seconds: float) -> float:
+    """The largest of every rank's ``seconds``, the same on every rank (a collective), so
+    that time-capped decisions agree; ``seconds`` itself outside torch.distributed."""
+    if not distributed():
+        return seconds
+    return max(row[0] for row in _gather([seconds]))
+
+
 def names_hash(names: Sequence[str]) -> int:
     """A 52-bit hash of a set of names (exact in a float64)."""
     digest = hashlib.sha256("\n".join(sorted(names)).encode()).hexdigest()

@@ -43,15 +43,13 @@ from freezeflow.unfreezer.planner import (
     register_planner,
 )
 from freezeflow.unfreezer.restore import OtherRngs, Restored, rng_devices
+from freezeflow.unfreezer.signals import StepSignals
 
 __all__ = ["AutoPlanner", "Decision"]
 
 MIN_SCALE = 0.1
 """The smallest LR scale a block of a new window gets (relative gradient norm over the
 window's largest)."""
-CONVERGED = 0.5
-"""With ``refreeze``: a window whose relative gradient norm fell below this fraction of its
-value when it was unfrozen has converged."""
 
 
 @dataclass(frozen=True)
@@ -60,7 +58,8 @@ class Decision:
 
     stage_index: int
     window: int
-    """Index of the window unfrozen."""
+    """Index of the window unfrozen (-1: none; a change within the stage that only froze
+    ``refrozen`` again)."""
     blocks: tuple[int, ...]
     """Its blocks (indices into the model's blocks)."""
     scales: dict[str, float]
@@ -126,6 +125,12 @@ class AutoPlanner(StagePlanner):
             )
         self.windows = _split(sorted(self.block_params), asked)
         self.decisions: list[Decision] = []
+        self.signals = StepSignals()
+        """Per-window relative gradient norms of the training steps (``refreeze``)."""
+        self.watches_steps = self.settings.refreeze
+        minutes = self.settings.minutes
+        self.time_budget = None if minutes is None else 60.0 * minutes
+        self._live: tuple[int, dict[int, list[nn.Parameter]]] = (-1, {})
 
     def check_run(self, total_steps: int | None, total_epochs: int | None) -> None:
         budget = self.settings.epochs
@@ -151,11 +156,11 @@ class AutoPlanner(StagePlanner):
         """Windows trainable now, in the order they were unfrozen (refrozen ones left out)."""
         out: list[int] = []
         for d in self.decisions:
-            out = [w for w in out if w not in d.refrozen] + [d.window]
+            out = [w for w in out if w not in d.refrozen] + ([d.window] if d.window >= 0 else [])
         return out
 
     def remaining(self) -> list[int]:
-        done = {d.window for d in self.decisions}
+        done = {d.window for d in self.decisions if d.window >= 0}
         return [w for w in range(len(self.windows)) if w not in done]
 
     def window_params(self, w: int) -> frozenset[int]:
@@ -189,13 +194,31 @@ class AutoPlanner(StagePlanner):
             length = max(1.0, (self.stage_end_epoch(t.stage_index) - t.started[0]) * per_epoch)
 
             def cosine(n: int) -> float:
-                done = min(1.0, n / length)
+                done = min(1.0, n / self._timed_length(now(), length, per_epoch))
                 return MIN_SCALE + (1 - MIN_SCALE) * 0.5 * (1 + math.cos(math.pi * done))
 
             return cosine
 
         t = now()
         return StageLR(optimizer, curve_for, steps_done=max(0, t.step - t.started[1]))
+
+    def _timed_length(self, t: StageTime, length: float, per_epoch: float) -> float:
+        """The running stage's expected length in steps: ``length`` (to its epoch cap or
+        the budget's end), or less with ``minutes`` when fewer epochs fit in the time left
+        to the stage's time cap (epochs as long as the last one; the next stage starts at
+        the first epoch start past its cap) or to the deadline (the run stops after the
+        last epoch that ends before it). Re-estimated at each epoch start."""
+        if self.time_budget is None or t.seconds is None or not t.last_epoch:
+            return length
+        caps = stage_caps(self.settings.epochs)
+        k = t.stage_index
+        if k < len(caps):  # a time cap: epochs start until the cap is passed
+            left = self.time_budget * caps[k] / self.settings.epochs - t.seconds
+            more = math.ceil(left / t.last_epoch)
+        else:  # the deadline: epochs run while one more ends before it
+            more = math.floor((self.time_budget - t.seconds) / t.last_epoch)
+        epochs = (t.epoch - t.started[0]) + max(1, more)
+        return max(1.0, min(length, epochs * per_epoch))
 
     # ------------------------------------------------------------------ measuring
     def _params(self, ids: frozenset[int] | set[int]) -> list[nn.Parameter]:
@@ -324,6 +347,7 @@ class AutoPlanner(StagePlanner):
         probe = self.probe
         rgn: dict[int, float] = {}
         refrozen: tuple[int, ...] = ()
+        why = ""
         if probe is None:
             chosen, detail = remaining[-1], "no probe batches (the loop gave none): the window "
             detail += "nearest the output"
@@ -340,7 +364,7 @@ class AutoPlanner(StagePlanner):
                 if batches and scored:
                     rgn = self._rgn(model, probe, scored)
                     if s.refreeze and k >= 2:
-                        refrozen = self._converged(rgn)
+                        refrozen, why = self._converged()
                     off = frozenset(j for w in refrozen for j in self.window_params(w))
                     keep = trainable - off
                     before = self._score(model, probe, scored, seed)
@@ -387,7 +411,7 @@ class AutoPlanner(StagePlanner):
             spread += "the median at most)" if med > 0 else "the median)"
         again = ""
         if refrozen:
-            again = "; froze again (converged): " + ", ".join(self.window_name(w) for w in refrozen)
+            again = f"; froze again (converged): {why}"
         text = f"+{self.window_name(chosen)} at {lr:.0e}{spread}: {detail}{again}"
         decision = Decision(
             stage_index=k,
@@ -409,19 +433,22 @@ class AutoPlanner(StagePlanner):
         if k == 0:
             return PlannedStage(self.layout.trainable_ids[0], {})
         scales: dict[int, float] = {}
-        for made in self.decisions:
-            if made.stage_index <= k:
-                scales.update({b: made.scales[self.block_names[b]] for b in made.blocks})
-        d = next((made for made in self.decisions if made.stage_index == k), None)
-        if d is None:
+        for earlier in self.decisions:
+            if earlier.stage_index <= k:
+                scales.update({b: earlier.scales[self.block_names[b]] for b in earlier.blocks})
+        made = [d for d in self.decisions if d.stage_index == k]
+        if not made:
             windows = ", ".join(self.window_name(w) for w in range(len(self.windows)))
             return PlannedStage(
                 before, scales, f"decided when the stage begins, one window of: {windows}"
             )
-        off = frozenset(j for w in d.refrozen for j in self.window_params(w))
-        return PlannedStage(
-            (before - off) | self.window_params(d.window), scales, f"decided: {d.text}"
-        )
+        now = before
+        for d in made:  # the stage's start, then what froze again within it
+            now = now - frozenset(j for w in d.refrozen for j in self.window_params(w))
+            if d.window >= 0:
+                now = now | self.window_params(d.window)
+        texts = "; then ".join(d.text for d in made)
+        return PlannedStage(now, scales, f"decided: {texts}")
 
     def _by_signals(
         self,
@@ -484,26 +511,63 @@ class AutoPlanner(StagePlanner):
             )
         return min(finite, key=lambda w: (finite[w], -w))
 
-    def _converged(self, rgn: dict[int, float]) -> tuple[int, ...]:
-        """The earliest trainable window, when its relative gradient norm fell below
-        :data:`CONVERGED` of its value when it was unfrozen and no window before it trains."""
+    def _converged(self) -> tuple[tuple[int, ...], str]:
+        """The earliest trainable window (nothing before it trains: freezing it again keeps
+        a frozen prefix) when its step signals say it has converged
+        (:meth:`~freezeflow.unfreezer.signals.StepSignals.converged`), with the reason."""
         live = self.unfrozen_windows()
         if not live:
-            return ()
+            return (), ""
         w = min(live)
-        then = next(d for d in self.decisions if d.window == w)
-        names = [self.block_names[b] for b in self.windows[w]]
-        old = sum(then.rgn.get(n, 0.0) for n in names)
-        new = sum(rgn.get(b, 0.0) for b in self.windows[w])
-        return (w,) if old > 0 and new < CONVERGED * old else ()
+        done, why = self.signals.converged(w)
+        return ((w,), f"{self.window_name(w)}: {why}") if done else ((), "")
+
+    # ------------------------------------------------------------------ between stages
+    def on_optimizer_step(self) -> None:
+        """Sample the step signals of the windows training now (``refreeze``)."""
+        if self._live[0] != len(self.decisions):
+            live = self.unfrozen_windows()
+            self._live = (
+                len(self.decisions),
+                {w: self._params(self.window_params(w)) for w in live},
+            )
+        self.signals.sample(self._live[1])
+
+    def on_epoch_start(self, epoch: int) -> None:
+        self.signals.start_epoch(epoch)
+
+    def between(self, k: int, trainable: frozenset[int]) -> StageChoice | None:
+        """With ``refreeze``: freeze the earliest trainable window again once it has
+        converged, at any epoch start within a stage (a stage start does it in
+        :meth:`choose`). Recorded as a decision with ``window=-1``."""
+        if not self.settings.refreeze or k < 1:
+            return None
+        refrozen, why = self._converged()
+        if not refrozen:
+            return None
+        text = f"froze again (converged): {why}"
+        self.decisions.append(
+            Decision(
+                stage_index=k, window=-1, blocks=(), scales={}, rgn={}, refrozen=refrozen,
+                text=text,
+            )
+        )  # fmt: skip
+        off = frozenset(j for w in refrozen for j in self.window_params(w))
+        return StageChoice(trainable - off, None, text)
 
     # ------------------------------------------------------------------ state
-    def state_dict(self) -> list[dict[str, Any]]:
-        return [asdict(d) for d in self.decisions]
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "decisions": [asdict(d) for d in self.decisions],
+            "signals": self.signals.state_dict(),
+        }
 
-    def load_state_dict(self, data: object) -> None:
-        if not isinstance(data, list):
-            raise StateError(f"the state's ff.auto decisions are malformed: {data!r}")
+    def load_state_dict(self, state: object) -> None:
+        if not isinstance(state, dict) or not isinstance(state.get("decisions"), list):
+            raise StateError(f"the state's ff.auto decisions are malformed: {state!r}")
+        data = state["decisions"]
+        signals = StepSignals()
+        signals.load_state_dict(state.get("signals"), self.layout.params[0].device)
         try:
             decisions = [
                 Decision(
@@ -519,6 +583,11 @@ class AutoPlanner(StagePlanner):
             ]
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise StateError(f"the state's ff.auto decisions are malformed: {exc!r}") from exc
-        if any(not 0 <= d.window < len(self.windows) for d in decisions):
+        n = len(self.windows)
+        if any(
+            not (0 <= d.window < n or (d.window == -1 and d.refrozen))
+            or not all(0 <= w < n for w in d.refrozen)
+            for d in decisions
+        ):
             raise StateError("the state's ff.auto decisions name windows this model lacks")
-        self.decisions = decisions
+        self.decisions, self.signals = decisions, signals

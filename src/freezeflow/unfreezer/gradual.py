@@ -41,6 +41,7 @@ from freezeflow.errors import (
 from freezeflow.schedules.plateau import PlateauTracker
 from freezeflow.schedules.schedule import Schedule, Stage
 from freezeflow.unfreezer import agreement, checks
+from freezeflow.unfreezer.clock import RunClock
 from freezeflow.unfreezer.hooks import LoopHooks
 from freezeflow.unfreezer.layout import Layout, layout
 from freezeflow.unfreezer.lr_schedulers import (
@@ -49,7 +50,13 @@ from freezeflow.unfreezer.lr_schedulers import (
     live_schedulers,
 )
 from freezeflow.unfreezer.optimizer import OptimizerFactory, adopt_layout
-from freezeflow.unfreezer.planner import Probe, StagePlanner, StageTime, planner_for
+from freezeflow.unfreezer.planner import (
+    Probe,
+    StageChoice,
+    StagePlanner,
+    StageTime,
+    planner_for,
+)
 from freezeflow.unfreezer.soft import FreezingMode, SoftFreezing
 from freezeflow.unfreezer.stages import apply_stage
 from freezeflow.unfreezer.state import STATE_FORMAT, apply_state, capture, fingerprint, read_state
@@ -204,6 +211,7 @@ class GradualUnfreezer(LoopHooks):
         self._step_checked = False  # the first step() checks the model
         self._resumed = False  # a state was loaded: the next epoch may be any
         self._planner = planner
+        self.clock = RunClock()
 
         # the LR schedulers already built over the user's optimizer drive every group from
         # now on, handed over or not (one not attached would zip its single group's lists
@@ -221,6 +229,8 @@ class GradualUnfreezer(LoopHooks):
             if verify
             else None
         )
+        if planner.watches_steps:  # signals from the steps training takes anyway
+            self.optimizer.register_step_pre_hook(lambda *_: planner.on_optimizer_step())
         self._enter(0, "start")
         if planner.warns_overlap and (overlap := checks.overlap_warning(schedule, lay)):
             self._once.warn("overlap", overlap)
@@ -249,6 +259,35 @@ class GradualUnfreezer(LoopHooks):
             self._soft.harden()
         if choice.note:
             reason = f"{reason}; {choice.note}"
+        active = self._apply(k, before, choice)
+        self.stage_index = k
+        self._stage_start = (self.epoch, self.global_step)
+        self.clock.start_stage()
+        self._schedulers.stage_changed()  # a scheduler following the stages starts its curve
+        self._plateau.reset()
+        self._plateau_ready = False
+        return self._record(k, active, reason, choice.trainable - (before or frozenset()))
+
+    def _between(self) -> list[Transition]:
+        """A change the planner makes within the running stage at an epoch start where no
+        stage begins (only freezing, e.g. ``ff.auto(refreeze=True)``); the stage's LR curve,
+        plateau tracking and start go on as they were."""
+        k, before = self.stage_index, self.trainable_ids()
+        choice = self._planner.between(k, before)
+        if choice is None or choice.trainable == before:
+            return []
+        if not choice.trainable <= before:
+            raise ScheduleError(
+                f"the {self._planner.name!r} planner asked to unfreeze parameters between "
+                "stages; expected only freezing there; hint: a planner unfreezes in choose()"
+            )
+        self.check_model()
+        if self._soft is not None:
+            self._soft.harden()
+        active = self._apply(k, before, StageChoice(choice.trainable, {}))
+        return [self._record(k, active, choice.note, frozenset())]
+
+    def _apply(self, k: int, before: frozenset[int] | None, choice: StageChoice) -> dict[int, str]:
         active = apply_stage(
             self.model,
             self.layout,
@@ -265,12 +304,12 @@ class GradualUnfreezer(LoopHooks):
         )
         if self._soft is not None:
             self._soft.set_trainable(choice.trainable)
-        self.stage_index = k
-        self._stage_start = (self.epoch, self.global_step)
-        self._schedulers.stage_changed()  # a scheduler following the stages starts its curve
+        return active
+
+    def _record(
+        self, k: int, active: dict[int, str], reason: str, new: frozenset[int]
+    ) -> Transition:
         lrs = {name: float(self.optimizer.param_groups[i]["lr"]) for i, name in active.items()}
-        self._plateau.reset()
-        self._plateau_ready = False
         t = Transition(
             stage_index=k,
             name=self.schedule.names[k],
@@ -281,8 +320,8 @@ class GradualUnfreezer(LoopHooks):
             reason=reason,
         )
         self.history.append(t)
-        if k > 0 and self._verify is not None:
-            self._verify.arm(t, choice.trainable - (before or frozenset()))
+        if k > 0 and new and self._verify is not None:
+            self._verify.arm(t, new)
         for listener in self._listeners:
             listener(t)
         return t
@@ -366,6 +405,8 @@ class GradualUnfreezer(LoopHooks):
             step=self.global_step,
             total_steps=self.total_steps,
             total_epochs=self.total_epochs,
+            seconds=self.clock.epoch_started if self.clock.started else None,
+            last_epoch=self.clock.last_epoch,
         )
 
     def lr_scheduler(self) -> LRScheduler | None:
@@ -446,6 +487,8 @@ class GradualUnfreezer(LoopHooks):
             "history": [asdict(t) for t in self.history],
             "stage_start": list(self._stage_start),
             "planner": self._planner.state_dict(),
+            # the wall clock only where a time budget reads it (else states stay deterministic)
+            **({} if self._planner.time_budget is None else {"clock": self.clock.state_dict()}),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -457,6 +500,8 @@ class GradualUnfreezer(LoopHooks):
                 a GradualUnfreezer state; nothing has changed then.
         """
         state = read_state(state, self.model, self.layout, self.schedule, self.optimizer)
+        clock = RunClock()
+        clock.load_state_dict(state.get("clock"))
         self._planner.load_state_dict(state.get("planner"))  # first: a bad one changes nothing
         self.history = apply_state(state, self.model, self.layout, self.optimizer)
         if self._soft is not None:
@@ -472,6 +517,7 @@ class GradualUnfreezer(LoopHooks):
         self._plateau_ready = bool(plateau["ready"])
         start = state.get("stage_start", (self.epoch, self.global_step))
         self._stage_start = (int(start[0]), int(start[1]))
+        self.clock = clock
         self._epoch_seen = self._resumed = True
         if self._verify is not None:
             self._verify.disarm()

@@ -4,8 +4,9 @@ each stage after the running one starts when its trigger says it is due
 (:meth:`~freezeflow.schedules.triggers.Trigger.due`), in order.
 
 :class:`LoopHooks` is the part of the unfreezer that counts epochs and steps; the unfreezer
-(:mod:`freezeflow.unfreezer.gradual`) supplies the stage change itself (``_enter``) and the
-model check.
+(:mod:`freezeflow.unfreezer.gradual`) supplies the stage change itself (``_enter``), a
+change within the running stage its planner may make at an epoch start where no stage
+begins (``_between``) and the model check.
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ from freezeflow.errors import ModelChangedError, ScheduleError, check_int
 from freezeflow.schedules.plateau import PlateauTracker
 from freezeflow.schedules.schedule import Schedule
 from freezeflow.schedules.triggers import Clock
-from freezeflow.unfreezer import checks
+from freezeflow.unfreezer import agreement, checks
+from freezeflow.unfreezer.clock import RunClock, _same
+from freezeflow.unfreezer.planner import StagePlanner
 from freezeflow.unfreezer.transition import Transition
 
 __all__ = ["LoopHooks"]
@@ -37,8 +40,14 @@ class LoopHooks:
     _step_checked: bool
     _resumed: bool
     _once: checks.Once
+    _planner: StagePlanner
+    clock: RunClock
+    """The run's wall clock (a time budget's triggers and stop read it)."""
 
     def _enter(self, k: int, reason: str) -> Transition:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _between(self) -> list[Transition]:  # pragma: no cover - abstract
         raise NotImplementedError
 
     def check_model(self) -> None:  # pragma: no cover - abstract
@@ -57,6 +66,7 @@ class LoopHooks:
                 total_epochs=self.total_epochs,
                 plateaued=self._plateau_ready,
                 at_epoch_start=at_epoch_start,
+                seconds=self.clock.epoch_started if self.clock.started else None,
             )
         )
 
@@ -90,8 +100,12 @@ class LoopHooks:
         if not self._resumed:
             checks.check_epoch(epoch, self.epoch)
         self.check_model()
+        again = self._resumed and epoch == self.epoch  # re-entering the epoch saved in
         self.epoch, self._epoch_seen, self._resumed = epoch, True, False
-        out = self._advance(at_epoch_start=True, checked=True)
+        timed = self._planner.time_budget is not None  # the ranks agree on the seconds
+        self.clock.start_epoch(again, agreement.agreed_seconds if timed else _same)
+        self._planner.on_epoch_start(epoch)
+        out = self._advance(at_epoch_start=True, checked=True) or self._between()
         self._check_ranks()
         return out
 
@@ -162,6 +176,17 @@ class LoopHooks:
         if trig.track(self._plateau, value):
             self._plateau_ready = True
         return self._plateau_ready
+
+    def out_of_time(self) -> str | None:
+        """At an epoch's end: why the run should stop now, when the schedule has a time
+        budget (``ff.auto(minutes=...)``) and one more epoch as long as the one that just ran
+        would end past it; None to go on (always, without a budget). The training loops
+        ask it: ``fit()``, the Lightning and transformers callbacks. Under torch.distributed
+        every rank must call it (the ranks agree on the time)."""
+        budget = self._planner.time_budget
+        if budget is None:
+            return None
+        return self.clock.out_of_time(budget, agreement.agreed_seconds)
 
     @property
     def waiting_for(self) -> str | None:

@@ -13,6 +13,10 @@ nor ``fit()``, nor the integrations hold a branch on it:
   cover);
 - :meth:`StagePlanner.check_run`: whether the run's length suits the schedule;
 - :meth:`StagePlanner.lr_scheduler`: an LR curve of its own for runs without a scheduler;
+- :meth:`StagePlanner.between`: a change within the running stage at an epoch start where
+  no stage begins (only freezing: ``ff.auto(refreeze=True)``'s converged prefix), from what
+  it observed (:meth:`StagePlanner.on_epoch_start`, :meth:`StagePlanner.on_optimizer_step`
+  when :attr:`StagePlanner.watches_steps`);
 - :attr:`StagePlanner.needs_probe` / :meth:`StagePlanner.set_probe`: measurements it needs
   from the training loop (a :class:`Probe`);
 - :meth:`StagePlanner.state_dict` / :meth:`StagePlanner.load_state_dict`: its decisions, saved
@@ -97,6 +101,10 @@ class StageTime:
     step: int
     total_steps: int | None
     total_epochs: int | None
+    seconds: float | None = None
+    """Seconds of training when the epoch running began (None: not started)."""
+    last_epoch: float | None = None
+    """How long the epoch before took (None: none before)."""
 
 
 class StagePlanner:
@@ -140,6 +148,27 @@ class StagePlanner:
         """What trains now (``trainable``) or may train in a stage still to come."""
         later = self.layout.trainable_ids[max(stage_index, 0) :]
         return frozenset(trainable).union(*later)
+
+    time_budget: float | None = None
+    """Seconds the run may train (None: no time budget); the unfreezer's
+    :meth:`~freezeflow.GradualUnfreezer.out_of_time` reads it."""
+
+    watches_steps: bool = False
+    """Whether the unfreezer calls :meth:`on_optimizer_step` (an optimizer step pre-hook)."""
+
+    def on_optimizer_step(self) -> None:
+        """Before each optimizer step, the gradients in place (when :attr:`watches_steps`);
+        nothing by default."""
+
+    def on_epoch_start(self, epoch: int) -> None:
+        """At each epoch start, before any stage begins (the same epoch again after a
+        resume); nothing by default."""
+
+    def between(self, k: int, trainable: frozenset[int]) -> StageChoice | None:
+        """At an epoch start where no stage begins: what stage ``k`` trains from now on, a
+        subset of ``trainable`` (what trains now), or None to change nothing (the
+        default)."""
+        return None
 
     def lr_scheduler(
         self, optimizer: Optimizer, now: Callable[[], StageTime]
