@@ -271,7 +271,8 @@ class GradualUnfreezer(LoopHooks):
     def _between(self) -> list[Transition]:
         """A change the planner makes within the running stage at an epoch start where no
         stage begins (only freezing, e.g. ``ff.auto(refreeze=True)``); the stage's LR curve,
-        plateau tracking and start go on as they were."""
+        plateau tracking and start go on as they were. The model was checked at this epoch
+        start already."""
         k, before = self.stage_index, self.trainable_ids()
         choice = self._planner.between(k, before)
         if choice is None or choice.trainable == before:
@@ -281,7 +282,6 @@ class GradualUnfreezer(LoopHooks):
                 f"the {self._planner.name!r} planner asked to unfreeze parameters between "
                 "stages; expected only freezing there; hint: a planner unfreezes in choose()"
             )
-        self.check_model()
         if self._soft is not None:
             self._soft.harden()
         active = self._apply(k, before, StageChoice(choice.trainable, {}))

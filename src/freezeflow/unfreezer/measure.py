@@ -1,0 +1,160 @@
+"""How ``ff.auto``'s planner measures a window of blocks on the probe batches: the relative
+gradient norm of every candidate block from one backward, a trial (a few Adam steps on the
+window, scored on other batches, then everything put back bit for bit), successive halving
+over close windows (the winner keeps its last trial's steps), and the choice among trials.
+
+:class:`Measures` is a part of :class:`~freezeflow.unfreezer.auto.AutoPlanner` (its one
+user), kept in its own module to keep each under about 450 lines.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from freezeflow.errors import TrainingError
+from freezeflow.unfreezer.layout import Layout
+from freezeflow.unfreezer.planner import Probe
+from freezeflow.unfreezer.restore import Restored
+
+__all__ = ["Measures"]
+
+
+class Measures:
+    """The measurements of :class:`~freezeflow.unfreezer.auto.AutoPlanner`."""
+
+    layout: Layout
+    windows: list[tuple[int, ...]]
+    block_params: dict[int, tuple[int, ...]]
+
+    def window_params(self, w: int) -> frozenset[int]:  # pragma: no cover - the planner's
+        raise NotImplementedError
+
+    def window_name(self, w: int) -> str:  # pragma: no cover - the planner's
+        raise NotImplementedError
+
+    def _params(self, ids: frozenset[int] | set[int]) -> list[nn.Parameter]:
+        return [self.layout.params[j] for j in sorted(ids)]
+
+    def _rgn(self, model: nn.Module, probe: Probe, batches: Sequence[Any]) -> dict[int, float]:
+        """Relative gradient norm of every candidate block over ``batches`` (summed loss)."""
+        everything = frozenset(j for w in range(len(self.windows)) for j in self.window_params(w))
+        with Restored(model, self.layout.params):
+            for p in self.layout.params:
+                p.requires_grad_(False)
+                p.grad = None
+            for p in self._params(everything):
+                p.requires_grad_(True)
+            for batch in batches:
+                probe.loss(model, batch).backward()  # type: ignore[no-untyped-call]
+            out = {}
+            for b, ids in self.block_params.items():
+                g2 = w2 = 0.0
+                for j in ids:
+                    p = self.layout.params[j]
+                    if p.grad is not None:
+                        g2 += float(p.grad.detach().double().pow(2).sum())
+                    w2 += float(p.detach().double().pow(2).sum())
+                out[b] = math.sqrt(g2 / w2) if w2 > 0 else 0.0
+        return out
+
+    def _trial(
+        self,
+        model: nn.Module,
+        probe: Probe,
+        train: frozenset[int],
+        lr: float,
+        batches: Sequence[Any],
+        scored: Sequence[Any],
+        seed: int,
+        reached: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
+    ) -> float:
+        """The probe loss after ``len(batches)`` Adam steps on ``train``; the model is then
+        restored bit for bit. With ``reached``, the trained parameters and the buffers as
+        the trial left them are put there (``(tensor, value)`` pairs), for the winner of a
+        successive halving to keep."""
+        with Restored(model, self.layout.params):
+            for p in self.layout.params:
+                p.requires_grad_(False)
+                p.grad = None
+            params = self._params(train)
+            for p in params:
+                p.requires_grad_(True)
+            opt = torch.optim.Adam(params, lr=lr)
+            torch.manual_seed(seed)
+            for batch in batches:
+                opt.zero_grad(set_to_none=True)
+                probe.loss(model, batch).backward()  # type: ignore[no-untyped-call]
+                opt.step()
+            torch.manual_seed(seed + 1)
+            with torch.no_grad():
+                losses = [float(probe.loss(model, b)) for b in scored]
+            if reached is not None:
+                reached.extend((t, t.detach().clone()) for t in [*params, *model.buffers()])
+        return sum(losses) / len(losses)
+
+    def _halving(
+        self,
+        k: int,
+        model: nn.Module,
+        probe: Probe,
+        keep: frozenset[int],
+        candidates: list[int],
+        lr: float,
+        batches: Sequence[Any],
+        scored: Sequence[Any],
+        seed: int,
+    ) -> tuple[int, dict[int, float], int]:
+        """Successive halving over ``candidates`` (windows): a trial of half the trial steps
+        each, the better half (by the probe loss; at least one) on with the full steps,
+        until one is left. The winner's last trial is kept: the model ends as that trial
+        left it. Returns the winner, each window's last score and the steps kept."""
+        alive = list(candidates)
+        steps = max(1, len(batches) // 2)
+        scores: dict[int, float] = {}
+        while True:
+            reached: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {}
+            for w in alive:
+                reached[w] = []
+                scores[w] = self._trial(
+                    model, probe, keep | self.window_params(w), lr, batches[:steps], scored,
+                    seed, reached[w],
+                )  # fmt: skip
+            finite = sorted(
+                (w for w in alive if math.isfinite(scores[w])), key=lambda w: (scores[w], -w)
+            )
+            if not finite:
+                self._best(k, {w: scores[w] for w in alive}, lr)  # raises: none finite
+            alive = finite[: max(1, len(finite) // 2)]
+            if len(alive) == 1 or steps >= len(batches):
+                winner = alive[0]
+                with torch.no_grad():
+                    for t, value in reached[winner]:
+                        t.copy_(value)
+                return winner, scores, steps
+            steps = len(batches)
+
+    def _score(self, model: nn.Module, probe: Probe, scored: Sequence[Any], seed: int) -> float:
+        with Restored(model, self.layout.params), torch.no_grad():
+            torch.manual_seed(seed + 1)
+            losses = [float(probe.loss(model, b)) for b in scored]
+        return sum(losses) / len(losses)
+
+    def _best(self, k: int, trials: dict[int, float], lr: float) -> int:
+        """The window whose trial ended at the lowest finite probe loss (a tie: the one
+        nearer the output). A trial that diverged (NaN or infinite loss) never wins; when
+        every trial did, the windows cannot be compared and the stage is refused."""
+        finite = {w: v for w, v in trials.items() if math.isfinite(v)}
+        if not finite:
+            shown = ", ".join(f"{self.window_name(w)} {v}" for w, v in trials.items())
+            raise TrainingError(
+                f"ff.auto: every trial of stage {k} ended with a non-finite probe loss "
+                f"({shown}), so the windows cannot be compared; expected finite losses; hint: "
+                f"the trials train at the stage's LR ({lr:.0e}): lower auto(lr=...), or look "
+                "for NaN/inf in the inputs or the loss"
+            )
+        return min(finite, key=lambda w: (finite[w], -w))
