@@ -514,6 +514,14 @@ AUTO_BAD_KNOBS: dict[str, st.SearchStrategy[Any]] = {
     "anneal": not_bools,
     "train_norms": not_bools,
     "metric": st.one_of(st.just(""), st.integers(), st.none(), st.booleans()),
+    "minutes": st.one_of(  # None is no time budget
+        st.floats(max_value=0.0),
+        st.just(math.inf),
+        st.just(math.nan),
+        st.text(max_size=5),
+        st.booleans(),
+        st.lists(st.integers(), max_size=2),
+    ),
 }
 
 
