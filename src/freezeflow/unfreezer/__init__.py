@@ -10,7 +10,10 @@
 - :mod:`~freezeflow.unfreezer.plan`: what a schedule will do, before training.
 - :mod:`~freezeflow.unfreezer.planner`: stage planners, chosen once per unfreezer by the
   schedule: what each stage trains and at which LR scales.
-- :mod:`~freezeflow.unfreezer.auto`: the planner of an :func:`~freezeflow.auto` schedule.
+- :mod:`~freezeflow.unfreezer.auto`: the planner of an :func:`~freezeflow.auto` schedule
+  (its measurements in ``freezeflow.unfreezer.measure``, the step signals of its speed
+  mode in :mod:`~freezeflow.unfreezer.signals`).
+- :mod:`~freezeflow.unfreezer.clock`: the run's wall clock, for a time budget.
 
 Builds on :mod:`freezeflow.core` and :mod:`freezeflow.schedules`; never imports the training
 loop or the integrations.

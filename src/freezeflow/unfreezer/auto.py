@@ -59,8 +59,8 @@ class Decision:
 
     stage_index: int
     window: int
-    """Index of the window unfrozen (-1: none; a change within the stage that only froze
-    ``refrozen`` again)."""
+    """The window unfrozen, by index; -1 for none, where the decision is a change within
+    the stage that only froze ``refrozen`` again."""
     blocks: tuple[int, ...]
     """Its blocks (indices into the model's blocks)."""
     scales: dict[str, float]

@@ -37,7 +37,7 @@ class RunClock:
         self.stage_started = 0.0
         """Seconds of training when the stage running began."""
         self.last_epoch: float | None = None
-        """How long the epoch before the running one took (None: no epoch before)."""
+        """How long the epoch before the running one took, or None when there was none."""
 
     @property
     def started(self) -> bool:
@@ -83,6 +83,7 @@ class RunClock:
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, float | None]:
+        """The clock as plain values, for the unfreezer's state."""
         return {
             "seconds": self.seconds(),
             "epoch_started": self.epoch_started,
@@ -91,7 +92,8 @@ class RunClock:
         }
 
     def load_state_dict(self, data: object) -> None:
-        """Restore :meth:`state_dict` (None: a state from before the clock; starts at 0).
+        """Restore what ``state_dict()`` returned (None: a state without a clock, which
+        starts at 0).
         The clock then waits for the next epoch start to run again."""
         if data is None:
             data = {"seconds": 0.0, "epoch_started": 0.0, "stage_started": 0.0}

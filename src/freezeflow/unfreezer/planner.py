@@ -150,7 +150,7 @@ class StagePlanner:
         return frozenset(trainable).union(*later)
 
     time_budget: float | None = None
-    """Seconds the run may train (None: no time budget); the unfreezer's
+    """How many seconds the run may train, or None for no time budget; the unfreezer's
     :meth:`~freezeflow.GradualUnfreezer.out_of_time` reads it."""
 
     watches_steps: bool = False

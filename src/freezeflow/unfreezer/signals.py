@@ -94,6 +94,7 @@ class StepSignals:
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
+        """The signals as plain values, for the planner's state."""
         return {
             "steps": self.steps,
             "epoch": self.epoch,
@@ -102,6 +103,8 @@ class StepSignals:
         }
 
     def load_state_dict(self, data: object, device: torch.device | None = None) -> None:
+        """Restore what ``state_dict()`` returned (the open sums on ``device``); checks
+        everything before changing anything."""
         if not isinstance(data, Mapping):
             raise StateError(f"the state's ff.auto step signals are malformed: {data!r}")
         try:
