@@ -270,12 +270,65 @@ def auto_runs() -> dict[str, str]:
             )
     notes = sorted({r["note"] for r in runs if r.get("note")})
     out["auto_runs.busy"] = "; ".join(notes) if notes else "none"
+    out["table.auto_targets"] = _targets(groups, chosen, val)
+    for key, rs in groups.items():  # speed mode's re-freezes, as its run printed them
+        if key[1] == "auto" and "refreeze" in key[2]:
+            lines = [n for n in min(rs, key=lambda r: r["seed"])["notes"] if "froze again" in n]
+            out[f"block.auto_refreezes.{key[0]}"] = "```text\n" + "\n".join(lines) + "\n```"
+    for task in TASKS:  # what the hand-tuned schedule itself costs against full fine-tuning
+        tuned, full = groups.get((task, "tuned", "")), chosen.get((task, "full"))
+        if tuned and full:
+            t = sum(r["seconds"] for r in tuned) / len(tuned)
+            f = sum(r["seconds"] for r in groups[full]) / len(groups[full])
+            out[f"auto_runs.{task}.tuned_over_full"] = f"{t / f:.2f}x"
     out["table.auto_runs"] = _table(
         ["task", "method (setting)", "seeds", "validation", "test", "wall time", "deciding"],
         ["---", "---", "---:", "---:", "---:", "---:", "---:"],
         rows,
     )
     return out
+
+
+def _targets(
+    groups: dict[tuple[str, str, str], list[dict[str, Any]]],
+    chosen: dict[tuple[str, str], tuple[str, str, str]],
+    val: Any,
+) -> str:
+    """Each ``ff.auto`` setting against the targets of the benchmark, from the same files:
+    its mean wall time over the hand-tuned schedule's and over full fine-tuning's (the LR
+    chosen on validation), its share deciding, and its test accuracy minus the best
+    baseline's (by validation). A cell is empty where a run it needs is missing."""
+
+    def mean(key: tuple[str, str, str] | None, field: str) -> float | None:
+        rs = groups.get(key) if key is not None else None
+        return sum(r[field] for r in rs) / len(rs) if rs else None
+
+    rows = []
+    for task in TASKS:
+        tuned = (task, "tuned", "")
+        full = chosen.get((task, "full"))
+        picks = [k for (t, m), k in chosen.items() if t == task and m != "auto"]
+        best = max(picks, key=val) if picks else None
+        for key in sorted(k for k in groups if k[0] == task and k[1] == "auto"):
+            secs_auto, test_auto = mean(key, "seconds"), mean(key, "test_accuracy")
+            cells = []
+            for other in (tuned, full):
+                t = mean(other, "seconds")
+                cells.append(f"{secs_auto / t:.2f}x" if t and secs_auto else "")
+            shares = [r["decision_seconds"] / r["seconds"] for r in groups[key]]
+            cells.append(pct(sum(shares) / len(shares)))
+            b = mean(best, "test_accuracy")
+            lead = "" if b is None or test_auto is None else f"{100 * (test_auto - b):+.1f}"
+            if lead and best is not None:
+                lead += f" ({best[1]}{' ' + best[2] if best[2] else ''})"
+            rows.append([task, key[2], str(len(groups[key])), *cells, lead])
+    return _table(
+        ["task", "ff.auto", "seeds", "time / tuned (target <= 1.2x)",
+         "time / full (target <= 0.25x)", "deciding (target <= 5%)",
+         "test - best baseline, points (target >= +1)"],
+        ["---", "---", "---:", "---:", "---:", "---:", "---:"],
+        rows,
+    )  # fmt: skip
 
 
 def substitutions() -> dict[str, str]:
