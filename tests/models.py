@@ -40,6 +40,7 @@ __all__ = [
     "Net",
     "SmallCNN",
     "StopAfter",
+    "Ticking",
     "TiedEmbedding",
     "TinyLM",
     "batch",
@@ -459,3 +460,15 @@ def drive(uf: ff.GradualUnfreezer, epochs: int, steps: int) -> list[tuple[int, i
         for _ in range(steps):
             seen += [(t.stage_index, t.epoch, t.step) for t in uf.step()]
     return seen
+
+
+class Ticking:
+    """A fake ``time`` module for freezeflow's run clock (``monkeypatch.setattr(
+    freezeflow.unfreezer.clock, "time", Ticking())``): every read is one second on."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def perf_counter(self) -> float:
+        self.now += 1.0
+        return self.now

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 import torch
-from models import snapshot
+from models import Ticking, snapshot
 from paths import TESTS
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
@@ -441,17 +441,6 @@ def test_engines_that_set_up_the_optimizer_once_are_refused_before_any_change(
     with unchanged(lit, opt), pytest.raises(TrainingError, match=rf"under Lightning's {strategy}"):
         cb.on_fit_start(fake, lit)  # type: ignore[arg-type]
     assert cb.unfreezer is None
-
-
-class Ticking:
-    """A fake ``time`` module for freezeflow's run clock: every read is one second on."""
-
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def perf_counter(self) -> float:
-        self.now += 1.0
-        return self.now
 
 
 def test_a_time_budget_stops_the_trainer_after_the_last_epoch_that_fits(

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 import torch
-from models import snapshot
+from models import Ticking, snapshot
 from paths import TESTS
 from snapshot import Snapshot
 
@@ -462,13 +462,6 @@ def test_auto_schedule_decides_from_the_models_loss(tmp_path: Path, decay: float
 def test_a_time_budget_stops_the_trainer_after_the_last_epoch_that_fits(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    class Ticking:  # every read of freezeflow's run clock is one second on
-        now = 0.0
-
-        def perf_counter(self) -> float:
-            self.now += 1.0
-            return self.now
-
     monkeypatch.setattr(ff.unfreezer.clock, "time", Ticking())
     trainer = FreezeflowTrainer(
         model=bert(),

@@ -346,9 +346,7 @@ class FreezeflowTrainerCallback(StrictMetric, TrainerCallback):
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> None:
         uf = self.unfreezer
-        epochs = args.num_train_epochs
-        last = epochs and epochs > 0 and (state.epoch or 0.0) + 1e-9 >= math.ceil(epochs)
-        if uf is not None and not last and (why := uf.out_of_time()):
+        if uf is not None and (why := uf.out_of_time()):
             control.should_training_stop = True  # ff.auto(minutes=...): the deadline
             if state.is_world_process_zero:
                 print(f"freezeflow: stopping: {why}", flush=True)

@@ -231,8 +231,7 @@ class FreezeflowCallback(StrictMetric, Callback):
     def _stop_if_out_of_time(self, trainer: pl.Trainer) -> None:
         """ff.auto(minutes=...): stop after the last epoch that fits the deadline."""
         uf = self.unfreezer
-        last = trainer.max_epochs is not None and trainer.current_epoch + 1 >= trainer.max_epochs
-        if uf is not None and not last and (why := uf.out_of_time()):
+        if uf is not None and (why := uf.out_of_time()):
             trainer.should_stop = True
             if self.verbose:
                 rank_zero_info(f"freezeflow: stopping: {why}")

@@ -420,6 +420,6 @@ def _end_epoch(run: Run) -> None:
         run.scheduler.step(logs.get("val_loss", logs["train_loss"]))
     elif run.scheduler is not None and run.scheduler_interval == "epoch":
         run.scheduler.step()
-    if u is not None and p.epoch + 1 < run.epochs and (why := u.out_of_time()):
+    if u is not None and (why := u.out_of_time()):
         p.stop = why  # ff.auto(minutes=...): the next epoch would end past the deadline
     p.next_epoch()

@@ -34,8 +34,6 @@ class RunClock:
         self._before = 0.0  # seconds of the runs before a resume
         self.epoch_started = 0.0
         """Seconds of training when the epoch running began."""
-        self.stage_started = 0.0
-        """Seconds of training when the stage running began."""
         self.last_epoch: float | None = None
         """How long the epoch before the running one took, or None when there was none."""
 
@@ -43,6 +41,11 @@ class RunClock:
     def started(self) -> bool:
         """Whether an epoch start was marked (in this run or before a resume)."""
         return self._started_once
+
+    @property
+    def epoch_seconds(self) -> float | None:
+        """:attr:`epoch_started`, or None before any epoch start was marked."""
+        return self.epoch_started if self._started_once else None
 
     def seconds(self) -> float:
         """Seconds of training so far (0 before the first epoch start)."""
@@ -64,9 +67,6 @@ class RunClock:
             self.last_epoch = now - self.epoch_started
         self.epoch_started, self._started_once = now, True
 
-    def start_stage(self) -> None:
-        self.stage_started = self.epoch_started
-
     def out_of_time(self, budget: float, agree: Agree = _same) -> str | None:
         """At an epoch's end: why to stop now, when one more epoch as long as the one that
         just ran would end past ``budget`` seconds (None: there is time for it)."""
@@ -87,7 +87,6 @@ class RunClock:
         return {
             "seconds": self.seconds(),
             "epoch_started": self.epoch_started,
-            "stage_started": self.stage_started,
             "last_epoch": self.last_epoch,
         }
 
@@ -96,17 +95,17 @@ class RunClock:
         starts at 0).
         The clock then waits for the next epoch start to run again."""
         if data is None:
-            data = {"seconds": 0.0, "epoch_started": 0.0, "stage_started": 0.0}
+            data = {"seconds": 0.0, "epoch_started": 0.0}
         if not isinstance(data, Mapping):
             raise StateError(f"the state's run clock is malformed: {data!r}")
         try:
-            values = [float(data[k]) for k in ("seconds", "epoch_started", "stage_started")]
+            values = [float(data[k]) for k in ("seconds", "epoch_started")]
             last = data.get("last_epoch")
             last = None if last is None else float(last)
         except (KeyError, TypeError, ValueError) as exc:
             raise StateError(f"the state's run clock is malformed: {data!r}") from exc
         self._origin = None
-        self._before, self.epoch_started, self.stage_started = values
+        self._before, self.epoch_started = values
         self.last_epoch, self._started_once = last, values[0] > 0
 
     def __repr__(self) -> str:

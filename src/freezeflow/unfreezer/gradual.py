@@ -262,7 +262,6 @@ class GradualUnfreezer(LoopHooks):
         active = self._apply(k, before, choice)
         self.stage_index = k
         self._stage_start = (self.epoch, self.global_step)
-        self.clock.start_stage()
         self._schedulers.stage_changed()  # a scheduler following the stages starts its curve
         self._plateau.reset()
         self._plateau_ready = False
@@ -405,7 +404,7 @@ class GradualUnfreezer(LoopHooks):
             step=self.global_step,
             total_steps=self.total_steps,
             total_epochs=self.total_epochs,
-            seconds=self.clock.epoch_started if self.clock.started else None,
+            seconds=self.clock.epoch_seconds,
             last_epoch=self.clock.last_epoch,
         )
 

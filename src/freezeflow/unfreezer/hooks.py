@@ -66,7 +66,7 @@ class LoopHooks:
                 total_epochs=self.total_epochs,
                 plateaued=self._plateau_ready,
                 at_epoch_start=at_epoch_start,
-                seconds=self.clock.epoch_started if self.clock.started else None,
+                seconds=self.clock.epoch_seconds,
             )
         )
 
@@ -180,11 +180,13 @@ class LoopHooks:
     def out_of_time(self) -> str | None:
         """At an epoch's end: why the run should stop now, when the schedule has a time
         budget (``ff.auto(minutes=...)``) and one more epoch as long as the one that just ran
-        would end past it; None to go on (always, without a budget). The training loops
-        ask it: ``fit()``, the Lightning and transformers callbacks. Under torch.distributed
-        every rank must call it (the ranks agree on the time)."""
+        would end past it; None to go on (always without a budget, and after the run's last
+        epoch where its length is known). The training loops ask it: ``fit()``, the
+        Lightning and transformers callbacks. Under torch.distributed every rank must call
+        it (the ranks agree on the time)."""
         budget = self._planner.time_budget
-        if budget is None:
+        last = self.total_epochs is not None and self.epoch + 1 >= self.total_epochs
+        if budget is None or last:
             return None
         return self.clock.out_of_time(budget, agreement.agreed_seconds)
 

@@ -57,11 +57,11 @@ class StepSignals:
             return
         with torch.no_grad():
             for w, params in windows.items():
-                with_grad = [p for p in params if p.grad is not None]
-                if not with_grad:
+                pairs = [(p.grad, p.detach()) for p in params if p.grad is not None]
+                if not pairs:
                     continue
-                g = torch.stack([vector_norm(p.grad) for p in with_grad if p.grad is not None])
-                v = torch.stack([vector_norm(p.detach()) for p in with_grad])
+                g = torch.stack([vector_norm(grad) for grad, _ in pairs])
+                v = torch.stack([vector_norm(weight) for _, weight in pairs])
                 g2, v2 = g.double().pow(2).sum(), v.double().pow(2).sum()
                 rgn = torch.where(v2 > 0, (g2 / v2.clamp_min(1e-300)).sqrt(), 0.0)
                 self._sums[w] = self._sums[w] + rgn if w in self._sums else rgn
