@@ -227,6 +227,22 @@ def test_set_blocks_rejects_unknown_names_and_keeps_the_old_blocks(mlp: nn.Modul
     assert block_names(mlp) == ["fc1+fc2", "fc3"]
 
 
+def _adaptive_norm() -> nn.Module:
+    """Named like a norm, but a Linear in it predicts the scale (diffusers' AdaLayerNorm)."""
+    cls: type[nn.Module] = type("AdaLayerNorm", (nn.Module,), {})
+    m = cls()
+    m.linear, m.norm, m.drop = nn.Linear(4, 8), nn.LayerNorm(4), nn.Dropout()
+    return m
+
+
+def _norm_of_norms() -> nn.Module:
+    """Named like a norm, holding only norms and parameter-free modules."""
+    cls: type[nn.Module] = type("SplitBatchNorm", (nn.Module,), {})
+    m = cls()
+    m.a, m.b, m.act = nn.BatchNorm2d(3), nn.GroupNorm(1, 3), nn.ReLU()
+    return m
+
+
 @pytest.mark.parametrize(
     ("module", "expected"),
     [
@@ -246,6 +262,8 @@ def test_set_blocks_rejects_unknown_names_and_keeps_the_old_blocks(mlp: nn.Modul
         (nn.Dropout(), False),
         (nn.Embedding(3, 2), False),
         (type("Normalizer", (nn.Module,), {})(), False),
+        (_adaptive_norm(), False),
+        (_norm_of_norms(), True),
     ],
     ids=lambda v: type(v).__name__ if isinstance(v, nn.Module) else str(v),
 )

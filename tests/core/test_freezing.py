@@ -244,6 +244,33 @@ def test_frozen_mode_is_sticky_for_norm_layers_without_parameters() -> None:
     assert net.train()[1].training is True
 
 
+def test_an_adaptive_norm_is_not_a_norm_layer_its_linear_unfreezes_and_its_dropout_runs() -> None:
+    # named like a norm (diffusers' AdaLayerNorm), but a Linear in it predicts the scale: only
+    # the LayerNorm inside is a norm layer, sticky under norm="frozen"; the Linear unfreezes
+    # and the Dropout beside it follows train()
+    class AdaLayerNorm(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.linear, self.norm, self.drop = nn.Linear(4, 4), nn.LayerNorm(4), nn.Dropout(0.5)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            out: torch.Tensor = self.drop(self.norm(x) * (1 + self.linear(x)))
+            return out
+
+    torch.manual_seed(0)
+    ada = AdaLayerNorm()
+    net = nn.Sequential(nn.Linear(4, 4), ada, nn.Linear(4, 2))
+    ff.freeze(net, ff.everything(), norm="frozen")
+    ff.unfreeze(net, ff.everything())
+    flags = {n: p.requires_grad for n, p in net.named_parameters()}
+    assert flags == {n: not n.startswith("1.norm.") for n in flags}
+    assert ff.core.norm_mode(ada) is None and ff.core.norm_mode(ada.norm) == "frozen"
+    net.train()
+    assert ada.training and ada.drop.training and not ada.norm.training
+    ff.freeze(net, "1.linear")
+    assert ff.core.norm_mode(ada) is None and ada.drop.training
+
+
 def test_eval_mode_locks_norm_layers_without_parameters_with_their_holder() -> None:
     torch.manual_seed(0)
     net = nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4, affine=False), nn.Linear(4, 2))

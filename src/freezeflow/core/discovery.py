@@ -44,12 +44,17 @@ def is_norm_layer(module: nn.Module) -> bool:
 
     Besides the built-in types in :data:`NORM_TYPES`, any module whose class name ends in
     ``Norm``, ``Norm1d/2d/3d`` or contains ``BatchNorm`` (e.g. torchvision's
-    ``FrozenBatchNorm2d``, timm's ``LayerNorm2d``) counts.
+    ``FrozenBatchNorm2d``, timm's ``LayerNorm2d``) counts, unless a submodule of it that is
+    not a norm layer holds parameters: an adaptive norm (diffusers' ``AdaLayerNorm``, a
+    ``Linear`` that predicts the scale around a ``LayerNorm``) is a layer that holds a norm,
+    and its ``Linear`` trains and decays like any other.
     """
     if isinstance(module, NORM_TYPES):
         return True
     cls = type(module).__name__
-    return "BatchNorm" in cls or cls.endswith(("Norm", "Norm1d", "Norm2d", "Norm3d"))
+    if not ("BatchNorm" in cls or cls.endswith(("Norm", "Norm1d", "Norm2d", "Norm3d"))):
+        return False
+    return all(next(c.parameters(), None) is None or is_norm_layer(c) for c in module.children())
 
 
 @dataclass(frozen=True)
