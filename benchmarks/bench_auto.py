@@ -15,8 +15,10 @@ Methods, with the same epochs (7), batches (64, random horizontal flips) and dat
 with several settings is a sweep, its setting chosen on the validation split:
 
 - ``auto``: ``ff.auto(7)``, nothing else (Adam, norm layers frozen, feature cache on), with
-  ``decide=trials`` (the default), ``decide=signals``, and ``decide=signals`` with
-  ``refreeze=True`` (setting ``signals-refreeze``);
+  ``decide=trials`` (the default), ``decide=signals``, ``decide=signals`` with
+  ``refreeze=True`` (setting ``signals-refreeze``), and ``decide=trials`` with
+  ``train_norms=True`` (setting ``trials-norms``: the norm layers of each window it unfreezes
+  train and re-estimate their statistics);
 - ``tuned``: the demo's hand-tuned schedule (head 2 epochs, then ``last(3)``, then
   ``last(9)``, discriminative LRs, a cosine per stage, feature cache): tuned on task 1; on
   the other tasks it is the "last k blocks" schedule to beat;
@@ -220,8 +222,13 @@ def with_freezeflow(
 def run_auto(
     model: nn.Module, train: Dataset[Any], val: Images, setting: str, started: float
 ) -> Outcome:
-    decide, _, refreeze = setting.partition("-")
-    schedule = ff.auto(EPOCHS, decide=decide, refreeze=refreeze == "refreeze")  # type: ignore[arg-type]
+    decide, _, extra = setting.partition("-")
+    schedule = ff.auto(
+        EPOCHS,
+        decide=decide,  # type: ignore[arg-type]
+        refreeze=extra == "refreeze",
+        train_norms=extra == "norms",
+    )
     return with_freezeflow(model, schedule, train, val, started)
 
 
@@ -356,7 +363,7 @@ def run_fastai(
 
 Runner = Callable[[nn.Module, Dataset[Any], Images, str, float], Outcome]
 SPECS: dict[str, tuple[Runner, tuple[str, ...]]] = {
-    "auto": (run_auto, ("trials", "signals", "signals-refreeze")),
+    "auto": (run_auto, ("trials", "signals", "signals-refreeze", "trials-norms")),
     "tuned": (run_tuned, ("",)),
     "fastai": (run_fastai, ("defaults", "lr_find")),
     "full": (run_full, ("lr=1e-4", "lr=3e-4", "lr=1e-3", "lr=3e-3")),
