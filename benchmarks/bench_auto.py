@@ -26,8 +26,8 @@ with several settings is a sweep, its setting chosen on the validation split:
   everything with discriminative LRs from ``base_lr / 100`` to ``base_lr``, one-cycle), over
   the two parameter groups body and head;
 - ``full``: full fine-tuning, AdamW (weight decay 0.01), one epoch of linear warm-up then a
-  cosine to zero, norm layers in train mode; LR 1e-4, 3e-4, 1e-3 or 3e-3 (the last added
-  when 1e-3, the top of the first grid, won on every task);
+  cosine to zero, norm layers in train mode; LR 1e-4, 3e-4 or 1e-3, the grid extended
+  upwards (3e-3, 1e-2) on a task while its top setting wins there;
 - ``llrd``: layer-wise LR decay with everything trainable (timm style): as ``full`` at 3e-4
   for the head, each block below at ``decay`` times the LR of the block above it; decay
   0.65, 0.75 or 0.85, and 0.85 with the head at 1e-3 (``decay=0.85_lr=1e-3``, the LR full
@@ -366,7 +366,7 @@ SPECS: dict[str, tuple[Runner, tuple[str, ...]]] = {
     "auto": (run_auto, ("trials", "signals", "signals-refreeze", "trials-norms")),
     "tuned": (run_tuned, ("",)),
     "fastai": (run_fastai, ("defaults", "lr_find")),
-    "full": (run_full, ("lr=1e-4", "lr=3e-4", "lr=1e-3", "lr=3e-3")),
+    "full": (run_full, ("lr=1e-4", "lr=3e-4", "lr=1e-3", "lr=3e-3", "lr=1e-2")),
     "llrd": (run_llrd, ("decay=0.65", "decay=0.75", "decay=0.85", "decay=0.85_lr=1e-3")),
     "classic": (run_classic, ("",)),
 }
