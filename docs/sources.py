@@ -281,6 +281,23 @@ def auto_runs() -> dict[str, str]:
             t = sum(r["seconds"] for r in tuned) / len(tuned)
             f = sum(r["seconds"] for r in groups[full]) / len(groups[full])
             out[f"auto_runs.{task}.tuned_over_full"] = f"{t / f:.2f}x"
+    for task in TASKS:  # ff.auto (trials) against the task's best baseline, for the prose
+        picks = [k for (t, m), k in chosen.items() if t == task and m != "auto"]
+        auto = groups.get((task, "auto", "trials"))
+        if not (picks and auto):
+            continue
+        best = max(picks, key=val)
+        b = groups[best]
+        out[f"auto_runs.{task}.best"] = best[1] + (f" ({best[2]})" if best[2] else "")
+        out[f"auto_runs.{task}.best_seeds"] = str(len(b))
+        for field, name in (("test_accuracy", "test"), ("val_accuracy", "val")):
+            lead = sum(r[field] for r in auto) / len(auto) - sum(r[field] for r in b) / len(b)
+            out[f"auto_runs.{task}.{name}_lead"] = f"{100 * lead:+.1f}"
+    for key, rs in groups.items():  # the LR fastai's lr_find suggested, as its run noted it
+        if key[1:] == ("fastai", "lr_find"):
+            found = [n.split("base_lr ")[1].split(";")[0] for n in rs[0]["notes"] if "base_lr" in n]
+            if found:
+                out[f"auto_runs.{key[0]}.lr_find"] = f"{float(found[0]):.2g}"
     out["table.auto_runs"] = _table(
         ["task", "method (setting)", "seeds", "validation", "test", "wall time", "deciding"],
         ["---", "---", "---:", "---:", "---:", "---:", "---:"],
