@@ -70,6 +70,9 @@ def time_to_accuracy(out: Path) -> Path:
             chosen.add(max((k for k in groups if k[:2] == (task, method)), key=val))
     first = {k: rs[0] for k, rs in groups.items() if k in chosen}
     tasks = sorted({t for t, _, _ in first}) or ["(none)"]
+    labels = sorted({m + (f" ({st})" if st else "") for _, m, st in first})
+    palette = plt.get_cmap("tab10" if len(labels) <= 10 else "tab20").colors
+    colour = {label: palette[i % len(palette)] for i, label in enumerate(labels)}
     figure, axes = plt.subplots(1, len(tasks), figsize=(5 * len(tasks), 3.6), squeeze=False)
     for ax, task in zip(axes[0], tasks):
         ax.set_title(task)
@@ -81,7 +84,7 @@ def time_to_accuracy(out: Path) -> Path:
             xs, ys = zip(*r["curve"])
             label = method + (f" ({setting})" if setting else "")
             style = "-" if method == "auto" else "--"
-            ax.plot(xs, ys, style, marker="o", markersize=3, label=label)
+            ax.plot(xs, ys, style, marker="o", markersize=3, label=label, color=colour[label])
         if not runs:
             ax.text(0.5, 0.5, "no run recorded yet", ha="center", transform=ax.transAxes)
         elif ax.lines:
