@@ -18,7 +18,8 @@ with several settings is a sweep, its setting chosen on the validation split:
   ``decide=trials`` (the default), ``decide=signals``, ``decide=signals`` with
   ``refreeze=True`` (setting ``signals-refreeze``), and ``decide=trials`` with
   ``train_norms=True`` (setting ``trials-norms``: the norm layers of each window it unfreezes
-  train and re-estimate their statistics);
+  train and re-estimate their statistics), and ``decide=trials`` at ``lr=3e-3`` (setting
+  ``trials-lr=3e-3``, the LR full fine-tuning chose on noise);
 - ``tuned``: the demo's hand-tuned schedule (head 2 epochs, then ``last(3)``, then
   ``last(9)``, discriminative LRs, a cosine per stage, feature cache): tuned on task 1; on
   the other tasks it is the "last k blocks" schedule to beat;
@@ -225,6 +226,7 @@ def run_auto(
     decide, _, extra = setting.partition("-")
     schedule = ff.auto(
         EPOCHS,
+        lr=float(extra[3:]) if extra.startswith("lr=") else 1e-3,
         decide=decide,  # type: ignore[arg-type]
         refreeze=extra == "refreeze",
         train_norms=extra == "norms",
@@ -363,7 +365,7 @@ def run_fastai(
 
 Runner = Callable[[nn.Module, Dataset[Any], Images, str, float], Outcome]
 SPECS: dict[str, tuple[Runner, tuple[str, ...]]] = {
-    "auto": (run_auto, ("trials", "signals", "signals-refreeze", "trials-norms")),
+    "auto": (run_auto, ("trials", "signals", "signals-refreeze", "trials-norms", "trials-lr=3e-3")),
     "tuned": (run_tuned, ("",)),
     "fastai": (run_fastai, ("defaults", "lr_find")),
     "full": (run_full, ("lr=1e-4", "lr=3e-4", "lr=1e-3", "lr=3e-3", "lr=1e-2")),
