@@ -48,31 +48,21 @@ def example_schedule() -> ff.Schedule:
 
 def time_to_accuracy(out: Path) -> Path:
     """The time-to-accuracy figure of the ``ff.auto`` benchmark's run files."""
-    import json
-
     import matplotlib.pyplot as plt
 
-    runs = [
-        json.loads(f.read_text(encoding="utf-8"))
-        for f in sorted((HERE.parent / "benchmarks" / "results" / "auto").glob("*/*.json"))
-    ]
-    groups: dict[tuple[str, str, str], list[dict]] = {}
-    for r in sorted(runs, key=lambda r: r["seed"]):
-        groups.setdefault((r["task"], r["method"], r["setting"]), []).append(r)
+    if str(HERE) not in sys.path:  # docs/sources.py reads the run files as the page does
+        sys.path.insert(0, str(HERE))
+    from sources import AutoRuns
 
-    def val(key: tuple[str, str, str]) -> float:
-        return sum(r["val_accuracy"] for r in groups[key]) / len(groups[key])
-
+    a = AutoRuns()
+    runs = a.runs
     # every ff.auto setting; of a swept baseline, the setting chosen on validation
-    chosen = {k for k in groups if k[1] == "auto"}
-    for task, method, _ in groups:
-        if method != "auto":
-            chosen.add(max((k for k in groups if k[:2] == (task, method)), key=val))
-    first = {k: rs[0] for k, rs in groups.items() if k in chosen}
+    chosen = {k for k in a.groups if k[1] == "auto"} | set(a.chosen.values())
+    first = {k: rs[0] for k, rs in a.groups.items() if k in chosen}
     tasks = sorted({t for t, _, _ in first}) or ["(none)"]
     labels = sorted({m + (f" ({st})" if st else "") for _, m, st in first})
-    palette = plt.get_cmap("tab10" if len(labels) <= 10 else "tab20").colors
-    colour = {label: palette[i % len(palette)] for i, label in enumerate(labels)}
+    palette = plt.get_cmap("tab10" if len(labels) <= 10 else "tab20")
+    colour = {label: palette(i % palette.N) for i, label in enumerate(labels)}
     figure, axes = plt.subplots(1, len(tasks), figsize=(5 * len(tasks), 3.6), squeeze=False)
     for ax, task in zip(axes[0], tasks):
         ax.set_title(task)

@@ -219,32 +219,52 @@ def _mean_sd(values: list[float]) -> str:
     return f"{pct(mean)} ± {100 * sd:.1f}"
 
 
+Key = tuple[str, str, str]
+"""A run of ``benchmarks/bench_auto.py`` without its seed: (task, method, setting)."""
+
+
+class AutoRuns:
+    """The run files of ``benchmarks/bench_auto.py`` grouped by (task, method, setting),
+    each group by seed; the setting of each sweep chosen on validation and each task's best
+    baseline. The results page's tables and prose and its figure (docs/gen_figures.py) read
+    them through this one class."""
+
+    def __init__(self) -> None:
+        files = sorted((RESULTS / "auto").glob("*/*.json"))
+        self.runs = sorted((load(f) for f in files), key=lambda r: r["seed"])
+        self.groups: dict[Key, list[dict[str, Any]]] = {}
+        for r in self.runs:
+            self.groups.setdefault((r["task"], r["method"], r["setting"]), []).append(r)
+        self.chosen: dict[tuple[str, str], Key] = {}
+        """Each (task, method): its setting with the best mean validation accuracy."""
+        for task, method, _ in self.groups:
+            keys = [k for k in self.groups if k[:2] == (task, method)]
+            self.chosen[(task, method)] = max(keys, key=self.val)
+
+    def val(self, key: Key) -> float:
+        """The mean validation accuracy of ``key`` over its seeds."""
+        return float(sum(r["val_accuracy"] for r in self.groups[key]) / len(self.groups[key]))
+
+    def best_baseline(self, task: str) -> Key | None:
+        """The task's best method other than ``ff.auto``, at its chosen setting."""
+        picks = [k for (t, m), k in self.chosen.items() if t == task and m != "auto"]
+        return max(picks, key=self.val) if picks else None
+
+
 def auto_runs() -> dict[str, str]:
     """The run files of ``benchmarks/bench_auto.py`` (``benchmarks/results/auto/<task>/``),
     one row per task, method and setting: the mean (and spread) over the seeds recorded; in
     a sweep, the setting with the best mean validation accuracy is marked; each task's best
     baseline (by validation accuracy) in bold."""
-    files = sorted((RESULTS / "auto").glob("*/*.json"))
-    runs = [load(f) for f in files]
+    a = AutoRuns()
+    runs, groups, chosen = a.runs, a.groups, a.chosen
     out = {"auto_runs.count": str(len(runs)), "auto_runs.busy": "none"}
     if not runs:
         out["table.auto_runs"] = "No run recorded yet."
         return out
-    groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
-    for r in runs:
-        groups.setdefault((r["task"], r["method"], r["setting"]), []).append(r)
-
-    def val(key: tuple[str, str, str]) -> float:
-        return sum(r["val_accuracy"] for r in groups[key]) / len(groups[key])
-
-    chosen = {}
-    for task, method, _ in groups:
-        keys = [k for k in groups if k[:2] == (task, method)]
-        chosen[(task, method)] = max(keys, key=val)
     rows = []
     for task in TASKS:
-        picks = [k for (t, m), k in chosen.items() if t == task and m != "auto"]
-        best = max(picks, key=val) if picks else None
+        best = a.best_baseline(task)
         for key in sorted((k for k in groups if k[0] == task), key=lambda k: (k[1], k[2])):
             rs = groups[key]
             label = key[1] + (f" ({key[2]})" if key[2] else "")
@@ -270,7 +290,7 @@ def auto_runs() -> dict[str, str]:
             )
     notes = sorted({r["note"] for r in runs if r.get("note")})
     out["auto_runs.busy"] = "; ".join(notes) if notes else "none"
-    out["table.auto_targets"] = _targets(groups, chosen, val)
+    out["table.auto_targets"] = _targets(a)
     for key, rs in groups.items():  # speed mode's re-freezes, as its run printed them
         if key[1] == "auto" and "refreeze" in key[2]:
             lines = [n for n in min(rs, key=lambda r: r["seed"])["notes"] if "froze again" in n]
@@ -282,11 +302,9 @@ def auto_runs() -> dict[str, str]:
             f = sum(r["seconds"] for r in groups[full]) / len(groups[full])
             out[f"auto_runs.{task}.tuned_over_full"] = f"{t / f:.2f}x"
     for task in TASKS:  # ff.auto (trials) against the task's best baseline, for the prose
-        picks = [k for (t, m), k in chosen.items() if t == task and m != "auto"]
-        auto = groups.get((task, "auto", "trials"))
-        if not (picks and auto):
+        best, auto = a.best_baseline(task), groups.get((task, "auto", "trials"))
+        if best is None or not auto:
             continue
-        best = max(picks, key=val)
         b = groups[best]
         out[f"auto_runs.{task}.best"] = best[1] + (f" ({best[2]})" if best[2] else "")
         out[f"auto_runs.{task}.best_seeds"] = str(len(b))
@@ -306,26 +324,23 @@ def auto_runs() -> dict[str, str]:
     return out
 
 
-def _targets(
-    groups: dict[tuple[str, str, str], list[dict[str, Any]]],
-    chosen: dict[tuple[str, str], tuple[str, str, str]],
-    val: Any,
-) -> str:
+def _targets(a: AutoRuns) -> str:
     """Each ``ff.auto`` setting against the targets of the benchmark, from the same files:
     its mean wall time over the hand-tuned schedule's and over full fine-tuning's (the LR
     chosen on validation), its share deciding, and its test accuracy minus the best
     baseline's (by validation). A cell is empty where a run it needs is missing."""
 
-    def mean(key: tuple[str, str, str] | None, field: str) -> float | None:
+    groups = a.groups
+
+    def mean(key: Key | None, field: str) -> float | None:
         rs = groups.get(key) if key is not None else None
         return sum(r[field] for r in rs) / len(rs) if rs else None
 
     rows = []
     for task in TASKS:
         tuned = (task, "tuned", "")
-        full = chosen.get((task, "full"))
-        picks = [k for (t, m), k in chosen.items() if t == task and m != "auto"]
-        best = max(picks, key=val) if picks else None
+        full = a.chosen.get((task, "full"))
+        best = a.best_baseline(task)
         for key in sorted(k for k in groups if k[0] == task and k[1] == "auto"):
             secs_auto, test_auto = mean(key, "seconds"), mean(key, "test_accuracy")
             cells = []
