@@ -19,7 +19,11 @@ with several settings is a sweep, its setting chosen on the validation split:
   ``refreeze=True`` (setting ``signals-refreeze``), and ``decide=trials`` with
   ``train_norms=True`` (setting ``trials-norms``: the norm layers of each window it unfreezes
   train and re-estimate their statistics), and ``decide=trials`` at ``lr=3e-3`` (setting
-  ``trials-lr=3e-3``, the LR full fine-tuning chose on noise);
+  ``trials-lr=3e-3``, the LR full fine-tuning chose on noise), ``decide=trials`` after every
+  BatchNorm's statistics are re-estimated on the training images, weights untouched
+  (setting ``trials-adabn``: AdaBN, a test of whether the frozen statistics cost the noise
+  task), and ``decide=trials`` with ``windows=2`` (setting ``trials-windows=2``: two
+  windows, so that by the second stage change every block trains);
 - ``tuned``: the demo's hand-tuned schedule (head 2 epochs, then ``last(3)``, then
   ``last(9)``, discriminative LRs, a cosine per stage, feature cache): tuned on task 1; on
   the other tasks it is the "last k blocks" schedule to beat;
@@ -156,6 +160,8 @@ class Outcome:
     curve: list[list[float]] = field(default_factory=list)
     decision_seconds: float | None = None
     notes: list[str] = field(default_factory=list)
+    base_lr: float | None = None
+    """fastai's base LR where its ``lr_find`` chose it."""
 
 
 def with_freezeflow(
@@ -220,13 +226,34 @@ def with_freezeflow(
     return out
 
 
+def adapt_norms(model: nn.Module, train: Dataset[Any]) -> None:
+    """Re-estimate every BatchNorm's statistics on the training images (no flips), weights
+    untouched: one forward pass, no gradients (AdaBN)."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [m.momentum for m in norms]
+    model.eval()
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # a cumulative average over the pass
+        m.train()
+    with torch.no_grad():
+        for x, _ in DataLoader(train.dataset, batch_size=250):  # type: ignore[attr-defined]
+            model(x)
+    for m, momentum in zip(norms, saved, strict=True):
+        m.momentum = momentum
+    model.eval()
+
+
 def run_auto(
     model: nn.Module, train: Dataset[Any], val: Images, setting: str, started: float
 ) -> Outcome:
     decide, _, extra = setting.partition("-")
+    if extra == "adabn":
+        adapt_norms(model, train)
     schedule = ff.auto(
         EPOCHS,
         lr=float(extra[3:]) if extra.startswith("lr=") else 1e-3,
+        windows=int(extra[8:]) if extra.startswith("windows=") else 3,
         decide=decide,  # type: ignore[arg-type]
         refreeze=extra == "refreeze",
         train_norms=extra == "norms",
@@ -360,12 +387,23 @@ def run_fastai(
     note = f"fastai {setting}: " + (f"base_lr {kwargs['base_lr']:.2e}; " if kwargs else "")
     note += f"last epoch {learn.recorder.values[-1]}"
     print(f"    {note}", flush=True)
-    return Outcome(curve=points, notes=[note])
+    return Outcome(curve=points, notes=[note], base_lr=kwargs.get("base_lr"))
 
 
 Runner = Callable[[nn.Module, Dataset[Any], Images, str, float], Outcome]
 SPECS: dict[str, tuple[Runner, tuple[str, ...]]] = {
-    "auto": (run_auto, ("trials", "signals", "signals-refreeze", "trials-norms", "trials-lr=3e-3")),
+    "auto": (
+        run_auto,
+        (
+            "trials",
+            "signals",
+            "signals-refreeze",
+            "trials-norms",
+            "trials-lr=3e-3",
+            "trials-adabn",
+            "trials-windows=2",
+        ),
+    ),
     "tuned": (run_tuned, ("",)),
     "fastai": (run_fastai, ("defaults", "lr_find")),
     "full": (run_full, ("lr=1e-4", "lr=3e-4", "lr=1e-3", "lr=3e-3", "lr=1e-2")),
@@ -455,7 +493,8 @@ def main(argv: list[str] | None = None) -> None:
                 "seconds": round(seconds, 1), "curve": outcome.curve,
                 "decision_seconds": None if outcome.decision_seconds is None
                 else round(outcome.decision_seconds, 1),
-                "notes": outcome.notes, "epochs": EPOCHS, "date": date.today().isoformat(),
+                "notes": outcome.notes, "base_lr": outcome.base_lr, "epochs": EPOCHS,
+                "date": date.today().isoformat(),
                 "machine": machine, "commit": commit(), "note": args.note,
                 "command": "python benchmarks/bench_auto.py " + " ".join(argv or sys.argv[1:]),
             }  # fmt: skip

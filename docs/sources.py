@@ -311,9 +311,12 @@ def auto_runs() -> dict[str, str]:
         for field, name in (("test_accuracy", "test"), ("val_accuracy", "val")):
             lead = sum(r[field] for r in auto) / len(auto) - sum(r[field] for r in b) / len(b)
             out[f"auto_runs.{task}.{name}_lead"] = f"{100 * lead:+.1f}"
-    for key, rs in groups.items():  # the LR fastai's lr_find suggested, as its run noted it
+    for key, rs in groups.items():  # the LR fastai's lr_find suggested
         if key[1:] == ("fastai", "lr_find"):
-            found = [n.split("base_lr ")[1].split(";")[0] for n in rs[0]["notes"] if "base_lr" in n]
+            found = [rs[0]["base_lr"]] if rs[0].get("base_lr") is not None else []
+            if not found:  # a file recorded before the field: the run's note has it
+                notes = rs[0]["notes"]
+                found = [n.split("base_lr ")[1].split(";")[0] for n in notes if "base_lr" in n]
             if found:
                 out[f"auto_runs.{key[0]}.lr_find"] = f"{float(found[0]):.2g}"
     out["table.auto_runs"] = _table(
