@@ -251,6 +251,12 @@ class AutoRuns:
         return max(picks, key=self.val) if picks else None
 
 
+def _late_epoch(run: dict[str, Any], epochs: int = 3) -> float:
+    """The mean seconds of ``run``'s last ``epochs`` epochs (from its curve's times)."""
+    times = [0.0] + [point[0] for point in run["curve"]]
+    return (times[-1] - times[-1 - epochs]) / epochs
+
+
 def auto_runs() -> dict[str, str]:
     """The run files of ``benchmarks/bench_auto.py`` (``benchmarks/results/auto/<task>/``),
     one row per task, method and setting: the mean (and spread) over the seeds recorded; in
@@ -301,6 +307,17 @@ def auto_runs() -> dict[str, str]:
             t = sum(r["seconds"] for r in tuned) / len(tuned)
             f = sum(r["seconds"] for r in groups[full]) / len(groups[full])
             out[f"auto_runs.{task}.tuned_over_full"] = f"{t / f:.2f}x"
+    for task in TASKS:  # where ff.auto's time goes against the hand-tuned schedule's
+        tuned, auto = groups.get((task, "tuned", "")), groups.get((task, "auto", "trials"))
+        if not (tuned and auto):
+            continue
+        t = sum(r["seconds"] for r in tuned) / len(tuned)
+        undecided = sum(r["seconds"] - (r["decision_seconds"] or 0) for r in auto) / len(auto)
+        out[f"auto_runs.{task}.undecided_over_tuned"] = f"{undecided / t:.2f}x"
+        late = [_late_epoch(r) for r in auto]  # the last 3 epochs: both decisions made
+        out[f"auto_runs.{task}.late_epoch_over_tuned"] = (
+            f"{sum(late) / len(late) / (sum(_late_epoch(r) for r in tuned) / len(tuned)):.2f}x"
+        )
     for task in TASKS:  # ff.auto (trials) against the task's best baseline, for the prose
         best, auto = a.best_baseline(task), groups.get((task, "auto", "trials"))
         if best is None or not auto:
@@ -311,6 +328,18 @@ def auto_runs() -> dict[str, str]:
         for field, name in (("test_accuracy", "test"), ("val_accuracy", "val")):
             lead = sum(r[field] for r in auto) / len(auto) - sum(r[field] for r in b) / len(b)
             out[f"auto_runs.{task}.{name}_lead"] = f"{100 * lead:+.1f}"
+        two = groups.get((task, "auto", "trials-windows=2"))  # every block trains at the end
+        if two:
+            out[f"auto_runs.{task}.w2.seeds"] = str(len(two))
+            for field, name in (("test_accuracy", "test"), ("val_accuracy", "val")):
+                out[f"auto_runs.{task}.w2.{name}"] = _mean_sd([r[field] for r in two])
+                lead = sum(r[field] for r in two) / len(two) - sum(r[field] for r in b) / len(b)
+                out[f"auto_runs.{task}.w2.{name}_lead"] = f"{100 * lead:+.1f}"
+                same = [r for r in auto if r["seed"] in {t["seed"] for t in two}]
+                gain = sum(r[field] for r in two) / len(two) - sum(r[field] for r in same) / len(
+                    same
+                )  # against windows=3 on the same seeds
+                out[f"auto_runs.{task}.w2.{name}_gain"] = f"{100 * gain:+.1f}"
     for key, rs in groups.items():  # the LR fastai's lr_find suggested
         if key[1:] == ("fastai", "lr_find"):
             found = [rs[0]["base_lr"]] if rs[0].get("base_lr") is not None else []
