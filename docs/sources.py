@@ -219,6 +219,11 @@ def _mean_sd(values: list[float]) -> str:
     return f"{pct(mean)} ± {100 * sd:.1f}"
 
 
+def _avg(runs: list[dict[str, Any]], field: str) -> float:
+    """The mean of ``field`` over ``runs`` (seeds of one run of the benchmark)."""
+    return float(sum(r[field] for r in runs) / len(runs))
+
+
 Key = tuple[str, str, str]
 """A run of ``benchmarks/bench_auto.py`` without its seed: (task, method, setting)."""
 
@@ -243,7 +248,7 @@ class AutoRuns:
 
     def val(self, key: Key) -> float:
         """The mean validation accuracy of ``key`` over its seeds."""
-        return float(sum(r["val_accuracy"] for r in self.groups[key]) / len(self.groups[key]))
+        return _avg(self.groups[key], "val_accuracy")
 
     def best_baseline(self, task: str) -> Key | None:
         """The task's best method other than ``ff.auto``, at its chosen setting."""
@@ -289,8 +294,7 @@ def auto_runs() -> dict[str, str]:
                     str(len(rs)),
                     _mean_sd([r["val_accuracy"] for r in rs]),
                     _mean_sd([r["test_accuracy"] for r in rs]),
-                    secs(sum(r["seconds"] for r in rs) / len(rs))
-                    + ("*" if any(r.get("note") for r in rs) else ""),
+                    secs(_avg(rs, "seconds")) + ("*" if any(r.get("note") for r in rs) else ""),
                     pct(sum(decisions) / len(decisions)) if decisions else "",
                 ]
             )
@@ -301,23 +305,22 @@ def auto_runs() -> dict[str, str]:
         if key[1] == "auto" and "refreeze" in key[2]:
             lines = [n for n in min(rs, key=lambda r: r["seed"])["notes"] if "froze again" in n]
             out[f"block.auto_refreezes.{key[0]}"] = "```text\n" + "\n".join(lines) + "\n```"
-    for task in TASKS:  # what the hand-tuned schedule itself costs against full fine-tuning
-        tuned, full = groups.get((task, "tuned", "")), chosen.get((task, "full"))
-        if tuned and full:
-            t = sum(r["seconds"] for r in tuned) / len(tuned)
-            f = sum(r["seconds"] for r in groups[full]) / len(groups[full])
-            out[f"auto_runs.{task}.tuned_over_full"] = f"{t / f:.2f}x"
-    for task in TASKS:  # where ff.auto's time goes against the hand-tuned schedule's
-        tuned, auto = groups.get((task, "tuned", "")), groups.get((task, "auto", "trials"))
-        if not (tuned and auto):
+    for task in TASKS:  # the hand-tuned schedule's time: against full fine-tuning's, and
+        # where ff.auto's time goes against it
+        tuned = groups.get((task, "tuned", ""))
+        if not tuned:
             continue
-        t = sum(r["seconds"] for r in tuned) / len(tuned)
-        undecided = sum(r["seconds"] - (r["decision_seconds"] or 0) for r in auto) / len(auto)
-        out[f"auto_runs.{task}.undecided_over_tuned"] = f"{undecided / t:.2f}x"
-        late = [_late_epoch(r) for r in auto]  # the last 3 epochs: both decisions made
-        out[f"auto_runs.{task}.late_epoch_over_tuned"] = (
-            f"{sum(late) / len(late) / (sum(_late_epoch(r) for r in tuned) / len(tuned)):.2f}x"
-        )
+        t = _avg(tuned, "seconds")
+        if full := chosen.get((task, "full")):
+            out[f"auto_runs.{task}.tuned_over_full"] = f"{t / _avg(groups[full], 'seconds'):.2f}x"
+        if auto := groups.get((task, "auto", "trials")):
+            undecided = sum(r["seconds"] - (r["decision_seconds"] or 0) for r in auto) / len(auto)
+            out[f"auto_runs.{task}.undecided_over_tuned"] = f"{undecided / t:.2f}x"
+            late = [_late_epoch(r) for r in auto]  # the last 3 epochs: both decisions made
+            tuned_late = sum(_late_epoch(r) for r in tuned) / len(tuned)
+            out[f"auto_runs.{task}.late_epoch_over_tuned"] = (
+                f"{sum(late) / len(late) / tuned_late:.2f}x"
+            )
     for task in TASKS:  # ff.auto (trials) against the task's best baseline, for the prose
         best, auto = a.best_baseline(task), groups.get((task, "auto", "trials"))
         if best is None or not auto:
@@ -326,19 +329,17 @@ def auto_runs() -> dict[str, str]:
         out[f"auto_runs.{task}.best"] = best[1] + (f" ({best[2]})" if best[2] else "")
         out[f"auto_runs.{task}.best_seeds"] = str(len(b))
         for field, name in (("test_accuracy", "test"), ("val_accuracy", "val")):
-            lead = sum(r[field] for r in auto) / len(auto) - sum(r[field] for r in b) / len(b)
+            lead = _avg(auto, field) - _avg(b, field)
             out[f"auto_runs.{task}.{name}_lead"] = f"{100 * lead:+.1f}"
         two = groups.get((task, "auto", "trials-windows=2"))  # every block trains at the end
         if two:
             out[f"auto_runs.{task}.w2.seeds"] = str(len(two))
             for field, name in (("test_accuracy", "test"), ("val_accuracy", "val")):
                 out[f"auto_runs.{task}.w2.{name}"] = _mean_sd([r[field] for r in two])
-                lead = sum(r[field] for r in two) / len(two) - sum(r[field] for r in b) / len(b)
+                lead = _avg(two, field) - _avg(b, field)
                 out[f"auto_runs.{task}.w2.{name}_lead"] = f"{100 * lead:+.1f}"
                 same = [r for r in auto if r["seed"] in {t["seed"] for t in two}]
-                gain = sum(r[field] for r in two) / len(two) - sum(r[field] for r in same) / len(
-                    same
-                )  # against windows=3 on the same seeds
+                gain = _avg(two, field) - _avg(same, field)  # windows=3, the same seeds
                 out[f"auto_runs.{task}.w2.{name}_gain"] = f"{100 * gain:+.1f}"
     for key, rs in groups.items():  # the LR fastai's lr_find suggested
         if key[1:] == ("fastai", "lr_find"):
@@ -366,7 +367,7 @@ def _targets(a: AutoRuns) -> str:
 
     def mean(key: Key | None, field: str) -> float | None:
         rs = groups.get(key) if key is not None else None
-        return sum(r[field] for r in rs) / len(rs) if rs else None
+        return _avg(rs, field) if rs else None
 
     rows = []
     for task in TASKS:
