@@ -407,15 +407,19 @@ class LoggingLit(Lit):
 
 def test_auto_schedule_decides_from_the_training_step(tmp_path: Path) -> None:
     lit = LoggingLit(scheduler=None)
-    cb = FreezeflowCallback(ff.auto(3, windows=1), module_attr="net")  # head, then backbone
+    # head, then one of two windows (backbone.0 or backbone.3), chosen by a trial each
+    ff.set_blocks(lit.net, [["backbone.0", "backbone.1"], ["backbone.3", "backbone.4"], "head"])
+    cb = FreezeflowCallback(ff.auto(3, windows=2), module_attr="net")
     trainer(tmp_path, 3, [cb]).fit(lit, loader(), loader(2))
     uf = cb.unfreezer
     assert uf is not None
     assert [d.stage_index for d in uf.decisions] == [1]
     assert "trial took the probe loss" in uf.decisions[0].text  # measured, with logging muted
     assert "log" not in lit.__dict__
-    # the backbone trains from epoch 1; its norm layers stay frozen
-    assert lit.net.backbone[0].weight.requires_grad and lit.net.backbone[3].weight.requires_grad
+    # the chosen window trains from epoch 1, the other stays frozen, and so do norm layers
+    (chosen,) = uf.decisions[0].scales
+    trains = {i: lit.net.backbone[i].weight.requires_grad for i in (0, 3)}
+    assert trains == {i: chosen.startswith(f"backbone.{i}") for i in (0, 3)}, (chosen, trains)
     assert not lit.net.backbone[1].weight.requires_grad
 
 

@@ -103,6 +103,21 @@ def test_repr_names_the_budget_and_the_knobs_that_differ_from_their_defaults() -
     assert repr(ff.auto(9, refreeze=True, seed=3)) == "ff.auto(epochs=9, refreeze=True, seed=3)"
 
 
+def test_windows_default_to_one_per_stage_after_the_head() -> None:
+    """So that every block below the head trains by the last stage; the repr leaves the
+    default out, and a saved schedule keeps the windows it was made with."""
+    for epochs in (2, 3, 4, 7, 14, 30):
+        sched = ff.auto(epochs)
+        assert sched.settings.windows == len(stage_caps(epochs)) == len(sched.stages) - 1
+        assert "windows" not in repr(sched)
+    assert repr(ff.auto(7, windows=3)) == "ff.auto(epochs=7, windows=3)"
+    assert repr(ff.auto(3, windows=2)) == "ff.auto(epochs=3, windows=2)"
+    assert ff.Schedule.from_dict({"auto": {"epochs": 7, "windows": 3}}) == ff.auto(7, windows=3)
+    assert ff.Schedule.from_dict(ff.auto(7, windows=3).to_dict()) != ff.auto(7)
+    short = ff.Schedule.from_dict({"auto": {"epochs": 3}})
+    assert isinstance(short, AutoSchedule) and short.settings.windows == 1
+
+
 @pytest.mark.parametrize(
     ("call", "match"),
     [

@@ -295,7 +295,7 @@ def test_plan_lists_the_windows_then_the_decisions() -> None:
     net = planted()
     uf = ff.GradualUnfreezer(net, ff.auto(7))
     text = str(uf.plan())
-    assert "decided when the stage begins, one window of: 0 .. 1, 2 .. 3, 4 .. 5" in text
+    assert "decided when the stage begins, one window of: 0 .. 2, 3 .. 5" in text
     uf.on_epoch_start(2)
     assert f"decided: {uf.decisions[0].text}" in str(uf.plan())
     assert "note: some stages select" not in str(uf.plan())
@@ -482,7 +482,7 @@ def test_a_probe_that_yields_nothing_falls_back_and_says_why() -> None:
     uf.on_epoch_start(0)
     (t,) = uf.on_epoch_start(2)
     assert "the probe gave 0 batch(es), fewer than a trial needs (12)" in t.reason
-    assert uf.decisions[0].window == 2  # the window nearest the output
+    assert uf.decisions[0].window == 1  # of two: the window nearest the output
 
 
 def test_more_windows_than_blocks_is_refused() -> None:
@@ -531,6 +531,43 @@ class Trials:
         monkeypatch.setattr(ff.unfreezer.AutoPlanner, "_trial", counted)
 
 
+def test_by_default_every_block_trains_by_the_last_stage_and_the_last_window_has_no_trial(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``ff.auto(7)`` cuts the blocks below the head into one window per stage after it (two):
+    the first stage change tries both, the second unfreezes the other one without a trial
+    (there is nothing to choose), still scaling its blocks' LRs by their measured relative
+    gradient norms; at the end every candidate block trains. With three windows the one
+    that loses both decisions never trains."""
+    trials = Trials(monkeypatch)
+    net = planted()
+    history, uf = fit_auto(net)
+    planner = uf.planner
+    assert isinstance(planner, ff.unfreezer.AutoPlanner)
+    assert len(planner.windows) == 2
+    first, second = uf.decisions
+    assert trials.steps == [8, 8]  # the first decision's trial per window, none after
+    assert "trial took the probe loss" in first.text
+    assert "the only window left, so no trial" in second.text
+    assert {first.window, second.window} == {0, 1}
+    assert set(second.rgn) >= {str(b) for b in second.blocks}  # measured for its LR scales
+    assert all(linear(net, b).weight.requires_grad for b in range(6))
+    reasons = [t["reason"] for t in history.transitions[1:]]
+    assert all(d.text in r for d, r in zip(uf.decisions, reasons, strict=True))
+
+    trials.steps.clear()
+    three = planted()
+    _, uf3 = fit_auto(three, windows=3)
+    assert trials.steps == [8] * 5  # three windows, then the two left
+    never = set(range(3)) - {d.window for d in uf3.decisions}
+    assert len(never) == 1
+    planner3 = uf3.planner
+    assert isinstance(planner3, ff.unfreezer.AutoPlanner)
+    assert not any(
+        linear(three, b).weight.requires_grad for w in never for b in planner3.windows[w]
+    )
+
+
 def test_signals_that_separate_decide_without_a_trial(monkeypatch: pytest.MonkeyPatch) -> None:
     """The planted block's relative gradient norm is far ahead: its window is taken from the
     one backward of the measurement, with no trial, and the model is left as it was."""
@@ -560,7 +597,7 @@ def test_signals_that_cannot_separate_run_successive_halving_and_keep_its_steps(
     trials = Trials(monkeypatch)
     net = chain()
     uf = uf_with_probe(
-        net, lambda m, b: nn.functional.cross_entropy(m(b[0]), b[1]), decide="signals"
+        net, lambda m, b: nn.functional.cross_entropy(m(b[0]), b[1]), decide="signals", windows=3
     )
     uf.on_epoch_start(0)
     before = snapshot(net)

@@ -44,7 +44,7 @@ class AutoSettings:
 
     epochs: int
     lr: float = 1e-3
-    windows: int = 3
+    windows: int = 2
     trial_steps: int = 8
     probe_batches: int = 4
     refreeze: bool = False
@@ -135,10 +135,13 @@ class AutoSchedule(Schedule):
         return hash(self.settings)
 
     def __repr__(self) -> str:
+        s = self.settings
+        defaults = {f.name: f.default for f in fields(s)}
+        defaults["windows"] = len(stage_caps(s.epochs))  # what auto(windows=None) picks
         knobs = ", ".join(
-            f"{f.name}={getattr(self.settings, f.name)!r}"
-            for f in fields(self.settings)
-            if f.name == "epochs" or getattr(self.settings, f.name) != f.default
+            f"{f.name}={getattr(s, f.name)!r}"
+            for f in fields(s)
+            if f.name == "epochs" or getattr(s, f.name) != defaults[f.name]
         )
         return f"ff.auto({knobs})"
 
@@ -165,7 +168,7 @@ def auto(
     epochs: int,
     *,
     lr: float = 1e-3,
-    windows: int = 3,
+    windows: int | None = None,
     trial_steps: int = 8,
     probe_batches: int = 4,
     refreeze: bool = False,
@@ -185,11 +188,14 @@ def auto(
     2. **when**: each later stage starts when ``metric`` stops improving for one evaluation,
        and at the latest at the caps of :func:`stage_caps` (2/7 and 3/7 of the budget).
     3. **what**: the blocks below the head are cut into ``windows`` contiguous windows of
-       blocks. When a stage begins, every window not yet trainable gets a short trial: from
-       the current weights, ``trial_steps`` Adam steps on training batches, training that
+       blocks, by default one per stage after the head (two for budgets of 4 epochs or
+       more), so every block trains by the last stage and the decision is the order. When a
+       stage begins with more than one window left, each gets a short trial: from the
+       current weights, ``trial_steps`` Adam steps on training batches, training that
        window with everything already trainable; the window whose trial lowers the loss on
        ``probe_batches`` other training batches the most is unfrozen. The weights, the
-       optimizer and every random generator are restored after the trials.
+       optimizer and every random generator are restored after the trials. A stage with
+       one window left unfreezes it without a trial.
     4. **how fast**: the stage's LR is ``lr`` x 0.5, then x 0.3; each block of the new window
        trains at that LR times its relative gradient norm ``||g|| / ||w||`` over the largest
        of the window (at least 0.1), as in Auto-RGN (Lee et al., 2023).
@@ -212,7 +218,10 @@ def auto(
     Args:
         epochs: the budget: the number of epochs the run will train (at least 2).
         lr: the head's LR; later stages run at 0.5x and 0.3x of it.
-        windows: how many contiguous windows the blocks below the head are cut into.
+        windows: how many contiguous windows the blocks below the head are cut into; None
+            (default): one per stage after the head. More windows than stages leave the
+            windows that lose every trial frozen for the whole run (with 3 windows on a
+            7-epoch budget, measured worse on every task of docs/results.md).
         trial_steps: optimizer steps of each window's trial.
         probe_batches: training batches the trials are scored on (not trained on).
         refreeze: speed mode: freeze again, at an epoch start, the earliest window that
@@ -243,6 +252,8 @@ def auto(
         ScheduleError: a knob is out of range (the message says which and what is expected).
     """
     check_int("auto(epochs)", epochs, 2)
+    if windows is None:  # one window per stage after the head: every block trains by the end
+        windows = len(stage_caps(epochs))
     check_int("auto(windows)", windows, 1)
     check_int("auto(trial_steps)", trial_steps, 1)
     check_int("auto(probe_batches)", probe_batches, 1)

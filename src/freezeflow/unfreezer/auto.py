@@ -260,12 +260,15 @@ class AutoPlanner(Measures, StagePlanner):
                         refrozen, why = self._converged()
                     off = frozenset(j for w in refrozen for j in self.window_params(w))
                     keep = trainable - off
-                    before = self._score(model, probe, scored, seed)
-                    if s.decide == "signals":
+                    if len(remaining) == 1:  # nothing to choose between: no trial, no score
+                        signal = (remaining[0], "the only window left, so no trial")
+                    elif s.decide == "signals":
+                        before = self._score(model, probe, scored, seed)
                         signal = self._by_signals(
                             k, model, probe, keep, remaining, rgn, lr, batches, scored, seed
                         )
                     else:
+                        before = self._score(model, probe, scored, seed)
                         trials = {
                             w: self._trial(
                                 model, probe, keep | self.window_params(w), lr, batches,
@@ -275,7 +278,8 @@ class AutoPlanner(Measures, StagePlanner):
                         }  # fmt: skip
             if signal is not None:
                 chosen, detail = signal
-                detail = detail.replace("{before}", f"{before:.3f}")
+                if "{before}" in detail:
+                    detail = detail.replace("{before}", f"{before:.3f}")
             elif not trials:
                 chosen = remaining[-1]
                 detail = (
