@@ -315,6 +315,12 @@ def test_the_schedule_round_trips_and_its_state_loads_only_on_the_same_knobs() -
     again = ff.GradualUnfreezer(planted(), ff.auto(9, refreeze=True, seed=3))
     again.load_state_dict(state)
     assert again.decisions == uf.decisions
+    # a run of 0.1.0's default (three windows) resumes only with windows=3 spelled out: its
+    # window indices would name other blocks under today's two
+    three = ff.GradualUnfreezer(planted(), ff.auto(9, windows=3))
+    three.on_epoch_start(3)
+    with pytest.raises(ff.errors.StateError, match="another schedule"):
+        ff.GradualUnfreezer(planted(), ff.auto(9)).load_state_dict(three.state_dict())
 
 
 def test_fit_refuses_a_budget_other_than_its_epochs_and_changes_nothing() -> None:
@@ -389,6 +395,27 @@ def test_a_trial_that_diverges_never_wins_and_all_diverging_is_refused() -> None
     with pytest.raises(ff.TrainingError, match=r"every trial of stage 1 .*non-finite.*lower"):
         uf.on_epoch_start(2)
     assert unchanged(net, before) and uf.stage_index == 0
+
+
+def test_a_last_window_with_non_finite_gradients_is_refused_before_any_change() -> None:
+    """The last window is taken without a trial, so no trial's NaN can refuse it: its
+    relative gradient norms (measured for its LR scales) do, before anything changes."""
+    net = planted()
+    poisoned = [False]
+
+    def loss(model: nn.Module, batch: Any) -> torch.Tensor:
+        out = nn.functional.cross_entropy(model(batch[0]), batch[1])
+        return out * math.nan if poisoned[0] else out
+
+    uf = uf_with_probe(net, loss)
+    uf.on_epoch_start(0)
+    uf.on_epoch_start(2)  # the first decision, from finite losses
+    poisoned[0] = True
+    before = snapshot(net), flags(net)
+    with pytest.raises(ff.TrainingError, match=r"stage 2 .*non-finite.* last window"):
+        uf.on_epoch_start(3)
+    assert unchanged(net, before) and uf.stage_index == 1
+    assert len(uf.decisions) == 1
 
 
 def test_without_val_data_the_caps_start_the_stages_and_say_so() -> None:

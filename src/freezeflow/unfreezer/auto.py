@@ -261,6 +261,7 @@ class AutoPlanner(Measures, StagePlanner):
                     off = frozenset(j for w in refrozen for j in self.window_params(w))
                     keep = trainable - off
                     if len(remaining) == 1:  # nothing to choose between: no trial, no score
+                        self._finite_last(k, remaining[0], rgn)
                         signal = (remaining[0], "the only window left, so no trial")
                     elif s.decide == "signals":
                         before = self._score(model, probe, scored, seed)
@@ -346,6 +347,18 @@ class AutoPlanner(Measures, StagePlanner):
                 now = now | self.window_params(d.window)
         texts = "; then ".join(d.text for d in made)
         return PlannedStage(now, scales, f"decided: {texts}")
+
+    def _finite_last(self, k: int, w: int, rgn: dict[int, float]) -> None:
+        """Refuse a last window whose relative gradient norms are not finite: its LRs could
+        not be scaled, and training it would go on from NaN (no trial says so first)."""
+        bad = {b: rgn[b] for b in self.windows[w] if b in rgn and not math.isfinite(rgn[b])}
+        if bad:
+            shown = ", ".join(f"{self.block_names[b]} {v}" for b, v in bad.items())
+            raise TrainingError(
+                f"ff.auto: stage {k} measured a non-finite relative gradient norm in its last "
+                f"window, {self.window_name(w)} ({shown}); expected finite gradients; hint: "
+                "look for NaN/inf in the inputs or the loss, or lower auto(lr=...)"
+            )
 
     def _by_signals(
         self,
