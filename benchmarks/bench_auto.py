@@ -16,8 +16,9 @@ with several settings is a sweep, its setting chosen on the validation split:
 
 - ``auto``: ``ff.auto(7)``, nothing else (Adam, norm layers frozen, feature cache on), as
   shipped (setting ``default``: two windows, one per stage after the head, a trial only
-  when two are left), with ``decide=trials`` and three windows (setting ``trials``, the
-  earlier default), ``decide=signals``, ``decide=signals`` with
+  when two are left; ``default_lr=3e-3`` at the LR full fine-tuning chose on noise), with
+  ``decide=trials`` and three windows (setting ``trials``, the earlier default),
+  ``decide=signals``, ``decide=signals`` with
   ``refreeze=True`` (setting ``signals-refreeze``), and ``decide=trials`` with
   ``train_norms=True`` (setting ``trials-norms``: the norm layers of each window it unfreezes
   train and re-estimate their statistics), and ``decide=trials`` at ``lr=3e-3`` (setting
@@ -246,11 +247,22 @@ def adapt_norms(model: nn.Module, train: Dataset[Any]) -> None:
     model.eval()
 
 
+def knobs(setting: str, defaults: dict[str, str]) -> dict[str, str]:
+    """A setting's ``key=value`` parts, joined by ``_`` (``"decay=0.85_lr=1e-3"``), over
+    ``defaults``; a key not in ``defaults`` is refused."""
+    found = dict(part.split("=", 1) for part in setting.split("_") if part)
+    if unknown := set(found) - set(defaults):
+        raise SystemExit(f"setting {setting!r}: unknown knob(s) {sorted(unknown)}")
+    return {**defaults, **found}
+
+
 def run_auto(
     model: nn.Module, train: Dataset[Any], val: Images, setting: str, started: float
 ) -> Outcome:
-    if setting == "default":  # ff.auto as a user calls it
-        return with_freezeflow(model, ff.auto(EPOCHS), train, val, started)
+    base, _, rest = setting.partition("_")
+    if base == "default":  # ff.auto as a user calls it, at the LR the setting names if any
+        lr = float(knobs(rest, {"lr": "1e-3"})["lr"])
+        return with_freezeflow(model, ff.auto(EPOCHS, lr=lr), train, val, started)
     decide, _, extra = setting.partition("-")
     if extra == "adabn":
         adapt_norms(model, train)
@@ -349,8 +361,8 @@ def run_full(
 def run_llrd(
     model: nn.Module, train: Dataset[Any], val: Images, setting: str, started: float
 ) -> Outcome:
-    knobs = {"lr": "3e-4", **dict(part.split("=") for part in setting.split("_"))}
-    return _all_trainable(model, train, val, started, float(knobs["lr"]), float(knobs["decay"]))
+    k = knobs(setting, {"lr": "3e-4", "decay": ""})
+    return _all_trainable(model, train, val, started, float(k["lr"]), float(k["decay"]))
 
 
 def run_fastai(
@@ -400,6 +412,7 @@ SPECS: dict[str, tuple[Runner, tuple[str, ...]]] = {
         run_auto,
         (
             "default",
+            "default_lr=3e-3",
             "trials",
             "signals",
             "signals-refreeze",
