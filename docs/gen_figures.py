@@ -9,7 +9,8 @@ Writes into ``docs/img/`` (or the folder given as the first argument):
   the trainable-parameter count over the run;
 - ``auto_time_to_accuracy.png``: from the run files of ``benchmarks/bench_auto.py``
   (``benchmarks/results/auto/<task>/*.json``), the validation accuracy after each epoch
-  against the wall-clock seconds, one curve per ``ff.auto`` setting and one per baseline
+  against the wall-clock seconds, one curve each for ``ff.auto`` as shipped, with 0.1.0's
+  three windows and in speed mode, and one per baseline
   (a swept one at the setting chosen on validation; the lowest seed recorded), one panel
   per task.
 
@@ -56,8 +57,12 @@ def time_to_accuracy(out: Path) -> Path:
 
     a = AutoRuns()
     runs = a.runs
-    # every ff.auto setting; of a swept baseline, the setting chosen on validation
-    chosen = {k for k in a.groups if k[1] == "auto"} | set(a.chosen.values())
+    # ff.auto as shipped, 0.1.0's three windows and speed mode (the variations that test
+    # one cause each are in the table); of a swept baseline, the setting chosen on validation
+    shown = ("default", "trials", "signals-refreeze")
+    chosen = {k for k in a.groups if k[1] == "auto" and k[2] in shown} | {
+        k for k in a.chosen.values() if k[1] != "auto"
+    }
     first = {k: rs[0] for k, rs in a.groups.items() if k in chosen}
     tasks = sorted({t for t, _, _ in first}) or ["(none)"]
     labels = sorted({m + (f" ({st})" if st else "") for _, m, st in first})

@@ -224,6 +224,9 @@ def _avg(runs: list[dict[str, Any]], field: str) -> float:
     return float(sum(r[field] for r in runs) / len(runs))
 
 
+HEADLINE = "default"
+"""The ``ff.auto`` setting of ``benchmarks/bench_auto.py`` that is ``ff.auto(7)`` as shipped."""
+
 Key = tuple[str, str, str]
 """A run of ``benchmarks/bench_auto.py`` without its seed: (task, method, setting)."""
 
@@ -254,6 +257,11 @@ class AutoRuns:
         """The task's best method other than ``ff.auto``, at its chosen setting."""
         picks = [k for (t, m), k in self.chosen.items() if t == task and m != "auto"]
         return max(picks, key=self.val) if picks else None
+
+
+def _share(runs: list[dict[str, Any]]) -> float:
+    """The mean share of its wall time each of ``runs`` spent deciding."""
+    return sum(r["decision_seconds"] / r["seconds"] for r in runs) / len(runs)
 
 
 def _late_epoch(run: dict[str, Any], epochs: int = 3) -> float:
@@ -313,7 +321,7 @@ def auto_runs() -> dict[str, str]:
         t = _avg(tuned, "seconds")
         if full := chosen.get((task, "full")):
             out[f"auto_runs.{task}.tuned_over_full"] = f"{t / _avg(groups[full], 'seconds'):.2f}x"
-        if auto := groups.get((task, "auto", "trials")):
+        if auto := groups.get((task, "auto", HEADLINE)):
             undecided = sum(r["seconds"] - (r["decision_seconds"] or 0) for r in auto) / len(auto)
             out[f"auto_runs.{task}.undecided_over_tuned"] = f"{undecided / t:.2f}x"
             late = [_late_epoch(r) for r in auto]  # the last 3 epochs: both decisions made
@@ -321,26 +329,56 @@ def auto_runs() -> dict[str, str]:
             out[f"auto_runs.{task}.late_epoch_over_tuned"] = (
                 f"{sum(late) / len(late) / tuned_late:.2f}x"
             )
-    for task in TASKS:  # ff.auto (trials) against the task's best baseline, for the prose
-        best, auto = a.best_baseline(task), groups.get((task, "auto", "trials"))
+    for task in TASKS:  # ff.auto as shipped against the task's best baseline, for the prose
+        best, auto = a.best_baseline(task), groups.get((task, "auto", HEADLINE))
         if best is None or not auto:
             continue
         b = groups[best]
         out[f"auto_runs.{task}.best"] = best[1] + (f" ({best[2]})" if best[2] else "")
         out[f"auto_runs.{task}.best_seeds"] = str(len(b))
+        out[f"auto_runs.{task}.seeds"] = str(len(auto))
+        out[f"auto_runs.{task}.deciding"] = pct(_share(auto))
         for field, name in (("test_accuracy", "test"), ("val_accuracy", "val")):
+            out[f"auto_runs.{task}.{name}"] = _mean_sd([r[field] for r in auto])
             lead = _avg(auto, field) - _avg(b, field)
             out[f"auto_runs.{task}.{name}_lead"] = f"{100 * lead:+.1f}"
-        two = groups.get((task, "auto", "trials-windows=2"))  # every block trains at the end
-        if two:
-            out[f"auto_runs.{task}.w2.seeds"] = str(len(two))
+        if three := groups.get((task, "auto", "trials")):  # 0.1.0's default: three windows
+            same = [r for r in three if r["seed"] in {r["seed"] for r in auto}]
+            mine = [r for r in auto if r["seed"] in {r["seed"] for r in same}]
+            out[f"auto_runs.{task}.w3.seeds"] = str(len(same))
             for field, name in (("test_accuracy", "test"), ("val_accuracy", "val")):
-                out[f"auto_runs.{task}.w2.{name}"] = _mean_sd([r[field] for r in two])
-                lead = _avg(two, field) - _avg(b, field)
-                out[f"auto_runs.{task}.w2.{name}_lead"] = f"{100 * lead:+.1f}"
-                same = [r for r in auto if r["seed"] in {t["seed"] for t in two}]
-                gain = _avg(two, field) - _avg(same, field)  # windows=3, the same seeds
-                out[f"auto_runs.{task}.w2.{name}_gain"] = f"{100 * gain:+.1f}"
+                gain = _avg(mine, field) - _avg(same, field)
+                out[f"auto_runs.{task}.w3.{name}_gain"] = f"{100 * gain:+.1f}"
+            wins = sum(
+                m[f] >= t[f]
+                for m, t in zip(mine, same, strict=True)
+                for f in ("val_accuracy", "test_accuracy")
+            )
+            out[f"auto_runs.{task}.w3.not_worse"] = f"{wins} of {2 * len(same)}"
+        if high := groups.get((task, "auto", HEADLINE + "_lr=3e-3")):  # full's LR on noise
+            mine = [r for r in auto if r["seed"] in {r["seed"] for r in high}]
+            out[f"auto_runs.{task}.lr3.seeds"] = str(len(high))
+            for field, name in (("test_accuracy", "test"), ("val_accuracy", "val")):
+                out[f"auto_runs.{task}.lr3.{name}"] = _mean_sd([r[field] for r in high])
+                gain = _avg(high, field) - _avg(mine, field)
+                out[f"auto_runs.{task}.lr3.{name}_gain"] = f"{100 * gain:+.1f}"
+                lead = _avg(high, field) - _avg(b, field)
+                out[f"auto_runs.{task}.lr3.{name}_lead"] = f"{100 * lead:+.1f}"
+        if two := groups.get((task, "auto", "trials-windows=2")):  # the same, with the trial
+            # the last decision ran over one window: the same accuracies, more time
+            pairs = [(m, t) for m in auto for t in two if m["seed"] == t["seed"]]
+            equal = sum(
+                m["val_accuracy"] == t["val_accuracy"] and m["test_accuracy"] == t["test_accuracy"]
+                for m, t in pairs
+            )
+            out[f"auto_runs.{task}.w2.same"] = f"{equal} of {len(pairs)}"
+            out[f"auto_runs.{task}.w2.deciding"] = pct(_share(two))
+            # the head epoch does the same work in both (no decision yet): how much slower
+            # the machine ran the later rows, which their seconds carry
+            slower = sorted(m["curve"][0][0] / t["curve"][0][0] for m, t in pairs)
+            out[f"auto_runs.{task}.w2.slower"] = f"{100 * (slower[len(slower) // 2] - 1):+.0f}%"
+            out[f"auto_runs.{task}.w2.seconds"] = secs(_avg(two, "seconds"))
+            out[f"auto_runs.{task}.seconds"] = secs(_avg(auto, "seconds"))
     for key, rs in groups.items():  # the LR fastai's lr_find suggested
         if key[1:] == ("fastai", "lr_find"):
             found = [rs[0]["base_lr"]] if rs[0].get("base_lr") is not None else []
@@ -380,8 +418,7 @@ def _targets(a: AutoRuns) -> str:
             for other in (tuned, full):
                 t = mean(other, "seconds")
                 cells.append(f"{secs_auto / t:.2f}x" if t and secs_auto else "")
-            shares = [r["decision_seconds"] / r["seconds"] for r in groups[key]]
-            cells.append(pct(sum(shares) / len(shares)))
+            cells.append(pct(_share(groups[key])))
             b = mean(best, "test_accuracy")
             lead = "" if b is None or test_auto is None else f"{100 * (test_auto - b):+.1f}"
             if lead and best is not None:
