@@ -377,7 +377,8 @@ class AutoPlanner(Measures, StagePlanner):
         norm when it leads the next by ``SEPARATION``, without a trial; else successive
         halving over the windows within that factor of it (the winner keeps its trial's
         steps). Returns the window and the explanation (``{before}``: the probe loss before,
-        filled in by the caller)."""
+        filled in by the caller). Called with two windows or more (:meth:`choose` takes a
+        last window without measuring anything else)."""
         means = {
             w: sum(rgn.get(b, 0.0) for b in self.windows[w]) / len(self.windows[w])
             for w in remaining
@@ -385,16 +386,15 @@ class AutoPlanner(Measures, StagePlanner):
         order = sorted(remaining, key=lambda w: (-means[w], -w))
         best = order[0]
         shown = ", ".join(f"{self.window_name(w)} {means[w]:.2g}" for w in order)
-        lead = means[best] / means[order[1]] if len(order) > 1 and means[order[1]] > 0 else math.inf
-        if len(order) == 1 or lead >= SEPARATION:
+        lead = means[best] / means[order[1]] if means[order[1]] > 0 else math.inf
+        if lead >= SEPARATION:
             if not math.isfinite(means[best]):
                 raise TrainingError(
                     f"ff.auto: stage {k} measured a non-finite relative gradient norm ({shown}), "
                     "so the windows cannot be compared; expected finite gradients; hint: look "
                     "for NaN/inf in the inputs or the loss, or lower auto(lr=...)"
                 )
-            ahead = "the only window" if len(order) == 1 else f"ahead by {lead:.1f}x"
-            return best, f"relative gradient norms ({shown}): {ahead}, no trial"
+            return best, f"relative gradient norms ({shown}): ahead by {lead:.1f}x, no trial"
         close = [w for w in order if means[w] * SEPARATION > means[best]]
         winner, scores, steps = self._halving(
             k, model, probe, keep, close, lr, batches, scored, seed
