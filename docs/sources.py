@@ -261,12 +261,20 @@ class AutoRuns:
 
 def _share(runs: list[dict[str, Any]]) -> float:
     """The mean share of its wall time each of ``runs`` spent deciding."""
-    return sum(r["decision_seconds"] / r["seconds"] for r in runs) / len(runs)
+    return float(sum(r["decision_seconds"] / r["seconds"] for r in runs) / len(runs))
+
+
+def _pairs(
+    runs: list[dict[str, Any]], others: list[dict[str, Any]]
+) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """The runs of ``runs`` and of ``others`` with the same seed, as (run, other) pairs."""
+    by_seed = {r["seed"]: r for r in others}
+    return [(r, by_seed[r["seed"]]) for r in runs if r["seed"] in by_seed]
 
 
 def _late_epoch(run: dict[str, Any], epochs: int = 3) -> float:
     """The mean seconds of ``run``'s last ``epochs`` epochs (from its curve's times)."""
-    times = [0.0] + [point[0] for point in run["curve"]]
+    times = [0.0] + [float(point[0]) for point in run["curve"]]
     return (times[-1] - times[-1 - epochs]) / epochs
 
 
@@ -342,21 +350,18 @@ def auto_runs() -> dict[str, str]:
             out[f"auto_runs.{task}.{name}"] = _mean_sd([r[field] for r in auto])
             lead = _avg(auto, field) - _avg(b, field)
             out[f"auto_runs.{task}.{name}_lead"] = f"{100 * lead:+.1f}"
+        out[f"auto_runs.{task}.seconds"] = secs(_avg(auto, "seconds"))
         if three := groups.get((task, "auto", "trials")):  # 0.1.0's default: three windows
-            same = [r for r in three if r["seed"] in {r["seed"] for r in auto}]
-            mine = [r for r in auto if r["seed"] in {r["seed"] for r in same}]
-            out[f"auto_runs.{task}.w3.seeds"] = str(len(same))
+            pairs = _pairs(auto, three)
+            mine, same = [m for m, _ in pairs], [t for _, t in pairs]
+            out[f"auto_runs.{task}.w3.seeds"] = str(len(pairs))
             for field, name in (("test_accuracy", "test"), ("val_accuracy", "val")):
                 gain = _avg(mine, field) - _avg(same, field)
                 out[f"auto_runs.{task}.w3.{name}_gain"] = f"{100 * gain:+.1f}"
-            wins = sum(
-                m[f] >= t[f]
-                for m, t in zip(mine, same, strict=True)
-                for f in ("val_accuracy", "test_accuracy")
-            )
-            out[f"auto_runs.{task}.w3.not_worse"] = f"{wins} of {2 * len(same)}"
+            wins = sum(m[f] >= t[f] for m, t in pairs for f in ("val_accuracy", "test_accuracy"))
+            out[f"auto_runs.{task}.w3.not_worse"] = f"{wins} of {2 * len(pairs)}"
         if high := groups.get((task, "auto", HEADLINE + "_lr=3e-3")):  # full's LR on noise
-            mine = [r for r in auto if r["seed"] in {r["seed"] for r in high}]
+            mine = [m for _, m in _pairs(high, auto)]
             out[f"auto_runs.{task}.lr3.seeds"] = str(len(high))
             for field, name in (("test_accuracy", "test"), ("val_accuracy", "val")):
                 out[f"auto_runs.{task}.lr3.{name}"] = _mean_sd([r[field] for r in high])
@@ -366,7 +371,7 @@ def auto_runs() -> dict[str, str]:
                 out[f"auto_runs.{task}.lr3.{name}_lead"] = f"{100 * lead:+.1f}"
         if two := groups.get((task, "auto", "trials-windows=2")):  # the same, with the trial
             # the last decision ran over one window: the same accuracies, more time
-            pairs = [(m, t) for m in auto for t in two if m["seed"] == t["seed"]]
+            pairs = _pairs(auto, two)
             equal = sum(
                 m["val_accuracy"] == t["val_accuracy"] and m["test_accuracy"] == t["test_accuracy"]
                 for m, t in pairs
@@ -378,7 +383,6 @@ def auto_runs() -> dict[str, str]:
             slower = sorted(m["curve"][0][0] / t["curve"][0][0] for m, t in pairs)
             out[f"auto_runs.{task}.w2.slower"] = f"{100 * (slower[len(slower) // 2] - 1):+.0f}%"
             out[f"auto_runs.{task}.w2.seconds"] = secs(_avg(two, "seconds"))
-            out[f"auto_runs.{task}.seconds"] = secs(_avg(auto, "seconds"))
     for key, rs in groups.items():  # the LR fastai's lr_find suggested
         if key[1:] == ("fastai", "lr_find"):
             found = [rs[0]["base_lr"]] if rs[0].get("base_lr") is not None else []
