@@ -392,10 +392,12 @@ def test_a_trial_that_diverges_never_wins_and_all_diverging_is_refused() -> None
     net = planted()
     uf = uf_with_probe(net, lambda m, b: nn.functional.cross_entropy(m(b[0]), b[1]) * math.nan)
     uf.on_epoch_start(0)
-    before = snapshot(net), flags(net)
-    with pytest.raises(ff.TrainingError, match=r"every trial of stage 1 .*non-finite.*lower"):
+    with (
+        harness(net, uf.optimizer, unfreezer=uf),  # its epoch, clock and signals too
+        pytest.raises(ff.TrainingError, match=r"every trial of stage 1 .*non-finite.*lower"),
+    ):
         uf.on_epoch_start(2)
-    assert unchanged(net, before) and uf.stage_index == 0
+    assert uf.stage_index == 0
 
 
 def test_a_last_window_with_non_finite_gradients_is_refused_before_any_change() -> None:
@@ -413,11 +415,14 @@ def test_a_last_window_with_non_finite_gradients_is_refused_before_any_change() 
     uf.on_epoch_start(2)  # the first decision, from finite losses
     poisoned[0] = True
     with (
-        harness(net, uf.optimizer),  # model, optimizer, the global random states
+        harness(net, uf.optimizer, unfreezer=uf),  # model, optimizer, random states, unfreezer
         pytest.raises(ff.TrainingError, match=r"stage 2 .*non-finite.* last window"),
     ):
         uf.on_epoch_start(3)
     assert uf.stage_index == 1 and len(uf.decisions) == 1
+    poisoned[0] = False  # the run goes on from where it was refused
+    (t,) = uf.on_epoch_start(3)
+    assert t.stage_index == 2 and uf.epoch == 3 and len(uf.decisions) == 2
 
 
 def test_without_val_data_the_caps_start_the_stages_and_say_so() -> None:

@@ -20,6 +20,7 @@ parameter and buffer back, bit for bit.
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -430,6 +431,13 @@ class AutoPlanner(Measures, StagePlanner):
 
     def on_epoch_start(self, epoch: int) -> None:
         self.signals.start_epoch(epoch)
+
+    def epoch_mark(self) -> object:
+        return copy.deepcopy(self.signals)  # a few numbers (the open sums stay on the device)
+
+    def undo_epoch_start(self, mark: object) -> None:
+        assert isinstance(mark, StepSignals)
+        self.signals = mark
 
     def between(self, k: int, trainable: frozenset[int]) -> StageChoice | None:
         """With ``refreeze``: freeze the earliest trainable window again once it has

@@ -11,9 +11,10 @@ begins (``_between``) and the model check.
 
 from __future__ import annotations
 
+import copy
 import math
 
-from freezeflow.errors import ModelChangedError, ScheduleError, check_int
+from freezeflow.errors import ScheduleError, check_int
 from freezeflow.schedules.plateau import PlateauTracker
 from freezeflow.schedules.schedule import Schedule
 from freezeflow.schedules.triggers import Clock
@@ -95,17 +96,30 @@ class LoopHooks:
             ModelChangedError: see :meth:`check_model`.
             DistributedError: under torch.distributed, the ranks disagree on the stage or on
                 what trains (:mod:`freezeflow.unfreezer.agreement`); on every rank.
+
+        A stage change refused here (e.g. an ``ff.auto`` decision whose losses are all
+        non-finite) leaves the unfreezer as it was before the call: the epoch is not
+        counted, so the call can be made again.
         """
         check_int("on_epoch_start(epoch)", epoch, 0)
         if not self._resumed:
             checks.check_epoch(epoch, self.epoch)
         self.check_model()
         again = self._resumed and epoch == self.epoch  # re-entering the epoch saved in
-        self.epoch, self._epoch_seen, self._resumed = epoch, True, False
-        timed = self._planner.time_budget is not None  # the ranks agree on the seconds
-        self.clock.start_epoch(again, agreement.agreed_seconds if timed else _same)
-        self._planner.on_epoch_start(epoch)
-        out = self._advance(at_epoch_start=True, checked=True) or self._between()
+        # a stage change refused below (an ff.auto decision that raises) leaves the epoch
+        # as it was found: counters, clock and the planner's signals put back
+        counters, clock = (self.epoch, self._epoch_seen, self._resumed), copy.copy(self.clock)
+        planner_mark = self._planner.epoch_mark()
+        try:
+            self.epoch, self._epoch_seen, self._resumed = epoch, True, False
+            timed = self._planner.time_budget is not None  # the ranks agree on the seconds
+            self.clock.start_epoch(again, agreement.agreed_seconds if timed else _same)
+            self._planner.on_epoch_start(epoch)
+            out = self._advance(at_epoch_start=True, checked=True) or self._between()
+        except BaseException:
+            (self.epoch, self._epoch_seen, self._resumed), self.clock = counters, clock
+            self._planner.undo_epoch_start(planner_mark)
+            raise
         self._check_ranks()
         return out
 
@@ -117,7 +131,8 @@ class LoopHooks:
         for an epoch, which would then never start.
 
         Raises:
-            ModelChangedError: see :meth:`check_model`; the step is not counted then.
+            ModelChangedError: see :meth:`check_model`; the step is not counted then, nor
+                when a stage due at this step is refused (by its planner's decision).
         """
         if not self._step_checked:
             self.check_model()
@@ -131,7 +146,7 @@ class LoopHooks:
         self.global_step += 1
         try:
             out = self._advance(at_epoch_start=False)
-        except ModelChangedError:
+        except BaseException:  # a refused stage change: the step is not counted
             self.global_step -= 1
             raise
         return out

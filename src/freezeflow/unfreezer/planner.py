@@ -164,6 +164,15 @@ class StagePlanner:
         """At each epoch start, before any stage begins (the same epoch again after a
         resume); nothing by default."""
 
+    def epoch_mark(self) -> object:
+        """What :meth:`on_epoch_start` would change, taken before it runs, so that an epoch
+        start refused later (a decision that raises) can be undone with
+        :meth:`undo_epoch_start`; None by default (nothing changes)."""
+        return None
+
+    def undo_epoch_start(self, mark: object) -> None:
+        """Put back what :meth:`epoch_mark` returned (nothing by default)."""
+
     def between(self, k: int, trainable: frozenset[int]) -> StageChoice | None:
         """At an epoch start where no stage begins: what stage ``k`` trains from now on, a
         subset of ``trainable`` (what trains now), or None to change nothing (the
