@@ -5,6 +5,7 @@ input refused before anything changes. (The knobs themselves: tests/schedules/te
 
 from __future__ import annotations
 
+import copy
 import itertools
 import math
 import random
@@ -22,6 +23,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import freezeflow as ff
 from freezeflow.errors import ScheduleError
+from freezeflow.schedules.auto import STAGE_LR_FACTORS
 from freezeflow.training.probe import probe_for
 from freezeflow.training.run import Callback, Run
 
@@ -142,29 +144,53 @@ def test_a_plateau_moves_the_stage_on_before_its_cap() -> None:
     assert t.reason.startswith("epoch 6 (plateau cap)")
 
 
-def test_deciding_leaves_weights_optimizer_and_random_generators_as_they_were() -> None:
+def test_deciding_keeps_the_winning_trial_and_leaves_everything_else_as_it_was() -> None:
+    """The trial that wins keeps its steps: the head and the chosen window end exactly where
+    the same Adam steps on the same probe batches take a copy of the model; every other
+    weight, the optimizer's state, the gradients and the random generator are as they were."""
     net = planted()
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)
     uf = ff.GradualUnfreezer(net, ff.auto(7), opt)
     loader = data()
-    uf.set_probe(probe_for(loader, nn.functional.cross_entropy, torch.device("cpu")))
+    probe = probe_for(loader, nn.functional.cross_entropy, torch.device("cpu"))
+    uf.set_probe(probe)
     uf.on_epoch_start(0)
     x, y = next(iter(loader))
     nn.functional.cross_entropy(net(x), y).backward()  # type: ignore[no-untyped-call]
     opt.step()
     uf.step()
+    twin = copy.deepcopy(net)
     before, state = snapshot(net, buffers=True), {k: dict(v) for k, v in opt.state.items()}
     grads = {n: p.grad for n, p in net.named_parameters()}
     rng = torch.get_rng_state()
     uf.on_epoch_start(2)
-    assert uf.decisions and "trial" in uf.decisions[0].text
-    after = snapshot(net, buffers=True)
-    assert all(torch.equal(before[n], after[n]) for n in before)
+    (d,) = uf.decisions
+    assert "trial took the probe loss" in d.text and "its steps kept" in d.text
     assert torch.equal(rng, torch.get_rng_state())
     assert {n: p.grad for n, p in net.named_parameters()} == grads
     for p, saved in state.items():
         tensors = [k for k in saved if torch.is_tensor(saved[k])]
         assert all(torch.equal(saved[k], opt.state[p][k]) for k in tensors)
+
+    planner = uf.planner
+    assert isinstance(planner, ff.unfreezer.AutoPlanner)
+    s = planner.settings
+    trained = {f"{b}.0.{w}" for b in d.blocks for w in ("weight", "bias")}
+    trained |= {"6.weight", "6.bias"}  # the head
+    params = [p for n, p in twin.named_parameters() if n in trained]
+    for p in twin.parameters():
+        p.requires_grad_(False)
+    for p in params:
+        p.requires_grad_(True)
+    replay = torch.optim.Adam(params, lr=s.lr * STAGE_LR_FACTORS[1])
+    for batch in probe.batches(s.trial_steps, s.seed * 1000 + 1):
+        replay.zero_grad(set_to_none=True)
+        nn.functional.cross_entropy(twin(batch[0]), batch[1]).backward()  # type: ignore[no-untyped-call]
+        replay.step()
+    after, replayed = snapshot(net, buffers=True), snapshot(twin, buffers=True)
+    moved = {n for n in before if not torch.equal(before[n], after[n])}
+    assert moved == trained
+    assert all(torch.equal(after[n], replayed[n]) for n in after)
 
 
 def test_the_same_seed_gives_the_same_decisions_and_weights() -> None:
@@ -209,7 +235,9 @@ def test_refreeze_freezes_the_converged_prefix_again_at_the_first_settled_epoch(
             if "froze again" in transition.reason:
                 frozen_at.update(snapshot(net))
 
-    history, uf = fit_auto(net, refreeze=True, callbacks=[Watch()])
+    # short trials: the planted window then settles within the run (its kept trial steps
+    # move where it starts)
+    history, uf = fit_auto(net, refreeze=True, trial_steps=4, callbacks=[Watch()])
     w = window_of(uf, PLANTED)
     planner = uf.planner
     assert isinstance(planner, ff.unfreezer.AutoPlanner)
@@ -659,7 +687,9 @@ def test_refreeze_lets_the_feature_cache_cover_the_prefix_frozen_again() -> None
     prefix reaches from the input up to the window the last stage unfroze, and the feature
     cache covers all of it for the rest of the run."""
     net = planted()
-    history, uf = fit_auto(net, refreeze=True, callbacks=[ff.callbacks.FeatureCaching()])
+    history, uf = fit_auto(
+        net, refreeze=True, trial_steps=4, callbacks=[ff.callbacks.FeatureCaching()]
+    )
     planner = uf.planner
     assert isinstance(planner, ff.unfreezer.AutoPlanner)
     assert refreeze_of(uf).refrozen == (window_of(uf, PLANTED),)

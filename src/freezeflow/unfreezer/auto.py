@@ -13,9 +13,11 @@ attaches when the run brings none.
 This is the only module besides :mod:`freezeflow.schedules.auto` that names the auto
 schedule's class (an import contract).
 
-Every decision leaves the model, the optimizer and the random generators as it found them:
-the trials train copies of nothing; they train the model in place and then copy every
-parameter and buffer back, bit for bit.
+Every decision leaves the optimizer and the random generators as it found them, and the
+model too, except that the trial that wins keeps its steps: the trials train copies of
+nothing; they train the model in place and then copy every parameter and buffer back, bit
+for bit, and the winner's trained weights and buffers are then copied in, as its trial
+left them (its steps count as training, not as a cost of deciding).
 """
 
 from __future__ import annotations
@@ -67,8 +69,10 @@ class Decision:
     scales: dict[str, float]
     """LR scale of each of its blocks, by block name."""
     rgn: dict[str, float]
-    """Relative gradient norm ``||g|| / ||w||`` of every candidate block, by block name (empty
-    without a probe)."""
+    """Relative gradient norm ``||g|| / ||w||`` of the blocks measured, by block name: every
+    block of the windows it chose between (from each trial's first backward, or the one
+    measuring backward of ``decide="signals"`` over every candidate block); a last window's
+    own blocks; empty without a probe."""
     refrozen: tuple[int, ...]
     """Windows frozen again (``refreeze``)."""
     text: str
@@ -247,41 +251,40 @@ class AutoPlanner(Measures, StagePlanner):
             detail += "nearest the output"
         else:
             seed = s.seed * 1000 + k
-            n = s.trial_steps + s.probe_batches
+            lone = len(remaining) == 1  # nothing to choose between: no trial, no score
+            n = 1 if lone else s.trial_steps + s.probe_batches
             trials: dict[int, float] = {}
             signal: tuple[int, str] | None = None
+            if s.refreeze and k >= 2:
+                refrozen, why = self._converged()
+            keep = trainable - frozenset(j for w in refrozen for j in self.window_params(w))
             # every random stream is left as found: torch's (CPU and CUDA), NumPy's global
             # generator and Python's (a dataset may draw from them while probe batches load)
             with OtherRngs(), torch.random.fork_rng(devices=rng_devices(lay.params)):
                 drawn = list(probe.batches(n, seed))
                 batches, scored = drawn[: s.trial_steps], drawn[s.trial_steps :]
-                if batches and scored:
-                    rgn = self._rgn(model, probe, scored)
-                    if s.refreeze and k >= 2:
-                        refrozen, why = self._converged()
-                    off = frozenset(j for w in refrozen for j in self.window_params(w))
-                    keep = trainable - off
-                    if len(remaining) == 1:  # nothing to choose between: no trial, no score
-                        self._finite_last(k, remaining[0], rgn)
-                        signal = (remaining[0], "the only window left, so no trial")
-                    elif s.decide == "signals":
-                        before = self._score(model, probe, scored, seed)
+                if lone and drawn:  # one backward on one batch, for its blocks' LR scales
+                    rgn = self._rgn(model, probe, drawn[:1], remaining)
+                    self._finite_last(k, remaining[0], rgn)
+                    signal = (remaining[0], "the only window left, so no trial")
+                elif batches and scored:
+                    before = self._score(model, probe, scored, seed)
+                    if s.decide == "signals":
+                        rgn = self._rgn(model, probe, scored)
                         signal = self._by_signals(
                             k, model, probe, keep, remaining, rgn, lr, batches, scored, seed
                         )
-                    else:
-                        before = self._score(model, probe, scored, seed)
-                        trials = {
-                            w: self._trial(
-                                model, probe, keep | self.window_params(w), lr, batches,
-                                scored, seed,
-                            )
-                            for w in remaining
-                        }  # fmt: skip
+                    else:  # the winner keeps its trial's steps
+                        chosen, trials, rgn = self._trials(
+                            k, model, probe, keep, remaining, lr, batches, scored, seed
+                        )
             if signal is not None:
                 chosen, detail = signal
                 if "{before}" in detail:
                     detail = detail.replace("{before}", f"{before:.3f}")
+            elif lone:
+                chosen = remaining[0]
+                detail = "the only window left; the probe gave no batch to scale its LRs by"
             elif not trials:
                 chosen = remaining[-1]
                 detail = (
@@ -289,13 +292,14 @@ class AutoPlanner(Measures, StagePlanner):
                     "the window nearest the output"
                 )
             else:
-                chosen = self._best(k, trials, lr)
                 others = ", ".join(
                     f"{self.window_name(w)} {trials[w]:.3f}" for w in remaining if w != chosen
                 )
                 detail = (
                     f"a {s.trial_steps}-step trial took the probe loss from {before:.3f} to "
-                    f"{trials[chosen]:.3f}" + (f" (other windows: {others})" if others else "")
+                    f"{trials[chosen]:.3f}"
+                    + (f" (other windows: {others})" if others else "")
+                    + ", its steps kept"
                 )
         blocks = self.windows[chosen]
         top = max((rgn.get(b, 0.0) for b in blocks), default=0.0)

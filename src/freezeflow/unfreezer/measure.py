@@ -1,7 +1,8 @@
 """How ``ff.auto``'s planner measures a window of blocks on the probe batches: the relative
-gradient norm of every candidate block from one backward, a trial (a few Adam steps on the
-window, scored on other batches, then everything put back bit for bit), successive halving
-over close windows (the winner keeps its last trial's steps), and the choice among trials.
+gradient norm of candidate blocks from one backward, a trial (a few Adam steps on the
+window, scored on other batches, then everything put back bit for bit), a trial of every
+window (the winner keeps its trial's steps), successive halving over close windows (the
+winner keeps its last trial's steps), and the choice among trials.
 
 :class:`Measures` is a part of :class:`~freezeflow.unfreezer.auto.AutoPlanner` (its one
 user), kept in its own module to keep each under about 450 lines.
@@ -40,27 +41,36 @@ class Measures:
     def _params(self, ids: frozenset[int] | set[int]) -> list[nn.Parameter]:
         return [self.layout.params[j] for j in sorted(ids)]
 
-    def _rgn(self, model: nn.Module, probe: Probe, batches: Sequence[Any]) -> dict[int, float]:
-        """Relative gradient norm of every candidate block over ``batches`` (summed loss)."""
-        everything = frozenset(j for w in range(len(self.windows)) for j in self.window_params(w))
+    def _block_rgn(self, b: int) -> float:
+        """Relative gradient norm ``||g|| / ||w||`` of block ``b`` from the gradients in place."""
+        g2 = w2 = 0.0
+        for j in self.block_params[b]:
+            p = self.layout.params[j]
+            if p.grad is not None:
+                g2 += float(p.grad.detach().double().pow(2).sum())
+            w2 += float(p.detach().double().pow(2).sum())
+        return math.sqrt(g2 / w2) if w2 > 0 else 0.0
+
+    def _rgn(
+        self,
+        model: nn.Module,
+        probe: Probe,
+        batches: Sequence[Any],
+        windows: Sequence[int] | None = None,
+    ) -> dict[int, float]:
+        """Relative gradient norm of every block of ``windows`` (default: every candidate
+        block) over ``batches`` (summed loss), from one backward per batch."""
+        windows = range(len(self.windows)) if windows is None else windows
+        measured = frozenset(j for w in windows for j in self.window_params(w))
         with Restored(model, self.layout.params):
             for p in self.layout.params:
                 p.requires_grad_(False)
                 p.grad = None
-            for p in self._params(everything):
+            for p in self._params(measured):
                 p.requires_grad_(True)
             for batch in batches:
                 probe.loss(model, batch).backward()  # type: ignore[no-untyped-call]
-            out = {}
-            for b, ids in self.block_params.items():
-                g2 = w2 = 0.0
-                for j in ids:
-                    p = self.layout.params[j]
-                    if p.grad is not None:
-                        g2 += float(p.grad.detach().double().pow(2).sum())
-                    w2 += float(p.detach().double().pow(2).sum())
-                out[b] = math.sqrt(g2 / w2) if w2 > 0 else 0.0
-        return out
+            return {b: self._block_rgn(b) for w in windows for b in self.windows[w]}
 
     def _trial(
         self,
@@ -72,11 +82,14 @@ class Measures:
         scored: Sequence[Any],
         seed: int,
         reached: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
+        first: tuple[Sequence[int], dict[int, float]] | None = None,
     ) -> float:
         """The probe loss after ``len(batches)`` Adam steps on ``train``; the model is then
         restored bit for bit. With ``reached``, the trained parameters and the buffers as
-        the trial left them are put there (``(tensor, value)`` pairs), for the winner of a
-        successive halving to keep."""
+        the trial left them are put there (``(tensor, value)`` pairs), for a winner to keep.
+        With ``first`` (blocks, out): the relative gradient norm of each of those blocks
+        from the first step's backward (before any step: at the weights every trial starts
+        from) is put in ``out``."""
         with Restored(model, self.layout.params):
             for p in self.layout.params:
                 p.requires_grad_(False)
@@ -86,9 +99,11 @@ class Measures:
                 p.requires_grad_(True)
             opt = torch.optim.Adam(params, lr=lr)
             torch.manual_seed(seed)
-            for batch in batches:
+            for i, batch in enumerate(batches):
                 opt.zero_grad(set_to_none=True)
                 probe.loss(model, batch).backward()  # type: ignore[no-untyped-call]
+                if i == 0 and first is not None:
+                    first[1].update({b: self._block_rgn(b) for b in first[0]})
                 opt.step()
             torch.manual_seed(seed + 1)
             with torch.no_grad():
@@ -96,6 +111,44 @@ class Measures:
             if reached is not None:
                 reached.extend((t, t.detach().clone()) for t in [*params, *model.buffers()])
         return sum(losses) / len(losses)
+
+    def _trials(
+        self,
+        k: int,
+        model: nn.Module,
+        probe: Probe,
+        keep: frozenset[int],
+        candidates: list[int],
+        lr: float,
+        batches: Sequence[Any],
+        scored: Sequence[Any],
+        seed: int,
+    ) -> tuple[int, dict[int, float], dict[int, float]]:
+        """A trial of every window of ``candidates`` (each training ``keep`` and the window,
+        from the same weights, on the same batches); the window whose trial ended at the
+        lowest probe loss (:meth:`_best`) wins and keeps its trial's steps: the model ends
+        as that trial left it (nothing changes when :meth:`_best` refuses). The relative
+        gradient norms of the windows' blocks come from each trial's first backward (the
+        same batch and weights for every window), so no other pass measures them. Returns
+        the winner, each window's score and the blocks' norms."""
+        scores: dict[int, float] = {}
+        rgn: dict[int, float] = {}
+        kept: tuple[int, list[tuple[torch.Tensor, torch.Tensor]]] | None = None
+        for w in candidates:
+            reached: list[tuple[torch.Tensor, torch.Tensor]] = []
+            scores[w] = self._trial(
+                model, probe, keep | self.window_params(w), lr, batches, scored, seed,
+                reached, (self.windows[w], rgn),
+            )  # fmt: skip
+            leads = kept is None or (scores[w], -w) < (scores[kept[0]], -kept[0])
+            if math.isfinite(scores[w]) and leads:  # at most two trials' copies held at once
+                kept = (w, reached)
+        winner = self._best(k, scores, lr)  # refuses, before any change, when none is finite
+        assert kept is not None and kept[0] == winner
+        with torch.no_grad():
+            for t, value in kept[1]:
+                t.copy_(value)
+        return winner, scores, rgn
 
     def _halving(
         self,
