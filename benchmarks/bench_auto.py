@@ -162,6 +162,9 @@ class Outcome:
 
     curve: list[list[float]] = field(default_factory=list)
     decision_seconds: float | None = None
+    kept_seconds: float | None = None
+    """Of ``decision_seconds``, the steps of the trials that won and were kept as training
+    (their scoring left out); ``decide="signals"``'s kept halving steps are not split out."""
     notes: list[str] = field(default_factory=list)
     base_lr: float | None = None
     """fastai's base LR where its ``lr_find`` chose it."""
@@ -189,18 +192,46 @@ def with_freezeflow(
         total_epochs=EPOCHS,
         total_steps=EPOCHS * len(loader),
     )
-    out = Outcome(decision_seconds=0.0 if isinstance(schedule, ff.schedules.AutoSchedule) else None)
-    choose = uf.planner.choose
+    auto = isinstance(schedule, ff.schedules.AutoSchedule)
+    out = Outcome(decision_seconds=0.0 if auto else None, kept_seconds=0.0 if auto else None)
+    planner: Any = uf.planner
+    choose = planner.choose
+    spent: list[tuple[float, float]] = []  # per trial of a decision: seconds, of them scoring
+    scoring = [0.0]
 
     def timed(k: int, trainable: frozenset[int]) -> Any:  # the seconds spent deciding
+        remaining = planner.remaining() if auto and k > 0 else []
+        spent.clear()
         t0 = time.perf_counter()
         try:
             return choose(k, trainable)
         finally:
             if out.decision_seconds is not None and k > 0:
                 out.decision_seconds += time.perf_counter() - t0
+                text = planner.decisions[-1].text if planner.decisions else ""
+                if "its steps kept" in text and len(spent) == len(remaining):
+                    total, scored = spent[remaining.index(planner.decisions[-1].window)]
+                    out.kept_seconds = (out.kept_seconds or 0.0) + total - scored
 
-    uf.planner.choose = timed  # type: ignore[method-assign]
+    if auto:  # a trial's seconds, and of them its scoring (not kept: a forward pass)
+        trial, loss_on = planner._trial, planner._loss_on
+
+        def timed_trial(*args: Any, **kwargs: Any) -> float:
+            t0, before = time.perf_counter(), scoring[0]
+            try:
+                return float(trial(*args, **kwargs))
+            finally:
+                spent.append((time.perf_counter() - t0, scoring[0] - before))
+
+        def timed_loss_on(*args: Any, **kwargs: Any) -> float:
+            t0 = time.perf_counter()
+            try:
+                return float(loss_on(*args, **kwargs))
+            finally:
+                scoring[0] += time.perf_counter() - t0
+
+        planner._trial, planner._loss_on = timed_trial, timed_loss_on
+    planner.choose = timed
     curve = Curve(started)
     history = ff.fit(
         model,
@@ -511,6 +542,8 @@ def main(argv: list[str] | None = None) -> None:
                 "seconds": round(seconds, 1), "curve": outcome.curve,
                 "decision_seconds": None if outcome.decision_seconds is None
                 else round(outcome.decision_seconds, 1),
+                "kept_seconds": None if outcome.kept_seconds is None
+                else round(outcome.kept_seconds, 1),
                 "notes": outcome.notes, "base_lr": outcome.base_lr, "epochs": EPOCHS,
                 "date": date.today().isoformat(),
                 "machine": machine, "commit": commit(), "note": args.note,

@@ -105,12 +105,10 @@ class Measures:
                 if i == 0 and first is not None:
                     first[1].update({b: self._block_rgn(b) for b in first[0]})
                 opt.step()
-            torch.manual_seed(seed + 1)
-            with torch.no_grad():
-                losses = [float(probe.loss(model, b)) for b in scored]
+            score = self._loss_on(model, probe, scored, seed)
             if reached is not None:
                 reached.extend((t, t.detach().clone()) for t in [*params, *model.buffers()])
-        return sum(losses) / len(losses)
+        return score
 
     def _trials(
         self,
@@ -192,8 +190,16 @@ class Measures:
             steps = len(batches)
 
     def _score(self, model: nn.Module, probe: Probe, scored: Sequence[Any], seed: int) -> float:
-        with Restored(model, self.layout.params), torch.no_grad():
-            torch.manual_seed(seed + 1)
+        """The probe loss now (a forward pass only; the model is left as it was)."""
+        with Restored(model, self.layout.params):
+            return self._loss_on(model, probe, scored, seed)
+
+    @staticmethod
+    def _loss_on(model: nn.Module, probe: Probe, scored: Sequence[Any], seed: int) -> float:
+        """The mean loss on the ``scored`` batches, without gradients (the same random
+        numbers for every window: ``seed + 1``)."""
+        torch.manual_seed(seed + 1)
+        with torch.no_grad():
             losses = [float(probe.loss(model, b)) for b in scored]
         return sum(losses) / len(losses)
 
