@@ -38,8 +38,8 @@ with several settings is a sweep, its setting chosen on the validation split:
   upwards (3e-3, 1e-2) on a task while its top setting wins there;
 - ``llrd``: layer-wise LR decay with everything trainable (timm style): as ``full`` at 3e-4
   for the head, each block below at ``decay`` times the LR of the block above it; decay
-  0.65, 0.75 or 0.85, and 0.85 with the head at 1e-3 (``decay=0.85_lr=1e-3``, the LR full
-  fine-tuning chose);
+  0.65, 0.75 or 0.85, and 0.85 with the head at the LR full fine-tuning chose (1e-3 on
+  lite0 and lite1, ``decay=0.85_lr=1e-3``; 3e-3 on noise, ``decay=0.85_lr=3e-3``);
 - ``fastai`` with ``setting=lr_find``: ``fine_tune`` at the LR fastai's own ``lr_find``
   suggests (its recommended workflow), beside ``setting=defaults``;
 - ``classic``: the classic tutorial recipe (head at 1e-3 for 2 epochs, then the last block at
@@ -456,7 +456,10 @@ SPECS: dict[str, tuple[Runner, tuple[str, ...]]] = {
     "tuned": (run_tuned, ("",)),
     "fastai": (run_fastai, ("defaults", "lr_find")),
     "full": (run_full, ("lr=1e-4", "lr=3e-4", "lr=1e-3", "lr=3e-3", "lr=1e-2")),
-    "llrd": (run_llrd, ("decay=0.65", "decay=0.75", "decay=0.85", "decay=0.85_lr=1e-3")),
+    "llrd": (
+        run_llrd,
+        ("decay=0.65", "decay=0.75", "decay=0.85", "decay=0.85_lr=1e-3", "decay=0.85_lr=3e-3"),
+    ),
     "classic": (run_classic, ("",)),
 }
 """Each method: its runner and its settings (a sweep when several)."""

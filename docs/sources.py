@@ -259,9 +259,22 @@ class AutoRuns:
         return max(picks, key=self.val) if picks else None
 
 
-def _share(runs: list[dict[str, Any]]) -> float:
-    """The mean share of its wall time each of ``runs`` spent deciding."""
-    return float(sum(r["decision_seconds"] / r["seconds"] for r in runs) / len(runs))
+def _deciding(run: dict[str, Any]) -> float:
+    """The seconds ``run`` spent deciding: in its decisions, less the winning trials' steps
+    kept as training (``kept_seconds``; absent from runs whose trials were all rolled back)."""
+    return float((run["decision_seconds"] or 0.0) - (run.get("kept_seconds") or 0.0))
+
+
+def _share(runs: list[dict[str, Any]], field: str = "") -> float:
+    """The mean share of its wall time each of ``runs`` spent deciding (or in ``field``)."""
+    part = (lambda r: r.get(field) or 0.0) if field else _deciding
+    return float(sum(part(r) / r["seconds"] for r in runs) / len(runs))
+
+
+def _deciding_cell(runs: list[dict[str, Any]]) -> str:
+    """The share deciding, and beside it the share kept as training where there was any."""
+    kept = _share(runs, "kept_seconds")
+    return pct(_share(runs)) + (f" (+{pct(kept)} kept)" if kept > 0 else "")
 
 
 def _pairs(
@@ -270,6 +283,18 @@ def _pairs(
     """The runs of ``runs`` and of ``others`` with the same seed, as (run, other) pairs."""
     by_seed = {r["seed"]: r for r in others}
     return [(r, by_seed[r["seed"]]) for r in runs if r["seed"] in by_seed]
+
+
+def _gains(prefix: str, pairs: list[tuple[dict[str, Any], dict[str, Any]]]) -> dict[str, str]:
+    """``prefix.seeds``, ``.val_gain``, ``.test_gain`` (points, the first run of each pair
+    over the second, means over the pairs) and ``.not_worse`` (seed-and-split pairs)."""
+    mine, theirs = [m for m, _ in pairs], [t for _, t in pairs]
+    out = {f"{prefix}.seeds": str(len(pairs))}
+    for field, name in (("test_accuracy", "test"), ("val_accuracy", "val")):
+        out[f"{prefix}.{name}_gain"] = f"{100 * (_avg(mine, field) - _avg(theirs, field)):+.1f}"
+    wins = sum(m[f] >= t[f] for m, t in pairs for f in ("val_accuracy", "test_accuracy"))
+    out[f"{prefix}.not_worse"] = f"{wins} of {2 * len(pairs)}"
+    return out
 
 
 def _late_epoch(run: dict[str, Any], epochs: int = 3) -> float:
@@ -300,9 +325,7 @@ def auto_runs() -> dict[str, str]:
                 label += ", chosen on validation"
             if key == best:
                 label = f"**{label}: best baseline**"
-            decisions = [
-                r["decision_seconds"] / r["seconds"] for r in rs if r.get("decision_seconds")
-            ]
+            decided = [r for r in rs if r.get("decision_seconds")]
             rows.append(
                 [
                     task,
@@ -311,7 +334,7 @@ def auto_runs() -> dict[str, str]:
                     _mean_sd([r["val_accuracy"] for r in rs]),
                     _mean_sd([r["test_accuracy"] for r in rs]),
                     secs(_avg(rs, "seconds")) + ("*" if any(r.get("note") for r in rs) else ""),
-                    pct(sum(decisions) / len(decisions)) if decisions else "",
+                    _deciding_cell(decided) if decided else "",
                 ]
             )
     notes = sorted({r["note"] for r in runs if r.get("note")})
@@ -330,7 +353,7 @@ def auto_runs() -> dict[str, str]:
         if full := chosen.get((task, "full")):
             out[f"auto_runs.{task}.tuned_over_full"] = f"{t / _avg(groups[full], 'seconds'):.2f}x"
         if auto := groups.get((task, "auto", HEADLINE)):
-            undecided = sum(r["seconds"] - (r["decision_seconds"] or 0) for r in auto) / len(auto)
+            undecided = sum(r["seconds"] - _deciding(r) for r in auto) / len(auto)
             out[f"auto_runs.{task}.undecided_over_tuned"] = f"{undecided / t:.2f}x"
             late = [_late_epoch(r) for r in auto]  # the last 3 epochs: both decisions made
             tuned_late = sum(_late_epoch(r) for r in tuned) / len(tuned)
@@ -346,22 +369,22 @@ def auto_runs() -> dict[str, str]:
         out[f"auto_runs.{task}.best_seeds"] = str(len(b))
         out[f"auto_runs.{task}.seeds"] = str(len(auto))
         out[f"auto_runs.{task}.deciding"] = pct(_share(auto))
+        out[f"auto_runs.{task}.kept"] = pct(_share(auto, "kept_seconds"))
+        out[f"auto_runs.{task}.deciding_all"] = pct(_share(auto, "decision_seconds"))
         for field, name in (("test_accuracy", "test"), ("val_accuracy", "val")):
             out[f"auto_runs.{task}.{name}"] = _mean_sd([r[field] for r in auto])
             lead = _avg(auto, field) - _avg(b, field)
             out[f"auto_runs.{task}.{name}_lead"] = f"{100 * lead:+.1f}"
         out[f"auto_runs.{task}.seconds"] = secs(_avg(auto, "seconds"))
-        if three := groups.get((task, "auto", "trials")):  # 0.1.0's default: three windows
-            pairs = _pairs(auto, three)
-            mine, same = [m for m, _ in pairs], [t for _, t in pairs]
-            out[f"auto_runs.{task}.w3.seeds"] = str(len(pairs))
-            for field, name in (("test_accuracy", "test"), ("val_accuracy", "val")):
-                gain = _avg(mine, field) - _avg(same, field)
-                out[f"auto_runs.{task}.w3.{name}_gain"] = f"{100 * gain:+.1f}"
-            wins = sum(m[f] >= t[f] for m, t in pairs for f in ("val_accuracy", "test_accuracy"))
-            out[f"auto_runs.{task}.w3.not_worse"] = f"{wins} of {2 * len(pairs)}"
+        three = groups.get((task, "auto", "trials"))  # 0.1.0's default: three windows
+        two = groups.get((task, "auto", "trials-windows=2"))  # two windows, every trial
+        # rolled back, and a trial for the last window too
+        if three:
+            out.update(_gains(f"auto_runs.{task}.w3", _pairs(auto, three)))
         if high := groups.get((task, "auto", HEADLINE + "_lr=3e-3")):  # full's LR on noise
-            mine = [m for _, m in _pairs(high, auto)]
+            # it decided as the default did when it ran (every trial rolled back): against
+            # the rows that did too
+            mine = [m for _, m in _pairs(high, two or auto)]
             out[f"auto_runs.{task}.lr3.seeds"] = str(len(high))
             for field, name in (("test_accuracy", "test"), ("val_accuracy", "val")):
                 out[f"auto_runs.{task}.lr3.{name}"] = _mean_sd([r[field] for r in high])
@@ -369,14 +392,9 @@ def auto_runs() -> dict[str, str]:
                 out[f"auto_runs.{task}.lr3.{name}_gain"] = f"{100 * gain:+.1f}"
                 lead = _avg(high, field) - _avg(b, field)
                 out[f"auto_runs.{task}.lr3.{name}_lead"] = f"{100 * lead:+.1f}"
-        if two := groups.get((task, "auto", "trials-windows=2")):  # the same, with the trial
-            # the last decision ran over one window: the same accuracies, more time
+        if two:
             pairs = _pairs(auto, two)
-            equal = sum(
-                m["val_accuracy"] == t["val_accuracy"] and m["test_accuracy"] == t["test_accuracy"]
-                for m, t in pairs
-            )
-            out[f"auto_runs.{task}.w2.same"] = f"{equal} of {len(pairs)}"
+            out.update(_gains(f"auto_runs.{task}.w2", pairs))
             out[f"auto_runs.{task}.w2.deciding"] = pct(_share(two))
             # the head epoch does the same work in both (no decision yet): how much slower
             # the machine ran the later rows, which their seconds carry
@@ -422,7 +440,7 @@ def _targets(a: AutoRuns) -> str:
             for other in (tuned, full):
                 t = mean(other, "seconds")
                 cells.append(f"{secs_auto / t:.2f}x" if t and secs_auto else "")
-            cells.append(pct(_share(groups[key])))
+            cells.append(_deciding_cell(groups[key]))
             b = mean(best, "test_accuracy")
             lead = "" if b is None or test_auto is None else f"{100 * (test_auto - b):+.1f}"
             if lead and best is not None:

@@ -183,10 +183,17 @@ def test_deciding_keeps_the_winning_trial_and_leaves_everything_else_as_it_was()
     for p in params:
         p.requires_grad_(True)
     replay = torch.optim.Adam(params, lr=s.lr * STAGE_LR_FACTORS[1])
-    for batch in probe.batches(s.trial_steps, s.seed * 1000 + 1):
+    for i, batch in enumerate(probe.batches(s.trial_steps, s.seed * 1000 + 1)):
         replay.zero_grad(set_to_none=True)
         nn.functional.cross_entropy(twin(batch[0]), batch[1]).backward()  # type: ignore[no-untyped-call]
+        if i == 0:  # the LR scales' norms come from this backward, not a pass of their own
+            for b in d.blocks:
+                layer = linear(twin, b)
+                g2 = sum(float(p.grad.double().pow(2).sum()) for p in layer.parameters())
+                w2 = sum(float(p.detach().double().pow(2).sum()) for p in layer.parameters())
+                assert d.rgn[str(b)] == pytest.approx(math.sqrt(g2 / w2), rel=1e-9)
         replay.step()
+    assert set(d.rgn) == {str(b) for b in range(6)}  # every block of both windows' trials
     after, replayed = snapshot(net, buffers=True), snapshot(twin, buffers=True)
     moved = {n for n in before if not torch.equal(before[n], after[n])}
     assert moved == trained
@@ -545,6 +552,9 @@ def test_a_probe_that_yields_nothing_falls_back_and_says_why() -> None:
     (t,) = uf.on_epoch_start(2)
     assert "the probe gave 0 batch(es), fewer than a trial needs (12)" in t.reason
     assert uf.decisions[0].window == 1  # of two: the window nearest the output
+    (t,) = uf.on_epoch_start(3)  # the last window needs one batch, for its LR scales
+    assert "the only window left; the probe gave no batch to scale its LRs by" in t.reason
+    assert uf.decisions[1].window == 0 and set(uf.decisions[1].scales.values()) == {1.0}
 
 
 def test_more_windows_than_blocks_is_refused() -> None:
