@@ -189,8 +189,11 @@ def test_deciding_keeps_the_winning_trial_and_leaves_everything_else_as_it_was()
         if i == 0:  # the LR scales' norms come from this backward, not a pass of their own
             for b in d.blocks:
                 layer = linear(twin, b)
-                g2 = sum(float(p.grad.double().pow(2).sum()) for p in layer.parameters())
-                w2 = sum(float(p.detach().double().pow(2).sum()) for p in layer.parameters())
+                g2 = w2 = 0.0
+                for p in layer.parameters():
+                    assert p.grad is not None
+                    g2 += float(p.grad.double().pow(2).sum())
+                    w2 += float(p.detach().double().pow(2).sum())
                 assert d.rgn[str(b)] == pytest.approx(math.sqrt(g2 / w2), rel=1e-9)
         replay.step()
     assert set(d.rgn) == {str(b) for b in range(6)}  # every block of both windows' trials
