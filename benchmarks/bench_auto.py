@@ -291,9 +291,10 @@ def run_auto(
     model: nn.Module, train: Dataset[Any], val: Images, setting: str, started: float
 ) -> Outcome:
     base, _, rest = setting.partition("_")
-    if base == "default":  # ff.auto as a user calls it, at the LR the setting names if any
-        lr = float(knobs(rest, {"lr": "1e-3"})["lr"])
-        return with_freezeflow(model, ff.auto(EPOCHS, lr=lr), train, val, started)
+    if base == "default":  # ff.auto as a user calls it, with the knobs the setting names
+        k = knobs(rest, {"lr": "1e-3", "refreeze": "0"})
+        schedule = ff.auto(EPOCHS, lr=float(k["lr"]), refreeze=k["refreeze"] == "1")
+        return with_freezeflow(model, schedule, train, val, started)
     decide, _, extra = setting.partition("-")
     if extra == "adabn":
         adapt_norms(model, train)
@@ -444,6 +445,7 @@ SPECS: dict[str, tuple[Runner, tuple[str, ...]]] = {
         (
             "default",
             "default_lr=3e-3",
+            "default_refreeze=1",
             "trials",
             "signals",
             "signals-refreeze",
