@@ -16,7 +16,8 @@ with several settings is a sweep, its setting chosen on the validation split:
 
 - ``auto``: ``ff.auto(7)``, nothing else (Adam, norm layers frozen, feature cache on), as
   shipped (setting ``default``: two windows, one per stage after the head, a trial only
-  when two are left; ``default_lr=3e-3`` at the LR full fine-tuning chose on noise), with
+  when two are left; ``default_lr=3e-3`` at the LR full fine-tuning chose on noise;
+  ``default_refreeze=1`` in speed mode, ``refreeze=True``), with
   ``decide=trials`` and three windows (setting ``trials``, the earlier default),
   ``decide=signals``, ``decide=signals`` with
   ``refreeze=True`` (setting ``signals-refreeze``), and ``decide=trials`` with
