@@ -340,10 +340,14 @@ def auto_runs() -> dict[str, str]:
     notes = sorted({r["note"] for r in runs if r.get("note")})
     out["auto_runs.busy"] = "; ".join(notes) if notes else "none"
     out["table.auto_targets"] = _targets(a)
-    for key, rs in groups.items():  # speed mode's re-freezes, as its run printed them
+    # speed mode's re-freezes, as its run printed them: with the default windows where
+    # that ran, else 0.1.0's
+    for key in sorted(groups, key=lambda k: k[2].startswith(HEADLINE)):
         if key[1] == "auto" and "refreeze" in key[2]:
+            rs = groups[key]
             lines = [n for n in min(rs, key=lambda r: r["seed"])["notes"] if "froze again" in n]
             out[f"block.auto_refreezes.{key[0]}"] = "```text\n" + "\n".join(lines) + "\n```"
+            out[f"auto_runs.{key[0]}.refreezes_setting"] = key[2]
     for task in TASKS:  # the hand-tuned schedule's time: against full fine-tuning's, and
         # where ff.auto's time goes against it
         tuned = groups.get((task, "tuned", ""))
