@@ -110,6 +110,14 @@ class Measures:
                 reached.extend((t, t.detach().clone()) for t in [*params, *model.buffers()])
         return score
 
+    @staticmethod
+    def _keep(reached: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        """Put the weights and buffers a winning trial reached (``_trial``'s ``reached``)
+        back into the model: its steps count as training."""
+        with torch.no_grad():
+            for t, value in reached:
+                t.copy_(value)
+
     def _trials(
         self,
         k: int,
@@ -143,9 +151,7 @@ class Measures:
                 kept = (w, reached)
         winner = self._best(k, scores, lr)  # refuses, before any change, when none is finite
         assert kept is not None and kept[0] == winner
-        with torch.no_grad():
-            for t, value in kept[1]:
-                t.copy_(value)
+        self._keep(kept[1])
         return winner, scores, rgn
 
     def _halving(
@@ -183,9 +189,7 @@ class Measures:
             alive = finite[: max(1, len(finite) // 2)]
             if len(alive) == 1 or steps >= len(batches):
                 winner = alive[0]
-                with torch.no_grad():
-                    for t, value in reached[winner]:
-                        t.copy_(value)
+                self._keep(reached[winner])
                 return winner, scores, steps
             steps = len(batches)
 
