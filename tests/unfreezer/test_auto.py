@@ -26,6 +26,7 @@ from freezeflow.errors import ScheduleError
 from freezeflow.schedules.auto import STAGE_LR_FACTORS
 from freezeflow.training.probe import probe_for
 from freezeflow.training.run import Callback, Run
+from freezeflow.unfreezer.measure import RAISED
 
 PLANTED = 1
 """The block whose weights the toy student has shrunk to 2%: only training it recovers the
@@ -405,7 +406,8 @@ def unchanged(net: nn.Module, before: tuple[dict[str, torch.Tensor], dict[str, b
 
 
 def uf_with_probe(net: nn.Module, loss: Any, **knobs: Any) -> ff.GradualUnfreezer:
-    uf = ff.GradualUnfreezer(net, ff.auto(7, lr=0.02, **knobs), total_epochs=7, total_steps=112)
+    knobs = {"lr": 0.02, **knobs}
+    uf = ff.GradualUnfreezer(net, ff.auto(7, **knobs), total_epochs=7, total_steps=112)
     base = probe_for(data(), nn.functional.cross_entropy, torch.device("cpu"))
     uf.set_probe(ff.unfreezer.Probe(batches=base.batches, loss=loss))
     return uf
@@ -436,6 +438,52 @@ def test_a_trial_that_diverges_never_wins_and_all_diverging_is_refused() -> None
     ):
         uf.on_epoch_start(2)
     assert uf.stage_index == 0
+
+
+@pytest.mark.parametrize(("decide", "make"), [("trials", planted), ("signals", chain)])
+@pytest.mark.parametrize("factor", [1.2, 3.0])
+def test_a_winning_trial_that_raised_the_loss_too_far_keeps_nothing_and_warns(
+    decide: str, make: Any, factor: float
+) -> None:
+    """A trial's score is its probe loss after training; here every trained window scores
+    ``factor`` times its true loss. Up to ``RAISED`` (1.5x) the winner keeps its steps, as a
+    useful first trial can raise the loss a little; above it the model is left bit for bit
+    as it was, the window still unfreezes, and a warning names the rise and the LR. Both
+    the trial per window and successive halving (``decide="signals"`` on the identity chain,
+    where the signals cannot separate) follow the rule."""
+    net = make()
+    blocks = [linear(net, b) for b in range(6)]
+
+    def loss(model: nn.Module, batch: Any) -> torch.Tensor:
+        out = nn.functional.cross_entropy(model(batch[0]), batch[1])
+        scoring = not torch.is_grad_enabled()  # a trial's score, not its training steps
+        trained = any(lin.weight.requires_grad for lin in blocks)
+        return out * factor if scoring and trained else out
+
+    knobs: dict[str, Any] = {"decide": decide} if decide == "trials" else {
+        "decide": decide, "windows": 3
+    }  # fmt: skip
+    uf = uf_with_probe(net, loss, **knobs)
+    uf.on_epoch_start(0)
+    before = snapshot(net, buffers=True)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        (t,) = uf.on_epoch_start(2)
+    (d,) = uf.decisions
+    moved = {n for n, v in snapshot(net, buffers=True).items() if not torch.equal(v, before[n])}
+    raised = [w for w in caught if issubclass(w.category, ff.FreezeflowWarning)]
+    assert linear(net, d.blocks[0]).weight.requires_grad  # the window unfreezes either way
+    if factor < RAISED:
+        assert moved and not raised
+        assert "kept" in d.text and "not kept" not in d.text
+        return
+    assert moved == set()  # the trial's steps rolled back, bit for bit
+    assert "its steps not kept: the loss rose" in d.text and d.text in t.reason
+    (w,) = raised
+    message = str(w.message)
+    assert f"best trial of stage 1 ({uf.planner.window_name(d.window)})" in message  # type: ignore[union-attr]
+    assert "expected at most 1.5x" in message and "lower auto(lr=...)" in message
+    assert w.filename == __file__  # attributed to the caller, not to freezeflow
 
 
 def test_a_last_window_with_non_finite_gradients_is_refused_before_any_change() -> None:

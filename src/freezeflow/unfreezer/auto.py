@@ -17,7 +17,8 @@ Every decision leaves the optimizer and the random generators as it found them, 
 model too, except that the trial that wins keeps its steps: the trials train copies of
 nothing; they train the model in place and then copy every parameter and buffer back, bit
 for bit, and the winner's trained weights and buffers are then copied in, as its trial
-left them (its steps count as training, not as a cost of deciding).
+left them (its steps count as training, not as a cost of deciding), unless its trial
+raised the probe loss more than ``RAISED``-fold (then nothing is kept, with a warning).
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from freezeflow.schedules.auto import SEPARATION, STAGE_LR_FACTORS, AutoSchedule
 from freezeflow.schedules.schedule import Schedule
 from freezeflow.unfreezer.layout import Layout
 from freezeflow.unfreezer.lr_schedulers import StageLR
-from freezeflow.unfreezer.measure import Measures
+from freezeflow.unfreezer.measure import RAISED, Measures
 from freezeflow.unfreezer.planner import (
     PlannedStage,
     Probe,
@@ -77,6 +78,14 @@ class Decision:
     """Windows frozen again (``refreeze``)."""
     text: str
     """The one-line explanation (also in the stage change's reason)."""
+
+
+def _raised_text(score: float, before: float) -> str:
+    """The end of a decision whose winning trial kept nothing (``RAISED``)."""
+    return (
+        f"; its steps not kept: the loss rose {score / before:.2f}x (over {RAISED}x), "
+        "the LR is likely too high"
+    )
 
 
 def _split(items: list[int], parts: int) -> list[tuple[int, ...]]:
@@ -254,6 +263,7 @@ class AutoPlanner(Measures, StagePlanner):
             lone = len(remaining) == 1  # nothing to choose between: no trial, no score
             n = 1 if lone else s.trial_steps + s.probe_batches
             trials: dict[int, float] = {}
+            kept = True
             signal: tuple[int, str] | None = None
             if s.refreeze and k >= 2:
                 refrozen, why = self._converged()
@@ -272,11 +282,12 @@ class AutoPlanner(Measures, StagePlanner):
                     if s.decide == "signals":
                         rgn = self._rgn(model, probe, scored)
                         signal = self._by_signals(
-                            k, model, probe, keep, remaining, rgn, lr, batches, scored, seed
-                        )
+                            k, model, probe, keep, remaining, rgn, lr, batches, scored, seed,
+                            before,
+                        )  # fmt: skip
                     else:  # the winner keeps its trial's steps
-                        chosen, trials, rgn = self._trials(
-                            k, model, probe, keep, remaining, lr, batches, scored, seed
+                        chosen, trials, rgn, kept = self._trials(
+                            k, model, probe, keep, remaining, lr, batches, scored, seed, before
                         )
             if signal is not None:
                 chosen, detail = signal
@@ -299,7 +310,7 @@ class AutoPlanner(Measures, StagePlanner):
                     f"a {s.trial_steps}-step trial took the probe loss from {before:.3f} to "
                     f"{trials[chosen]:.3f}"
                     + (f" (other windows: {others})" if others else "")
-                    + ", its steps kept"
+                    + (", its steps kept" if kept else _raised_text(trials[chosen], before))
                 )
         blocks = self.windows[chosen]
         top = max((rgn.get(b, 0.0) for b in blocks), default=0.0)
@@ -377,6 +388,7 @@ class AutoPlanner(Measures, StagePlanner):
         batches: Sequence[Any],
         scored: Sequence[Any],
         seed: int,
+        before: float,
     ) -> tuple[int, str]:
         """``auto(decide="signals")``: the window with the largest mean relative gradient
         norm when it leads the next by ``SEPARATION``, without a trial; else successive
@@ -402,13 +414,14 @@ class AutoPlanner(Measures, StagePlanner):
             return best, f"relative gradient norms ({shown}): ahead by {lead:.1f}x, no trial"
         close = [w for w in order if means[w] * SEPARATION > means[best]]
         winner, scores, steps = self._halving(
-            k, model, probe, keep, close, lr, batches, scored, seed
+            k, model, probe, keep, close, lr, batches, scored, seed, before
         )
         tried = ", ".join(f"{self.window_name(w)} {scores[w]:.3f}" for w in close)
+        kept = f"; the winner's {steps} trial step(s) kept" if steps else ""
         return winner, (
             f"relative gradient norms ({shown}) within {SEPARATION}x: successive halving "
             f"over {len(close)} window(s) took the probe loss from {{before}} to "
-            f"{scores[winner]:.3f} ({tried}); the winner's {steps} trial step(s) kept"
+            f"{scores[winner]:.3f} ({tried})" + (kept or _raised_text(scores[winner], before))
         )
 
     def _converged(self) -> tuple[tuple[int, ...], str]:

@@ -2,7 +2,9 @@
 gradient norm of candidate blocks from one backward, a trial (a few Adam steps on the
 window, scored on other batches, then everything put back bit for bit), a trial of every
 window (the winner keeps its trial's steps), successive halving over close windows (the
-winner keeps its last trial's steps), and the choice among trials.
+winner keeps its last trial's steps), and the choice among trials. A winning trial that
+raised the probe loss more than ``RAISED``-fold keeps nothing, with a warning: its blocks
+are likely to diverge at that LR.
 
 :class:`Measures` is a part of :class:`~freezeflow.unfreezer.auto.AutoPlanner` (its one
 user), kept in its own module to keep each under about 450 lines.
@@ -18,11 +20,19 @@ import torch
 from torch import nn
 
 from freezeflow.errors import TrainingError
+from freezeflow.unfreezer.checks import Once
 from freezeflow.unfreezer.layout import Layout
 from freezeflow.unfreezer.planner import Probe
 from freezeflow.unfreezer.restore import Restored
 
-__all__ = ["Measures"]
+__all__ = ["RAISED", "Measures"]
+
+RAISED = 1.5
+"""A winning trial whose probe loss ends above this multiple of the loss before it keeps
+nothing (the model stays as it was) and a warning names the LR: the best of the windows
+made the loss worse this fast in a few steps, so training them at that LR is likely to
+diverge. A useful first trial can raise the loss a little (5-7% on the benchmark's noise
+task, kept and helpful); a run whose LR was too high raised it 1.75-fold, then collapsed."""
 
 
 class Measures:
@@ -110,13 +120,35 @@ class Measures:
                 reached.extend((t, t.detach().clone()) for t in [*params, *model.buffers()])
         return score
 
-    @staticmethod
-    def _keep(reached: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
-        """Put the weights and buffers a winning trial reached (``_trial``'s ``reached``)
-        back into the model: its steps count as training."""
+    def _keep(
+        self,
+        k: int,
+        w: int,
+        score: float,
+        before: float,
+        lr: float,
+        reached: list[tuple[torch.Tensor, torch.Tensor]],
+    ) -> bool:
+        """Put the weights and buffers the winning trial of window ``w`` reached
+        (``_trial``'s ``reached``) into the model, so its steps count as training; unless its
+        probe loss ``score`` (finite) ended above ``RAISED`` times a positive ``before``: then
+        the model is left as it was and a warning says the stage's LR is likely too high (a
+        ratio says nothing of a loss that can be zero or negative). Returns whether the
+        steps were kept."""
+        if before > 0 and score > RAISED * before:
+            Once().warn(
+                f"raised{k}",
+                f"ff.auto: the best trial of stage {k} ({self.window_name(w)}) raised the "
+                f"probe loss from {before:.3f} to {score:.3f} ({score / before:.2f}x; expected "
+                f"at most {RAISED}x), so training these blocks at the stage's LR ({lr:.0e}) is "
+                "likely to diverge; its steps were not kept; hint: lower auto(lr=...) and "
+                "watch the validation loss of this stage",
+            )
+            return False
         with torch.no_grad():
             for t, value in reached:
                 t.copy_(value)
+        return True
 
     def _trials(
         self,
@@ -129,14 +161,16 @@ class Measures:
         batches: Sequence[Any],
         scored: Sequence[Any],
         seed: int,
-    ) -> tuple[int, dict[int, float], dict[int, float]]:
+        before: float,
+    ) -> tuple[int, dict[int, float], dict[int, float], bool]:
         """A trial of every window of ``candidates`` (each training ``keep`` and the window,
         from the same weights, on the same batches); the window whose trial ended at the
-        lowest probe loss (:meth:`_best`) wins and keeps its trial's steps: the model ends
-        as that trial left it (nothing changes when :meth:`_best` refuses). The relative
-        gradient norms of the windows' blocks come from each trial's first backward (the
-        same batch and weights for every window), so no other pass measures them. Returns
-        the winner, each window's score and the blocks' norms."""
+        lowest probe loss (:meth:`_best`) wins and keeps its trial's steps (:meth:`_keep`,
+        against the probe loss ``before``): the model ends as that trial left it (nothing
+        changes when :meth:`_best` refuses). The relative gradient norms of the windows'
+        blocks come from each trial's first backward (the same batch and weights for every
+        window), so no other pass measures them. Returns the winner, each window's score,
+        the blocks' norms and whether the steps were kept."""
         scores: dict[int, float] = {}
         rgn: dict[int, float] = {}
         kept: tuple[int, list[tuple[torch.Tensor, torch.Tensor]]] | None = None
@@ -151,8 +185,8 @@ class Measures:
                 kept = (w, reached)
         winner = self._best(k, scores, lr)  # refuses, before any change, when none is finite
         assert kept is not None and kept[0] == winner
-        self._keep(kept[1])
-        return winner, scores, rgn
+        kept_steps = self._keep(k, winner, scores[winner], before, lr, kept[1])
+        return winner, scores, rgn, kept_steps
 
     def _halving(
         self,
@@ -165,11 +199,13 @@ class Measures:
         batches: Sequence[Any],
         scored: Sequence[Any],
         seed: int,
+        before: float,
     ) -> tuple[int, dict[int, float], int]:
         """Successive halving over ``candidates`` (windows): a trial of half the trial steps
         each, the better half (by the probe loss; at least one) on with the full steps,
-        until one is left. The winner's last trial is kept: the model ends as that trial
-        left it. Returns the winner, each window's last score and the steps kept."""
+        until one is left. The winner's last trial is kept (:meth:`_keep`, against the
+        probe loss ``before``): the model ends as that trial left it. Returns the winner,
+        each window's last score and the steps kept (0 when none were)."""
         alive = list(candidates)
         steps = max(1, len(batches) // 2)
         scores: dict[int, float] = {}
@@ -189,8 +225,8 @@ class Measures:
             alive = finite[: max(1, len(finite) // 2)]
             if len(alive) == 1 or steps >= len(batches):
                 winner = alive[0]
-                self._keep(reached[winner])
-                return winner, scores, steps
+                kept = self._keep(k, winner, scores[winner], before, lr, reached[winner])
+                return winner, scores, steps if kept else 0
             steps = len(batches)
 
     def _score(self, model: nn.Module, probe: Probe, scored: Sequence[Any], seed: int) -> float:
