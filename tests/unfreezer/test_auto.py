@@ -481,7 +481,9 @@ def test_a_winning_trial_that_raised_the_loss_too_far_keeps_nothing_and_warns(
     assert "its steps not kept: the loss rose" in d.text and d.text in t.reason
     (w,) = raised
     message = str(w.message)
-    assert f"best trial of stage 1 ({uf.planner.window_name(d.window)})" in message  # type: ignore[union-attr]
+    planner = uf.planner
+    assert isinstance(planner, ff.unfreezer.AutoPlanner)
+    assert f"best trial of stage 1 ({planner.window_name(d.window)})" in message
     assert "expected at most 1.5x" in message and "lower auto(lr=...)" in message
     assert w.filename == __file__  # attributed to the caller, not to freezeflow
 
