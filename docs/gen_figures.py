@@ -9,8 +9,8 @@ Writes into ``docs/img/`` (or the folder given as the first argument):
   the trainable-parameter count over the run;
 - ``auto_time_to_accuracy.png``: from the run files of ``benchmarks/bench_auto.py``
   (``benchmarks/results/auto/<task>/*.json``), the validation accuracy after each epoch
-  against the wall-clock seconds, one curve each for ``ff.auto`` as shipped, with 0.1.0's
-  three windows and in speed mode, and one per baseline
+  against the wall-clock seconds, one curve each for ``ff.auto`` as shipped, in speed mode
+  (one window per stage) and with 0.1.0's three windows, and one per baseline
   (a swept one at the setting chosen on validation; the lowest seed recorded), one panel
   per task.
 
@@ -57,9 +57,10 @@ def time_to_accuracy(out: Path) -> Path:
 
     a = AutoRuns()
     runs = a.runs
-    # ff.auto as shipped, 0.1.0's three windows and speed mode (the variations that test
-    # one cause each are in the table); of a swept baseline, the setting chosen on validation
-    shown = ("default", "trials", "signals-refreeze")
+    # ff.auto as shipped, in speed mode and with 0.1.0's three windows (the variations that
+    # test one cause each are in the table); of a swept baseline, the setting chosen on
+    # validation
+    shown = ("default", "default_refreeze=1", "trials")
     chosen = {k for k in a.groups if k[1] == "auto" and k[2] in shown} | {
         k for k in a.chosen.values() if k[1] != "auto"
     }

@@ -385,11 +385,30 @@ def auto_runs() -> dict[str, str]:
         # rolled back, and a trial for the last window too
         if three:
             out.update(_gains(f"auto_runs.{task}.w3", _pairs(auto, three)))
+        if speed := groups.get((task, "auto", HEADLINE + "_refreeze=1")):  # speed mode
+            pairs = _pairs(speed, auto)
+            out.update(_gains(f"auto_runs.{task}.speed", pairs))
+            mine, theirs = [m for m, _ in pairs], [t for _, t in pairs]
+            saved = 1 - _avg(mine, "seconds") / _avg(theirs, "seconds")
+            out[f"auto_runs.{task}.speed.saved"] = f"{100 * saved:.0f}%"
+            # runs that froze every window below the head again: the head trains alone after
+            # (two windows, the default's: both frozen again)
+            every = [(m, t) for m, t in pairs if sum("froze again" in n for n in m["notes"]) >= 2]
+            out[f"auto_runs.{task}.speed.froze_all"] = f"{len(every)} of {len(speed)}"
+            if every:
+                out.update(_gains(f"auto_runs.{task}.speed.froze_all", every))
         if high := groups.get((task, "auto", HEADLINE + "_lr=3e-3")):  # full's LR on noise
-            # it decided as the default did when it ran (every trial rolled back): against
-            # the rows that did too
-            mine = [m for _, m in _pairs(high, two or auto)]
+            # against the default's rows of the same seeds (a run recorded before the
+            # winning trial kept its steps decided as the trials-windows=2 rows did)
+            kept = all(r.get("kept_seconds") is not None for r in high)
+            mine = [m for _, m in _pairs(high, auto if kept or not two else two)]
             out[f"auto_runs.{task}.lr3.seeds"] = str(len(high))
+            first = high[0]  # the lowest seed: its first stage change, as the run recorded it
+            said = "the loss rose "
+            rose = [n.split(said)[1].split("x")[0] for n in first["notes"] if said in n]
+            if rose:  # the winning trial that kept nothing (measure.RAISED)
+                out[f"auto_runs.{task}.lr3.rose"] = f"{float(rose[0]):.2f}-fold"
+            out[f"auto_runs.{task}.lr3.after_change"] = pct(first["curve"][2][1])
             for field, name in (("test_accuracy", "test"), ("val_accuracy", "val")):
                 out[f"auto_runs.{task}.lr3.{name}"] = _mean_sd([r[field] for r in high])
                 gain = _avg(high, field) - _avg(mine, field)
