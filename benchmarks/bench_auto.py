@@ -17,7 +17,8 @@ with several settings is a sweep, its setting chosen on the validation split:
 - ``auto``: ``ff.auto(7)``, nothing else (Adam, norm layers frozen, feature cache on), as
   shipped (setting ``default``: two windows, one per stage after the head, a trial only
   when two are left; ``default_lr=3e-3`` at the LR full fine-tuning chose on noise;
-  ``default_refreeze=1`` in speed mode, ``refreeze=True``), with
+  ``default_refreeze=1`` in speed mode, ``refreeze=True``; ``default_decide=signals``
+  deciding from the relative gradient norms, trials only when they cannot separate), with
   ``decide=trials`` and three windows (setting ``trials``, the earlier default),
   ``decide=signals``, ``decide=signals`` with
   ``refreeze=True`` (setting ``signals-refreeze``), and ``decide=trials`` with
@@ -293,8 +294,15 @@ def run_auto(
 ) -> Outcome:
     base, _, rest = setting.partition("_")
     if base == "default":  # ff.auto as a user calls it, with the knobs the setting names
-        k = knobs(rest, {"lr": "1e-3", "refreeze": "0"})
-        schedule = ff.auto(EPOCHS, lr=float(k["lr"]), refreeze=k["refreeze"] == "1")
+        k = knobs(rest, {"lr": "1e-3", "refreeze": "0", "decide": "trials"})
+        if k["decide"] not in ("trials", "signals"):
+            raise SystemExit(f"setting {setting!r}: decide is trials or signals")
+        schedule = ff.auto(
+            EPOCHS,
+            lr=float(k["lr"]),
+            refreeze=k["refreeze"] == "1",
+            decide=k["decide"],  # type: ignore[arg-type]
+        )
         return with_freezeflow(model, schedule, train, val, started)
     decide, _, extra = setting.partition("-")
     if extra == "adabn":
@@ -447,6 +455,7 @@ SPECS: dict[str, tuple[Runner, tuple[str, ...]]] = {
             "default",
             "default_lr=3e-3",
             "default_refreeze=1",
+            "default_decide=signals",
             "trials",
             "signals",
             "signals-refreeze",
