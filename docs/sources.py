@@ -22,6 +22,7 @@ The sources:
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -297,6 +298,12 @@ def _gains(prefix: str, pairs: list[tuple[dict[str, Any], dict[str, Any]]]) -> d
     return out
 
 
+def _windows(run: dict[str, Any]) -> list[str]:
+    """The windows ``run``'s ``ff.auto`` decisions unfroze, in order (from its notes)."""
+    found = (re.search(r"[;:] \+(.+?) at [0-9]", n) for n in run["notes"])
+    return [m.group(1) for m in found if m]
+
+
 def _late_epoch(run: dict[str, Any], epochs: int = 3) -> float:
     """The mean seconds of ``run``'s last ``epochs`` epochs (from its curve's times)."""
     times = [0.0] + [float(point[0]) for point in run["curve"]]
@@ -397,6 +404,14 @@ def auto_runs() -> dict[str, str]:
             out[f"auto_runs.{task}.speed.froze_all"] = f"{len(every)} of {len(speed)}"
             if every:
                 out.update(_gains(f"auto_runs.{task}.speed.froze_all", every))
+        if sig := groups.get((task, "auto", HEADLINE + "_decide=signals")):  # no trials
+            pairs = _pairs(sig, auto)
+            out.update(_gains(f"auto_runs.{task}.sig", pairs))
+            out[f"auto_runs.{task}.sig.deciding"] = pct(_share(sig))
+            same = sum(_windows(m) == _windows(t) for m, t in pairs)
+            untried = sum("ahead by" in n for r in sig for n in r["notes"])
+            out[f"auto_runs.{task}.sig.same"] = f"{same} of {len(pairs)}"
+            out[f"auto_runs.{task}.sig.untried"] = f"{untried} of {len(sig)}"
         if high := groups.get((task, "auto", HEADLINE + "_lr=3e-3")):  # full's LR on noise
             # against the default's rows of the same seeds (a run recorded before the
             # winning trial kept its steps decided as the trials-windows=2 rows did)
