@@ -398,9 +398,12 @@ def auto_runs() -> dict[str, str]:
             mine, theirs = [m for m, _ in pairs], [t for _, t in pairs]
             saved = 1 - _avg(mine, "seconds") / _avg(theirs, "seconds")
             out[f"auto_runs.{task}.speed.saved"] = f"{100 * saved:.0f}%"
-            # runs that froze every window below the head again: the head trains alone after
-            # (two windows, the default's: both frozen again)
-            every = [(m, t) for m, t in pairs if sum("froze again" in n for n in m["notes"]) >= 2]
+            # runs that froze every window they unfroze again: the head trains alone after
+            every = [
+                (m, t)
+                for m, t in pairs
+                if sum("froze again" in n for n in m["notes"]) >= len(_windows(m))
+            ]
             out[f"auto_runs.{task}.speed.froze_all"] = f"{len(every)} of {len(speed)}"
             if every:
                 out.update(_gains(f"auto_runs.{task}.speed.froze_all", every))
@@ -413,10 +416,7 @@ def auto_runs() -> dict[str, str]:
             out[f"auto_runs.{task}.sig.same"] = f"{same} of {len(pairs)}"
             out[f"auto_runs.{task}.sig.untried"] = f"{untried} of {len(sig)}"
         if high := groups.get((task, "auto", HEADLINE + "_lr=3e-3")):  # full's LR on noise
-            # against the default's rows of the same seeds (a run recorded before the
-            # winning trial kept its steps decided as the trials-windows=2 rows did)
-            kept = all(r.get("kept_seconds") is not None for r in high)
-            mine = [m for _, m in _pairs(high, auto if kept or not two else two)]
+            mine = [m for _, m in _pairs(high, auto)]  # the default's rows, same seeds
             out[f"auto_runs.{task}.lr3.seeds"] = str(len(high))
             first = high[0]  # the lowest seed: its first stage change, as the run recorded it
             said = "the loss rose "

@@ -440,10 +440,13 @@ def test_a_trial_that_diverges_never_wins_and_all_diverging_is_refused() -> None
     assert uf.stage_index == 0
 
 
-@pytest.mark.parametrize(("decide", "make"), [("trials", planted), ("signals", chain)])
+@pytest.mark.parametrize(
+    ("knobs", "make"),
+    [({"decide": "trials"}, planted), ({"decide": "signals", "windows": 3}, chain)],
+)
 @pytest.mark.parametrize("factor", [1.2, 3.0])
 def test_a_winning_trial_that_raised_the_loss_too_far_keeps_nothing_and_warns(
-    decide: str, make: Any, factor: float
+    knobs: dict[str, Any], make: Any, factor: float
 ) -> None:
     """A trial's score is its probe loss after training; here every trained window scores
     ``factor`` times its true loss. Up to ``RAISED`` (1.5x) the winner keeps its steps, as a
@@ -460,9 +463,6 @@ def test_a_winning_trial_that_raised_the_loss_too_far_keeps_nothing_and_warns(
         trained = any(lin.weight.requires_grad for lin in blocks)
         return out * factor if scoring and trained else out
 
-    knobs: dict[str, Any] = {"decide": decide} if decide == "trials" else {
-        "decide": decide, "windows": 3
-    }  # fmt: skip
     uf = uf_with_probe(net, loss, **knobs)
     uf.on_epoch_start(0)
     before = snapshot(net, buffers=True)
