@@ -26,7 +26,8 @@ from freezeflow.errors import ScheduleError
 from freezeflow.schedules.auto import STAGE_LR_FACTORS
 from freezeflow.training.probe import probe_for
 from freezeflow.training.run import Callback, Run
-from freezeflow.unfreezer.measure import RAISED
+from freezeflow.unfreezer.auto import Decision
+from freezeflow.unfreezer.measure import BACKOFF, RAISED
 
 PLANTED = 1
 """The block whose weights the toy student has shrunk to 2%: only training it recovers the
@@ -276,6 +277,35 @@ def test_refreeze_freezes_the_converged_prefix_again_at_the_first_settled_epoch(
     assert f"then {d.text}" in str(uf.plan())
 
 
+@pytest.mark.parametrize(
+    ("unfrozen", "refrozen"),
+    [
+        ((0,), ()),  # the newest window keeps training, converged or not
+        ((0, 1), (0,)),  # the earliest, a prefix: freezes again
+        ((1, 0), ()),  # the earliest is the newest
+        ((1, 2), ()),  # window 0 may still unfreeze before it: not a prefix
+    ],
+)
+def test_refreeze_takes_a_converged_prefix_but_never_the_newest_window(
+    unfrozen: tuple[int, ...], refrozen: tuple[int, ...]
+) -> None:
+    """Every window's step signals say it has converged; which freezes again depends only
+    on the windows unfrozen, in order (three windows, two stages after the head)."""
+    uf = ff.GradualUnfreezer(chain(), ff.auto(7, windows=3, refreeze=True))
+    planner = uf.planner
+    assert isinstance(planner, ff.unfreezer.AutoPlanner)
+    planner.decisions = [
+        Decision(k, w, planner.windows[w], {}, {}, (), "") for k, w in enumerate(unfrozen, 1)
+    ]
+    planner.signals.means = {w: [1.0, 1.0] for w in range(3)}
+    assert all(planner.signals.converged(w)[0] for w in range(3))
+    choice = planner.between(len(unfrozen), frozenset())
+    assert (choice is not None) == bool(refrozen)
+    assert tuple(d.refrozen for d in planner.decisions[len(unfrozen) :]) == (
+        (refrozen,) if refrozen else ()
+    )
+
+
 def test_without_refreeze_nothing_samples_the_steps() -> None:
     uf = ff.GradualUnfreezer(planted(), ff.auto(7))
     assert not uf.planner.watches_steps
@@ -485,7 +515,62 @@ def test_a_winning_trial_that_raised_the_loss_too_far_keeps_nothing_and_warns(
     assert isinstance(planner, ff.unfreezer.AutoPlanner)
     assert f"best trial of stage 1 ({planner.window_name(d.window)})" in message
     assert "expected at most 1.5x" in message and "lower auto(lr=...)" in message
+    assert "no trial's steps were kept" in message  # the lowered LRs' trials rose too
     assert w.filename == __file__  # attributed to the caller, not to freezeflow
+
+
+@pytest.mark.parametrize(
+    ("knobs", "make", "steps"),
+    [
+        ({"decide": "trials"}, planted, 8),  # a trial per window, of trial_steps
+        ({"decide": "signals", "windows": 3}, chain, 4),  # halving: 3 windows, half of them
+    ],
+)
+def test_a_raised_loss_is_tried_again_at_a_lower_window_lr_that_then_trains_it(
+    knobs: dict[str, Any], make: Any, steps: int
+) -> None:
+    """Here a trial's score triples whenever it moved a candidate block's weights more than
+    ``far`` from where the stage began (as when an LR too high wrecks pretrained blocks):
+    the winner's ``steps`` Adam steps at the stage's LR move them about ``steps`` x LR, at
+    a third of it about a third as far. The winner is tried again with its window's LR
+    divided by ``BACKOFF``; that trial passes, keeps its steps (the head moved as far as
+    at the stage's LR, the window less than ``far``), and the window trains at that LR
+    from then on."""
+    net = make()
+    blocks = [linear(net, b) for b in range(6)]
+    start = {id(lin): lin.weight.detach().clone() for lin in blocks}
+    lr = 0.02 * STAGE_LR_FACTORS[1]
+    far = 0.6 * steps * lr  # within what the steps reach at lr, past what they do at lr/3
+
+    def moved(lin: nn.Linear) -> float:
+        return float((lin.weight.detach() - start[id(lin)]).abs().max())
+
+    def loss(model: nn.Module, batch: Any) -> torch.Tensor:
+        out = nn.functional.cross_entropy(model(batch[0]), batch[1])
+        scoring = not torch.is_grad_enabled()
+        return out * 3 if scoring and any(moved(lin) > far for lin in blocks) else out
+
+    uf = uf_with_probe(net, loss, **knobs)
+    uf.on_epoch_start(0)
+    head = net[-1].weight.detach().clone()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        (t,) = uf.on_epoch_start(2)
+    (d,) = uf.decisions
+    window = [linear(net, b) for b in d.blocks]
+    assert all(lin.weight.requires_grad for lin in window)
+    assert f"the window trains at 1/{BACKOFF:.0f} of the stage's LR" in d.text
+    assert "that trial's steps kept" in d.text and d.text in t.reason
+    # the lowered trial's steps, kept: the window moved, but not as far as at the stage's LR
+    assert 0 < max(moved(lin) for lin in window) <= far
+    assert not torch.equal(net[-1].weight, head)  # the head trained at the stage's LR
+    # from now on the window trains at the lowered LR; its blocks' scales carry the factor
+    assert max(d.scales.values()) == pytest.approx(1 / BACKOFF)
+    for group in uf.optimizer.param_groups:
+        if any(p is lin.weight for lin in window for p in group["params"]):
+            assert group["lr_scale"] <= 1 / BACKOFF + 1e-12
+    (w,) = [w for w in caught if issubclass(w.category, ff.FreezeflowWarning)]
+    assert "keeps that trial's steps" in str(w.message) and w.filename == __file__
 
 
 def test_a_last_window_with_non_finite_gradients_is_refused_before_any_change() -> None:

@@ -18,7 +18,9 @@ model too, except that the trial that wins keeps its steps: the trials train cop
 nothing; they train the model in place and then copy every parameter and buffer back, bit
 for bit, and the winner's trained weights and buffers are then copied in, as its trial
 left them (its steps count as training, not as a cost of deciding), unless its trial
-raised the probe loss more than ``RAISED``-fold (then nothing is kept, with a warning).
+raised the probe loss more than ``RAISED``-fold: then its trial runs again with the
+window's LR lowered, and the first that passes keeps its steps and sets the window's LR
+(when none does, nothing is kept), with a warning either way.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from freezeflow.schedules.auto import SEPARATION, STAGE_LR_FACTORS, AutoSchedule
 from freezeflow.schedules.schedule import Schedule
 from freezeflow.unfreezer.layout import Layout
 from freezeflow.unfreezer.lr_schedulers import StageLR
-from freezeflow.unfreezer.measure import RAISED, Measures
+from freezeflow.unfreezer.measure import RAISED, Measures, Settled
 from freezeflow.unfreezer.planner import (
     PlannedStage,
     Probe,
@@ -80,11 +82,20 @@ class Decision:
     """The one-line explanation (also in the stage change's reason)."""
 
 
-def _raised_text(score: float, before: float) -> str:
-    """The end of a decision whose winning trial kept nothing (``RAISED``)."""
+def _settled_text(s: Settled, before: float, lr: float) -> str:
+    """The end of a decision, after the winner's probe loss: whose steps were kept."""
+    if not s.tried:
+        return ", its steps kept"
+    lowered = ", ".join(f"{x / before:.2f}x at {lr * f:.0e}" for f, x in s.tried)
+    rose = f"the loss rose {s.score / before:.2f}x (over {RAISED}x)"
+    if s.kept:
+        return (
+            f"; at {lr:.0e} {rose}, at a lower window LR {lowered}: the window trains at "
+            f"1/{1 / s.factor:.0f} of the stage's LR, that trial's steps kept"
+        )
     return (
-        f"; its steps not kept: the loss rose {score / before:.2f}x (over {RAISED}x), "
-        "the LR is likely too high"
+        f"; its steps not kept: {rose}, and {lowered} with the window's LR lowered: the LR "
+        f"is likely too high (the window trains at {lr * s.factor:.0e})"
     )
 
 
@@ -255,6 +266,7 @@ class AutoPlanner(Measures, StagePlanner):
         rgn: dict[int, float] = {}
         refrozen: tuple[int, ...] = ()
         why = ""
+        settled = Settled(True, 1.0, math.nan)  # no trial, or one whose steps were kept
         if probe is None:
             chosen, detail = remaining[-1], "no probe batches (the loop gave none): the window "
             detail += "nearest the output"
@@ -263,7 +275,6 @@ class AutoPlanner(Measures, StagePlanner):
             lone = len(remaining) == 1  # nothing to choose between: no trial, no score
             n = 1 if lone else s.trial_steps + s.probe_batches
             trials: dict[int, float] = {}
-            kept = True
             signal: tuple[int, str] | None = None
             if s.refreeze and k >= 2:
                 refrozen, why = self._converged()
@@ -281,12 +292,12 @@ class AutoPlanner(Measures, StagePlanner):
                     before = self._score(model, probe, scored, seed)
                     if s.decide == "signals":
                         rgn = self._rgn(model, probe, scored)
-                        signal = self._by_signals(
+                        signal, settled = self._by_signals(
                             k, model, probe, keep, remaining, rgn, lr, batches, scored, seed,
                             before,
                         )  # fmt: skip
                     else:  # the winner keeps its trial's steps
-                        chosen, trials, rgn, kept = self._trials(
+                        chosen, trials, rgn, settled = self._trials(
                             k, model, probe, keep, remaining, lr, batches, scored, seed, before
                         )
             if signal is not None:
@@ -310,18 +321,21 @@ class AutoPlanner(Measures, StagePlanner):
                     f"a {s.trial_steps}-step trial took the probe loss from {before:.3f} to "
                     f"{trials[chosen]:.3f}"
                     + (f" (other windows: {others})" if others else "")
-                    + (", its steps kept" if kept else _raised_text(trials[chosen], before))
+                    + _settled_text(settled, before, lr)
                 )
         blocks = self.windows[chosen]
         top = max((rgn.get(b, 0.0) for b in blocks), default=0.0)
         scales = {
-            b: (max(MIN_SCALE, rgn[b] / top) if top > 0 and b in rgn else 1.0) for b in blocks
+            b: settled.factor * (max(MIN_SCALE, rgn[b] / top) if top > 0 and b in rgn else 1.0)
+            for b in blocks
         }
         spread = ""
         if rgn and top > 0:
             med = sorted(rgn.values())[len(rgn) // 2]
-            lo = min(scales.values())
-            spread = f", per-block LR x{lo:.2f}-1 by relative gradient norm ({top / med:.1f}x "
+            lo, hi = min(scales.values()), max(scales.values())
+            spread = (
+                f", per-block LR x{lo:.2f}-{hi:.2g} by relative gradient norm ({top / med:.1f}x "
+            )
             spread += "the median at most)" if med > 0 else "the median)"
         again = ""
         if refrozen:
@@ -389,13 +403,13 @@ class AutoPlanner(Measures, StagePlanner):
         scored: Sequence[Any],
         seed: int,
         before: float,
-    ) -> tuple[int, str]:
+    ) -> tuple[tuple[int, str], Settled]:
         """``auto(decide="signals")``: the window with the largest mean relative gradient
         norm when it leads the next by ``SEPARATION``, without a trial; else successive
         halving over the windows within that factor of it (the winner keeps its trial's
         steps). Returns the window and the explanation (``{before}``: the probe loss before,
-        filled in by the caller). Called with two windows or more (:meth:`choose` takes a
-        last window without measuring anything else)."""
+        filled in by the caller), and how a trial settled. Called with two windows or more
+        (:meth:`choose` takes a last window without measuring anything else)."""
         means = {
             w: sum(rgn.get(b, 0.0) for b in self.windows[w]) / len(self.windows[w])
             for w in remaining
@@ -411,27 +425,34 @@ class AutoPlanner(Measures, StagePlanner):
                     "so the windows cannot be compared; expected finite gradients; hint: look "
                     "for NaN/inf in the inputs or the loss, or lower auto(lr=...)"
                 )
-            return best, f"relative gradient norms ({shown}): ahead by {lead:.1f}x, no trial"
+            no_trial = f"relative gradient norms ({shown}): ahead by {lead:.1f}x, no trial"
+            return (best, no_trial), Settled(True, 1.0, math.nan)
         close = [w for w in order if means[w] * SEPARATION > means[best]]
-        winner, scores, steps = self._halving(
+        winner, scores, steps, settled = self._halving(
             k, model, probe, keep, close, lr, batches, scored, seed, before
         )
         tried = ", ".join(f"{self.window_name(w)} {scores[w]:.3f}" for w in close)
-        kept = f"; the winner's {steps} trial step(s) kept" if steps else ""
-        return winner, (
+        end = f"; the winner's {steps} trial step(s) kept"
+        if settled.tried:
+            end = _settled_text(settled, before, lr)
+        return (winner, (
             f"relative gradient norms ({shown}) within {SEPARATION}x: successive halving "
             f"over {len(close)} window(s) took the probe loss from {{before}} to "
-            f"{scores[winner]:.3f} ({tried})" + (kept or _raised_text(scores[winner], before))
-        )
+            f"{scores[winner]:.3f} ({tried})" + end
+        )), settled  # fmt: skip
 
     def _converged(self) -> tuple[tuple[int, ...], str]:
-        """The earliest trainable window (nothing before it trains: freezing it again keeps
-        a frozen prefix) when its step signals say it has converged
-        (:meth:`~freezeflow.unfreezer.signals.StepSignals.converged`), with the reason."""
+        """The earliest trainable window when its step signals say it has converged
+        (:meth:`~freezeflow.unfreezer.signals.StepSignals.converged`), with the reason; but
+        never the window unfrozen last (at least the newest window keeps training beside
+        the head), nor one that a window before it may still join (no later stage can
+        unfreeze a window before it: what freezes again stays a prefix from the input)."""
         live = self.unfrozen_windows()
-        if not live:
+        if len(live) < 2:
             return (), ""
         w = min(live)
+        if w == live[-1] or any(r < w for r in self.remaining()):
+            return (), ""
         done, why = self.signals.converged(w)
         return ((w,), f"{self.window_name(w)}: {why}") if done else ((), "")
 

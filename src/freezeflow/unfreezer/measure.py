@@ -3,8 +3,10 @@ gradient norm of candidate blocks from one backward, a trial (a few Adam steps o
 window, scored on other batches, then everything put back bit for bit), a trial of every
 window (the winner keeps its trial's steps), successive halving over close windows (the
 winner keeps its last trial's steps), and the choice among trials. A winning trial that
-raised the probe loss more than ``RAISED``-fold keeps nothing, with a warning: its blocks
-are likely to diverge at that LR.
+raised the probe loss more than ``RAISED``-fold is tried again with its window's LR
+lowered (``BACKOFF``, at most ``BACKOFFS`` times): the first that does not raise it that
+far keeps its steps and sets the window's LR; when none passes nothing is kept. Either
+way a warning names the LR.
 
 :class:`Measures` is a part of :class:`~freezeflow.unfreezer.auto.AutoPlanner` (its one
 user), kept in its own module to keep each under about 450 lines.
@@ -13,7 +15,8 @@ user), kept in its own module to keep each under about 450 lines.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -25,7 +28,7 @@ from freezeflow.unfreezer.layout import Layout
 from freezeflow.unfreezer.planner import Probe
 from freezeflow.unfreezer.restore import Restored
 
-__all__ = ["RAISED", "Measures"]
+__all__ = ["BACKOFF", "BACKOFFS", "RAISED", "Measures", "Settled"]
 
 RAISED = 1.5
 """A winning trial whose probe loss ends above this multiple of the loss before it keeps
@@ -33,6 +36,32 @@ nothing (the model stays as it was) and a warning names the LR: the best of the 
 made the loss worse this fast in a few steps, so training them at that LR is likely to
 diverge. A useful first trial can raise the loss a little (5-7% on the benchmark's noise
 task, kept and helpful); a run whose LR was too high raised it 1.75-fold, then collapsed."""
+
+BACKOFF = 3.0
+"""After a winning trial raised the loss past ``RAISED``: the same trial again with the
+window's LR divided by this (the stage's other groups at the stage's LR), ..."""
+BACKOFFS = 2
+"""... at most this many times (the window's LR down to 1/9 of the stage's)."""
+
+
+@dataclass(frozen=True)
+class Settled:
+    """How a winning trial ended (:meth:`Measures._settle`)."""
+
+    kept: bool
+    """Whether a trial's steps were kept (the winner's, or a lowered LR's)."""
+    factor: float
+    """The factor on the window's LR: 1 unless the winner raised the loss past ``RAISED``;
+    then the first lowered LR whose trial did not, or when none did, the one whose trial
+    ended lowest (1 included)."""
+    score: float
+    """The winner's probe loss at the stage's LR."""
+    tried: tuple[tuple[float, float], ...] = ()
+    """Each lowered LR's factor and the probe loss its trial ended at, in order."""
+
+
+Again = Callable[[float, list[tuple[torch.Tensor, torch.Tensor]]], float]
+"""The winner's trial run again with its window's LR times a factor, filling ``reached``."""
 
 
 class Measures:
@@ -93,13 +122,15 @@ class Measures:
         seed: int,
         reached: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
         first: tuple[Sequence[int], dict[int, float]] | None = None,
+        slower: tuple[frozenset[int], float] | None = None,
     ) -> float:
         """The probe loss after ``len(batches)`` Adam steps on ``train``; the model is then
         restored bit for bit. With ``reached``, the trained parameters and the buffers as
         the trial left them are put there (``(tensor, value)`` pairs), for a winner to keep.
         With ``first`` (blocks, out): the relative gradient norm of each of those blocks
         from the first step's backward (before any step: at the weights every trial starts
-        from) is put in ``out``."""
+        from) is put in ``out``. With ``slower`` (some of ``train``, factor): those train at
+        ``lr`` times the factor."""
         with Restored(model, self.layout.params):
             for p in self.layout.params:
                 p.requires_grad_(False)
@@ -107,7 +138,12 @@ class Measures:
             params = self._params(train)
             for p in params:
                 p.requires_grad_(True)
-            opt = torch.optim.Adam(params, lr=lr)
+            slow, factor = slower if slower is not None else (frozenset(), 1.0)
+            groups = [
+                {"params": self._params(train - slow), "lr": lr},
+                {"params": self._params(train & slow), "lr": lr * factor},
+            ]
+            opt = torch.optim.Adam([g for g in groups if g["params"]], lr=lr)
             torch.manual_seed(seed)
             for i, batch in enumerate(batches):
                 opt.zero_grad(set_to_none=True)
@@ -120,7 +156,7 @@ class Measures:
                 reached.extend((t, t.detach().clone()) for t in [*params, *model.buffers()])
         return score
 
-    def _keep(
+    def _settle(
         self,
         k: int,
         w: int,
@@ -128,27 +164,83 @@ class Measures:
         before: float,
         lr: float,
         reached: list[tuple[torch.Tensor, torch.Tensor]],
-    ) -> bool:
+        again: Again,
+    ) -> Settled:
         """Put the weights and buffers the winning trial of window ``w`` reached
         (``_trial``'s ``reached``) into the model, so its steps count as training; unless its
-        probe loss ``score`` (finite) ended above ``RAISED`` times a positive ``before``: then
-        the model is left as it was and a warning says the stage's LR is likely too high (a
-        ratio says nothing of a loss that can be zero or negative). Returns whether the
-        steps were kept."""
-        if before > 0 and score > RAISED * before:
-            Once().warn(
-                f"raised{k}",
-                f"ff.auto: the best trial of stage {k} ({self.window_name(w)}) raised the "
-                f"probe loss from {before:.3f} to {score:.3f} ({score / before:.2f}x; expected "
-                f"at most {RAISED}x), so training these blocks at the stage's LR ({lr:.0e}) is "
-                "likely to diverge; its steps were not kept; hint: lower auto(lr=...) and "
-                "watch the validation loss of this stage",
-            )
-            return False
+        probe loss ``score`` (finite) ended above ``RAISED`` times a positive ``before`` (a
+        ratio says nothing of a loss that can be zero or negative). Then the trial runs
+        again (``again``) with the window's LR divided by ``BACKOFF``, at most ``BACKOFFS``
+        times: the first whose loss ends within ``RAISED`` keeps its steps and sets the
+        window's LR; when none does, the model is left as it was and the window trains at
+        the LR whose trial ended lowest. A warning says which."""
+        if not (before > 0 and score > RAISED * before):
+            self._put(reached)
+            return Settled(True, 1.0, score)
+        tried: list[tuple[float, float]] = []
+        for i in range(1, BACKOFFS + 1):
+            factor = BACKOFF**-i
+            got: list[tuple[torch.Tensor, torch.Tensor]] = []
+            loss = again(factor, got)
+            tried.append((factor, loss))
+            if math.isfinite(loss) and loss <= RAISED * before:
+                self._put(got)
+                settled = Settled(True, factor, score, tuple(tried))
+                break
+        else:  # none passed: the LR whose trial ended lowest
+            finite = [(x, f) for f, x in [(1.0, score), *tried] if math.isfinite(x)]
+            settled = Settled(False, min(finite)[1] if finite else 1.0, score, tuple(tried))
+        Once().warn(f"raised{k}", self._raised_warning(k, w, before, lr, settled))
+        return settled
+
+    @staticmethod
+    def _put(reached: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
         with torch.no_grad():
             for t, value in reached:
                 t.copy_(value)
-        return True
+
+    def _raised_warning(self, k: int, w: int, before: float, lr: float, s: Settled) -> str:
+        lowered = ", ".join(f"{x:.3f} at {lr * f:.0e}" for f, x in s.tried)
+        head = (
+            f"ff.auto: the best trial of stage {k} ({self.window_name(w)}) raised the probe "
+            f"loss from {before:.3f} to {s.score:.3f} ({s.score / before:.2f}x; expected at "
+            f"most {RAISED}x) at the stage's LR ({lr:.0e}), so training these blocks at that LR "
+            f"is likely to diverge; with the window's LR lowered it ended at {lowered}"
+        )
+        if s.kept:
+            return (
+                f"{head}: the window trains at {lr * s.factor:.0e} (1/{1 / s.factor:.0f} of "
+                "the stage's LR) and keeps that trial's steps; hint: lower auto(lr=...) (the "
+                "stage's other blocks still train at the stage's LR)"
+            )
+        return (
+            f"{head}: no trial's steps were kept, and the window trains at "
+            f"{lr * s.factor:.0e} (its trial ended lowest); hint: lower auto(lr=...) and "
+            "watch the validation loss of this stage"
+        )
+
+    def _again(
+        self,
+        model: nn.Module,
+        probe: Probe,
+        keep: frozenset[int],
+        w: int,
+        lr: float,
+        batches: Sequence[Any],
+        scored: Sequence[Any],
+        seed: int,
+    ) -> Again:
+        """Window ``w``'s trial (training ``keep`` and the window) to run again with the
+        window's LR times a factor."""
+        window = self.window_params(w)
+
+        def again(factor: float, reached: list[tuple[torch.Tensor, torch.Tensor]]) -> float:
+            return self._trial(
+                model, probe, keep | window, lr, batches, scored, seed, reached,
+                slower=(window, factor),
+            )  # fmt: skip
+
+        return again
 
     def _trials(
         self,
@@ -162,15 +254,15 @@ class Measures:
         scored: Sequence[Any],
         seed: int,
         before: float,
-    ) -> tuple[int, dict[int, float], dict[int, float], bool]:
+    ) -> tuple[int, dict[int, float], dict[int, float], Settled]:
         """A trial of every window of ``candidates`` (each training ``keep`` and the window,
         from the same weights, on the same batches); the window whose trial ended at the
-        lowest probe loss (:meth:`_best`) wins and keeps its trial's steps (:meth:`_keep`,
+        lowest probe loss (:meth:`_best`) wins and keeps its trial's steps (:meth:`_settle`,
         against the probe loss ``before``): the model ends as that trial left it (nothing
         changes when :meth:`_best` refuses). The relative gradient norms of the windows'
         blocks come from each trial's first backward (the same batch and weights for every
         window), so no other pass measures them. Returns the winner, each window's score,
-        the blocks' norms and whether the steps were kept."""
+        the blocks' norms and how its trial settled."""
         scores: dict[int, float] = {}
         rgn: dict[int, float] = {}
         kept: tuple[int, list[tuple[torch.Tensor, torch.Tensor]]] | None = None
@@ -185,8 +277,9 @@ class Measures:
                 kept = (w, reached)
         winner = self._best(k, scores, lr)  # refuses, before any change, when none is finite
         assert kept is not None and kept[0] == winner
-        kept_steps = self._keep(k, winner, scores[winner], before, lr, kept[1])
-        return winner, scores, rgn, kept_steps
+        again = self._again(model, probe, keep, winner, lr, batches, scored, seed)
+        settled = self._settle(k, winner, scores[winner], before, lr, kept[1], again)
+        return winner, scores, rgn, settled
 
     def _halving(
         self,
@@ -200,12 +293,13 @@ class Measures:
         scored: Sequence[Any],
         seed: int,
         before: float,
-    ) -> tuple[int, dict[int, float], int]:
+    ) -> tuple[int, dict[int, float], int, Settled]:
         """Successive halving over ``candidates`` (windows): a trial of half the trial steps
         each, the better half (by the probe loss; at least one) on with the full steps,
-        until one is left. The winner's last trial is kept (:meth:`_keep`, against the
+        until one is left. The winner's last trial is kept (:meth:`_settle`, against the
         probe loss ``before``): the model ends as that trial left it. Returns the winner,
-        each window's last score and the steps kept (0 when none were)."""
+        each window's last score, the steps kept (0 when none were) and how its trial
+        settled."""
         alive = list(candidates)
         steps = max(1, len(batches) // 2)
         scores: dict[int, float] = {}
@@ -225,8 +319,11 @@ class Measures:
             alive = finite[: max(1, len(finite) // 2)]
             if len(alive) == 1 or steps >= len(batches):
                 winner = alive[0]
-                kept = self._keep(k, winner, scores[winner], before, lr, reached[winner])
-                return winner, scores, steps if kept else 0
+                again = self._again(model, probe, keep, winner, lr, batches[:steps], scored, seed)
+                settled = self._settle(
+                    k, winner, scores[winner], before, lr, reached[winner], again
+                )
+                return winner, scores, steps if settled.kept else 0, settled
             steps = len(batches)
 
     def _score(self, model: nn.Module, probe: Probe, scored: Sequence[Any], seed: int) -> float:
