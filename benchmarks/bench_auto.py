@@ -211,9 +211,13 @@ def with_freezeflow(
             if out.decision_seconds is not None and k > 0:
                 out.decision_seconds += time.perf_counter() - t0
                 text = planner.decisions[-1].text if planner.decisions else ""
+                kept = None
                 if "its steps kept" in text and len(spent) == len(remaining):
-                    total, scored = spent[remaining.index(planner.decisions[-1].window)]
-                    out.kept_seconds = (out.kept_seconds or 0.0) + total - scored
+                    kept = spent[remaining.index(planner.decisions[-1].window)]
+                elif "that trial's steps kept" in text and spent:  # at a lowered LR: the last
+                    kept = spent[-1]
+                if kept is not None:
+                    out.kept_seconds = (out.kept_seconds or 0.0) + kept[0] - kept[1]
 
     if auto:  # a trial's seconds, and of them its scoring (not kept: a forward pass)
         trial, loss_on = planner._trial, planner._loss_on
