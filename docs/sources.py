@@ -421,8 +421,13 @@ def auto_runs() -> dict[str, str]:
             first = high[0]  # the lowest seed: its first stage change, as the run recorded it
             said = "the loss rose "
             rose = [n.split(said)[1].split("x")[0] for n in first["notes"] if said in n]
-            if rose:  # the winning trial that kept nothing (measure.RAISED)
+            if rose:  # the winning trial past measure.RAISED
                 out[f"auto_runs.{task}.lr3.rose"] = f"{float(rose[0]):.2f}-fold"
+            for n in first["notes"]:  # its trial again at a lower window LR, that passed
+                if m := re.search(r"lower window LR (.*): the window trains at (1/\d+)", n):
+                    last = m.group(1).split(", ")[-1]  # "1.13x at 2e-04"
+                    out[f"auto_runs.{task}.lr3.lowered"] = m.group(2)
+                    out[f"auto_runs.{task}.lr3.lowered_rose"] = f"{last.split('x')[0]}-fold"
             out[f"auto_runs.{task}.lr3.after_change"] = pct(first["curve"][2][1])
             for field, name in (("test_accuracy", "test"), ("val_accuracy", "val")):
                 out[f"auto_runs.{task}.lr3.{name}"] = _mean_sd([r[field] for r in high])
