@@ -278,19 +278,21 @@ def test_refreeze_freezes_the_converged_prefix_again_at_the_first_settled_epoch(
 
 
 @pytest.mark.parametrize(
-    ("unfrozen", "refrozen"),
+    ("unfrozen", "within", "at_start"),
     [
-        ((0,), ()),  # the newest window keeps training, converged or not
-        ((0, 1), (0,)),  # the earliest, a prefix: freezes again
-        ((1, 0), ()),  # the earliest is the newest
-        ((1, 2), ()),  # window 0 may still unfreeze before it: not a prefix
+        ((0,), (), (0,)),  # the newest window keeps training within its stage
+        ((0, 1), (0,), (0,)),  # the earliest, a prefix: freezes again
+        ((1, 0), (), (0,)),  # the earliest is the newest
+        ((1, 2), (), ()),  # window 0 may still unfreeze before it: not a prefix
     ],
 )
 def test_refreeze_takes_a_converged_prefix_but_never_the_newest_window(
-    unfrozen: tuple[int, ...], refrozen: tuple[int, ...]
+    unfrozen: tuple[int, ...], within: tuple[int, ...], at_start: tuple[int, ...]
 ) -> None:
     """Every window's step signals say it has converged; which freezes again depends only
-    on the windows unfrozen, in order (three windows, two stages after the head)."""
+    on the windows unfrozen, in order (three windows, two stages after the head), and on
+    whether a stage is running (``within``) or starting (``at_start``: a new window joins
+    as it freezes, so the newest may go)."""
     uf = ff.GradualUnfreezer(chain(), ff.auto(7, windows=3, refreeze=True))
     planner = uf.planner
     assert isinstance(planner, ff.unfreezer.AutoPlanner)
@@ -299,10 +301,11 @@ def test_refreeze_takes_a_converged_prefix_but_never_the_newest_window(
     ]
     planner.signals.means = {w: [1.0, 1.0] for w in range(3)}
     assert all(planner.signals.converged(w)[0] for w in range(3))
+    assert planner._converged(starting=True)[0] == at_start
     choice = planner.between(len(unfrozen), frozenset())
-    assert (choice is not None) == bool(refrozen)
+    assert (choice is not None) == bool(within)
     assert tuple(d.refrozen for d in planner.decisions[len(unfrozen) :]) == (
-        (refrozen,) if refrozen else ()
+        (within,) if within else ()
     )
 
 

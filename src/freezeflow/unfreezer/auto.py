@@ -277,7 +277,7 @@ class AutoPlanner(Measures, StagePlanner):
             trials: dict[int, float] = {}
             signal: tuple[int, str] | None = None
             if s.refreeze and k >= 2:
-                refrozen, why = self._converged()
+                refrozen, why = self._converged(starting=True)
             keep = trainable - frozenset(j for w in refrozen for j in self.window_params(w))
             # every random stream is left as found: torch's (CPU and CUDA), NumPy's global
             # generator and Python's (a dataset may draw from them while probe batches load)
@@ -441,17 +441,18 @@ class AutoPlanner(Measures, StagePlanner):
             f"{scores[winner]:.3f} ({tried})" + end
         )), settled  # fmt: skip
 
-    def _converged(self) -> tuple[tuple[int, ...], str]:
+    def _converged(self, starting: bool = False) -> tuple[tuple[int, ...], str]:
         """The earliest trainable window when its step signals say it has converged
         (:meth:`~freezeflow.unfreezer.signals.StepSignals.converged`), with the reason; but
-        never the window unfrozen last (at least the newest window keeps training beside
-        the head), nor one that a window before it may still join (no later stage can
-        unfreeze a window before it: what freezes again stays a prefix from the input)."""
+        never one that a window before it may still join (no later stage can unfreeze a
+        window before it: what freezes again stays a prefix from the input), and within a
+        stage never the window unfrozen last (the newest window keeps training beside the
+        head; at a stage's start, ``starting``, a new window joins as it freezes)."""
         live = self.unfrozen_windows()
-        if len(live) < 2:
+        if not live or (not starting and len(live) < 2):
             return (), ""
         w = min(live)
-        if w == live[-1] or any(r < w for r in self.remaining()):
+        if (not starting and w == live[-1]) or any(r < w for r in self.remaining()):
             return (), ""
         done, why = self.signals.converged(w)
         return ((w,), f"{self.window_name(w)}: {why}") if done else ((), "")
