@@ -407,6 +407,7 @@ def auto_runs() -> dict[str, str]:
             out[f"auto_runs.{task}.speed.froze_all"] = f"{len(every)} of {len(speed)}"
             if every:
                 out.update(_gains(f"auto_runs.{task}.speed.froze_all", every))
+            out[f"auto_runs.{task}.speed.slower"] = _slower(pairs)
         if sig := groups.get((task, "auto", HEADLINE + "_decide=signals")):  # no trials
             pairs = _pairs(sig, auto)
             out.update(_gains(f"auto_runs.{task}.sig", pairs))
@@ -439,10 +440,7 @@ def auto_runs() -> dict[str, str]:
             pairs = _pairs(auto, two)
             out.update(_gains(f"auto_runs.{task}.w2", pairs))
             out[f"auto_runs.{task}.w2.deciding"] = pct(_share(two))
-            # the head epoch does the same work in both (no decision yet): how much slower
-            # the machine ran the later rows, which their seconds carry
-            slower = sorted(m["curve"][0][0] / t["curve"][0][0] for m, t in pairs)
-            out[f"auto_runs.{task}.w2.slower"] = f"{100 * (slower[len(slower) // 2] - 1):+.0f}%"
+            out[f"auto_runs.{task}.w2.slower"] = _slower(pairs)
             out[f"auto_runs.{task}.w2.seconds"] = secs(_avg(two, "seconds"))
     for key, rs in groups.items():  # the LR fastai's lr_find suggested
         if key[1:] == ("fastai", "lr_find"):
@@ -458,6 +456,15 @@ def auto_runs() -> dict[str, str]:
         rows,
     )
     return out
+
+
+def _slower(pairs: list[tuple[dict[str, Any], dict[str, Any]]]) -> str:
+    """How much longer the head epoch took in the first run of each pair than in the
+    second (the median): the same work in both (no decision yet, nothing but the head
+    trains), so how much slower the machine ran one set of rows than the other, which their
+    seconds carry."""
+    slower = sorted(m["curve"][0][0] / t["curve"][0][0] for m, t in pairs)
+    return f"{100 * (slower[len(slower) // 2] - 1):+.0f}%"
 
 
 def _targets(a: AutoRuns) -> str:
