@@ -399,14 +399,10 @@ def auto_runs() -> dict[str, str]:
             saved = 1 - _avg(mine, "seconds") / _avg(theirs, "seconds")
             out[f"auto_runs.{task}.speed.saved"] = f"{100 * saved:.0f}%"
             # runs that froze every window they unfroze again: the head trains alone after
-            every = [
-                (m, t)
-                for m, t in pairs
-                if sum("froze again" in n for n in m["notes"]) >= len(_windows(m))
-            ]
-            out[f"auto_runs.{task}.speed.froze_all"] = f"{len(every)} of {len(speed)}"
-            if every:
-                out.update(_gains(f"auto_runs.{task}.speed.froze_all", every))
+            froze_all = sum(
+                sum("froze again" in n for n in r["notes"]) >= len(_windows(r)) for r in speed
+            )
+            out[f"auto_runs.{task}.speed.froze_all"] = f"{froze_all} of {len(speed)}"
             out[f"auto_runs.{task}.speed.slower"] = _slower(pairs)
         if sig := groups.get((task, "auto", HEADLINE + "_decide=signals")):  # no trials
             pairs = _pairs(sig, auto)

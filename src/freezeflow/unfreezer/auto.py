@@ -40,7 +40,7 @@ from freezeflow.schedules.auto import SEPARATION, STAGE_LR_FACTORS, AutoSchedule
 from freezeflow.schedules.schedule import Schedule
 from freezeflow.unfreezer.layout import Layout
 from freezeflow.unfreezer.lr_schedulers import StageLR
-from freezeflow.unfreezer.measure import RAISED, Measures, Settled
+from freezeflow.unfreezer.measure import RAISED, UNTRIED, Measures, Settled
 from freezeflow.unfreezer.planner import (
     PlannedStage,
     Probe,
@@ -266,7 +266,7 @@ class AutoPlanner(Measures, StagePlanner):
         rgn: dict[int, float] = {}
         refrozen: tuple[int, ...] = ()
         why = ""
-        settled = Settled(True, 1.0, math.nan)  # no trial, or one whose steps were kept
+        settled = UNTRIED  # until a trial settles otherwise
         if probe is None:
             chosen, detail = remaining[-1], "no probe batches (the loop gave none): the window "
             detail += "nearest the output"
@@ -426,7 +426,7 @@ class AutoPlanner(Measures, StagePlanner):
                     "for NaN/inf in the inputs or the loss, or lower auto(lr=...)"
                 )
             no_trial = f"relative gradient norms ({shown}): ahead by {lead:.1f}x, no trial"
-            return (best, no_trial), Settled(True, 1.0, math.nan)
+            return (best, no_trial), UNTRIED
         close = [w for w in order if means[w] * SEPARATION > means[best]]
         winner, scores, steps, settled = self._halving(
             k, model, probe, keep, close, lr, batches, scored, seed, before

@@ -28,7 +28,7 @@ from freezeflow.unfreezer.layout import Layout
 from freezeflow.unfreezer.planner import Probe
 from freezeflow.unfreezer.restore import Restored
 
-__all__ = ["BACKOFF", "BACKOFFS", "RAISED", "Measures", "Settled"]
+__all__ = ["BACKOFF", "BACKOFFS", "RAISED", "UNTRIED", "Measures", "Settled"]
 
 RAISED = 1.5
 """A winning trial whose probe loss ends above this multiple of the loss before it keeps
@@ -58,6 +58,11 @@ class Settled:
     """The winner's probe loss at the stage's LR."""
     tried: tuple[tuple[float, float], ...] = ()
     """Each lowered LR's factor and the probe loss its trial ended at, in order."""
+
+
+UNTRIED = Settled(True, 1.0, math.nan)
+"""A decision that kept its winner's steps without a trial past ``RAISED`` to settle (no
+trial at all, or none that raised the loss that far)."""
 
 
 Again = Callable[[float, list[tuple[torch.Tensor, torch.Tensor]]], float]
